@@ -1,0 +1,163 @@
+//! The `iotsync` binary.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use iotsync_server::{ConfigOverrides, ServerConfig, TokenSource};
+
+/// iotsync keeps enterprise servers in sync with an IoT platform's device data and user
+/// data, over AMQP 1.0 or HTTP/2, with at-least-once delivery and a durable backlog.
+#[derive(Debug, Parser)]
+#[command(name = "iotsync", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the platform: REST API, console, cloud API, device gateway, delivery.
+    ///
+    /// With no options it runs on the embedded store in ./iotsync-data and needs no
+    /// other service. Options come from flags, then IOTSYNC_* environment variables,
+    /// then --config FILE, then the built-in defaults (see `iotsync config-defaults`).
+    Serve(ServeArgs),
+    /// Print the built-in default configuration, every key commented.
+    ConfigDefaults,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// A TOML config file (keys as in `iotsync config-defaults`).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where the embedded registry, the backlog and the operator token live.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Registry database URL: sqlite://… or postgres://… (default: embedded SQLite).
+    #[arg(long, value_name = "URL")]
+    store_url: Option<String>,
+    /// REST API, cloud API and console address (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR")]
+    api_listen: Option<String>,
+    /// Plain AMQP 1.0 listener (development).
+    #[arg(long, value_name = "ADDR")]
+    amqp_listen: Option<String>,
+    /// AMQP 1.0 over TLS listener.
+    #[arg(long, value_name = "ADDR")]
+    amqps_listen: Option<String>,
+    /// HTTP/2 (gRPC) consumer listener.
+    #[arg(long, value_name = "ADDR")]
+    http2_listen: Option<String>,
+    /// MQTT device gateway, plain.
+    #[arg(long, value_name = "ADDR")]
+    mqtt_listen: Option<String>,
+    /// MQTT device gateway, TLS.
+    #[arg(long, value_name = "ADDR")]
+    mqtts_listen: Option<String>,
+    /// Operator bearer token for /api/v1 (default: generated into the data dir).
+    #[arg(long, value_name = "TOKEN")]
+    operator_token: Option<String>,
+    /// Log filter, e.g. info or iotsync=debug.
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
+}
+
+fn init_logs(cfg: &ServerConfig) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(&cfg.log.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cfg.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let flags = ConfigOverrides {
+        data_dir: args.data_dir,
+        store_url: args.store_url,
+        api_listen: args.api_listen,
+        operator_token: args.operator_token,
+        amqp_listen: args.amqp_listen,
+        amqps_listen: args.amqps_listen,
+        http2_listen: args.http2_listen,
+        mqtt_listen: args.mqtt_listen,
+        mqtts_listen: args.mqtts_listen,
+        log_level: args.log_level,
+        log_format: args.log_format,
+    };
+    let env = ConfigOverrides::from_env(|k| std::env::var(k).ok());
+    let cfg = ServerConfig::load(args.config.as_deref(), env, flags)?;
+    init_logs(&cfg);
+    let server = iotsync_server::start(cfg, iotsync_core::clock::system_clock())
+        .await
+        .context("starting iotsync")?;
+    // The banner goes to stdout so scripts and tests can read the chosen addresses.
+    println!("iotsync {} ready", env!("CARGO_PKG_VERSION"));
+    println!("  data dir:       {}", server.data_dir.display());
+    println!("  registry:       {}", server.store_description);
+    println!(
+        "  api listening:  http://{}  (REST /api/v1, OpenAPI /api/v1/openapi.json)",
+        server.api_addr
+    );
+    match &server.token_source {
+        TokenSource::Config => println!("  operator token: from configuration"),
+        TokenSource::File(p) => println!("  operator token: in {}", p.display()),
+        TokenSource::Generated(p) => println!("  operator token: generated into {}", p.display()),
+    }
+    tracing::info!(api = %server.api_addr, "iotsync started");
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown(Duration::from_secs(10)).await;
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::ConfigDefaults => {
+            print!("{}", iotsync_server::config::DEFAULT_TOML);
+            Ok(())
+        }
+        Command::Serve(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            rt.block_on(serve(args))
+        }
+    }
+}

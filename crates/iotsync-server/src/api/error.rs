@@ -1,0 +1,95 @@
+//! One place maps every error to an HTTP status and the body `{code, message, field?}`.
+//! Server-side details (database errors) go to the log, never to the client.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+use iotsync_core::ids::IdError;
+use iotsync_store::StoreError;
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// Stable machine-readable code, e.g. `sync.legacy_not_allowed`.
+    pub code: String,
+    /// What went wrong, for people.
+    pub message: String,
+    /// The request field the error is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub body: ErrorBody,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: ErrorBody {
+                code: code.to_owned(),
+                message: message.into(),
+                field: None,
+            },
+        }
+    }
+
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.body.field = Some(field.into());
+        self
+    }
+
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_argument", message).with_field(field)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// An identifier from a path, query or body that failed its newtype's rules.
+    pub fn bad_id(field: &str, e: IdError) -> Self {
+        Self::invalid(field, format!("{field} {}", e.reason))
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let status = match &e {
+            StoreError::NotFound { .. } => StatusCode::NOT_FOUND,
+            StoreError::Conflict { .. } => StatusCode::CONFLICT,
+            StoreError::Invalid { .. } => StatusCode::BAD_REQUEST,
+            StoreError::Rule(r) if r.code() == "invalid_argument" => StatusCode::BAD_REQUEST,
+            StoreError::Rule(_) => StatusCode::CONFLICT,
+            StoreError::Db(_) | StoreError::Migrate(_) | StoreError::Corrupt(_) => {
+                tracing::error!(error = %e, "registry error");
+                return ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error; see the server log",
+                );
+            }
+        };
+        let mut err = ApiError::new(status, e.code(), e.to_string());
+        if let Some(f) = e.field() {
+            err = err.with_field(f);
+        }
+        err
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

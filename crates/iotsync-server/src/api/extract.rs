@@ -1,0 +1,140 @@
+//! Extractors whose failures are API errors naming the field: JSON bodies (with the
+//! path of the offending field), query strings and path identifiers.
+
+use std::str::FromStr;
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use iotsync_core::ids::IdError;
+
+/// A JSON body; a malformed one answers 400 `invalid_json` / `invalid_argument` with the
+/// field path.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        read_json(req, state, None).await.map(ApiJson)
+    }
+}
+
+/// A JSON body that may be left out entirely (then `T::default()`).
+pub struct ApiJsonOrEmpty<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJsonOrEmpty<T>
+where
+    T: DeserializeOwned + Default,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        read_json(req, state, Some(T::default))
+            .await
+            .map(ApiJsonOrEmpty)
+    }
+}
+
+async fn read_json<S: Send + Sync, T: DeserializeOwned>(
+    req: Request,
+    state: &S,
+    when_empty: Option<fn() -> T>,
+) -> Result<T, ApiError> {
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let bytes = axum::body::Bytes::from_request(req, state)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("could not read the body: {e}"),
+            )
+        })?;
+    if bytes.is_empty() {
+        if let Some(default) = when_empty {
+            return Ok(default());
+        }
+    }
+    if !ct.starts_with("application/json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the body must be JSON with Content-Type: application/json",
+        ));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(&bytes);
+    match serde_path_to_error::deserialize::<_, T>(de) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let msg = inner.to_string();
+            if inner.is_syntax() || inner.is_eof() {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_json",
+                    format!("the body is not valid JSON: {msg}"),
+                ));
+            }
+            let field = field_of(&path, &msg);
+            Err(ApiError::invalid(&field, format!("{field}: {msg}")))
+        }
+    }
+}
+
+/// The field a serde error is about: the path, or for a missing/unknown field its name.
+fn field_of(path: &str, msg: &str) -> String {
+    let quoted = msg
+        .split('`')
+        .nth(1)
+        .filter(|_| msg.starts_with("missing field") || msg.starts_with("unknown field"));
+    match (path, quoted) {
+        (".", Some(name)) => name.to_owned(),
+        (p, Some(name)) if msg.starts_with("missing field") => format!("{p}.{name}"),
+        (".", None) => "body".to_owned(),
+        (p, _) => p.to_owned(),
+    }
+}
+
+/// A query string; bad values answer 400 naming the parameter.
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let q = parts.uri.query().unwrap_or("");
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(q.as_bytes()));
+        serde_path_to_error::deserialize::<_, T>(de)
+            .map(ApiQuery)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let msg = e.into_inner().to_string();
+                let field = field_of(&path, &msg);
+                ApiError::invalid(&field, format!("query parameter {field}: {msg}"))
+            })
+    }
+}
+
+/// Parses a path or body identifier into its newtype.
+pub fn id<T: FromStr<Err = IdError>>(field: &str, s: &str) -> Result<T, ApiError> {
+    s.parse::<T>().map_err(|e| ApiError::bad_id(field, e))
+}

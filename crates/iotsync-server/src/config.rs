@@ -1,0 +1,349 @@
+//! Configuration: compiled-in default (`config/iotsync.toml`) → `--config` file →
+//! `IOTSYNC_*` environment → flags. Unknown keys are refused; `validate()` names the
+//! key's path.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub const DEFAULT_TOML: &str = include_str!("../../../config/iotsync.toml");
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub store: StoreConfig,
+    pub api: ApiConfig,
+    pub amqp: AmqpConfig,
+    pub http2: Http2Config,
+    pub mqtt: MqttConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    pub listen: String,
+    pub operator_token: String,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpConfig {
+    pub listen: String,
+    pub tls_listen: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http2Config {
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    pub listen: String,
+    pub tls_listen: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {source_name}: {message}")]
+    Parse {
+        source_name: String,
+        message: String,
+    },
+    #[error("config key {key}: {reason}")]
+    Invalid { key: String, reason: String },
+    #[error("reading config file {path}: {err}")]
+    Read { path: PathBuf, err: std::io::Error },
+}
+
+/// Values given by the environment or by flags; `None` keeps the lower layer's value.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigOverrides {
+    pub data_dir: Option<PathBuf>,
+    pub store_url: Option<String>,
+    pub api_listen: Option<String>,
+    pub operator_token: Option<String>,
+    pub amqp_listen: Option<String>,
+    pub amqps_listen: Option<String>,
+    pub http2_listen: Option<String>,
+    pub mqtt_listen: Option<String>,
+    pub mqtts_listen: Option<String>,
+    pub log_level: Option<String>,
+    pub log_format: Option<String>,
+}
+
+/// The environment variables read, and the override each one sets.
+pub const ENV_VARS: &[&str] = &[
+    "IOTSYNC_DATA_DIR",
+    "IOTSYNC_STORE_URL",
+    "IOTSYNC_API_LISTEN",
+    "IOTSYNC_OPERATOR_TOKEN",
+    "IOTSYNC_AMQP_LISTEN",
+    "IOTSYNC_AMQPS_LISTEN",
+    "IOTSYNC_HTTP2_LISTEN",
+    "IOTSYNC_MQTT_LISTEN",
+    "IOTSYNC_MQTTS_LISTEN",
+    "IOTSYNC_LOG_LEVEL",
+    "IOTSYNC_LOG_FORMAT",
+];
+
+impl ConfigOverrides {
+    /// Reads the `IOTSYNC_*` variables through `get` (the process environment in main).
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Self {
+        Self {
+            data_dir: get("IOTSYNC_DATA_DIR").map(PathBuf::from),
+            store_url: get("IOTSYNC_STORE_URL"),
+            api_listen: get("IOTSYNC_API_LISTEN"),
+            operator_token: get("IOTSYNC_OPERATOR_TOKEN"),
+            amqp_listen: get("IOTSYNC_AMQP_LISTEN"),
+            amqps_listen: get("IOTSYNC_AMQPS_LISTEN"),
+            http2_listen: get("IOTSYNC_HTTP2_LISTEN"),
+            mqtt_listen: get("IOTSYNC_MQTT_LISTEN"),
+            mqtts_listen: get("IOTSYNC_MQTTS_LISTEN"),
+            log_level: get("IOTSYNC_LOG_LEVEL"),
+            log_format: get("IOTSYNC_LOG_FORMAT"),
+        }
+    }
+
+    fn apply(self, c: &mut ServerConfig) {
+        macro_rules! set {
+            ($src:expr, $dst:expr) => {
+                if let Some(v) = $src {
+                    $dst = v;
+                }
+            };
+        }
+        set!(self.data_dir, c.data_dir);
+        set!(self.store_url, c.store.url);
+        set!(self.api_listen, c.api.listen);
+        set!(self.operator_token, c.api.operator_token);
+        set!(self.amqp_listen, c.amqp.listen);
+        set!(self.amqps_listen, c.amqp.tls_listen);
+        set!(self.http2_listen, c.http2.listen);
+        set!(self.mqtt_listen, c.mqtt.listen);
+        set!(self.mqtts_listen, c.mqtt.tls_listen);
+        set!(self.log_level, c.log.level);
+        set!(self.log_format, c.log.format);
+    }
+}
+
+fn parse_toml(source_name: &str, text: &str) -> Result<toml::Value, ConfigError> {
+    text.parse::<toml::Value>().map_err(|e| ConfigError::Parse {
+        source_name: source_name.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// Deep-merges `over` into `base` (tables merge key by key, other values replace).
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(bv) => merge(bv, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+impl ServerConfig {
+    /// The compiled-in defaults.
+    pub fn defaults() -> Self {
+        // The default file is part of the binary and covered by a test.
+        Self::layered(None, ConfigOverrides::default(), ConfigOverrides::default())
+            .unwrap_or_else(|e| panic!("built-in config/iotsync.toml is invalid: {e}"))
+    }
+
+    /// Builds the configuration from every layer and validates it.
+    pub fn layered(
+        file: Option<(&str, &str)>,
+        env: ConfigOverrides,
+        flags: ConfigOverrides,
+    ) -> Result<Self, ConfigError> {
+        let mut value = parse_toml("built-in defaults", DEFAULT_TOML)?;
+        if let Some((name, text)) = file {
+            let over = parse_toml(name, text)?;
+            merge(&mut value, over);
+        }
+        let source = file.map(|f| f.0).unwrap_or("built-in defaults");
+        let mut c: ServerConfig =
+            value
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    source_name: source.to_owned(),
+                    message: e.to_string(),
+                })?;
+        env.apply(&mut c);
+        flags.apply(&mut c);
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn load(
+        file: Option<&Path>,
+        env: ConfigOverrides,
+        flags: ConfigOverrides,
+    ) -> Result<Self, ConfigError> {
+        match file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|err| ConfigError::Read {
+                    path: p.to_owned(),
+                    err,
+                })?;
+                Self::layered(Some((&p.display().to_string(), &text)), env, flags)
+            }
+            None => Self::layered(None, env, flags),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            key: key.to_owned(),
+            reason,
+        };
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty".into()));
+        }
+        for (key, addr) in [
+            ("api.listen", &self.api.listen),
+            ("amqp.listen", &self.amqp.listen),
+            ("amqp.tls_listen", &self.amqp.tls_listen),
+            ("http2.listen", &self.http2.listen),
+            ("mqtt.listen", &self.mqtt.listen),
+            ("mqtt.tls_listen", &self.mqtt.tls_listen),
+        ] {
+            if !addr.is_empty() {
+                addr.parse::<SocketAddr>().map_err(|e| {
+                    invalid(
+                        key,
+                        format!("{addr:?} is not a socket address (host:port): {e}"),
+                    )
+                })?;
+            }
+        }
+        if self.api.listen.is_empty() {
+            return Err(invalid("api.listen", "must not be empty".into()));
+        }
+        let url = &self.store.url;
+        if !(url.is_empty()
+            || url.starts_with("sqlite:")
+            || url.starts_with("postgres:")
+            || url.starts_with("postgresql:"))
+        {
+            return Err(invalid(
+                "store.url",
+                "must be empty, sqlite:… or postgres://…".into(),
+            ));
+        }
+        let t = &self.api.operator_token;
+        if !t.is_empty() && (t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(invalid(
+                "api.operator_token",
+                "must be at least 16 characters without whitespace".into(),
+            ));
+        }
+        if self.api.max_body_bytes < 1024 {
+            return Err(invalid(
+                "api.max_body_bytes",
+                "must be at least 1024".into(),
+            ));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(invalid("log.format", "must be \"text\" or \"json\"".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_defaults_are_valid_and_avoid_broker_ports() {
+        let c = ServerConfig::defaults();
+        for a in [
+            &c.api.listen,
+            &c.amqp.listen,
+            &c.amqp.tls_listen,
+            &c.http2.listen,
+            &c.mqtt.listen,
+            &c.mqtt.tls_listen,
+        ] {
+            let port = a.parse::<SocketAddr>().unwrap().port();
+            assert!(![5672, 5671, 1883, 8883].contains(&port), "{a}");
+        }
+    }
+
+    #[test]
+    fn layers_apply_in_order_file_env_flags() {
+        let env = ConfigOverrides {
+            api_listen: Some("127.0.0.1:1".into()),
+            data_dir: Some("/env".into()),
+            ..Default::default()
+        };
+        let flags = ConfigOverrides {
+            api_listen: Some("127.0.0.1:2".into()),
+            ..Default::default()
+        };
+        let file = "data_dir = \"/file\"\n[log]\nlevel = \"debug\"\n";
+        let c = ServerConfig::layered(Some(("f.toml", file)), env, flags).unwrap();
+        assert_eq!(c.api.listen, "127.0.0.1:2");
+        assert_eq!(c.data_dir, PathBuf::from("/env"));
+        assert_eq!(c.log.level, "debug");
+        assert_eq!(c.log.format, "text");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let e = ServerConfig::layered(
+            Some(("f.toml", "[api]\nlisten_addr = \"x\"\n")),
+            Default::default(),
+            Default::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("listen_addr"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let flags = ConfigOverrides {
+            amqp_listen: Some("nope".into()),
+            ..Default::default()
+        };
+        let e = ServerConfig::layered(None, Default::default(), flags).unwrap_err();
+        assert!(e.to_string().contains("amqp.listen"), "{e}");
+        let e = ServerConfig::layered(
+            Some(("f.toml", "[api]\noperator_token = \"short\"\n")),
+            Default::default(),
+            Default::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("api.operator_token"), "{e}");
+    }
+}

@@ -1,0 +1,148 @@
+//! iotsync-server: wires the pipeline. Ingest (REST, device gateway, cloud API) →
+//! registry + outbox → durable backlog → delivery → channels (AMQP, HTTP/2, webhook).
+//! Only this crate knows all the parts.
+
+pub mod api;
+pub mod config;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use iotsync_core::SharedClock;
+use iotsync_store::{Registry, SqlRegistry};
+
+pub use config::{ConfigOverrides, ServerConfig};
+
+/// Where the operator token came from, for the start-up banner (never the token itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    Config,
+    File(PathBuf),
+    Generated(PathBuf),
+}
+
+/// A running server: its bound addresses and a way to stop it.
+pub struct RunningServer {
+    pub api_addr: SocketAddr,
+    pub token_source: TokenSource,
+    pub data_dir: PathBuf,
+    pub store_description: String,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    registry: Arc<SqlRegistry>,
+}
+
+impl RunningServer {
+    /// Stops accepting, lets in-flight requests finish (up to `drain`), closes the store.
+    pub async fn shutdown(self, drain: std::time::Duration) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            if tokio::time::timeout(drain, t).await.is_err() {
+                tracing::warn!("a task did not stop within the drain time-out");
+            }
+        }
+        self.registry.close().await;
+    }
+
+    pub fn registry(&self) -> Arc<dyn Registry> {
+        self.registry.clone()
+    }
+}
+
+/// Reads the operator token from config, or from `<data_dir>/operator-token`, or
+/// generates one there (mode 0600).
+fn operator_token(cfg: &ServerConfig) -> anyhow::Result<(String, TokenSource)> {
+    if !cfg.api.operator_token.is_empty() {
+        return Ok((cfg.api.operator_token.clone(), TokenSource::Config));
+    }
+    let path = cfg.data_dir.join("operator-token");
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok((t.trim().to_owned(), TokenSource::File(path))),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let token = format!(
+        "iot_{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    write_private(&path, &token).with_context(|| format!("writing {}", path.display()))?;
+    Ok((token, TokenSource::Generated(path)))
+}
+
+fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(content.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()
+}
+
+/// Starts every part of the server on the configured addresses.
+pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<RunningServer> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    let (token, token_source) = operator_token(&cfg)?;
+
+    let (registry, store_description) = if cfg.store.url.is_empty() {
+        let path = cfg.data_dir.join("registry.db");
+        let r = SqlRegistry::open_sqlite(&path, clock.clone())
+            .await
+            .with_context(|| format!("opening registry {}", path.display()))?;
+        (r, format!("sqlite {}", path.display()))
+    } else {
+        let r = SqlRegistry::connect(&cfg.store.url, clock.clone())
+            .await
+            .context("connecting to the registry database")?;
+        (r, "postgres (store.url)".to_owned())
+    };
+    let registry = Arc::new(registry);
+
+    let state = api::ApiState {
+        registry: registry.clone(),
+        operator_token: Arc::from(token.as_str()),
+        clock: clock.clone(),
+        sync_listener: Arc::new(api::NoSyncListener),
+    };
+    let app = api::router(state, cfg.api.max_body_bytes)
+        .layer(tower_http::trace::TraceLayer::new_for_http());
+
+    let listener = TcpListener::bind(&cfg.api.listen)
+        .await
+        .with_context(|| format!("binding api.listen {}", cfg.api.listen))?;
+    let api_addr = listener.local_addr()?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut rx = shutdown_rx.clone();
+    let api_task = tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "api listener failed");
+        }
+    });
+
+    Ok(RunningServer {
+        api_addr,
+        token_source,
+        data_dir: cfg.data_dir.clone(),
+        store_description,
+        shutdown: shutdown_tx,
+        tasks: vec![api_task],
+        registry,
+    })
+}

@@ -1,0 +1,185 @@
+//! iotsync-store: the registry of SPEC §2 (projects, products, devices, users, bindings),
+//! the data-sync settings of SPEC §3, API activation of SPEC §9, the audit log, and the
+//! transactional outbox: every registry change that SPEC §4 turns into a message writes
+//! that message in the same transaction.
+//!
+//! One implementation, [`SqlRegistry`], runs on SQLite (embedded default) and on
+//! PostgreSQL (scale-out) through sqlx's `Any` driver; the [`Registry`] trait is what
+//! the server holds.
+
+mod error;
+mod model;
+mod sql;
+
+pub use error::StoreError;
+pub use model::*;
+pub use sql::{SqlRegistry, StoreBackend};
+
+use async_trait::async_trait;
+use iotsync_core::api_catalog::ApiGroup;
+use iotsync_core::sync_rules::{SyncCommand, SyncSettings, Transition};
+use iotsync_core::{AppKey, DeviceName, IdentityId, IotId, ProductKey, ProjectId};
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Who made a change, for the audit log.
+pub type Actor<'a> = &'a str;
+
+#[async_trait]
+pub trait Registry: Send + Sync + 'static {
+    // Projects
+    async fn create_project(&self, name: &str, actor: Actor<'_>) -> StoreResult<ProjectWithSecret>;
+    async fn import_project(
+        &self,
+        import: &ProjectImport,
+        actor: Actor<'_>,
+    ) -> StoreResult<Project>;
+    async fn get_project(&self, id: &ProjectId) -> StoreResult<Project>;
+    async fn project_by_app_key(&self, app_key: &AppKey) -> StoreResult<ProjectWithSecret>;
+    async fn list_projects(
+        &self,
+        search: Option<&str>,
+        page: PageRequest,
+    ) -> StoreResult<Page<Project>>;
+    async fn rotate_secret(
+        &self,
+        id: &ProjectId,
+        actor: Actor<'_>,
+    ) -> StoreResult<ProjectWithSecret>;
+    async fn delete_project(&self, id: &ProjectId, actor: Actor<'_>) -> StoreResult<()>;
+
+    // Products
+    async fn create_product(&self, project: &ProjectId, new: &NewProduct) -> StoreResult<Product>;
+    async fn get_product(&self, project: &ProjectId, pk: &ProductKey) -> StoreResult<Product>;
+    async fn list_products(
+        &self,
+        project: &ProjectId,
+        page: PageRequest,
+    ) -> StoreResult<Page<Product>>;
+
+    // Devices
+    async fn create_device(
+        &self,
+        project: &ProjectId,
+        pk: &ProductKey,
+        dn: &DeviceName,
+    ) -> StoreResult<DeviceWithSecret>;
+    async fn get_device(&self, project: &ProjectId, iot_id: &IotId) -> StoreResult<Device>;
+    async fn device_by_name(
+        &self,
+        project: &ProjectId,
+        pk: &ProductKey,
+        dn: &DeviceName,
+    ) -> StoreResult<Device>;
+    /// For the device gateway: the device and its secret, looked up without a project.
+    async fn device_credentials(
+        &self,
+        pk: &ProductKey,
+        dn: &DeviceName,
+    ) -> StoreResult<DeviceWithSecret>;
+    async fn list_devices(
+        &self,
+        project: &ProjectId,
+        product: Option<&ProductKey>,
+        page: PageRequest,
+    ) -> StoreResult<Page<Device>>;
+    async fn delete_device(&self, project: &ProjectId, iot_id: &IotId) -> StoreResult<()>;
+    async fn set_device_enabled(
+        &self,
+        project: &ProjectId,
+        iot_id: &IotId,
+        enabled: bool,
+    ) -> StoreResult<Device>;
+    /// Online/offline from the gateway; writes the status message in the same transaction.
+    async fn set_device_online(
+        &self,
+        project: &ProjectId,
+        iot_id: &IotId,
+        online: bool,
+        at_ms: i64,
+    ) -> StoreResult<Device>;
+    /// Keeps the last reported values (no message: device data goes straight to the backlog).
+    async fn record_properties(
+        &self,
+        project: &ProjectId,
+        iot_id: &IotId,
+        items: &[PropertyValue],
+    ) -> StoreResult<()>;
+    async fn device_properties(
+        &self,
+        project: &ProjectId,
+        iot_id: &IotId,
+    ) -> StoreResult<Vec<PropertyValue>>;
+
+    // Users and bindings
+    async fn create_user(&self, project: &ProjectId, new: &NewUser) -> StoreResult<User>;
+    async fn get_user(&self, project: &ProjectId, id: &IdentityId) -> StoreResult<User>;
+    async fn update_user(
+        &self,
+        project: &ProjectId,
+        id: &IdentityId,
+        patch: &UserPatch,
+    ) -> StoreResult<User>;
+    async fn delete_user(&self, project: &ProjectId, id: &IdentityId) -> StoreResult<()>;
+    async fn list_users(&self, project: &ProjectId, page: PageRequest) -> StoreResult<Page<User>>;
+    async fn bind(
+        &self,
+        project: &ProjectId,
+        identity: &IdentityId,
+        iot_id: &IotId,
+        owned: bool,
+    ) -> StoreResult<Binding>;
+    async fn unbind(
+        &self,
+        project: &ProjectId,
+        identity: &IdentityId,
+        iot_id: &IotId,
+    ) -> StoreResult<()>;
+    async fn list_bindings(
+        &self,
+        project: &ProjectId,
+        filter: BindingFilter<'_>,
+        page: PageRequest,
+    ) -> StoreResult<Page<Binding>>;
+
+    // Data sync settings (SPEC §3)
+    async fn sync_state(&self, project: &ProjectId) -> StoreResult<SyncState>;
+    async fn apply_sync(
+        &self,
+        project: &ProjectId,
+        cmd: &SyncCommand,
+        actor: Actor<'_>,
+    ) -> StoreResult<(SyncSettings, Transition)>;
+    async fn set_product_sync(
+        &self,
+        project: &ProjectId,
+        pk: &ProductKey,
+        enabled: bool,
+        actor: Actor<'_>,
+    ) -> StoreResult<Product>;
+    /// Projects whose sync is enabled or that still hold a method's stack (for the dispatcher).
+    async fn all_sync_settings(&self) -> StoreResult<Vec<(ProjectId, AppKey, SyncSettings)>>;
+
+    // API activation (SPEC §9)
+    async fn api_activation(&self, project: &ProjectId) -> StoreResult<Vec<(ApiGroup, bool)>>;
+    async fn set_api_activation(
+        &self,
+        project: &ProjectId,
+        group: ApiGroup,
+        activated: bool,
+        actor: Actor<'_>,
+    ) -> StoreResult<()>;
+
+    // Audit
+    async fn audit_log(
+        &self,
+        project: &ProjectId,
+        page: PageRequest,
+    ) -> StoreResult<Page<AuditEntry>>;
+
+    // Outbox
+    /// The oldest outbox messages, at most `limit`.
+    async fn outbox_peek(&self, limit: u32) -> StoreResult<Vec<OutboxEntry>>;
+    /// Removes drained messages once the backlog holds them durably.
+    async fn outbox_remove(&self, seqs: &[i64]) -> StoreResult<()>;
+}

@@ -1,0 +1,280 @@
+//! Registry records as the API shows them. Secrets only appear in the `*WithSecret`
+//! records returned at creation and rotation.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use iotsync_core::sync_rules::{ImportedSync, SyncMode, SyncSettings};
+use iotsync_core::{AppKey, DeviceName, IdentityId, IotId, ProductKey, ProjectId, SyncMessage};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Project {
+    pub project_id: ProjectId,
+    pub name: String,
+    pub app_key: AppKey,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectWithSecret {
+    #[serde(flatten)]
+    pub project: Project,
+    pub app_secret: String,
+}
+
+/// The operator's import of an existing project (SPEC §12 `/admin/import`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProjectImport {
+    pub name: String,
+    pub app_key: AppKey,
+    pub app_secret: String,
+    pub sync: ImportedSync,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Product {
+    pub product_key: ProductKey,
+    pub project_id: ProjectId,
+    pub name: String,
+    pub device_type: String,
+    /// Whether device data of this product is synchronized (on unless switched off).
+    pub sync_enabled: bool,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewProduct {
+    pub name: String,
+    pub device_type: String,
+    pub product_key: Option<ProductKey>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceStatus {
+    Inactive,
+    Online,
+    Offline,
+    Disabled,
+}
+
+impl DeviceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceStatus::Inactive => "inactive",
+            DeviceStatus::Online => "online",
+            DeviceStatus::Offline => "offline",
+            DeviceStatus::Disabled => "disabled",
+        }
+    }
+}
+
+impl fmt::Display for DeviceStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DeviceStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "inactive" => DeviceStatus::Inactive,
+            "online" => DeviceStatus::Online,
+            "offline" => DeviceStatus::Offline,
+            "disabled" => DeviceStatus::Disabled,
+            other => return Err(format!("unknown device status {other:?}")),
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Device {
+    pub iot_id: IotId,
+    pub project_id: ProjectId,
+    pub product_key: ProductKey,
+    pub device_name: DeviceName,
+    /// The product's category.
+    pub device_type: String,
+    pub status: DeviceStatus,
+    pub status_time: i64,
+    pub created_at: i64,
+}
+
+impl Device {
+    pub fn as_ref(&self) -> iotsync_core::payload::DeviceRef {
+        iotsync_core::payload::DeviceRef {
+            project_id: self.project_id.clone(),
+            iot_id: self.iot_id.clone(),
+            product_key: self.product_key.clone(),
+            device_name: self.device_name.clone(),
+            device_type: self.device_type.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceWithSecret {
+    #[serde(flatten)]
+    pub device: Device,
+    pub device_secret: String,
+}
+
+/// A property's last reported value.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PropertyValue {
+    pub identifier: String,
+    #[schema(value_type = Object)]
+    pub value: serde_json::Value,
+    pub time: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct User {
+    pub identity_id: IdentityId,
+    pub project_id: ProjectId,
+    pub login_name: String,
+    pub nick_name: String,
+    pub phone: String,
+    pub email: String,
+    pub gmt_create: i64,
+    pub gmt_modified: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewUser {
+    pub login_name: String,
+    pub nick_name: String,
+    pub phone: String,
+    pub email: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserPatch {
+    pub nick_name: Option<String>,
+    pub phone: Option<String>,
+    pub email: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Binding {
+    pub identity_id: IdentityId,
+    pub iot_id: IotId,
+    pub product_key: ProductKey,
+    pub device_name: DeviceName,
+    /// 1 = owner, 0 = shared.
+    pub owned: u8,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BindingFilter<'a> {
+    pub identity: Option<&'a IdentityId>,
+    pub iot_id: Option<&'a IotId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProductSync {
+    pub product_key: ProductKey,
+    pub name: String,
+    pub enabled: bool,
+}
+
+/// Settings as the API shows them: the stored settings, the mode, the products.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncState {
+    #[serde(flatten)]
+    pub settings: SyncSettings,
+    pub mode: SyncMode,
+    pub method: Option<iotsync_core::sync_rules::SyncMethod>,
+    pub products: Vec<ProductSync>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    pub id: i64,
+    pub project_id: Option<String>,
+    pub actor: String,
+    pub at: i64,
+    pub action: String,
+    #[schema(value_type = Object)]
+    pub before: serde_json::Value,
+    #[schema(value_type = Object)]
+    pub after: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    pub seq: i64,
+    pub message: SyncMessage,
+}
+
+/// 1-based page number and page size (1..=200).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRequest {
+    pub page: u32,
+    pub page_size: u32,
+}
+
+impl PageRequest {
+    pub const MAX_PAGE_SIZE: u32 = 200;
+
+    pub fn new(page: u32, page_size: u32) -> Result<Self, crate::StoreError> {
+        if page == 0 {
+            return Err(crate::StoreError::Invalid {
+                field: "pageNo",
+                reason: "must be 1 or more".into(),
+            });
+        }
+        if page_size == 0 || page_size > Self::MAX_PAGE_SIZE {
+            return Err(crate::StoreError::Invalid {
+                field: "pageSize",
+                reason: format!("must be between 1 and {}", Self::MAX_PAGE_SIZE),
+            });
+        }
+        Ok(Self { page, page_size })
+    }
+
+    pub fn all() -> Self {
+        Self {
+            page: 1,
+            page_size: Self::MAX_PAGE_SIZE,
+        }
+    }
+
+    pub(crate) fn offset(&self) -> i64 {
+        i64::from(self.page - 1) * i64::from(self.page_size)
+    }
+}
+
+impl Default for PageRequest {
+    fn default() -> Self {
+        Self {
+            page: 1,
+            page_size: 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub total: i64,
+    pub page_no: u32,
+    pub page_size: u32,
+}

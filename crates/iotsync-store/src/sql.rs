@@ -1,0 +1,1699 @@
+//! The registry on SQL: one implementation for SQLite and PostgreSQL through sqlx's
+//! `Any` driver. Queries use `$n` placeholders (SQLite reads them as numbered), BIGINT
+//! for times and booleans, TEXT for JSON, so rows decode the same on both.
+//!
+//! SQLite allows one writer: write transactions take `write_lock` there so concurrent
+//! writers queue in the process instead of failing with `SQLITE_BUSY`.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Once;
+
+use async_trait::async_trait;
+use serde_json::json;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::{AnyConnection, AnyPool, Executor, Row};
+use tokio::sync::{Mutex, MutexGuard};
+
+use iotsync_core::api_catalog::ApiGroup;
+use iotsync_core::message::{AccountAction, BindingOperation, DataClass, LifecycleAction};
+use iotsync_core::payload::{self, AccountFacts};
+use iotsync_core::sync_rules::{self, Route, SyncCommand, SyncMethod, SyncSettings, Transition};
+use iotsync_core::{
+    generate_secret, AppKey, DeviceName, IdentityId, IotId, MessageKind, ProductKey, ProjectId,
+    SharedClock, SyncMessage,
+};
+
+use crate::model::*;
+use crate::{Actor, Registry, StoreError, StoreResult};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreBackend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct SqlRegistry {
+    pool: AnyPool,
+    backend: StoreBackend,
+    write_lock: Mutex<()>,
+    clock: SharedClock,
+}
+
+static DRIVERS: Once = Once::new();
+
+type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
+
+struct WriteTx<'a> {
+    _guard: Option<MutexGuard<'a, ()>>,
+    tx: Tx<'a>,
+}
+
+impl SqlRegistry {
+    /// Connects to `url` (`sqlite://…` or `postgres://…`) and applies the migrations.
+    pub async fn connect(url: &str, clock: SharedClock) -> StoreResult<Self> {
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let backend = if url.starts_with("sqlite:") {
+            StoreBackend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            StoreBackend::Postgres
+        } else {
+            return Err(StoreError::Invalid {
+                field: "store.url",
+                reason: "must start with sqlite: or postgres:".into(),
+            });
+        };
+        let opts = AnyConnectOptions::from_str(url)?;
+        let pool = match backend {
+            StoreBackend::Sqlite => {
+                AnyPoolOptions::new()
+                    .max_connections(4)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute("PRAGMA journal_mode = WAL").await?;
+                            conn.execute("PRAGMA synchronous = FULL").await?;
+                            conn.execute("PRAGMA busy_timeout = 10000").await?;
+                            conn.execute("PRAGMA foreign_keys = ON").await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_with(opts)
+                    .await?
+            }
+            StoreBackend::Postgres => {
+                AnyPoolOptions::new()
+                    .max_connections(8)
+                    .connect_with(opts)
+                    .await?
+            }
+        };
+        migrator(backend).run(&pool).await?;
+        Ok(Self {
+            pool,
+            backend,
+            write_lock: Mutex::new(()),
+            clock,
+        })
+    }
+
+    /// The embedded default: a SQLite file, created if missing.
+    pub async fn open_sqlite(path: &Path, clock: SharedClock) -> StoreResult<Self> {
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        Self::connect(&url, clock).await
+    }
+
+    pub fn backend(&self) -> StoreBackend {
+        self.backend
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn write(&self) -> StoreResult<WriteTx<'_>> {
+        let guard = match self.backend {
+            StoreBackend::Sqlite => Some(self.write_lock.lock().await),
+            StoreBackend::Postgres => None,
+        };
+        let tx = self.pool.begin().await?;
+        Ok(WriteTx { _guard: guard, tx })
+    }
+
+    fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+}
+
+/// Versioned migrations, embedded in the binary; one SQL dialect per backend.
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[(
+    1,
+    "registry",
+    include_str!("../migrations/sqlite/0001_registry.sql"),
+    include_str!("../migrations/postgres/0001_registry.sql"),
+)];
+
+fn migrator(backend: StoreBackend) -> sqlx::migrate::Migrator {
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    use std::borrow::Cow;
+    let migrations = MIGRATIONS
+        .iter()
+        .map(|(version, desc, sqlite, pg)| {
+            let sql = match backend {
+                StoreBackend::Sqlite => *sqlite,
+                StoreBackend::Postgres => *pg,
+            };
+            Migration::new(
+                *version,
+                Cow::Borrowed(*desc),
+                MigrationType::Simple,
+                Cow::Borrowed(sql),
+                false,
+            )
+        })
+        .collect::<Vec<_>>();
+    Migrator {
+        migrations: Cow::Owned(migrations),
+        ignore_missing: false,
+        locking: true,
+        no_tx: false,
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+fn b(v: bool) -> i64 {
+    i64::from(v)
+}
+
+fn parse<T: FromStr>(row: &AnyRow, col: &str) -> StoreResult<T>
+where
+    T::Err: std::fmt::Display,
+{
+    let s: String = row.try_get(col)?;
+    s.parse::<T>()
+        .map_err(|e| StoreError::Corrupt(format!("column {col}: {e}")))
+}
+
+fn project_from(row: &AnyRow) -> StoreResult<Project> {
+    Ok(Project {
+        project_id: parse(row, "project_id")?,
+        name: row.try_get("name")?,
+        app_key: parse(row, "app_key")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn settings_from(row: &AnyRow) -> StoreResult<SyncSettings> {
+    let last: Option<String> = row.try_get("last_method")?;
+    Ok(SyncSettings {
+        enabled: row.try_get::<i64, _>("sync_enabled")? != 0,
+        device_data: parse::<Route>(row, "device_route")?,
+        user_data: parse::<Route>(row, "user_route")?,
+        legacy_http_url: row.try_get("legacy_url")?,
+        legacy_retired: row.try_get::<i64, _>("legacy_retired")? != 0,
+        last_method: match last.as_deref() {
+            Some("amqp") => Some(SyncMethod::Amqp),
+            Some("http2") => Some(SyncMethod::Http2),
+            _ => None,
+        },
+    })
+}
+
+fn product_from(row: &AnyRow) -> StoreResult<Product> {
+    Ok(Product {
+        product_key: parse(row, "product_key")?,
+        project_id: parse(row, "project_id")?,
+        name: row.try_get("name")?,
+        device_type: row.try_get("device_type")?,
+        sync_enabled: row.try_get::<i64, _>("sync_enabled")? != 0,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+const DEVICE_COLS: &str = "d.iot_id, d.project_id, d.product_key, d.device_name, p.device_type, \
+     d.status, d.status_time, d.created_at, d.device_secret, d.activated_at, p.sync_enabled AS product_sync";
+
+fn device_from(row: &AnyRow) -> StoreResult<DeviceWithSecret> {
+    Ok(DeviceWithSecret {
+        device: Device {
+            iot_id: parse(row, "iot_id")?,
+            project_id: parse(row, "project_id")?,
+            product_key: parse(row, "product_key")?,
+            device_name: parse(row, "device_name")?,
+            device_type: row.try_get("device_type")?,
+            status: parse(row, "status")?,
+            status_time: row.try_get("status_time")?,
+            created_at: row.try_get("created_at")?,
+        },
+        device_secret: row.try_get("device_secret")?,
+    })
+}
+
+fn user_from(row: &AnyRow) -> StoreResult<User> {
+    Ok(User {
+        identity_id: parse(row, "identity_id")?,
+        project_id: parse(row, "project_id")?,
+        login_name: row.try_get("login_name")?,
+        nick_name: row.try_get("nick_name")?,
+        phone: row.try_get("phone")?,
+        email: row.try_get("email")?,
+        gmt_create: row.try_get("gmt_create")?,
+        gmt_modified: row.try_get("gmt_modified")?,
+    })
+}
+
+fn binding_from(row: &AnyRow) -> StoreResult<Binding> {
+    Ok(Binding {
+        identity_id: parse(row, "identity_id")?,
+        iot_id: parse(row, "iot_id")?,
+        product_key: parse(row, "product_key")?,
+        device_name: parse(row, "device_name")?,
+        owned: u8::from(row.try_get::<i64, _>("owned")? != 0),
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn account_facts(u: &User) -> AccountFacts {
+    AccountFacts {
+        identity_id: u.identity_id.clone(),
+        login_name: u.login_name.clone(),
+        nick_name: u.nick_name.clone(),
+        phone: u.phone.clone(),
+        email: u.email.clone(),
+        gmt_create: u.gmt_create,
+        gmt_modified: u.gmt_modified,
+    }
+}
+
+fn check_text(field: &'static str, v: &str, min: usize, max: usize) -> StoreResult<()> {
+    let n = v.chars().count();
+    if n < min || n > max {
+        return Err(StoreError::Invalid {
+            field,
+            reason: format!("must be {min} to {max} characters long (got {n})"),
+        });
+    }
+    if v.chars().any(char::is_control) {
+        return Err(StoreError::Invalid {
+            field,
+            reason: "must not contain control characters".into(),
+        });
+    }
+    Ok(())
+}
+
+async fn load_settings(conn: &mut AnyConnection, project: &ProjectId) -> StoreResult<SyncSettings> {
+    let row = sqlx::query(
+        "SELECT sync_enabled, device_route, user_route, legacy_url, legacy_retired, last_method \
+         FROM projects WHERE project_id = $1",
+    )
+    .bind(project.as_str())
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| StoreError::not_found("project", project))?;
+    settings_from(&row)
+}
+
+async fn store_settings(
+    conn: &mut AnyConnection,
+    project: &ProjectId,
+    s: &SyncSettings,
+) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE projects SET sync_enabled = $1, device_route = $2, user_route = $3, \
+         legacy_url = $4, legacy_retired = $5, last_method = $6 WHERE project_id = $7",
+    )
+    .bind(b(s.enabled))
+    .bind(s.device_data.as_str())
+    .bind(s.user_data.as_str())
+    .bind(s.legacy_http_url.clone())
+    .bind(b(s.legacy_retired))
+    .bind(s.last_method.map(|m| m.as_str().to_owned()))
+    .bind(project.as_str())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn audit(
+    conn: &mut AnyConnection,
+    project: Option<&ProjectId>,
+    actor: &str,
+    at: i64,
+    action: &str,
+    before: serde_json::Value,
+    after: serde_json::Value,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO audit_log (project_id, actor, at, action, before_json, after_json) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(project.map(|p| p.to_string()))
+    .bind(actor)
+    .bind(at)
+    .bind(action)
+    .bind(before.to_string())
+    .bind(after.to_string())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Writes `m` to the outbox if the project's settings (and the product's switch, for
+/// device data and bindings) say it is produced now. Called inside the change's
+/// transaction, so the change and its message commit together.
+async fn produce(
+    conn: &mut AnyConnection,
+    settings: &SyncSettings,
+    product_sync: Option<bool>,
+    m: SyncMessage,
+) -> StoreResult<bool> {
+    let class = m.data_class();
+    if !settings.produces(class) {
+        return Ok(false);
+    }
+    let product_on = product_sync.unwrap_or(true);
+    let follows_product = class == DataClass::Device || matches!(m.kind, MessageKind::Binding(_));
+    if follows_product && !product_on {
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO outbox (project_id, kind, product_key, ordering_key, topic, message_id, \
+         generate_time, payload) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(m.project_id.as_str())
+    .bind(m.kind.code())
+    .bind(m.product_key.as_ref().map(|p| p.to_string()))
+    .bind(m.ordering_key.as_str())
+    .bind(m.envelope.topic.as_str())
+    .bind(m.envelope.message_id.as_str())
+    .bind(m.envelope.generate_time)
+    .bind(m.envelope.payload)
+    .execute(&mut *conn)
+    .await?;
+    Ok(true)
+}
+
+async fn fetch_device(
+    conn: &mut AnyConnection,
+    project: &ProjectId,
+    iot_id: &IotId,
+) -> StoreResult<(DeviceWithSecret, bool, Option<i64>)> {
+    let row = sqlx::query(&format!(
+        "SELECT {DEVICE_COLS} FROM devices d JOIN products p ON p.product_key = d.product_key \
+         WHERE d.iot_id = $1 AND d.project_id = $2"
+    ))
+    .bind(iot_id.as_str())
+    .bind(project.as_str())
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| StoreError::not_found("device", iot_id))?;
+    let product_sync = row.try_get::<i64, _>("product_sync")? != 0;
+    let activated: Option<i64> = row.try_get("activated_at")?;
+    Ok((device_from(&row)?, product_sync, activated))
+}
+
+async fn fetch_user(
+    conn: &mut AnyConnection,
+    project: &ProjectId,
+    id: &IdentityId,
+) -> StoreResult<User> {
+    let row = sqlx::query("SELECT * FROM users WHERE identity_id = $1 AND project_id = $2")
+        .bind(id.as_str())
+        .bind(project.as_str())
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| StoreError::not_found("user", id))?;
+    user_from(&row)
+}
+
+async fn count(conn: &mut AnyConnection, sql: &str, args: &[&str]) -> StoreResult<i64> {
+    let mut q = sqlx::query(sql);
+    for a in args {
+        q = q.bind(*a);
+    }
+    let row = q.fetch_one(&mut *conn).await?;
+    Ok(row.try_get::<i64, _>(0)?)
+}
+
+/// Removes every binding of a device or a user, producing an `Unbind` message for each.
+async fn unbind_all(
+    conn: &mut AnyConnection,
+    settings: &SyncSettings,
+    project: &ProjectId,
+    column: &str,
+    value: &str,
+    now: i64,
+) -> StoreResult<()> {
+    let rows = sqlx::query(&format!(
+        "SELECT b.identity_id, b.iot_id, d.product_key, d.device_name, b.owned, b.created_at, \
+         p.device_type, p.sync_enabled FROM bindings b JOIN devices d ON d.iot_id = b.iot_id \
+         JOIN products p ON p.product_key = d.product_key WHERE b.{column} = $1 AND b.project_id = $2"
+    ))
+    .bind(value)
+    .bind(project.as_str())
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in rows {
+        let bnd = binding_from(&row)?;
+        let device_type: String = row.try_get("device_type")?;
+        let product_on = row.try_get::<i64, _>("sync_enabled")? != 0;
+        let dref = payload::DeviceRef {
+            project_id: project.clone(),
+            iot_id: bnd.iot_id.clone(),
+            product_key: bnd.product_key.clone(),
+            device_name: bnd.device_name.clone(),
+            device_type,
+        };
+        let m = payload::binding(
+            &dref,
+            BindingOperation::Unbind,
+            &bnd.identity_id,
+            bnd.owned == 1,
+            now,
+        );
+        produce(conn, settings, Some(product_on), m).await?;
+    }
+    sqlx::query(&format!(
+        "DELETE FROM bindings WHERE {column} = $1 AND project_id = $2"
+    ))
+    .bind(value)
+    .bind(project.as_str())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+fn page<T>(items: Vec<T>, total: i64, p: PageRequest) -> Page<T> {
+    Page {
+        items,
+        total,
+        page_no: p.page,
+        page_size: p.page_size,
+    }
+}
+
+fn settings_json(s: &SyncSettings) -> serde_json::Value {
+    serde_json::to_value(s).unwrap_or(serde_json::Value::Null)
+}
+
+#[async_trait]
+impl Registry for SqlRegistry {
+    async fn create_project(&self, name: &str, actor: Actor<'_>) -> StoreResult<ProjectWithSecret> {
+        check_text("name", name.trim(), 1, 64)?;
+        let now = self.now();
+        let mut w = self.write().await?;
+        for _ in 0..5 {
+            let p = Project {
+                project_id: ProjectId::generate(),
+                name: name.trim().to_owned(),
+                app_key: AppKey::generate(),
+                created_at: now,
+            };
+            let secret = generate_secret();
+            let r = sqlx::query(
+                "INSERT INTO projects (project_id, name, app_key, app_secret, created_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(p.project_id.as_str())
+            .bind(p.name.as_str())
+            .bind(p.app_key.as_str())
+            .bind(secret.as_str())
+            .bind(now)
+            .execute(&mut *w.tx)
+            .await;
+            match r {
+                Err(e) if is_unique_violation(&e) => continue,
+                Err(e) => return Err(e.into()),
+                Ok(_) => {}
+            }
+            for g in ApiGroup::ALL {
+                sqlx::query(
+                    "INSERT INTO api_activation (project_id, api_group, activated) VALUES ($1, $2, $3)",
+                )
+                .bind(p.project_id.as_str())
+                .bind(g.as_str())
+                .bind(b(g.activated_by_default()))
+                .execute(&mut *w.tx)
+                .await?;
+            }
+            audit(
+                &mut w.tx,
+                Some(&p.project_id),
+                actor,
+                now,
+                "project.create",
+                json!(null),
+                json!({"name": p.name, "appKey": p.app_key}),
+            )
+            .await?;
+            w.tx.commit().await?;
+            return Ok(ProjectWithSecret {
+                project: p,
+                app_secret: secret,
+            });
+        }
+        Err(StoreError::Conflict {
+            entity: "project",
+            field: "appKey",
+            value: "generated".into(),
+        })
+    }
+
+    async fn import_project(&self, i: &ProjectImport, actor: Actor<'_>) -> StoreResult<Project> {
+        check_text("name", i.name.trim(), 1, 64)?;
+        check_text("appSecret", &i.app_secret, 8, 128)?;
+        let settings = sync_rules::import(&i.sync)?;
+        let now = self.now();
+        let p = Project {
+            project_id: ProjectId::generate(),
+            name: i.name.trim().to_owned(),
+            app_key: i.app_key.clone(),
+            created_at: now,
+        };
+        let mut w = self.write().await?;
+        let r = sqlx::query(
+            "INSERT INTO projects (project_id, name, app_key, app_secret, created_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(p.project_id.as_str())
+        .bind(p.name.as_str())
+        .bind(p.app_key.as_str())
+        .bind(i.app_secret.as_str())
+        .bind(now)
+        .execute(&mut *w.tx)
+        .await;
+        match r {
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::Conflict {
+                    entity: "project",
+                    field: "appKey",
+                    value: i.app_key.to_string(),
+                })
+            }
+            r => {
+                r?;
+            }
+        }
+        store_settings(&mut w.tx, &p.project_id, &settings).await?;
+        for g in ApiGroup::ALL {
+            sqlx::query(
+                "INSERT INTO api_activation (project_id, api_group, activated) VALUES ($1, $2, $3)",
+            )
+            .bind(p.project_id.as_str())
+            .bind(g.as_str())
+            .bind(b(g.activated_by_default()))
+            .execute(&mut *w.tx)
+            .await?;
+        }
+        audit(
+            &mut w.tx,
+            Some(&p.project_id),
+            actor,
+            now,
+            "project.import",
+            json!(null),
+            json!({"name": p.name, "appKey": p.app_key, "sync": settings_json(&settings)}),
+        )
+        .await?;
+        w.tx.commit().await?;
+        Ok(p)
+    }
+
+    async fn get_project(&self, id: &ProjectId) -> StoreResult<Project> {
+        let row = sqlx::query("SELECT * FROM projects WHERE project_id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::not_found("project", id))?;
+        project_from(&row)
+    }
+
+    async fn project_by_app_key(&self, app_key: &AppKey) -> StoreResult<ProjectWithSecret> {
+        let row = sqlx::query("SELECT * FROM projects WHERE app_key = $1")
+            .bind(app_key.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::not_found("appKey", app_key))?;
+        Ok(ProjectWithSecret {
+            project: project_from(&row)?,
+            app_secret: row.try_get("app_secret")?,
+        })
+    }
+
+    async fn list_projects(
+        &self,
+        search: Option<&str>,
+        p: PageRequest,
+    ) -> StoreResult<Page<Project>> {
+        let pattern = format!(
+            "%{}%",
+            search
+                .unwrap_or("")
+                .to_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        let filter = "LOWER(name) LIKE $1 ESCAPE '\\' OR LOWER(project_id) LIKE $1 ESCAPE '\\' \
+                      OR LOWER(app_key) LIKE $1 ESCAPE '\\'";
+        let mut conn = self.pool.acquire().await?;
+        let total = count(
+            &mut conn,
+            &format!("SELECT COUNT(*) FROM projects WHERE {filter}"),
+            &[&pattern],
+        )
+        .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT * FROM projects WHERE {filter} ORDER BY created_at DESC, project_id LIMIT $2 OFFSET $3"
+        ))
+        .bind(pattern.as_str())
+        .bind(i64::from(p.page_size))
+        .bind(p.offset())
+        .fetch_all(&mut *conn)
+        .await?;
+        let items = rows.iter().map(project_from).collect::<StoreResult<_>>()?;
+        Ok(page(items, total, p))
+    }
+
+    async fn rotate_secret(
+        &self,
+        id: &ProjectId,
+        actor: Actor<'_>,
+    ) -> StoreResult<ProjectWithSecret> {
+        let now = self.now();
+        let secret = generate_secret();
+        let mut w = self.write().await?;
+        let r = sqlx::query("UPDATE projects SET app_secret = $1 WHERE project_id = $2")
+            .bind(secret.as_str())
+            .bind(id.as_str())
+            .execute(&mut *w.tx)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::not_found("project", id));
+        }
+        audit(
+            &mut w.tx,
+            Some(id),
+            actor,
+            now,
+            "project.rotate_secret",
+            json!({"appSecret": "(previous)"}),
+            json!({"appSecret": "(new)"}),
+        )
+        .await?;
+        let row = sqlx::query("SELECT * FROM projects WHERE project_id = $1")
+            .bind(id.as_str())
+            .fetch_one(&mut *w.tx)
+            .await?;
+        let project = project_from(&row)?;
+        w.tx.commit().await?;
+        Ok(ProjectWithSecret {
+            project,
+            app_secret: secret,
+        })
+    }
+
+    async fn delete_project(&self, id: &ProjectId, actor: Actor<'_>) -> StoreResult<()> {
+        let now = self.now();
+        let mut w = self.write().await?;
+        let project = {
+            let row = sqlx::query("SELECT * FROM projects WHERE project_id = $1")
+                .bind(id.as_str())
+                .fetch_optional(&mut *w.tx)
+                .await?
+                .ok_or_else(|| StoreError::not_found("project", id))?;
+            project_from(&row)?
+        };
+        for table in [
+            "bindings",
+            "device_properties WHERE iot_id IN (SELECT iot_id FROM devices WHERE project_id = $1)",
+            "devices",
+            "users",
+            "products",
+            "api_activation",
+            "outbox",
+        ] {
+            let sql = if table.contains("WHERE") {
+                format!("DELETE FROM {table}")
+            } else {
+                format!("DELETE FROM {table} WHERE project_id = $1")
+            };
+            sqlx::query(&sql)
+                .bind(id.as_str())
+                .execute(&mut *w.tx)
+                .await?;
+        }
+        sqlx::query("DELETE FROM projects WHERE project_id = $1")
+            .bind(id.as_str())
+            .execute(&mut *w.tx)
+            .await?;
+        audit(
+            &mut w.tx,
+            Some(id),
+            actor,
+            now,
+            "project.delete",
+            json!({"name": project.name, "appKey": project.app_key}),
+            json!(null),
+        )
+        .await?;
+        w.tx.commit().await?;
+        Ok(())
+    }
+
+    async fn create_product(&self, project: &ProjectId, new: &NewProduct) -> StoreResult<Product> {
+        check_text("name", new.name.trim(), 1, 64)?;
+        check_text("deviceType", new.device_type.trim(), 1, 64)?;
+        let now = self.now();
+        let mut w = self.write().await?;
+        load_settings(&mut w.tx, project).await?;
+        for _ in 0..5 {
+            let pk = new.product_key.clone().unwrap_or_else(ProductKey::generate);
+            let r = sqlx::query(
+                "INSERT INTO products (product_key, project_id, name, device_type, sync_enabled, created_at) \
+                 VALUES ($1, $2, $3, $4, 1, $5)",
+            )
+            .bind(pk.as_str())
+            .bind(project.as_str())
+            .bind(new.name.trim())
+            .bind(new.device_type.trim())
+            .bind(now)
+            .execute(&mut *w.tx)
+            .await;
+            match r {
+                Err(e) if is_unique_violation(&e) => {
+                    if new.product_key.is_some() {
+                        return Err(StoreError::Conflict {
+                            entity: "product",
+                            field: "productKey",
+                            value: pk.to_string(),
+                        });
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+                Ok(_) => {}
+            }
+            w.tx.commit().await?;
+            return Ok(Product {
+                product_key: pk,
+                project_id: project.clone(),
+                name: new.name.trim().to_owned(),
+                device_type: new.device_type.trim().to_owned(),
+                sync_enabled: true,
+                created_at: now,
+            });
+        }
+        Err(StoreError::Conflict {
+            entity: "product",
+            field: "productKey",
+            value: "generated".into(),
+        })
+    }
+
+    async fn get_product(&self, project: &ProjectId, pk: &ProductKey) -> StoreResult<Product> {
+        let row = sqlx::query("SELECT * FROM products WHERE product_key = $1 AND project_id = $2")
+            .bind(pk.as_str())
+            .bind(project.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::not_found("product", pk))?;
+        product_from(&row)
+    }
+
+    async fn list_products(
+        &self,
+        project: &ProjectId,
+        p: PageRequest,
+    ) -> StoreResult<Page<Product>> {
+        let mut conn = self.pool.acquire().await?;
+        load_settings(&mut conn, project).await?;
+        let total = count(
+            &mut conn,
+            "SELECT COUNT(*) FROM products WHERE project_id = $1",
+            &[project.as_str()],
+        )
+        .await?;
+        let rows = sqlx::query(
+            "SELECT * FROM products WHERE project_id = $1 ORDER BY created_at, product_key LIMIT $2 OFFSET $3",
+        )
+        .bind(project.as_str())
+        .bind(i64::from(p.page_size))
+        .bind(p.offset())
+        .fetch_all(&mut *conn)
+        .await?;
+        let items = rows.iter().map(product_from).collect::<StoreResult<_>>()?;
+        Ok(page(items, total, p))
+    }
+
+    async fn create_device(
+        &self,
+        project: &ProjectId,
+        pk: &ProductKey,
+        dn: &DeviceName,
+    ) -> StoreResult<DeviceWithSecret> {
+        let now = self.now();
+        let mut w = self.write().await?;
+        let settings = load_settings(&mut w.tx, project).await?;
+        let prow = sqlx::query("SELECT * FROM products WHERE product_key = $1 AND project_id = $2")
+            .bind(pk.as_str())
+            .bind(project.as_str())
+            .fetch_optional(&mut *w.tx)
+            .await?
+            .ok_or_else(|| StoreError::not_found("product", pk))?;
+        let product = product_from(&prow)?;
+        let iot_id = IotId::generate();
+        let secret = generate_secret();
+        let r = sqlx::query(
+            "INSERT INTO devices (iot_id, project_id, product_key, device_name, device_secret, status, \
+             status_time, created_at) VALUES ($1, $2, $3, $4, $5, 'inactive', $6, $6)",
+        )
+        .bind(iot_id.as_str())
+        .bind(project.as_str())
+        .bind(pk.as_str())
+        .bind(dn.as_str())
+        .bind(secret.as_str())
+        .bind(now)
+        .execute(&mut *w.tx)
+        .await;
+        match r {
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::Conflict {
+                    entity: "device",
+                    field: "deviceName",
+                    value: dn.to_string(),
+                })
+            }
+            r => {
+                r?;
+            }
+        }
+        let device = Device {
+            iot_id,
+            project_id: project.clone(),
+            product_key: pk.clone(),
+            device_name: dn.clone(),
+            device_type: product.device_type.clone(),
+            status: DeviceStatus::Inactive,
+            status_time: now,
+            created_at: now,
+        };
+        let m = payload::device_lifecycle(
+            &device.as_ref(),
+            LifecycleAction::Create,
+            Some(&secret),
+            now,
+        );
+        produce(&mut w.tx, &settings, Some(product.sync_enabled), m).await?;
+        w.tx.commit().await?;
+        Ok(DeviceWithSecret {
+            device,
+            device_secret: secret,
+        })
+    }
+
+    async fn get_device(&self, project: &ProjectId, iot_id: &IotId) -> StoreResult<Device> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(fetch_device(&mut conn, project, iot_id).await?.0.device)
+    }
+
+    async fn device_by_name(
+        &self,
+        project: &ProjectId,
+        pk: &ProductKey,
+        dn: &DeviceName,
+    ) -> StoreResult<Device> {
+        let d = self.device_credentials(pk, dn).await?;
+        if &d.device.project_id != project {
+            return Err(StoreError::not_found("device", format!("{pk}/{dn}")));
+        }
+        Ok(d.device)
+    }
+
+    async fn device_credentials(
+        &self,
+        pk: &ProductKey,
+        dn: &DeviceName,
+    ) -> StoreResult<DeviceWithSecret> {
+        let row = sqlx::query(&format!(
+            "SELECT {DEVICE_COLS} FROM devices d JOIN products p ON p.product_key = d.product_key \
+             WHERE d.product_key = $1 AND d.device_name = $2"
+        ))
+        .bind(pk.as_str())
+        .bind(dn.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::not_found("device", format!("{pk}/{dn}")))?;
+        device_from(&row)
+    }
+
+    async fn list_devices(
+        &self,
+        project: &ProjectId,
+        product: Option<&ProductKey>,
+        p: PageRequest,
+    ) -> StoreResult<Page<Device>> {
+        let mut conn = self.pool.acquire().await?;
+        load_settings(&mut conn, project).await?;
+        let pk = product.map(|p| p.as_str()).unwrap_or("");
+        let filter = "d.project_id = $1 AND ($2 = '' OR d.product_key = $2)";
+        let total = count(
+            &mut conn,
+            &format!("SELECT COUNT(*) FROM devices d WHERE {filter}"),
+            &[project.as_str(), pk],
+        )
+        .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {DEVICE_COLS} FROM devices d JOIN products p ON p.product_key = d.product_key \
+             WHERE {filter} ORDER BY d.created_at, d.iot_id LIMIT $3 OFFSET $4"
+        ))
+        .bind(project.as_str())
+        .bind(pk)
+        .bind(i64::from(p.page_size))
+        .bind(p.offset())
+        .fetch_all(&mut *conn)
+        .await?;
+        let items = rows
+            .iter()
+            .map(|r| device_from(r).map(|d| d.device))
+            .collect::<StoreResult<_>>()?;
+        Ok(page(items, total, p))
+    }
+
+    async fn delete_device(&self, project: &ProjectId, iot_id: &IotId) -> StoreResult<()> {
+        let now = self.now();
+        let mut w = self.write().await?;
+        let settings = load_settings(&mut w.tx, project).await?;
+        let (d, product_sync, _) = fetch_device(&mut w.tx, project, iot_id).await?;
+        unbind_all(
+            &mut w.tx,
+            &settings,
+            project,
+            "iot_id",
+            iot_id.as_str(),
+            now,
+        )
+        .await?;
+        sqlx::query("DELETE FROM device_properties WHERE iot_id = $1")
+            .bind(iot_id.as_str())
+            .execute(&mut *w.tx)
+            .await?;
+        sqlx::query("DELETE FROM devices WHERE iot_id = $1")
+            .bind(iot_id.as_str())
+            .execute(&mut *w.tx)
+            .await?;
+        let m = payload::device_lifecycle(&d.device.as_ref(), LifecycleAction::Delete, None, now);
+        produce(&mut w.tx, &settings, Some(product_sync), m).await?;
+        w.tx.commit().await?;
+        Ok(())
+    }
+
+    async fn set_device_enabled(
+        &self,
+        project: &ProjectId,
+        iot_id: &IotId,
+        enabled: bool,
+    ) -> StoreResult<Device> {
+        let now = self.now();
+        let mut w = self.write().await?;
+        let settings = load_settings(&mut w.tx, project).await?;
+        let (d, product_sync, activated) = fetch_device(&mut w.tx, project, iot_id).await?;
+        let was_disabled = d.device.status == DeviceStatus::Disabled;
+        if was_disabled != enabled {
+            // Already in the asked state: nothing changes, no message.
+            return Ok(d.device);
+        }
+        let status = if !enabled {
+            DeviceStatus::Disabled
+        } else if activated.is_some() {
+            DeviceStatus::Offline
+        } else {
+            DeviceStatus::Inactive
+        };
+        sqlx::query("UPDATE devices SET status = $1, status_time = $2 WHERE iot_id = $3")
+            .bind(status.as_str())
+            .bind(now)
+            .bind(iot_id.as_str())
+            .execute(&mut *w.tx)
+            .await?;
+        let action = if enabled {
+            LifecycleAction::Enable
+        } else {
+            LifecycleAction::Disable
+        };
+        let m = payload::device_lifecycle(&d.device.as_ref(), action, None, now);
+        produce(&mut w.tx, &settings, Some(product_sync), m).await?;
+        w.tx.commit().await?;
+        Ok(Device {
+            status,
+            status_time: now,
+            ..d.device
+        })
+    }
+
+    async fn set_device_online(
+        &self,
+        project: &ProjectId,
+        iot_id: &IotId,
+        online: bool,
+        at_ms: i64,
+    ) -> StoreResult<Device> {
+        let now = self.now();
+        let mut w = self.write().await?;
+        let settings = load_settings(&mut w.tx, project).await?;
+        let (d, product_sync, _) = fetch_device(&mut w.tx, project, iot_id).await?;
+        if d.device.status == DeviceStatus::Disabled {
+            return Err(StoreError::Invalid {
+                field: "iotId",
+                reason: "the device is disabled".into(),
+            });
+        }
+        let status = if online {
+            DeviceStatus::Online
+        } else {
+            DeviceStatus::Offline
+        };
+        sqlx::query(
+            "UPDATE devices SET status = $1, status_time = $2, \
+             activated_at = COALESCE(activated_at, $2) WHERE iot_id = $3",
+        )
+        .bind(status.as_str())
+        .bind(at_ms)
+        .bind(iot_id.as_str())
+        .execute(&mut *w.tx)
+        .await?;
+        let m = payload::device_status(&d.device.as_ref(), online, at_ms, now);
+        produce(&mut w.tx, &settings, Some(product_sync), m).await?;
+        w.tx.commit().await?;
+        Ok(Device {
+            status,
+            status_time: at_ms,
+            ..d.device
+        })
+    }
+
+    async fn record_properties(
+        &self,
+        project: &ProjectId,
+        iot_id: &IotId,
+        items: &[PropertyValue],
+    ) -> StoreResult<()> {
+        let mut w = self.write().await?;
+        fetch_device(&mut w.tx, project, iot_id).await?;
+        for it in items {
+            sqlx::query(
+                "INSERT INTO device_properties (iot_id, identifier, value_json, time) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (iot_id, identifier) DO UPDATE SET value_json = excluded.value_json, time = excluded.time \
+                 WHERE excluded.time >= device_properties.time",
+            )
+            .bind(iot_id.as_str())
+            .bind(it.identifier.as_str())
+            .bind(it.value.to_string())
+            .bind(it.time)
+            .execute(&mut *w.tx)
+            .await?;
+        }
+        w.tx.commit().await?;
+        Ok(())
+    }
+
+    async fn device_properties(
+        &self,
+        project: &ProjectId,
+        iot_id: &IotId,
+    ) -> StoreResult<Vec<PropertyValue>> {
+        let mut conn = self.pool.acquire().await?;
+        fetch_device(&mut conn, project, iot_id).await?;
+        let rows = sqlx::query(
+            "SELECT identifier, value_json, time FROM device_properties WHERE iot_id = $1 ORDER BY identifier",
+        )
+        .bind(iot_id.as_str())
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let v: String = r.try_get("value_json")?;
+                Ok(PropertyValue {
+                    identifier: r.try_get("identifier")?,
+                    value: serde_json::from_str(&v)
+                        .map_err(|e| StoreError::Corrupt(format!("property value: {e}")))?,
+                    time: r.try_get("time")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn create_user(&self, project: &ProjectId, new: &NewUser) -> StoreResult<User> {
+        check_text("loginName", new.login_name.trim(), 1, 64)?;
+        check_text("nickName", &new.nick_name, 0, 64)?;
+        check_text("phone", &new.phone, 0, 32)?;
+        check_text("email", &new.email, 0, 128)?;
+        let now = self.now();
+        let mut w = self.write().await?;
+        let settings = load_settings(&mut w.tx, project).await?;
+        let u = User {
+            identity_id: IdentityId::generate(),
+            project_id: project.clone(),
+            login_name: new.login_name.trim().to_owned(),
+            nick_name: new.nick_name.clone(),
+            phone: new.phone.clone(),
+            email: new.email.clone(),
+            gmt_create: now,
+            gmt_modified: now,
+        };
+        let r = sqlx::query(
+            "INSERT INTO users (identity_id, project_id, login_name, nick_name, phone, email, gmt_create, gmt_modified) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+        )
+        .bind(u.identity_id.as_str())
+        .bind(project.as_str())
+        .bind(u.login_name.as_str())
+        .bind(u.nick_name.as_str())
+        .bind(u.phone.as_str())
+        .bind(u.email.as_str())
+        .bind(now)
+        .execute(&mut *w.tx)
+        .await;
+        match r {
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::Conflict {
+                    entity: "user",
+                    field: "loginName",
+                    value: u.login_name,
+                })
+            }
+            r => {
+                r?;
+            }
+        }
+        let m = payload::account_lifecycle(project, AccountAction::Create, &account_facts(&u), now);
+        produce(&mut w.tx, &settings, None, m).await?;
+        w.tx.commit().await?;
+        Ok(u)
+    }
+
+    async fn get_user(&self, project: &ProjectId, id: &IdentityId) -> StoreResult<User> {
+        let mut conn = self.pool.acquire().await?;
+        fetch_user(&mut conn, project, id).await
+    }
+
+    async fn update_user(
+        &self,
+        project: &ProjectId,
+        id: &IdentityId,
+        patch: &UserPatch,
+    ) -> StoreResult<User> {
+        if let Some(n) = &patch.nick_name {
+            check_text("nickName", n, 0, 64)?;
+        }
+        if let Some(n) = &patch.phone {
+            check_text("phone", n, 0, 32)?;
+        }
+        if let Some(n) = &patch.email {
+            check_text("email", n, 0, 128)?;
+        }
+        let now = self.now();
+        let mut w = self.write().await?;
+        let settings = load_settings(&mut w.tx, project).await?;
+        let mut u = fetch_user(&mut w.tx, project, id).await?;
+        if let Some(n) = &patch.nick_name {
+            u.nick_name = n.clone();
+        }
+        if let Some(n) = &patch.phone {
+            u.phone = n.clone();
+        }
+        if let Some(n) = &patch.email {
+            u.email = n.clone();
+        }
+        u.gmt_modified = now;
+        sqlx::query(
+            "UPDATE users SET nick_name = $1, phone = $2, email = $3, gmt_modified = $4 WHERE identity_id = $5",
+        )
+        .bind(u.nick_name.as_str())
+        .bind(u.phone.as_str())
+        .bind(u.email.as_str())
+        .bind(now)
+        .bind(id.as_str())
+        .execute(&mut *w.tx)
+        .await?;
+        let m = payload::account_lifecycle(project, AccountAction::Update, &account_facts(&u), now);
+        produce(&mut w.tx, &settings, None, m).await?;
+        w.tx.commit().await?;
+        Ok(u)
+    }
+
+    async fn delete_user(&self, project: &ProjectId, id: &IdentityId) -> StoreResult<()> {
+        let now = self.now();
+        let mut w = self.write().await?;
+        let settings = load_settings(&mut w.tx, project).await?;
+        let mut u = fetch_user(&mut w.tx, project, id).await?;
+        unbind_all(
+            &mut w.tx,
+            &settings,
+            project,
+            "identity_id",
+            id.as_str(),
+            now,
+        )
+        .await?;
+        sqlx::query("DELETE FROM users WHERE identity_id = $1")
+            .bind(id.as_str())
+            .execute(&mut *w.tx)
+            .await?;
+        u.gmt_modified = now;
+        let m = payload::account_lifecycle(project, AccountAction::Delete, &account_facts(&u), now);
+        produce(&mut w.tx, &settings, None, m).await?;
+        w.tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_users(&self, project: &ProjectId, p: PageRequest) -> StoreResult<Page<User>> {
+        let mut conn = self.pool.acquire().await?;
+        load_settings(&mut conn, project).await?;
+        let total = count(
+            &mut conn,
+            "SELECT COUNT(*) FROM users WHERE project_id = $1",
+            &[project.as_str()],
+        )
+        .await?;
+        let rows = sqlx::query(
+            "SELECT * FROM users WHERE project_id = $1 ORDER BY gmt_create, identity_id LIMIT $2 OFFSET $3",
+        )
+        .bind(project.as_str())
+        .bind(i64::from(p.page_size))
+        .bind(p.offset())
+        .fetch_all(&mut *conn)
+        .await?;
+        let items = rows.iter().map(user_from).collect::<StoreResult<_>>()?;
+        Ok(page(items, total, p))
+    }
+
+    async fn bind(
+        &self,
+        project: &ProjectId,
+        identity: &IdentityId,
+        iot_id: &IotId,
+        owned: bool,
+    ) -> StoreResult<Binding> {
+        let now = self.now();
+        let mut w = self.write().await?;
+        let settings = load_settings(&mut w.tx, project).await?;
+        fetch_user(&mut w.tx, project, identity).await?;
+        let (d, product_sync, _) = fetch_device(&mut w.tx, project, iot_id).await?;
+        if owned {
+            let owners = count(
+                &mut w.tx,
+                "SELECT COUNT(*) FROM bindings WHERE iot_id = $1 AND owned = 1",
+                &[iot_id.as_str()],
+            )
+            .await?;
+            if owners > 0 {
+                return Err(StoreError::Conflict {
+                    entity: "binding",
+                    field: "owned",
+                    value: "the device already has an owner; share it (owned 0) or unbind the owner first".into(),
+                });
+            }
+        }
+        let r = sqlx::query(
+            "INSERT INTO bindings (identity_id, iot_id, project_id, owned, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(identity.as_str())
+        .bind(iot_id.as_str())
+        .bind(project.as_str())
+        .bind(b(owned))
+        .bind(now)
+        .execute(&mut *w.tx)
+        .await;
+        match r {
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::Conflict {
+                    entity: "binding",
+                    field: "iotId",
+                    value: iot_id.to_string(),
+                })
+            }
+            r => {
+                r?;
+            }
+        }
+        let op = if owned {
+            BindingOperation::Bind
+        } else {
+            BindingOperation::Share
+        };
+        let m = payload::binding(&d.device.as_ref(), op, identity, owned, now);
+        produce(&mut w.tx, &settings, Some(product_sync), m).await?;
+        w.tx.commit().await?;
+        Ok(Binding {
+            identity_id: identity.clone(),
+            iot_id: iot_id.clone(),
+            product_key: d.device.product_key,
+            device_name: d.device.device_name,
+            owned: u8::from(owned),
+            created_at: now,
+        })
+    }
+
+    async fn unbind(
+        &self,
+        project: &ProjectId,
+        identity: &IdentityId,
+        iot_id: &IotId,
+    ) -> StoreResult<()> {
+        let now = self.now();
+        let mut w = self.write().await?;
+        let settings = load_settings(&mut w.tx, project).await?;
+        let (d, product_sync, _) = fetch_device(&mut w.tx, project, iot_id).await?;
+        let row = sqlx::query(
+            "SELECT owned FROM bindings WHERE identity_id = $1 AND iot_id = $2 AND project_id = $3",
+        )
+        .bind(identity.as_str())
+        .bind(iot_id.as_str())
+        .bind(project.as_str())
+        .fetch_optional(&mut *w.tx)
+        .await?
+        .ok_or_else(|| StoreError::not_found("binding", format!("{identity}/{iot_id}")))?;
+        let owned = row.try_get::<i64, _>("owned")? != 0;
+        sqlx::query("DELETE FROM bindings WHERE identity_id = $1 AND iot_id = $2")
+            .bind(identity.as_str())
+            .bind(iot_id.as_str())
+            .execute(&mut *w.tx)
+            .await?;
+        let m = payload::binding(
+            &d.device.as_ref(),
+            BindingOperation::Unbind,
+            identity,
+            owned,
+            now,
+        );
+        produce(&mut w.tx, &settings, Some(product_sync), m).await?;
+        w.tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_bindings(
+        &self,
+        project: &ProjectId,
+        f: BindingFilter<'_>,
+        p: PageRequest,
+    ) -> StoreResult<Page<Binding>> {
+        let mut conn = self.pool.acquire().await?;
+        load_settings(&mut conn, project).await?;
+        let ident = f.identity.map(|i| i.as_str()).unwrap_or("");
+        let iot = f.iot_id.map(|i| i.as_str()).unwrap_or("");
+        let filter =
+            "b.project_id = $1 AND ($2 = '' OR b.identity_id = $2) AND ($3 = '' OR b.iot_id = $3)";
+        let total = count(
+            &mut conn,
+            &format!("SELECT COUNT(*) FROM bindings b WHERE {filter}"),
+            &[project.as_str(), ident, iot],
+        )
+        .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT b.identity_id, b.iot_id, d.product_key, d.device_name, b.owned, b.created_at \
+             FROM bindings b JOIN devices d ON d.iot_id = b.iot_id WHERE {filter} \
+             ORDER BY b.created_at, b.identity_id, b.iot_id LIMIT $4 OFFSET $5"
+        ))
+        .bind(project.as_str())
+        .bind(ident)
+        .bind(iot)
+        .bind(i64::from(p.page_size))
+        .bind(p.offset())
+        .fetch_all(&mut *conn)
+        .await?;
+        let items = rows.iter().map(binding_from).collect::<StoreResult<_>>()?;
+        Ok(page(items, total, p))
+    }
+
+    async fn sync_state(&self, project: &ProjectId) -> StoreResult<SyncState> {
+        let mut conn = self.pool.acquire().await?;
+        let settings = load_settings(&mut conn, project).await?;
+        let rows = sqlx::query(
+            "SELECT product_key, name, sync_enabled FROM products WHERE project_id = $1 ORDER BY created_at, product_key",
+        )
+        .bind(project.as_str())
+        .fetch_all(&mut *conn)
+        .await?;
+        let products = rows
+            .iter()
+            .map(|r| {
+                Ok(ProductSync {
+                    product_key: parse(r, "product_key")?,
+                    name: r.try_get("name")?,
+                    enabled: r.try_get::<i64, _>("sync_enabled")? != 0,
+                })
+            })
+            .collect::<StoreResult<_>>()?;
+        Ok(SyncState {
+            mode: settings.mode(),
+            method: settings.method(),
+            settings,
+            products,
+        })
+    }
+
+    async fn apply_sync(
+        &self,
+        project: &ProjectId,
+        cmd: &SyncCommand,
+        actor: Actor<'_>,
+    ) -> StoreResult<(SyncSettings, Transition)> {
+        let now = self.now();
+        let mut w = self.write().await?;
+        let before = load_settings(&mut w.tx, project).await?;
+        let (after, transition) = sync_rules::apply(&before, cmd)?;
+        store_settings(&mut w.tx, project, &after).await?;
+        if let Transition::Enabled { .. } = transition {
+            sqlx::query("UPDATE products SET sync_enabled = 1 WHERE project_id = $1")
+                .bind(project.as_str())
+                .execute(&mut *w.tx)
+                .await?;
+        }
+        let action = match transition {
+            Transition::Enabled { .. } => "sync.enable",
+            Transition::Disabled => "sync.disable",
+            Transition::Switched { .. } => "sync.switch",
+            Transition::LegacyUrlChanged => "sync.legacy_url",
+        };
+        audit(
+            &mut w.tx,
+            Some(project),
+            actor,
+            now,
+            action,
+            settings_json(&before),
+            settings_json(&after),
+        )
+        .await?;
+        w.tx.commit().await?;
+        Ok((after, transition))
+    }
+
+    async fn set_product_sync(
+        &self,
+        project: &ProjectId,
+        pk: &ProductKey,
+        enabled: bool,
+        actor: Actor<'_>,
+    ) -> StoreResult<Product> {
+        let now = self.now();
+        let mut w = self.write().await?;
+        let settings = load_settings(&mut w.tx, project).await?;
+        if !settings.enabled {
+            return Err(sync_rules::RuleError::NotEnabled.into());
+        }
+        let row = sqlx::query("SELECT * FROM products WHERE product_key = $1 AND project_id = $2")
+            .bind(pk.as_str())
+            .bind(project.as_str())
+            .fetch_optional(&mut *w.tx)
+            .await?
+            .ok_or_else(|| StoreError::not_found("product", pk))?;
+        let before = product_from(&row)?;
+        sqlx::query("UPDATE products SET sync_enabled = $1 WHERE product_key = $2")
+            .bind(b(enabled))
+            .bind(pk.as_str())
+            .execute(&mut *w.tx)
+            .await?;
+        if before.sync_enabled != enabled {
+            audit(
+                &mut w.tx,
+                Some(project),
+                actor,
+                now,
+                "sync.product",
+                json!({"productKey": pk, "enabled": before.sync_enabled}),
+                json!({"productKey": pk, "enabled": enabled}),
+            )
+            .await?;
+        }
+        w.tx.commit().await?;
+        Ok(Product {
+            sync_enabled: enabled,
+            ..before
+        })
+    }
+
+    async fn all_sync_settings(&self) -> StoreResult<Vec<(ProjectId, AppKey, SyncSettings)>> {
+        let rows = sqlx::query("SELECT * FROM projects ORDER BY project_id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    parse(r, "project_id")?,
+                    parse(r, "app_key")?,
+                    settings_from(r)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn api_activation(&self, project: &ProjectId) -> StoreResult<Vec<(ApiGroup, bool)>> {
+        let mut conn = self.pool.acquire().await?;
+        load_settings(&mut conn, project).await?;
+        let rows =
+            sqlx::query("SELECT api_group, activated FROM api_activation WHERE project_id = $1")
+                .bind(project.as_str())
+                .fetch_all(&mut *conn)
+                .await?;
+        let mut stored = std::collections::HashMap::new();
+        for r in &rows {
+            let g: String = r.try_get("api_group")?;
+            if let Ok(g) = g.parse::<ApiGroup>() {
+                stored.insert(g, r.try_get::<i64, _>("activated")? != 0);
+            }
+        }
+        Ok(ApiGroup::ALL
+            .into_iter()
+            .map(|g| {
+                (
+                    g,
+                    stored.get(&g).copied().unwrap_or(g.activated_by_default()),
+                )
+            })
+            .collect())
+    }
+
+    async fn set_api_activation(
+        &self,
+        project: &ProjectId,
+        group: ApiGroup,
+        activated: bool,
+        actor: Actor<'_>,
+    ) -> StoreResult<()> {
+        let now = self.now();
+        let mut w = self.write().await?;
+        load_settings(&mut w.tx, project).await?;
+        let before = sqlx::query(
+            "SELECT activated FROM api_activation WHERE project_id = $1 AND api_group = $2",
+        )
+        .bind(project.as_str())
+        .bind(group.as_str())
+        .fetch_optional(&mut *w.tx)
+        .await?
+        .map(|r| r.try_get::<i64, _>("activated").map(|v| v != 0))
+        .transpose()?
+        .unwrap_or(group.activated_by_default());
+        sqlx::query("DELETE FROM api_activation WHERE project_id = $1 AND api_group = $2")
+            .bind(project.as_str())
+            .bind(group.as_str())
+            .execute(&mut *w.tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO api_activation (project_id, api_group, activated) VALUES ($1, $2, $3)",
+        )
+        .bind(project.as_str())
+        .bind(group.as_str())
+        .bind(b(activated))
+        .execute(&mut *w.tx)
+        .await?;
+        if before != activated {
+            audit(
+                &mut w.tx,
+                Some(project),
+                actor,
+                now,
+                "api.activation",
+                json!({"group": group, "activated": before}),
+                json!({"group": group, "activated": activated}),
+            )
+            .await?;
+        }
+        w.tx.commit().await?;
+        Ok(())
+    }
+
+    async fn audit_log(
+        &self,
+        project: &ProjectId,
+        p: PageRequest,
+    ) -> StoreResult<Page<AuditEntry>> {
+        let mut conn = self.pool.acquire().await?;
+        load_settings(&mut conn, project).await?;
+        let total = count(
+            &mut conn,
+            "SELECT COUNT(*) FROM audit_log WHERE project_id = $1",
+            &[project.as_str()],
+        )
+        .await?;
+        let rows = sqlx::query(
+            "SELECT * FROM audit_log WHERE project_id = $1 ORDER BY id DESC LIMIT $2 OFFSET $3",
+        )
+        .bind(project.as_str())
+        .bind(i64::from(p.page_size))
+        .bind(p.offset())
+        .fetch_all(&mut *conn)
+        .await?;
+        let items = rows
+            .iter()
+            .map(|r| {
+                let before: String = r.try_get("before_json")?;
+                let after: String = r.try_get("after_json")?;
+                Ok(AuditEntry {
+                    id: r.try_get("id")?,
+                    project_id: r.try_get("project_id")?,
+                    actor: r.try_get("actor")?,
+                    at: r.try_get("at")?,
+                    action: r.try_get("action")?,
+                    before: serde_json::from_str(&before).unwrap_or(serde_json::Value::Null),
+                    after: serde_json::from_str(&after).unwrap_or(serde_json::Value::Null),
+                })
+            })
+            .collect::<StoreResult<_>>()?;
+        Ok(page(items, total, p))
+    }
+
+    async fn outbox_peek(&self, limit: u32) -> StoreResult<Vec<OutboxEntry>> {
+        let rows = sqlx::query("SELECT * FROM outbox ORDER BY seq LIMIT $1")
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let pk: Option<String> = r.try_get("product_key")?;
+                Ok(OutboxEntry {
+                    seq: r.try_get("seq")?,
+                    message: SyncMessage {
+                        project_id: parse(r, "project_id")?,
+                        kind: parse(r, "kind")?,
+                        product_key: pk
+                            .map(|p| p.parse::<ProductKey>())
+                            .transpose()
+                            .map_err(|e| StoreError::Corrupt(format!("outbox product_key: {e}")))?,
+                        ordering_key: r.try_get("ordering_key")?,
+                        envelope: iotsync_core::Envelope {
+                            topic: r.try_get("topic")?,
+                            message_id: parse(r, "message_id")?,
+                            generate_time: r.try_get("generate_time")?,
+                            payload: r.try_get("payload")?,
+                        },
+                    },
+                })
+            })
+            .collect()
+    }
+
+    async fn outbox_remove(&self, seqs: &[i64]) -> StoreResult<()> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let mut w = self.write().await?;
+        for chunk in seqs.chunks(500) {
+            let list = chunk
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            // The seqs are integers we produced, so formatting them in is safe.
+            sqlx::query(&format!("DELETE FROM outbox WHERE seq IN ({list})"))
+                .execute(&mut *w.tx)
+                .await?;
+        }
+        w.tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,858 @@
+//! The repository suite: every test runs against SQLite (a temp file) and against the
+//! real PostgreSQL (each test in its own schema). PostgreSQL comes from
+//! `IOTSYNC_TEST_PG_URL` or `postgres://postgres@127.0.0.1:5432/test`; a missing server
+//! fails the PostgreSQL half, it never skips.
+
+use std::sync::Arc;
+
+use iotsync_core::api_catalog::ApiGroup;
+use iotsync_core::sync_rules::{ImportedSync, Route, SyncCommand, SyncMethod, SyncMode};
+use iotsync_core::{ManualClock, MessageKind, ProjectId};
+use iotsync_store::*;
+
+const T0: i64 = 1_700_000_000_000;
+
+struct Harness {
+    reg: SqlRegistry,
+    clock: ManualClock,
+    _dir: Option<tempfile::TempDir>,
+    pg_schema: Option<String>,
+}
+
+fn pg_base_url() -> String {
+    std::env::var("IOTSYNC_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
+async fn sqlite() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let reg = SqlRegistry::open_sqlite(&dir.path().join("registry.db"), Arc::new(clock.clone()))
+        .await
+        .unwrap();
+    Harness {
+        reg,
+        clock,
+        _dir: Some(dir),
+        pg_schema: None,
+    }
+}
+
+async fn postgres() -> Harness {
+    use sqlx::Connection;
+    let base = pg_base_url();
+    let schema = format!("t_{}", uuid_like());
+    let mut admin = sqlx::PgConnection::connect(&base)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {base} is required for this test: {e}"));
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+    let clock = ManualClock::new(T0);
+    let reg = SqlRegistry::connect(&url, Arc::new(clock.clone()))
+        .await
+        .unwrap();
+    Harness {
+        reg,
+        clock,
+        _dir: None,
+        pg_schema: Some(schema),
+    }
+}
+
+fn uuid_like() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let n = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{:x}{:x}", n, std::process::id())
+}
+
+impl Harness {
+    async fn done(self) {
+        self.reg.close().await;
+        if let Some(schema) = self.pg_schema {
+            use sqlx::Connection;
+            if let Ok(mut c) = sqlx::PgConnection::connect(&pg_base_url()).await {
+                let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+                    .execute(&mut c)
+                    .await;
+            }
+        }
+    }
+
+    async fn outbox_kinds(&self) -> Vec<(String, String)> {
+        self.reg
+            .outbox_peek(1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.message.kind.code().to_string(), e.message.envelope.topic))
+            .collect()
+    }
+
+    async fn drain(&self) -> Vec<OutboxEntry> {
+        let all = self.reg.outbox_peek(1000).await.unwrap();
+        let seqs: Vec<i64> = all.iter().map(|e| e.seq).collect();
+        self.reg.outbox_remove(&seqs).await.unwrap();
+        all
+    }
+
+    async fn project(&self) -> ProjectWithSecret {
+        self.reg.create_project("Smart home", "test").await.unwrap()
+    }
+
+    async fn product(&self, p: &ProjectId, name: &str) -> Product {
+        // Lists order by creation time; keep creations apart.
+        self.clock.advance_ms(1);
+        self.reg
+            .create_product(
+                p,
+                &NewProduct {
+                    name: name.into(),
+                    device_type: "Light".into(),
+                    product_key: None,
+                },
+            )
+            .await
+            .unwrap()
+    }
+
+    async fn enable(&self, p: &ProjectId, m: &str) {
+        self.reg
+            .apply_sync(p, &SyncCommand::Enable { method: m.into() }, "test")
+            .await
+            .unwrap();
+    }
+}
+
+macro_rules! both {
+    ($name:ident, $h:ident, $body:block) => {
+        mod $name {
+            use super::*;
+            async fn scenario($h: &Harness) $body
+            #[tokio::test]
+            async fn on_sqlite() {
+                let h = sqlite().await;
+                scenario(&h).await;
+                h.done().await;
+            }
+            #[tokio::test]
+            async fn on_postgres() {
+                let h = postgres().await;
+                scenario(&h).await;
+                h.done().await;
+            }
+        }
+    };
+}
+
+both!(creates_project_with_only_cloud_token_activated, h, {
+    let p = h.project().await;
+    assert_eq!(p.app_secret.len(), 32);
+    let got = h.reg.get_project(&p.project.project_id).await.unwrap();
+    assert_eq!(got, p.project);
+    let act = h.reg.api_activation(&p.project.project_id).await.unwrap();
+    assert_eq!(act.len(), ApiGroup::ALL.len());
+    for (g, on) in act {
+        assert_eq!(on, g == ApiGroup::CloudToken, "{g}");
+    }
+    let by_key = h.reg.project_by_app_key(&p.project.app_key).await.unwrap();
+    assert_eq!(by_key.app_secret, p.app_secret);
+});
+
+both!(rotating_the_secret_keeps_the_app_key_and_is_audited, h, {
+    let p = h.project().await;
+    let r = h
+        .reg
+        .rotate_secret(&p.project.project_id, "ops")
+        .await
+        .unwrap();
+    assert_ne!(r.app_secret, p.app_secret);
+    assert_eq!(r.project.app_key, p.project.app_key);
+    let log = h
+        .reg
+        .audit_log(&p.project.project_id, PageRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(log.items[0].action, "project.rotate_secret");
+    assert_eq!(log.items[0].actor, "ops");
+    assert!(!log.items[0].after.to_string().contains(&r.app_secret));
+});
+
+both!(nothing_is_produced_while_sync_is_off, h, {
+    let p = h.project().await.project.project_id;
+    let prod = h.product(&p, "Lamp").await;
+    let d = h
+        .reg
+        .create_device(&p, &prod.product_key, &"lamp0001".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(d.device.status, DeviceStatus::Inactive);
+    h.reg
+        .create_user(
+            &p,
+            &NewUser {
+                login_name: "ann".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(h.outbox_kinds().await.is_empty());
+});
+
+both!(
+    registry_changes_write_their_messages_in_the_same_transaction,
+    h,
+    {
+        let p = h.project().await.project.project_id;
+        let prod = h.product(&p, "Lamp").await;
+        h.enable(&p, "amqp").await;
+        let d = h
+            .reg
+            .create_device(&p, &prod.product_key, &"lamp0001".parse().unwrap())
+            .await
+            .unwrap();
+        let u = h
+            .reg
+            .create_user(
+                &p,
+                &NewUser {
+                    login_name: "ann".into(),
+                    nick_name: "Ann".into(),
+                    phone: "+1 555".into(),
+                    email: "ann@example.test".into(),
+                },
+            )
+            .await
+            .unwrap();
+        h.reg
+            .bind(&p, &u.identity_id, &d.device.iot_id, true)
+            .await
+            .unwrap();
+        h.reg
+            .update_user(
+                &p,
+                &u.identity_id,
+                &UserPatch {
+                    nick_name: Some("Annie".into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        h.reg
+            .set_device_enabled(&p, &d.device.iot_id, false)
+            .await
+            .unwrap();
+        h.reg
+            .set_device_enabled(&p, &d.device.iot_id, true)
+            .await
+            .unwrap();
+        h.reg
+            .unbind(&p, &u.identity_id, &d.device.iot_id)
+            .await
+            .unwrap();
+        h.reg.delete_user(&p, &u.identity_id).await.unwrap();
+        h.reg.delete_device(&p, &d.device.iot_id).await.unwrap();
+        let pk = prod.product_key.as_str();
+        let kinds = h.outbox_kinds().await;
+        let expect = vec![
+            (
+                "device.lifecycle.create",
+                format!("/{pk}/lamp0001/thing/lifecycle"),
+            ),
+            (
+                "account.create",
+                format!("/_account/{}/lifecycle", u.identity_id),
+            ),
+            (
+                "user.binding.bind",
+                format!("/{pk}/lamp0001/thing/user/binding"),
+            ),
+            (
+                "account.update",
+                format!("/_account/{}/lifecycle", u.identity_id),
+            ),
+            (
+                "device.lifecycle.disable",
+                format!("/{pk}/lamp0001/thing/lifecycle"),
+            ),
+            (
+                "device.lifecycle.enable",
+                format!("/{pk}/lamp0001/thing/lifecycle"),
+            ),
+            (
+                "user.binding.unbind",
+                format!("/{pk}/lamp0001/thing/user/binding"),
+            ),
+            (
+                "account.delete",
+                format!("/_account/{}/lifecycle", u.identity_id),
+            ),
+            (
+                "device.lifecycle.delete",
+                format!("/{pk}/lamp0001/thing/lifecycle"),
+            ),
+        ];
+        let expect: Vec<(String, String)> = expect
+            .into_iter()
+            .map(|(k, t)| (k.to_string(), t))
+            .collect();
+        assert_eq!(kinds, expect);
+        let out = h.reg.outbox_peek(1).await.unwrap();
+        let payload: serde_json::Value =
+            serde_json::from_slice(&out[0].message.envelope.payload).unwrap();
+        assert_eq!(payload["action"], "create");
+        assert_eq!(payload["deviceSecret"], d.device_secret.as_str());
+        assert_eq!(out[0].message.envelope.generate_time, T0 + 1);
+        assert_eq!(
+            out[0].message.kind,
+            MessageKind::DeviceLifecycle(iotsync_core::LifecycleAction::Create)
+        );
+    }
+);
+
+both!(a_failed_change_leaves_no_message, h, {
+    let p = h.project().await.project.project_id;
+    let prod = h.product(&p, "Lamp").await;
+    h.enable(&p, "amqp").await;
+    let dn = "lamp0001".parse().unwrap();
+    h.reg
+        .create_device(&p, &prod.product_key, &dn)
+        .await
+        .unwrap();
+    h.drain().await;
+    let e = h
+        .reg
+        .create_device(&p, &prod.product_key, &dn)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "conflict");
+    assert_eq!(e.field(), Some("deviceName"));
+    assert!(h.outbox_kinds().await.is_empty());
+    let u = h
+        .reg
+        .create_user(
+            &p,
+            &NewUser {
+                login_name: "bob".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    h.drain().await;
+    let e = h
+        .reg
+        .create_user(
+            &p,
+            &NewUser {
+                login_name: "bob".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.field(), Some("loginName"));
+    let d2 = h
+        .reg
+        .create_device(&p, &prod.product_key, &"lamp0002".parse().unwrap())
+        .await
+        .unwrap();
+    h.reg
+        .bind(&p, &u.identity_id, &d2.device.iot_id, true)
+        .await
+        .unwrap();
+    h.drain().await;
+    let other = h
+        .reg
+        .create_user(
+            &p,
+            &NewUser {
+                login_name: "carl".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    h.drain().await;
+    let e = h
+        .reg
+        .bind(&p, &other.identity_id, &d2.device.iot_id, true)
+        .await
+        .unwrap_err();
+    assert_eq!(e.field(), Some("owned"));
+    assert!(h.outbox_kinds().await.is_empty());
+    // Sharing is fine.
+    h.reg
+        .bind(&p, &other.identity_id, &d2.device.iot_id, false)
+        .await
+        .unwrap();
+    assert_eq!(h.outbox_kinds().await[0].0, "user.binding.share");
+});
+
+both!(
+    a_product_switched_off_silences_device_data_and_its_bindings,
+    h,
+    {
+        let p = h.project().await.project.project_id;
+        let on = h.product(&p, "Lamp").await;
+        let off = h.product(&p, "Plug").await;
+        h.enable(&p, "http2").await;
+        h.reg
+            .set_product_sync(&p, &off.product_key, false, "test")
+            .await
+            .unwrap();
+        let u = h
+            .reg
+            .create_user(
+                &p,
+                &NewUser {
+                    login_name: "ann".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let d_on = h
+            .reg
+            .create_device(&p, &on.product_key, &"lamp0001".parse().unwrap())
+            .await
+            .unwrap();
+        let d_off = h
+            .reg
+            .create_device(&p, &off.product_key, &"plug0001".parse().unwrap())
+            .await
+            .unwrap();
+        h.reg
+            .bind(&p, &u.identity_id, &d_on.device.iot_id, true)
+            .await
+            .unwrap();
+        h.reg
+            .bind(&p, &u.identity_id, &d_off.device.iot_id, true)
+            .await
+            .unwrap();
+        h.reg
+            .set_device_online(&p, &d_off.device.iot_id, true, T0 + 1)
+            .await
+            .unwrap();
+        let kinds: Vec<String> = h.outbox_kinds().await.into_iter().map(|k| k.0).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                "account.create",
+                "device.lifecycle.create",
+                "user.binding.bind"
+            ]
+        );
+        // A later product is on.
+        let later = h.product(&p, "Fan").await;
+        assert!(later.sync_enabled);
+        let st = h.reg.sync_state(&p).await.unwrap();
+        let flags: Vec<bool> = st.products.iter().map(|x| x.enabled).collect();
+        assert_eq!(flags, vec![true, false, true]);
+        // Disable + enable turns every product on again.
+        h.reg
+            .apply_sync(&p, &SyncCommand::Disable, "test")
+            .await
+            .unwrap();
+        h.enable(&p, "amqp").await;
+        let st = h.reg.sync_state(&p).await.unwrap();
+        assert!(st.products.iter().all(|x| x.enabled));
+        assert_eq!(st.method, Some(SyncMethod::Amqp));
+    }
+);
+
+both!(sync_rules_are_enforced_and_audited, h, {
+    let p = h.project().await.project.project_id;
+    let prod = h.product(&p, "Lamp").await;
+    let e = h
+        .reg
+        .set_product_sync(&p, &prod.product_key, false, "t")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "sync.not_enabled");
+    let e = h
+        .reg
+        .apply_sync(
+            &p,
+            &SyncCommand::Enable {
+                method: "legacy_http".into(),
+            },
+            "t",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "sync.legacy_not_allowed");
+    h.enable(&p, "http2").await;
+    h.clock.advance_ms(1000);
+    let (s, _) = h
+        .reg
+        .apply_sync(
+            &p,
+            &SyncCommand::Switch {
+                method: "amqp".into(),
+            },
+            "alice",
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.method(), Some(SyncMethod::Amqp));
+    let log = h.reg.audit_log(&p, PageRequest::default()).await.unwrap();
+    let actions: Vec<&str> = log.items.iter().map(|a| a.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        vec!["sync.switch", "sync.enable", "project.create"]
+    );
+    assert_eq!(log.items[0].actor, "alice");
+    assert_eq!(log.items[0].at, T0 + 1 + 1000);
+    assert_eq!(log.items[0].before["deviceData"], "http2");
+    assert_eq!(log.items[0].after["deviceData"], "amqp");
+    // Nothing changes on a refused command.
+    let e = h
+        .reg
+        .apply_sync(
+            &p,
+            &SyncCommand::Switch {
+                method: "http2".into(),
+            },
+            "t",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "sync.switch_not_supported");
+    assert_eq!(
+        h.reg
+            .audit_log(&p, PageRequest::default())
+            .await
+            .unwrap()
+            .total,
+        3
+    );
+});
+
+both!(imported_mixed_and_legacy_projects_follow_their_rules, h, {
+    let mixed = h
+        .reg
+        .import_project(
+            &ProjectImport {
+                name: "Old".into(),
+                app_key: "24681357".parse().unwrap(),
+                app_secret: "oldsecret0001".into(),
+                sync: ImportedSync {
+                    enabled: true,
+                    device_data: Route::Http2,
+                    user_data: Route::LegacyHttp,
+                    legacy_http_url: Some("http://127.0.0.1:9/push".into()),
+                },
+            },
+            "operator",
+        )
+        .await
+        .unwrap();
+    let st = h.reg.sync_state(&mixed.project_id).await.unwrap();
+    assert_eq!(st.mode, SyncMode::Mixed);
+    let e = h
+        .reg
+        .apply_sync(
+            &mixed.project_id,
+            &SyncCommand::Switch {
+                method: "amqp".into(),
+            },
+            "t",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "sync.mixed_must_reenable");
+    h.reg
+        .apply_sync(&mixed.project_id, &SyncCommand::Disable, "t")
+        .await
+        .unwrap();
+    let e = h
+        .reg
+        .apply_sync(
+            &mixed.project_id,
+            &SyncCommand::Enable {
+                method: "legacy_http".into(),
+            },
+            "t",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "sync.legacy_retired");
+    h.enable(&mixed.project_id, "amqp").await;
+    // Duplicate app keys are refused.
+    let e = h
+        .reg
+        .import_project(
+            &ProjectImport {
+                name: "Dup".into(),
+                app_key: "24681357".parse().unwrap(),
+                app_secret: "oldsecret0002".into(),
+                sync: ImportedSync {
+                    enabled: false,
+                    device_data: Route::None,
+                    user_data: Route::None,
+                    legacy_http_url: None,
+                },
+            },
+            "operator",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.field(), Some("appKey"));
+});
+
+both!(projects_never_see_each_others_things, h, {
+    let a = h.project().await.project.project_id;
+    let b = h.project().await.project.project_id;
+    let prod = h.product(&a, "Lamp").await;
+    let d = h
+        .reg
+        .create_device(&a, &prod.product_key, &"lamp0001".parse().unwrap())
+        .await
+        .unwrap();
+    let u = h
+        .reg
+        .create_user(
+            &a,
+            &NewUser {
+                login_name: "ann".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        h.reg
+            .get_device(&b, &d.device.iot_id)
+            .await
+            .unwrap_err()
+            .code(),
+        "not_found"
+    );
+    assert_eq!(
+        h.reg
+            .get_product(&b, &prod.product_key)
+            .await
+            .unwrap_err()
+            .code(),
+        "not_found"
+    );
+    assert_eq!(
+        h.reg.get_user(&b, &u.identity_id).await.unwrap_err().code(),
+        "not_found"
+    );
+    assert!(h
+        .reg
+        .create_device(&b, &prod.product_key, &"x0001".parse().unwrap())
+        .await
+        .is_err());
+    assert!(h
+        .reg
+        .bind(&b, &u.identity_id, &d.device.iot_id, true)
+        .await
+        .is_err());
+    assert_eq!(
+        h.reg
+            .list_devices(&b, None, PageRequest::default())
+            .await
+            .unwrap()
+            .total,
+        0
+    );
+    assert!(h.reg.delete_device(&b, &d.device.iot_id).await.is_err());
+    assert!(h.reg.get_device(&a, &d.device.iot_id).await.is_ok());
+});
+
+both!(lists_are_paginated_and_searchable, h, {
+    for i in 0..7 {
+        h.reg
+            .create_project(&format!("Proj {i}"), "t")
+            .await
+            .unwrap();
+        h.clock.advance_ms(1);
+    }
+    h.reg.create_project("Special_one", "t").await.unwrap();
+    let p1 = h
+        .reg
+        .list_projects(None, PageRequest::new(1, 3).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(p1.total, 8);
+    assert_eq!(p1.items.len(), 3);
+    assert_eq!(p1.items[0].name, "Special_one");
+    let p3 = h
+        .reg
+        .list_projects(None, PageRequest::new(3, 3).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(p3.items.len(), 2);
+    let s = h
+        .reg
+        .list_projects(Some("special_"), PageRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(s.total, 1);
+    let s = h
+        .reg
+        .list_projects(Some("%"), PageRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(s.total, 0, "a % in the search is literal");
+    assert!(PageRequest::new(0, 10).is_err());
+    assert_eq!(
+        PageRequest::new(1, 201).unwrap_err().field(),
+        Some("pageSize")
+    );
+});
+
+both!(device_status_and_properties_are_kept, h, {
+    let p = h.project().await.project.project_id;
+    let prod = h.product(&p, "Lamp").await;
+    h.enable(&p, "amqp").await;
+    let d = h
+        .reg
+        .create_device(&p, &prod.product_key, &"lamp0001".parse().unwrap())
+        .await
+        .unwrap();
+    h.drain().await;
+    let on = h
+        .reg
+        .set_device_online(&p, &d.device.iot_id, true, T0 + 5)
+        .await
+        .unwrap();
+    assert_eq!(on.status, DeviceStatus::Online);
+    h.reg
+        .set_device_online(&p, &d.device.iot_id, false, T0 + 6)
+        .await
+        .unwrap();
+    let got = h.reg.get_device(&p, &d.device.iot_id).await.unwrap();
+    assert_eq!(got.status, DeviceStatus::Offline);
+    assert_eq!(got.status_time, T0 + 6);
+    let msgs = h.drain().await;
+    let payloads: Vec<serde_json::Value> = msgs
+        .iter()
+        .map(|m| serde_json::from_slice(&m.message.envelope.payload).unwrap())
+        .collect();
+    assert_eq!(payloads[0]["status"]["value"], "1");
+    assert_eq!(payloads[1]["action"], "offline");
+    // Disabled, then enabled again: offline (it was active once), not inactive.
+    h.reg
+        .set_device_enabled(&p, &d.device.iot_id, false)
+        .await
+        .unwrap();
+    assert!(h
+        .reg
+        .set_device_online(&p, &d.device.iot_id, true, T0 + 7)
+        .await
+        .is_err());
+    let back = h
+        .reg
+        .set_device_enabled(&p, &d.device.iot_id, true)
+        .await
+        .unwrap();
+    assert_eq!(back.status, DeviceStatus::Offline);
+    h.reg
+        .record_properties(
+            &p,
+            &d.device.iot_id,
+            &[PropertyValue {
+                identifier: "LightSwitch".into(),
+                value: serde_json::json!(1),
+                time: 10,
+            }],
+        )
+        .await
+        .unwrap();
+    // An older report does not overwrite a newer value.
+    h.reg
+        .record_properties(
+            &p,
+            &d.device.iot_id,
+            &[PropertyValue {
+                identifier: "LightSwitch".into(),
+                value: serde_json::json!(0),
+                time: 9,
+            }],
+        )
+        .await
+        .unwrap();
+    let props = h.reg.device_properties(&p, &d.device.iot_id).await.unwrap();
+    assert_eq!(props.len(), 1);
+    assert_eq!(props[0].value, serde_json::json!(1));
+});
+
+both!(concurrent_writers_all_succeed, h, {
+    let p = h.project().await.project.project_id;
+    h.enable(&p, "amqp").await;
+    let reg = &h.reg;
+    let futs = (0..24).map(|i| {
+        let p = p.clone();
+        async move {
+            reg.create_user(
+                &p,
+                &NewUser {
+                    login_name: format!("user{i}"),
+                    ..Default::default()
+                },
+            )
+            .await
+        }
+    });
+    let results = futures_join_all(futs).await;
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    assert_eq!(
+        h.reg
+            .list_users(&p, PageRequest::default())
+            .await
+            .unwrap()
+            .total,
+        24
+    );
+    assert_eq!(h.reg.outbox_peek(100).await.unwrap().len(), 24);
+});
+
+async fn futures_join_all<F: std::future::Future>(
+    futs: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futs {
+        set.push(f);
+    }
+    let mut out = Vec::with_capacity(set.len());
+    // Poll them concurrently on this task.
+    let pinned: Vec<_> = set.into_iter().map(Box::pin).collect();
+    let mut pending: Vec<Option<_>> = pinned.into_iter().map(Some).collect();
+    let mut results: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all_done = true;
+        for (i, slot) in pending.iter_mut().enumerate() {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        results[i] = Some(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => all_done = false,
+                }
+            }
+        }
+        if all_done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    for r in results {
+        out.extend(r);
+    }
+    out
+}
