@@ -24,7 +24,7 @@ enum Command {
     /// With no options it runs on the embedded store in ./iotsync-data and needs no
     /// other service. Options come from flags, then IOTSYNC_* environment variables,
     /// then --config FILE, then the built-in defaults (see `iotsync config-defaults`).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print the built-in default configuration, every key commented.
     ConfigDefaults,
 }
@@ -153,6 +153,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(args) => {
+            let args = *args;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
