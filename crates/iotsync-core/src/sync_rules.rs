@@ -165,6 +165,22 @@ impl SyncSettings {
         self.route_for(class) != Route::None
     }
 
+    /// Whether a message of `kind` is produced now. Device data and binding messages
+    /// follow the device's product switch (`product_sync`); account messages only need
+    /// sync on for user data.
+    pub fn produces_kind(
+        &self,
+        kind: crate::message::MessageKind,
+        product_sync: Option<bool>,
+    ) -> bool {
+        if !self.produces(kind.data_class()) {
+            return false;
+        }
+        let follows_product = kind.data_class() == DataClass::Device
+            || matches!(kind, crate::message::MessageKind::Binding(_));
+        !(follows_product && product_sync == Some(false))
+    }
+
     pub fn legacy_active(&self) -> bool {
         self.enabled && self.user_data == Route::LegacyHttp
     }
@@ -512,6 +528,17 @@ mod tests {
         assert_eq!(s.mode(), SyncMode::Disabled);
         assert!(!s.produces(DataClass::Device));
         assert!(!s.produces(DataClass::User));
+    }
+
+    #[test]
+    fn product_switch_silences_device_data_and_bindings_only() {
+        use crate::message::{AccountAction, BindingOperation, MessageKind};
+        let (s, _) = apply(&SyncSettings::default(), &enable("amqp")).unwrap();
+        assert!(s.produces_kind(MessageKind::PropertyPost, Some(true)));
+        assert!(!s.produces_kind(MessageKind::PropertyPost, Some(false)));
+        assert!(!s.produces_kind(MessageKind::Binding(BindingOperation::Bind), Some(false)));
+        assert!(s.produces_kind(MessageKind::AccountLifecycle(AccountAction::Create), None));
+        assert!(!SyncSettings::default().produces_kind(MessageKind::PropertyPost, Some(true)));
     }
 
     #[test]

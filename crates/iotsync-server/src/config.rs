@@ -15,6 +15,7 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub store: StoreConfig,
     pub api: ApiConfig,
+    pub delivery: DeliveryConfig,
     pub amqp: AmqpConfig,
     pub http2: Http2Config,
     pub mqtt: MqttConfig,
@@ -33,6 +34,53 @@ pub struct ApiConfig {
     pub listen: String,
     pub operator_token: String,
     pub max_body_bytes: usize,
+}
+
+/// A duration written for people: "30s", "5m", "1day", "7days", "250ms".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub std::time::Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "{s:?} is not a duration (e.g. \"30s\", \"5m\", \"1day\"): {e}"
+                ))
+            })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    pub ack_timeout: HumanDuration,
+    pub retry_initial: HumanDuration,
+    pub retry_factor: f64,
+    pub retry_max: HumanDuration,
+    pub retry_jitter: f64,
+    pub retention_amqp: HumanDuration,
+    pub retention_http2: HumanDuration,
+    pub connects_per_minute: u32,
+}
+
+impl DeliveryConfig {
+    pub fn backlog_config(&self) -> iotsync_backlog::BacklogConfig {
+        iotsync_backlog::BacklogConfig {
+            ack_timeout: self.ack_timeout.0,
+            retry: iotsync_backlog::RetryPolicy {
+                initial: self.retry_initial.0,
+                factor: self.retry_factor,
+                max: self.retry_max.0,
+                jitter: self.retry_jitter,
+            },
+            retention_amqp: self.retention_amqp.0,
+            retention_http2: self.retention_http2.0,
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -273,6 +321,45 @@ impl ServerConfig {
                 "must be at least 1024".into(),
             ));
         }
+        let d = &self.delivery;
+        if d.ack_timeout.0 < std::time::Duration::from_millis(100) {
+            return Err(invalid(
+                "delivery.ack_timeout",
+                "must be at least 100ms".into(),
+            ));
+        }
+        if d.retry_initial.0.is_zero() || d.retry_max.0 < d.retry_initial.0 {
+            return Err(invalid(
+                "delivery.retry_max",
+                "must be at least delivery.retry_initial, which must be above 0".into(),
+            ));
+        }
+        if !(1.0..=10.0).contains(&d.retry_factor) {
+            return Err(invalid(
+                "delivery.retry_factor",
+                "must be between 1.0 and 10.0".into(),
+            ));
+        }
+        if !(0.0..=1.0).contains(&d.retry_jitter) {
+            return Err(invalid(
+                "delivery.retry_jitter",
+                "must be between 0.0 and 1.0".into(),
+            ));
+        }
+        if d.retention_amqp.0 < std::time::Duration::from_secs(1)
+            || d.retention_http2.0 < std::time::Duration::from_secs(1)
+        {
+            return Err(invalid(
+                "delivery.retention_amqp",
+                "retentions must be at least 1s".into(),
+            ));
+        }
+        if d.connects_per_minute == 0 {
+            return Err(invalid(
+                "delivery.connects_per_minute",
+                "must be at least 1".into(),
+            ));
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(invalid("log.format", "must be \"text\" or \"json\"".into()));
         }
@@ -328,6 +415,23 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("listen_addr"), "{e}");
+    }
+
+    #[test]
+    fn durations_are_human_readable() {
+        let c = ServerConfig::defaults();
+        assert_eq!(c.delivery.ack_timeout.0, std::time::Duration::from_secs(30));
+        assert_eq!(
+            c.delivery.retention_http2.0,
+            std::time::Duration::from_secs(7 * 86_400)
+        );
+        let e = ServerConfig::layered(
+            Some(("f.toml", "[delivery]\nack_timeout = \"soon\"\n")),
+            Default::default(),
+            Default::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("ack_timeout"), "{e}");
     }
 
     #[test]

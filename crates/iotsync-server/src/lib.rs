@@ -4,6 +4,8 @@
 
 pub mod api;
 pub mod config;
+pub mod delivery;
+pub mod ingest;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,8 +16,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use iotsync_backlog::{Backlog, EmbeddedBacklog, RecoveryReport};
 use iotsync_core::SharedClock;
 use iotsync_store::{Registry, SqlRegistry};
+
+use delivery::controller::SyncController;
+use delivery::dispatcher::{DispatcherConfig, DispatcherEngine};
+use delivery::hub::{DeliveryHub, HubConfig};
 
 pub use config::{ConfigOverrides, ServerConfig};
 
@@ -33,9 +40,13 @@ pub struct RunningServer {
     pub token_source: TokenSource,
     pub data_dir: PathBuf,
     pub store_description: String,
+    pub recovery: RecoveryReport,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     registry: Arc<SqlRegistry>,
+    backlog: Arc<EmbeddedBacklog>,
+    hub: Arc<DeliveryHub>,
+    ingest: Arc<ingest::Ingest>,
 }
 
 impl RunningServer {
@@ -47,11 +58,26 @@ impl RunningServer {
                 tracing::warn!("a task did not stop within the drain time-out");
             }
         }
+        if let Err(e) = self.backlog.close().await {
+            tracing::warn!(error = %e, "closing the backlog");
+        }
         self.registry.close().await;
     }
 
     pub fn registry(&self) -> Arc<dyn Registry> {
         self.registry.clone()
+    }
+
+    pub fn backlog(&self) -> Arc<dyn Backlog> {
+        self.backlog.clone()
+    }
+
+    pub fn hub(&self) -> Arc<DeliveryHub> {
+        self.hub.clone()
+    }
+
+    pub fn ingest(&self) -> Arc<ingest::Ingest> {
+        self.ingest.clone()
     }
 }
 
@@ -112,11 +138,54 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
     };
     let registry = Arc::new(registry);
 
+    let backlog_cfg = cfg.delivery.backlog_config();
+    let backlog_dir = cfg.data_dir.join("backlog");
+    let (backlog, recovery) =
+        EmbeddedBacklog::open(&backlog_dir, backlog_cfg.clone(), clock.clone())
+            .with_context(|| format!("opening the backlog in {}", backlog_dir.display()))?;
+    if !recovery.is_clean() {
+        tracing::warn!(
+            damaged = recovery.damaged.len(),
+            "the backlog had damaged ranges; the good part is served"
+        );
+    }
+    let backlog = Arc::new(backlog);
+    let hub = DeliveryHub::new(
+        backlog.clone(),
+        clock.clone(),
+        HubConfig {
+            connects_per_minute: cfg.delivery.connects_per_minute,
+        },
+    );
+    let controller = Arc::new(SyncController {
+        registry: registry.clone(),
+        hub: hub.clone(),
+        backlog_cfg,
+    });
+    controller
+        .reconcile_all()
+        .await
+        .context("reconciling the backlog with the registry")?;
+    let ingest = Arc::new(ingest::Ingest::new(
+        registry.clone(),
+        backlog.clone(),
+        clock.clone(),
+    ));
+    let (dispatcher, dispatcher_handle) = DispatcherEngine::new(
+        registry.clone(),
+        backlog.clone(),
+        DispatcherConfig::default(),
+    );
+
     let state = api::ApiState {
         registry: registry.clone(),
         operator_token: Arc::from(token.as_str()),
         clock: clock.clone(),
-        sync_listener: Arc::new(api::NoSyncListener),
+        sync_listener: controller,
+        hub: hub.clone(),
+        ingest: ingest.clone(),
+        dispatcher: dispatcher_handle,
+        rates: Arc::new(delivery::rates::RateSampler::default()),
     };
     let app = api::router(state, cfg.api.max_body_bytes)
         .layer(tower_http::trace::TraceLayer::new_for_http());
@@ -126,6 +195,7 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
         .with_context(|| format!("binding api.listen {}", cfg.api.listen))?;
     let api_addr = listener.local_addr()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let dispatcher_task = tokio::spawn(dispatcher.run(shutdown_rx.clone()));
     let mut rx = shutdown_rx.clone();
     let api_task = tokio::spawn(async move {
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -141,8 +211,12 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
         token_source,
         data_dir: cfg.data_dir.clone(),
         store_description,
+        recovery,
         shutdown: shutdown_tx,
-        tasks: vec![api_task],
+        tasks: vec![api_task, dispatcher_task],
         registry,
+        backlog,
+        hub,
+        ingest,
     })
 }

@@ -4,6 +4,9 @@
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
 
+use iotsync_backlog::Delivery;
+use iotsync_server::delivery::hub::{AttachRequest, ConsumerLink};
+use iotsync_server::delivery::{ChannelKind, Outcome};
 use iotsync_server::{ConfigOverrides, RunningServer, ServerConfig};
 
 const TOKEN: &str = "test-operator-token-0123456789";
@@ -81,6 +84,36 @@ impl Api {
             .await;
         assert_eq!(s, StatusCode::CREATED, "{p}");
         p["productKey"].as_str().unwrap().to_owned()
+    }
+
+    async fn consumer(&self, pid: &str, group: &str) -> ConsumerLink {
+        let hub = self.server.as_ref().unwrap().hub();
+        hub.attach(AttachRequest {
+            project: pid.parse().unwrap(),
+            group: group.parse().unwrap(),
+            channel: ChannelKind::Amqp,
+            remote: "test".into(),
+            client_id: "test".into(),
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Receives exactly `n` deliveries (acking each), failing after 20 s.
+    async fn receive(&self, link: &mut ConsumerLink, n: usize) -> Vec<Delivery> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            let batch =
+                tokio::time::timeout(std::time::Duration::from_secs(20), link.next(n - got.len()))
+                    .await
+                    .unwrap_or_else(|_| panic!("only {} of {n} messages arrived", got.len()))
+                    .unwrap();
+            for d in batch {
+                link.settle(&d.token, Outcome::Accepted).await.unwrap();
+                got.push(d);
+            }
+        }
+        got
     }
 
     async fn stop(mut self) {
@@ -205,12 +238,14 @@ async fn quick_start_creates_project_product_device_user_and_binding() {
         .await;
     assert_eq!(bl["total"], 1);
 
-    // Each change wrote its message into the outbox with the SPEC §4 topic.
-    let reg = api.server.as_ref().unwrap().registry();
-    let out = reg.outbox_peek(100).await.unwrap();
+    // Each change wrote its message (outbox, same transaction); the dispatcher moved it
+    // into the backlog, where the default group (named after the appKey) receives it.
+    let app_key = p["appKey"].as_str().unwrap();
+    let mut link = api.consumer(&pid, app_key).await;
+    let out = api.receive(&mut link, 3).await;
     let topics: Vec<&str> = out
         .iter()
-        .map(|e| e.message.envelope.topic.as_str())
+        .map(|d| d.message.envelope.topic.as_str())
         .collect();
     assert_eq!(
         topics,
@@ -263,19 +298,15 @@ async fn quick_start_creates_project_product_device_user_and_binding() {
         .get(&format!("/api/v1/projects/{pid}/devices/{iot}"))
         .await;
     assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
-    let kinds: Vec<String> = reg
-        .outbox_peek(100)
+    let kinds: Vec<String> = api
+        .receive(&mut link, 5)
         .await
-        .unwrap()
         .iter()
-        .map(|e| e.message.kind.code().to_owned())
+        .map(|d| d.message.kind.code().to_owned())
         .collect();
     assert_eq!(
         kinds,
         vec![
-            "device.lifecycle.create",
-            "account.create",
-            "user.binding.bind",
             "user.binding.unbind",
             "account.update",
             "device.lifecycle.disable",

@@ -144,6 +144,7 @@ pub trait Registry: Send + Sync + 'static {
 
     // Data sync settings (SPEC §3)
     async fn sync_state(&self, project: &ProjectId) -> StoreResult<SyncState>;
+    async fn sync_settings(&self, project: &ProjectId) -> StoreResult<SyncSettings>;
     async fn apply_sync(
         &self,
         project: &ProjectId,

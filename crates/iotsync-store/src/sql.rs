@@ -16,12 +16,12 @@ use sqlx::{AnyConnection, AnyPool, Executor, Row};
 use tokio::sync::{Mutex, MutexGuard};
 
 use iotsync_core::api_catalog::ApiGroup;
-use iotsync_core::message::{AccountAction, BindingOperation, DataClass, LifecycleAction};
+use iotsync_core::message::{AccountAction, BindingOperation, LifecycleAction};
 use iotsync_core::payload::{self, AccountFacts};
 use iotsync_core::sync_rules::{self, Route, SyncCommand, SyncMethod, SyncSettings, Transition};
 use iotsync_core::{
-    generate_secret, AppKey, DeviceName, IdentityId, IotId, MessageKind, ProductKey, ProjectId,
-    SharedClock, SyncMessage,
+    generate_secret, AppKey, DeviceName, IdentityId, IotId, ProductKey, ProjectId, SharedClock,
+    SyncMessage,
 };
 
 use crate::model::*;
@@ -350,13 +350,7 @@ async fn produce(
     product_sync: Option<bool>,
     m: SyncMessage,
 ) -> StoreResult<bool> {
-    let class = m.data_class();
-    if !settings.produces(class) {
-        return Ok(false);
-    }
-    let product_on = product_sync.unwrap_or(true);
-    let follows_product = class == DataClass::Device || matches!(m.kind, MessageKind::Binding(_));
-    if follows_product && !product_on {
+    if !settings.produces_kind(m.kind, product_sync) {
         return Ok(false);
     }
     sqlx::query(
@@ -1434,6 +1428,11 @@ impl Registry for SqlRegistry {
             settings,
             products,
         })
+    }
+
+    async fn sync_settings(&self, project: &ProjectId) -> StoreResult<SyncSettings> {
+        let mut conn = self.pool.acquire().await?;
+        load_settings(&mut conn, project).await
     }
 
     async fn apply_sync(

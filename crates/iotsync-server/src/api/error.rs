@@ -93,3 +93,69 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+impl From<iotsync_backlog::BacklogError> for ApiError {
+    fn from(e: iotsync_backlog::BacklogError) -> Self {
+        use iotsync_backlog::BacklogError as B;
+        match &e {
+            B::DiskFull { .. } => {
+                tracing::error!(error = %e, "backlog disk full");
+                ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "backlog.disk_full",
+                    "the backlog's disk is full; nothing of this request was stored, retry when space returns",
+                )
+            }
+            B::DeadLetterNotFound { .. } | B::UnknownGroup { .. } | B::UnknownProject { .. } => {
+                ApiError::not_found(e.to_string())
+            }
+            B::MessageTooLarge { .. } | B::InvalidMessage { .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_argument", e.to_string())
+            }
+            B::TooManyGroups { .. } => ApiError::new(
+                StatusCode::CONFLICT,
+                "backlog.too_many_groups",
+                e.to_string(),
+            ),
+            B::Closed => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the server is shutting down",
+            ),
+            B::Io { .. } | B::UnknownLease { .. } => {
+                tracing::error!(error = %e, "backlog error");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error; see the server log",
+                )
+            }
+            #[allow(unreachable_patterns)]
+            _ => {
+                tracing::error!(error = %e, "backlog error");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error; see the server log",
+                )
+            }
+        }
+    }
+}
+
+impl From<crate::ingest::IngestError> for ApiError {
+    fn from(e: crate::ingest::IngestError) -> Self {
+        use crate::ingest::IngestError as I;
+        match e {
+            I::Invalid { field, reason } => ApiError::invalid(&field, format!("{field}: {reason}")),
+            I::DeviceDisabled => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "device.disabled",
+                "the device is disabled; enable it before it reports",
+            )
+            .with_field("iotId"),
+            I::Store(s) => s.into(),
+            I::Backlog(b) => b.into(),
+        }
+    }
+}

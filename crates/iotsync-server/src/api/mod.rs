@@ -1,8 +1,10 @@
 //! The management REST API (SPEC §12) under `/api/v1`, for the operator and the console.
 //! Every route but the OpenAPI document needs `Authorization: Bearer <operator token>`.
 
+mod backlog;
 pub mod error;
 pub mod extract;
+mod metrics;
 mod openapi;
 mod projects;
 mod registry;
@@ -25,26 +27,14 @@ use error::ApiError;
 
 /// Reacts to accepted sync transitions (closing consumer connections on disable, moving
 /// consumers on a switch). The delivery layer implements it; the API only reports.
+#[async_trait::async_trait]
 pub trait SyncListener: Send + Sync + 'static {
-    fn on_transition(
+    async fn on_transition(
         &self,
         project: &iotsync_core::ProjectId,
         settings: &iotsync_core::sync_rules::SyncSettings,
         transition: iotsync_core::sync_rules::Transition,
     );
-}
-
-/// A listener that does nothing, while no channel is wired.
-pub struct NoSyncListener;
-
-impl SyncListener for NoSyncListener {
-    fn on_transition(
-        &self,
-        _: &iotsync_core::ProjectId,
-        _: &iotsync_core::sync_rules::SyncSettings,
-        _: iotsync_core::sync_rules::Transition,
-    ) {
-    }
 }
 
 #[derive(Clone)]
@@ -53,6 +43,10 @@ pub struct ApiState {
     pub operator_token: Arc<str>,
     pub clock: SharedClock,
     pub sync_listener: Arc<dyn SyncListener>,
+    pub hub: Arc<crate::delivery::hub::DeliveryHub>,
+    pub ingest: Arc<crate::ingest::Ingest>,
+    pub dispatcher: crate::delivery::dispatcher::DispatcherHandle,
+    pub rates: Arc<crate::delivery::rates::RateSampler>,
 }
 
 /// The actor recorded in the audit log for operator-token calls.
@@ -78,6 +72,16 @@ async fn require_operator(
         }
         Some(_) => Err(ApiError::unauthorized("the operator token is not valid")),
     }
+}
+
+/// After a successful write, wakes the dispatcher so outbox messages move at once.
+async fn kick_dispatcher(State(st): State<ApiState>, req: Request, next: Next) -> Response {
+    let write = req.method() != axum::http::Method::GET;
+    let resp = next.run(req).await;
+    if write && resp.status().is_success() {
+        st.dispatcher.kick();
+    }
+    resp
 }
 
 async fn fallback() -> ApiError {
@@ -118,7 +122,25 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
         )
         .route(
             &format!("{p}/devices/{{iot_id}}/properties"),
-            get(registry::device_properties),
+            get(registry::device_properties).post(backlog::report_properties),
+        )
+        .route(
+            &format!("{p}/devices/{{iot_id}}/events/{{identifier}}"),
+            post(backlog::report_event),
+        )
+        .route(&format!("{p}/sync/stats"), get(backlog::stats))
+        .route(&format!("{p}/sync/consumers"), get(backlog::consumers))
+        .route(
+            &format!("{p}/sync/dead-letters"),
+            get(backlog::dead_letters),
+        )
+        .route(
+            &format!("{p}/sync/dead-letters/{{message_id}}/retry"),
+            post(backlog::retry_dead_letter),
+        )
+        .route(
+            &format!("{p}/sync/dead-letters/{{message_id}}"),
+            delete(backlog::drop_dead_letter),
         )
         .route(
             &format!("{p}/users"),
@@ -155,14 +177,22 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
         .route("/admin/import", post(projects::import))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
+            kick_dispatcher,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
             require_operator,
         ));
+    let metrics = Router::new()
+        .route("/metrics", get(metrics::render))
+        .with_state(state.clone());
     let v1 = Router::new()
         .route("/openapi.json", get(openapi::document))
         .merge(authed)
         .fallback(fallback)
         .with_state(state);
     Router::new()
+        .merge(metrics)
         .nest("/api/v1", v1)
         .layer(DefaultBodyLimit::max(max_body_bytes))
 }

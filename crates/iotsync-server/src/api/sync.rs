@@ -34,7 +34,9 @@ pub struct MethodBody {
 
 async fn apply(st: &ApiState, pid: &ProjectId, cmd: SyncCommand) -> ApiResult<Json<SyncState>> {
     let (settings, transition) = st.registry.apply_sync(pid, &cmd, OPERATOR_ACTOR).await?;
-    st.sync_listener.on_transition(pid, &settings, transition);
+    st.sync_listener
+        .on_transition(pid, &settings, transition)
+        .await;
     Ok(Json(st.registry.sync_state(pid).await?))
 }
 

@@ -1,0 +1,718 @@
+//! On-disk records of the log. Every record is framed as
+//! `[len: u32 LE][crc32(body): u32 LE][body: len bytes]`; the first byte of the body is
+//! the record tag. Integers are little-endian; strings carry a u8 or u16 length prefix.
+//!
+//! The log is the only persistent structure: replaying it in order rebuilds the index.
+
+use iotsync_core::{Envelope, MessageKind, ProjectId, SyncMessage};
+
+/// Frame header: length + checksum.
+pub(crate) const FRAME_HEADER: usize = 8;
+/// Largest body accepted when scanning (guards against reading garbage lengths).
+pub(crate) const MAX_BODY: usize = 32 * 1024 * 1024;
+
+pub(crate) const TAG_MSG: u8 = 2;
+pub(crate) const TAG_ACK: u8 = 3;
+pub(crate) const TAG_REJECT: u8 = 4;
+pub(crate) const TAG_DEAD_RETRY: u8 = 5;
+pub(crate) const TAG_DEAD_DROP: u8 = 6;
+pub(crate) const TAG_GROUP_CREATE: u8 = 7;
+pub(crate) const TAG_GROUP_DELETE: u8 = 8;
+pub(crate) const TAG_RETENTION: u8 = 9;
+pub(crate) const TAG_PAUSED: u8 = 10;
+pub(crate) const TAG_EXPIRE: u8 = 11;
+pub(crate) const TAG_PROJECT_STATE: u8 = 12;
+pub(crate) const TAG_RELOCATED: u8 = 13;
+
+/// Byte offset of the `owners` field inside a message body (tag, proj, pseq).
+pub(crate) const MSG_OWNERS_AT: usize = 1 + 4 + 8;
+
+/// Counters of a group as persisted in a project snapshot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct GroupCounters {
+    pub appended: u64,
+    pub acked: u64,
+    pub redelivered: u64,
+    pub expired: u64,
+    pub rejected: u64,
+    pub nacked: u64,
+    pub timed_out: u64,
+    pub unreadable: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GroupSnapshot {
+    pub slot: u8,
+    pub gen: u32,
+    pub start_pseq: u64,
+    pub name: String,
+    pub counters: GroupCounters,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ProjectSnapshot {
+    pub proj: u32,
+    pub id: String,
+    pub next_pseq: u64,
+    pub retention_ms: i64,
+    pub paused: bool,
+    pub next_gen: u32,
+    pub discarded: u64,
+    pub groups: Vec<GroupSnapshot>,
+}
+
+/// A dead-letter mark carried by a relocated message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DeadMark {
+    pub group: u8,
+    pub attempts: u32,
+    pub at_ms: i64,
+}
+
+/// The routing facts of a message record, decoded without copying the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MsgHead {
+    pub proj: u32,
+    pub pseq: u64,
+    pub owners: u32,
+    pub generate_time: i64,
+    pub key_hash: u32,
+}
+
+/// A decoded record, as replay sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Record {
+    Msg(MsgHead),
+    Relocated {
+        head: MsgHead,
+        dead: Vec<DeadMark>,
+    },
+    Ack {
+        proj: u32,
+        group: u8,
+        pseq: u64,
+    },
+    Reject {
+        proj: u32,
+        group: u8,
+        pseq: u64,
+        attempts: u32,
+        at_ms: i64,
+    },
+    DeadRetry {
+        proj: u32,
+        group: u8,
+        pseq: u64,
+    },
+    DeadDrop {
+        proj: u32,
+        group: u8,
+        pseq: u64,
+    },
+    GroupCreate {
+        proj: u32,
+        group: u8,
+        gen: u32,
+        start_pseq: u64,
+        name: String,
+    },
+    GroupDelete {
+        proj: u32,
+        group: u8,
+    },
+    Retention {
+        proj: u32,
+        ms: i64,
+    },
+    Paused {
+        proj: u32,
+        paused: bool,
+    },
+    Expire {
+        proj: u32,
+        cutoff_s: u32,
+    },
+    ProjectState(ProjectSnapshot),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct DecodeError(pub String);
+
+fn derr(what: &str) -> DecodeError {
+    DecodeError(what.to_owned())
+}
+
+/// The ordering-key hash kept in memory (per-key order within a group). A collision only
+/// serialises two keys more than needed; it never reorders.
+pub(crate) fn key_hash(key: &str) -> u32 {
+    crc32fast::hash(key.as_bytes())
+}
+
+/// Appends framed records to a buffer.
+#[derive(Debug, Default)]
+pub(crate) struct Enc {
+    pub buf: Vec<u8>,
+    start: usize,
+}
+
+impl Enc {
+    fn begin(&mut self, tag: u8) {
+        self.start = self.buf.len();
+        self.buf.extend_from_slice(&[0u8; FRAME_HEADER]);
+        self.buf.push(tag);
+    }
+    /// Closes the record opened by `begin`; returns (offset, framed length).
+    fn end(&mut self) -> (usize, usize) {
+        let body = &self.buf[self.start + FRAME_HEADER..];
+        let len = body.len() as u32;
+        let crc = crc32fast::hash(body);
+        self.buf[self.start..self.start + 4].copy_from_slice(&len.to_le_bytes());
+        self.buf[self.start + 4..self.start + 8].copy_from_slice(&crc.to_le_bytes());
+        (self.start, self.buf.len() - self.start)
+    }
+    fn u8(&mut self, v: u8) {
+        self.buf.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    fn i64(&mut self, v: i64) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    fn str8(&mut self, s: &str) {
+        let b = s.as_bytes();
+        let n = b.len().min(u8::MAX as usize);
+        self.buf.push(n as u8);
+        self.buf.extend_from_slice(&b[..n]);
+    }
+    fn str16(&mut self, s: &str) {
+        let b = s.as_bytes();
+        let n = b.len().min(u16::MAX as usize);
+        self.buf.extend_from_slice(&(n as u16).to_le_bytes());
+        self.buf.extend_from_slice(&b[..n]);
+    }
+
+    /// A message record. Returns (offset, framed length).
+    pub fn msg(&mut self, proj: u32, pseq: u64, owners: u32, m: &SyncMessage) -> (usize, usize) {
+        self.begin(TAG_MSG);
+        self.u32(proj);
+        self.u64(pseq);
+        self.u32(owners);
+        self.i64(m.envelope.generate_time);
+        self.str8(m.kind.code());
+        match &m.product_key {
+            Some(pk) => {
+                self.u8(1);
+                self.str8(pk.as_str());
+            }
+            None => self.u8(0),
+        }
+        self.str16(&m.ordering_key);
+        self.str16(&m.envelope.topic);
+        self.str8(m.envelope.message_id.as_str());
+        self.u32(m.envelope.payload.len() as u32);
+        self.buf.extend_from_slice(&m.envelope.payload);
+        self.end()
+    }
+
+    /// A relocated copy of a message record: current owners and dead-letter marks, then
+    /// the original body.
+    pub fn relocated(&mut self, dead: &[DeadMark], owners: u32, original_body: &[u8]) {
+        self.begin(TAG_RELOCATED);
+        self.u8(dead.len() as u8);
+        for d in dead {
+            self.u8(d.group);
+            self.u32(d.attempts);
+            self.i64(d.at_ms);
+        }
+        let inner = self.buf.len();
+        self.buf.extend_from_slice(original_body);
+        if self.buf.len() >= inner + MSG_OWNERS_AT + 4 {
+            self.buf[inner + MSG_OWNERS_AT..inner + MSG_OWNERS_AT + 4]
+                .copy_from_slice(&owners.to_le_bytes());
+        }
+        self.end();
+    }
+
+    fn group_op(&mut self, tag: u8, proj: u32, group: u8, pseq: u64) {
+        self.begin(tag);
+        self.u32(proj);
+        self.u8(group);
+        self.u64(pseq);
+        self.end();
+    }
+    pub fn ack(&mut self, proj: u32, group: u8, pseq: u64) {
+        self.group_op(TAG_ACK, proj, group, pseq)
+    }
+    pub fn dead_retry(&mut self, proj: u32, group: u8, pseq: u64) {
+        self.group_op(TAG_DEAD_RETRY, proj, group, pseq)
+    }
+    pub fn dead_drop(&mut self, proj: u32, group: u8, pseq: u64) {
+        self.group_op(TAG_DEAD_DROP, proj, group, pseq)
+    }
+    pub fn reject(&mut self, proj: u32, group: u8, pseq: u64, attempts: u32, at_ms: i64) {
+        self.begin(TAG_REJECT);
+        self.u32(proj);
+        self.u8(group);
+        self.u64(pseq);
+        self.u32(attempts);
+        self.i64(at_ms);
+        self.end();
+    }
+    pub fn group_create(&mut self, proj: u32, group: u8, gen: u32, start_pseq: u64, name: &str) {
+        self.begin(TAG_GROUP_CREATE);
+        self.u32(proj);
+        self.u8(group);
+        self.u32(gen);
+        self.u64(start_pseq);
+        self.str8(name);
+        self.end();
+    }
+    pub fn group_delete(&mut self, proj: u32, group: u8) {
+        self.begin(TAG_GROUP_DELETE);
+        self.u32(proj);
+        self.u8(group);
+        self.end();
+    }
+    pub fn retention(&mut self, proj: u32, ms: i64) {
+        self.begin(TAG_RETENTION);
+        self.u32(proj);
+        self.i64(ms);
+        self.end();
+    }
+    pub fn paused(&mut self, proj: u32, paused: bool) {
+        self.begin(TAG_PAUSED);
+        self.u32(proj);
+        self.u8(paused as u8);
+        self.end();
+    }
+    pub fn expire(&mut self, proj: u32, cutoff_s: u32) {
+        self.begin(TAG_EXPIRE);
+        self.u32(proj);
+        self.u32(cutoff_s);
+        self.end();
+    }
+    pub fn project_state(&mut self, s: &ProjectSnapshot) {
+        self.begin(TAG_PROJECT_STATE);
+        self.u32(s.proj);
+        self.str8(&s.id);
+        self.u64(s.next_pseq);
+        self.i64(s.retention_ms);
+        self.u8(s.paused as u8);
+        self.u32(s.next_gen);
+        self.u64(s.discarded);
+        self.u8(s.groups.len() as u8);
+        for g in &s.groups {
+            self.u8(g.slot);
+            self.u32(g.gen);
+            self.u64(g.start_pseq);
+            self.str8(&g.name);
+            let c = &g.counters;
+            for v in [
+                c.appended,
+                c.acked,
+                c.redelivered,
+                c.expired,
+                c.rejected,
+                c.nacked,
+                c.timed_out,
+                c.unreadable,
+            ] {
+                self.u64(v);
+            }
+        }
+        self.end();
+    }
+}
+
+/// Reads fields from a record body.
+struct Dec<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Dec<'a> {
+    fn new(b: &'a [u8]) -> Self {
+        Self { b, at: 0 }
+    }
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|e| *e <= self.b.len())
+            .ok_or_else(|| derr("record shorter than its fields"))?;
+        let s = &self.b[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(self.take(4)?);
+        Ok(u32::from_le_bytes(a))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn i64(&mut self) -> Result<i64, DecodeError> {
+        Ok(self.u64()? as i64)
+    }
+    fn str8(&mut self) -> Result<&'a str, DecodeError> {
+        let n = self.u8()? as usize;
+        std::str::from_utf8(self.take(n)?).map_err(|_| derr("string is not UTF-8"))
+    }
+    fn str16(&mut self) -> Result<&'a str, DecodeError> {
+        let mut a = [0u8; 2];
+        a.copy_from_slice(self.take(2)?);
+        let n = u16::from_le_bytes(a) as usize;
+        std::str::from_utf8(self.take(n)?).map_err(|_| derr("string is not UTF-8"))
+    }
+    fn done(&self) -> Result<(), DecodeError> {
+        if self.at == self.b.len() {
+            Ok(())
+        } else {
+            Err(derr("trailing bytes after record"))
+        }
+    }
+}
+
+/// The routing facts of a message body (tag included).
+fn msg_head(d: &mut Dec<'_>) -> Result<MsgHead, DecodeError> {
+    if d.u8()? != TAG_MSG {
+        return Err(derr("relocated record does not wrap a message"));
+    }
+    let proj = d.u32()?;
+    let pseq = d.u64()?;
+    let owners = d.u32()?;
+    let generate_time = d.i64()?;
+    d.str8()?;
+    if d.u8()? == 1 {
+        d.str8()?;
+    }
+    let key = d.str16()?;
+    Ok(MsgHead {
+        proj,
+        pseq,
+        owners,
+        generate_time,
+        key_hash: key_hash(key),
+    })
+}
+
+fn dead_marks(d: &mut Dec<'_>) -> Result<Vec<DeadMark>, DecodeError> {
+    let n = d.u8()? as usize;
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(DeadMark {
+            group: d.u8()?,
+            attempts: d.u32()?,
+            at_ms: d.i64()?,
+        });
+    }
+    Ok(v)
+}
+
+/// Decodes a record body (checksum already verified).
+pub(crate) fn decode(body: &[u8]) -> Result<Record, DecodeError> {
+    let mut d = Dec::new(body);
+    let tag = *body.first().ok_or_else(|| derr("empty record"))?;
+    Ok(match tag {
+        TAG_MSG => Record::Msg(msg_head(&mut d)?),
+        TAG_RELOCATED => {
+            d.u8()?;
+            let dead = dead_marks(&mut d)?;
+            Record::Relocated {
+                head: msg_head(&mut d)?,
+                dead,
+            }
+        }
+        _ => {
+            d.u8()?;
+            let r = match tag {
+                TAG_ACK | TAG_DEAD_RETRY | TAG_DEAD_DROP => {
+                    let (proj, group, pseq) = (d.u32()?, d.u8()?, d.u64()?);
+                    match tag {
+                        TAG_ACK => Record::Ack { proj, group, pseq },
+                        TAG_DEAD_RETRY => Record::DeadRetry { proj, group, pseq },
+                        _ => Record::DeadDrop { proj, group, pseq },
+                    }
+                }
+                TAG_REJECT => Record::Reject {
+                    proj: d.u32()?,
+                    group: d.u8()?,
+                    pseq: d.u64()?,
+                    attempts: d.u32()?,
+                    at_ms: d.i64()?,
+                },
+                TAG_GROUP_CREATE => Record::GroupCreate {
+                    proj: d.u32()?,
+                    group: d.u8()?,
+                    gen: d.u32()?,
+                    start_pseq: d.u64()?,
+                    name: d.str8()?.to_owned(),
+                },
+                TAG_GROUP_DELETE => Record::GroupDelete {
+                    proj: d.u32()?,
+                    group: d.u8()?,
+                },
+                TAG_RETENTION => Record::Retention {
+                    proj: d.u32()?,
+                    ms: d.i64()?,
+                },
+                TAG_PAUSED => Record::Paused {
+                    proj: d.u32()?,
+                    paused: d.u8()? != 0,
+                },
+                TAG_EXPIRE => Record::Expire {
+                    proj: d.u32()?,
+                    cutoff_s: d.u32()?,
+                },
+                TAG_PROJECT_STATE => {
+                    let proj = d.u32()?;
+                    let id = d.str8()?.to_owned();
+                    let next_pseq = d.u64()?;
+                    let retention_ms = d.i64()?;
+                    let paused = d.u8()? != 0;
+                    let next_gen = d.u32()?;
+                    let discarded = d.u64()?;
+                    let n = d.u8()? as usize;
+                    let mut groups = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        let slot = d.u8()?;
+                        let gen = d.u32()?;
+                        let start_pseq = d.u64()?;
+                        let name = d.str8()?.to_owned();
+                        let counters = GroupCounters {
+                            appended: d.u64()?,
+                            acked: d.u64()?,
+                            redelivered: d.u64()?,
+                            expired: d.u64()?,
+                            rejected: d.u64()?,
+                            nacked: d.u64()?,
+                            timed_out: d.u64()?,
+                            unreadable: d.u64()?,
+                        };
+                        groups.push(GroupSnapshot {
+                            slot,
+                            gen,
+                            start_pseq,
+                            name,
+                            counters,
+                        });
+                    }
+                    Record::ProjectState(ProjectSnapshot {
+                        proj,
+                        id,
+                        next_pseq,
+                        retention_ms,
+                        paused,
+                        next_gen,
+                        discarded,
+                        groups,
+                    })
+                }
+                other => return Err(DecodeError(format!("unknown record tag {other}"))),
+            };
+            d.done()?;
+            r
+        }
+    })
+}
+
+/// The message body inside a message or relocated record body.
+pub(crate) fn message_body(body: &[u8]) -> Result<&[u8], DecodeError> {
+    if body.first() == Some(&TAG_RELOCATED) {
+        let mut d = Dec::new(body);
+        d.u8()?;
+        dead_marks(&mut d)?;
+        Ok(&body[d.at..])
+    } else {
+        Ok(body)
+    }
+}
+
+/// Decodes the full message of a message or relocated body, for delivery.
+pub(crate) fn decode_message(body: &[u8], project: &ProjectId) -> Result<SyncMessage, DecodeError> {
+    let mut d = Dec::new(body);
+    if body.first() == Some(&TAG_RELOCATED) {
+        d.u8()?;
+        dead_marks(&mut d)?;
+    }
+    if d.u8()? != TAG_MSG {
+        return Err(derr("not a message record"));
+    }
+    d.take(4 + 8 + 4)?;
+    let generate_time = d.i64()?;
+    let kind: MessageKind = d
+        .str8()?
+        .parse()
+        .map_err(|e: iotsync_core::UnknownMessageKind| DecodeError(e.to_string()))?;
+    let product_key = if d.u8()? == 1 {
+        Some(d.str8()?.parse().map_err(|e| DecodeError(format!("{e}")))?)
+    } else {
+        None
+    };
+    let ordering_key = d.str16()?.to_owned();
+    let topic = d.str16()?.to_owned();
+    let message_id = d.str8()?.parse().map_err(|e| DecodeError(format!("{e}")))?;
+    let n = d.u32()? as usize;
+    let payload = d.take(n)?.to_vec();
+    d.done()?;
+    Ok(SyncMessage {
+        project_id: project.clone(),
+        kind,
+        product_key,
+        ordering_key,
+        envelope: Envelope {
+            topic,
+            message_id,
+            generate_time,
+            payload,
+        },
+    })
+}
+
+/// Checks a frame at the start of `b`: returns the body length if the header is plausible,
+/// the body is complete and its checksum matches.
+pub(crate) fn check_frame(b: &[u8]) -> Option<usize> {
+    if b.len() < FRAME_HEADER {
+        return None;
+    }
+    let len = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+    let crc = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+    if len == 0 || len > MAX_BODY || b.len() < FRAME_HEADER + len {
+        return None;
+    }
+    let tag = b[FRAME_HEADER];
+    if !(TAG_MSG..=TAG_RELOCATED).contains(&tag) {
+        return None;
+    }
+    (crc32fast::hash(&b[FRAME_HEADER..FRAME_HEADER + len]) == crc).then_some(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message() -> SyncMessage {
+        SyncMessage {
+            project_id: "p1".parse().unwrap(),
+            kind: MessageKind::PropertyPost,
+            product_key: Some("a1prod".parse().unwrap()),
+            ordering_key: "dev-1".into(),
+            envelope: Envelope {
+                topic: "/a1prod/dev1/thing/event/property/post".into(),
+                message_id: "m-1".parse().unwrap(),
+                generate_time: 1_700_000_000_123,
+                payload: br#"{"x":1}"#.to_vec(),
+            },
+        }
+    }
+
+    #[test]
+    fn message_record_round_trips_through_frame_and_decoders() {
+        let mut e = Enc::default();
+        let (off, len) = e.msg(7, 42, 0b101, &message());
+        assert_eq!(off, 0);
+        assert_eq!(len, e.buf.len());
+        let body_len = check_frame(&e.buf).unwrap();
+        let body = &e.buf[FRAME_HEADER..FRAME_HEADER + body_len];
+        let rec = decode(body).unwrap();
+        assert_eq!(
+            rec,
+            Record::Msg(MsgHead {
+                proj: 7,
+                pseq: 42,
+                owners: 0b101,
+                generate_time: 1_700_000_000_123,
+                key_hash: key_hash("dev-1"),
+            })
+        );
+        assert_eq!(
+            decode_message(body, &"p1".parse().unwrap()).unwrap(),
+            message()
+        );
+    }
+
+    #[test]
+    fn relocated_record_carries_new_owners_and_dead_marks() {
+        let mut e = Enc::default();
+        e.msg(1, 5, 0b11, &message());
+        let body = e.buf[FRAME_HEADER..].to_vec();
+        let mut r = Enc::default();
+        let marks = [DeadMark {
+            group: 1,
+            attempts: 3,
+            at_ms: 9,
+        }];
+        r.relocated(&marks, 0b10, &body);
+        let n = check_frame(&r.buf).unwrap();
+        let rbody = &r.buf[FRAME_HEADER..FRAME_HEADER + n];
+        match decode(rbody).unwrap() {
+            Record::Relocated { head, dead } => {
+                assert_eq!(head.owners, 0b10);
+                assert_eq!(head.pseq, 5);
+                assert_eq!(dead, marks);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            decode_message(rbody, &"p1".parse().unwrap()).unwrap(),
+            message()
+        );
+    }
+
+    #[test]
+    fn flipped_bit_fails_the_checksum() {
+        let mut e = Enc::default();
+        e.ack(1, 2, 3);
+        assert!(check_frame(&e.buf).is_some());
+        let last = e.buf.len() - 1;
+        e.buf[last] ^= 0x40;
+        assert!(check_frame(&e.buf).is_none());
+    }
+
+    #[test]
+    fn project_snapshot_round_trips() {
+        let s = ProjectSnapshot {
+            proj: 3,
+            id: "proj-x".into(),
+            next_pseq: 99,
+            retention_ms: 86_400_000,
+            paused: true,
+            next_gen: 4,
+            discarded: 2,
+            groups: vec![GroupSnapshot {
+                slot: 1,
+                gen: 3,
+                start_pseq: 10,
+                name: "g".into(),
+                counters: GroupCounters {
+                    appended: 1,
+                    acked: 2,
+                    redelivered: 3,
+                    expired: 4,
+                    rejected: 5,
+                    nacked: 6,
+                    timed_out: 7,
+                    unreadable: 8,
+                },
+            }],
+        };
+        let mut e = Enc::default();
+        e.project_state(&s);
+        let n = check_frame(&e.buf).unwrap();
+        assert_eq!(
+            decode(&e.buf[FRAME_HEADER..FRAME_HEADER + n]).unwrap(),
+            Record::ProjectState(s)
+        );
+    }
+}

@@ -1,0 +1,132 @@
+//! Engine settings and the retry schedule.
+
+use std::time::Duration;
+
+use iotsync_core::sync_rules::SyncMethod;
+use serde::{Deserialize, Serialize};
+
+/// Exponential backoff with jitter for redeliveries (nack, ack timeout).
+///
+/// The n-th redelivery waits `min(initial * factor^(n-1), max)`, then scaled by a random
+/// factor in `[1 - jitter, 1 + jitter]` (so the cap itself is jittered too).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    pub initial: Duration,
+    pub factor: f64,
+    pub max: Duration,
+    /// Relative jitter, 0.2 = ±20 %.
+    pub jitter: f64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_secs(1),
+            factor: 2.0,
+            max: Duration::from_secs(300),
+            jitter: 0.2,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Delay before redelivery after `attempts` deliveries (≥ 1) failed; `unit` is a
+    /// uniform random number in `[0, 1)`.
+    pub fn delay_ms(&self, attempts: u32, unit: f64) -> i64 {
+        let n = attempts.max(1) - 1;
+        let base = self.initial.as_millis() as f64 * self.factor.max(1.0).powi(n.min(64) as i32);
+        let capped = base.min(self.max.as_millis() as f64);
+        let j = self.jitter.clamp(0.0, 1.0);
+        let scaled = capped * (1.0 - j + 2.0 * j * unit.clamp(0.0, 1.0));
+        scaled.max(0.0).round() as i64
+    }
+}
+
+/// Settings of the embedded engine. Defaults follow SPEC §5.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BacklogConfig {
+    /// A segment file is closed and a new one started past this size.
+    pub segment_bytes: u64,
+    /// An unacknowledged lease goes to the retry queue after this long.
+    pub ack_timeout: Duration,
+    pub retry: RetryPolicy,
+    /// Retention of a project on AMQP (and of a project whose retention was never set).
+    pub retention_amqp: Duration,
+    /// Retention of a project on HTTP/2.
+    pub retention_http2: Duration,
+    /// Largest payload accepted by `append`.
+    pub max_message_bytes: usize,
+    /// Appends wait (backpressure) while this many bytes are queued for the writer.
+    pub max_pending_bytes: usize,
+    /// At most this many stacked messages are looked at by one `lease` call while
+    /// skipping messages held back by per-key order.
+    pub max_scan_per_lease: usize,
+    /// The oldest segment is compacted (its live messages copied to the head) when less
+    /// than this fraction of its bytes is still live.
+    pub compact_below_live_ratio: f64,
+    /// Seed of the jitter generator (tests fix it; `None` derives it from the clock).
+    pub jitter_seed: Option<u64>,
+}
+
+impl Default for BacklogConfig {
+    fn default() -> Self {
+        Self {
+            segment_bytes: 64 * 1024 * 1024,
+            ack_timeout: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+            retention_amqp: Duration::from_secs(24 * 3600),
+            retention_http2: Duration::from_secs(7 * 24 * 3600),
+            max_message_bytes: 1024 * 1024,
+            max_pending_bytes: 16 * 1024 * 1024,
+            max_scan_per_lease: 4096,
+            compact_below_live_ratio: 0.5,
+            jitter_seed: None,
+        }
+    }
+}
+
+impl BacklogConfig {
+    /// The retention a project on `method` is held to (SPEC §5).
+    pub fn retention_for(&self, method: SyncMethod) -> Duration {
+        match method {
+            SyncMethod::Amqp => self.retention_amqp,
+            SyncMethod::Http2 => self.retention_http2,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_one_second_and_caps_at_five_minutes() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.delay_ms(1, 0.5), 1000);
+        assert_eq!(p.delay_ms(2, 0.5), 2000);
+        assert_eq!(p.delay_ms(4, 0.5), 8000);
+        assert_eq!(p.delay_ms(30, 0.5), 300_000);
+        assert_eq!(p.delay_ms(u32::MAX, 0.5), 300_000);
+    }
+
+    #[test]
+    fn jitter_stays_within_twenty_percent() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.delay_ms(1, 0.0), 800);
+        assert_eq!(p.delay_ms(1, 0.999_999), 1200);
+        assert_eq!(p.delay_ms(30, 0.0), 240_000);
+    }
+
+    #[test]
+    fn retention_follows_the_sync_method() {
+        let c = BacklogConfig::default();
+        assert_eq!(
+            c.retention_for(SyncMethod::Amqp),
+            Duration::from_secs(86_400)
+        );
+        assert_eq!(
+            c.retention_for(SyncMethod::Http2),
+            Duration::from_secs(7 * 86_400)
+        );
+    }
+}

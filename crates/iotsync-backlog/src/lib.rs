@@ -1,0 +1,145 @@
+//! iotsync-backlog: the durable backlog between ingest and delivery (SPEC §5).
+//!
+//! Producers `append` batches of [`SyncMessage`]s; each consumer group of the message's
+//! project receives every message appended after the group was created; consumers
+//! `lease` deliveries within their credit and settle each with `ack`, `nack` (retry with
+//! backoff) or `reject` (dead letter). Leases not settled within the ack timeout, and
+//! messages whose consumer disconnected, are delivered again. Messages older than the
+//! project's retention are expired and counted. The backlog knows nothing of channels.
+//!
+//! The [`Backlog`] trait is what the dispatcher uses; [`EmbeddedBacklog`] implements it
+//! on a segmented append-only log with group commit (see `docs/adr/0002-backlog.md`). A
+//! NATS JetStream engine is meant to implement the same trait.
+//!
+//! Guarantees of the embedded engine:
+//! - `append` returns after the batch is on disk (fdatasync); concurrent appends share
+//!   one sync (group commit).
+//! - Delivery is at-least-once. Acks are written with the next commit (no wait); a crash
+//!   may lose the acks of the last commit interval, whose messages are delivered again.
+//! - Within a group, messages of one ordering key are delivered one at a time in append
+//!   order; a redelivery of an earlier message keeps later ones waiting. A dead letter
+//!   retried through the API is the one exception (it is delivered at once).
+//! - Memory per stacked message: a 24-byte slot, plus 8 bytes while parked behind its
+//!   ordering key; bodies stay on disk.
+
+mod codec;
+mod config;
+mod engine;
+mod error;
+mod index;
+mod recovery;
+mod segment;
+mod types;
+mod writer;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use iotsync_core::{ConsumerGroup, MessageId, ProjectId, SyncMessage};
+
+pub use config::{BacklogConfig, RetryPolicy};
+pub use engine::{segment_files, EmbeddedBacklog};
+pub use error::BacklogError;
+pub use index::MAX_GROUPS_PER_PROJECT;
+pub use types::{
+    AppendOutcome, AvailabilityWatch, ConsumerId, DamagedRange, DeadLetter, Delivery, GroupStats,
+    LeaseToken, ProjectStats, RecoveryReport, TickReport,
+};
+
+/// The durable backlog, as the dispatcher and the REST figures see it. Object-safe:
+/// hold it as `Arc<dyn Backlog>`.
+#[async_trait]
+pub trait Backlog: Send + Sync + 'static {
+    /// Stores a batch; durable when it returns. Messages of a project without consumer
+    /// groups are counted and dropped (nobody could receive them).
+    async fn append(&self, batch: Vec<SyncMessage>) -> Result<AppendOutcome, BacklogError>;
+
+    /// Creates a consumer group (idempotent). It receives messages appended from now on.
+    /// The caller creates the default group (named after the appKey) when sync is enabled.
+    async fn create_group(
+        &self,
+        project: &ProjectId,
+        group: &ConsumerGroup,
+    ) -> Result<(), BacklogError>;
+
+    /// Deletes a group and everything it still owed.
+    async fn delete_group(
+        &self,
+        project: &ProjectId,
+        group: &ConsumerGroup,
+    ) -> Result<(), BacklogError>;
+
+    async fn groups(&self, project: &ProjectId) -> Result<Vec<ConsumerGroup>, BacklogError>;
+
+    /// Retention from generateTime; applies at once to messages already stacked (e.g. the
+    /// carry-over when a project switches from HTTP/2 to AMQP).
+    async fn set_retention(
+        &self,
+        project: &ProjectId,
+        retention: Duration,
+    ) -> Result<(), BacklogError>;
+
+    /// A paused project (sync disabled) gets no leases; its messages stay until retention.
+    async fn set_paused(&self, project: &ProjectId, paused: bool) -> Result<(), BacklogError>;
+
+    /// Up to `max` deliveries for `consumer` (the caller passes its remaining credit).
+    /// Empty when nothing is available: await [`Backlog::watch`] and call again.
+    async fn lease(
+        &self,
+        project: &ProjectId,
+        group: &ConsumerGroup,
+        consumer: ConsumerId,
+        max: usize,
+    ) -> Result<Vec<Delivery>, BacklogError>;
+
+    /// Done: the message is removed for this group.
+    async fn ack(&self, token: &LeaseToken) -> Result<(), BacklogError>;
+
+    /// Not now (AMQP released/modified, HTTP/2 commit failure): redelivered after the
+    /// retry policy's backoff.
+    async fn nack(&self, token: &LeaseToken) -> Result<(), BacklogError>;
+
+    /// Rejected (AMQP rejected): moved to the project's dead-letter list.
+    async fn reject(&self, token: &LeaseToken) -> Result<(), BacklogError>;
+
+    /// The consumer's connection dropped: its in-flight deliveries are available to the
+    /// group's other consumers at once. Returns how many were released.
+    async fn consumer_gone(&self, consumer: ConsumerId) -> Result<usize, BacklogError>;
+
+    /// Timers, by the engine's clock: leases past their ack deadline go to the retry
+    /// queue; messages past retention are expired; groups with redeliveries due are
+    /// signalled. Call it periodically (e.g. every 100 ms–1 s).
+    async fn tick(&self) -> Result<TickReport, BacklogError>;
+
+    /// Dead letters of a project in sequence order, after `after_seq`, at most `limit`.
+    async fn dead_letters(
+        &self,
+        project: &ProjectId,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, BacklogError>;
+
+    /// Back to its group(s) as a fresh delivery. Returns how many groups it was dead in.
+    async fn retry_dead_letter(
+        &self,
+        project: &ProjectId,
+        message_id: &MessageId,
+    ) -> Result<usize, BacklogError>;
+
+    /// Removes a dead letter for good. Returns how many groups it was dead in.
+    async fn drop_dead_letter(
+        &self,
+        project: &ProjectId,
+        message_id: &MessageId,
+    ) -> Result<usize, BacklogError>;
+
+    /// Figures of the project and each of its groups.
+    async fn stats(&self, project: &ProjectId) -> Result<ProjectStats, BacklogError>;
+
+    /// A signal for "messages may be available" in (project, group).
+    fn watch(
+        &self,
+        project: &ProjectId,
+        group: &ConsumerGroup,
+    ) -> Result<AvailabilityWatch, BacklogError>;
+}

@@ -1,0 +1,176 @@
+//! Values that cross the `Backlog` trait.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use iotsync_core::{ConsumerGroup, SyncMessage};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::error::BacklogError;
+
+/// One live consumer (a connection / link / stream) of a group. The caller allocates
+/// them; they must be unique among live consumers of this engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ConsumerId(pub u64);
+
+impl fmt::Display for ConsumerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "consumer-{}", self.0)
+    }
+}
+
+/// Names one lease: what `ack`, `nack` and `reject` take back. Opaque and cheap to copy.
+/// A token stays valid for acking after its lease timed out (a late ack still counts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LeaseToken {
+    pub(crate) proj: u32,
+    pub(crate) group: u8,
+    pub(crate) gen: u32,
+    pub(crate) seq: u64,
+}
+
+impl LeaseToken {
+    /// The message's sequence number within its project (stable across redeliveries).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+/// A message handed to a consumer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    pub message: SyncMessage,
+    /// 1 for the first delivery to this group, 2 for the first redelivery, …
+    /// (counted since the engine was opened: a restart starts again from 1).
+    pub attempt: u32,
+    pub token: LeaseToken,
+    /// When the lease times out (ms since the epoch, from the engine's clock).
+    pub ack_deadline_ms: i64,
+}
+
+/// What `append` did with a batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct AppendOutcome {
+    /// Messages now durable in the backlog.
+    pub stored: usize,
+    /// Messages of projects that have no consumer group: nobody could ever receive them,
+    /// so they are counted (project figure `discarded_no_group`) and not stored.
+    pub discarded_no_group: usize,
+}
+
+/// Figures of one consumer group (SPEC §5). Totals are counters: the caller derives rates.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct GroupStats {
+    pub group: String,
+    /// Messages the group still has to acknowledge (in flight and waiting included,
+    /// dead letters excluded).
+    pub stacked: u64,
+    /// Age of the oldest stacked message (now − generateTime), if any.
+    pub oldest_stacked_age_ms: Option<i64>,
+    pub in_flight: u64,
+    /// Messages waiting for their retry time (nacked or timed out).
+    pub retry_waiting: u64,
+    pub dead_letters: u64,
+    /// Consumers that leased from this group and are not gone.
+    pub consumers: u64,
+    pub appended_total: u64,
+    pub acked_total: u64,
+    /// Deliveries with attempt > 1.
+    pub redelivered_total: u64,
+    pub expired_total: u64,
+    pub rejected_total: u64,
+    pub nacked_total: u64,
+    pub timed_out_total: u64,
+    /// Messages dropped because their record could not be read back (disk corruption
+    /// after start); always logged.
+    pub unreadable_total: u64,
+}
+
+/// Figures of one project.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ProjectStats {
+    pub project: String,
+    pub paused: bool,
+    pub retention_ms: i64,
+    /// Distinct messages still held for at least one group (or as a dead letter).
+    pub stored_messages: u64,
+    pub discarded_no_group: u64,
+    pub groups: Vec<GroupStats>,
+}
+
+/// A message in a project's dead-letter list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub group: ConsumerGroup,
+    pub message: SyncMessage,
+    /// Deliveries before it was rejected.
+    pub attempts: u32,
+    pub dead_at_ms: i64,
+    /// Pass as `after_seq` to list the next page.
+    pub seq: u64,
+}
+
+/// What one `tick` did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TickReport {
+    /// Leases past their ack deadline, moved to the retry queue.
+    pub timed_out: u64,
+    /// (message, group) pairs removed by retention.
+    pub expired: u64,
+}
+
+/// A damaged stretch of a segment file found at open. The bytes are skipped; everything
+/// before and after that still checks out is served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DamagedRange {
+    pub path: PathBuf,
+    pub offset: u64,
+    pub len: u64,
+    pub reason: String,
+}
+
+/// What `open` found and rebuilt.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RecoveryReport {
+    pub segments: usize,
+    pub records: u64,
+    pub bytes: u64,
+    pub projects: usize,
+    pub groups: usize,
+    /// Distinct messages held again after recovery.
+    pub messages: u64,
+    pub dead_letters: u64,
+    /// Damage in the middle of files: data in these ranges is lost.
+    pub damaged: Vec<DamagedRange>,
+    /// An incomplete last record of the newest segment (a crash mid-write): cut off. Its
+    /// append had not returned, so nothing acknowledged to a producer is lost.
+    pub torn_tail: Option<DamagedRange>,
+    pub duration_ms: u64,
+}
+
+impl RecoveryReport {
+    /// No damage found (a torn tail after a crash is normal and not counted).
+    pub fn is_clean(&self) -> bool {
+        self.damaged.is_empty()
+    }
+}
+
+/// "New messages may be available" for one (project, group): await `changed`, then
+/// lease. Never misses a signal sent after it was created; spurious wake-ups are possible.
+#[derive(Debug, Clone)]
+pub struct AvailabilityWatch {
+    pub(crate) rx: watch::Receiver<u64>,
+}
+
+impl AvailabilityWatch {
+    /// Waits for the next signal. `Closed` once the group is deleted or the engine dropped.
+    pub async fn changed(&mut self) -> Result<(), BacklogError> {
+        self.rx.changed().await.map_err(|_| BacklogError::Closed)
+    }
+
+    /// Builds a watch from a receiver (for other engines and tests).
+    pub fn from_receiver(rx: watch::Receiver<u64>) -> Self {
+        Self { rx }
+    }
+}

@@ -1,0 +1,315 @@
+//! The consumer hub: attaches consumers to (project, group), leases deliveries within
+//! their credit, settles outcomes, and closes a project's consumers when its sync is
+//! disabled or its method switched.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use iotsync_backlog::{AvailabilityWatch, Backlog, BacklogError, ConsumerId, Delivery, LeaseToken};
+use iotsync_core::{ConsumerGroup, ProjectId, SharedClock};
+
+use super::{ChannelKind, Outcome};
+
+/// Why the platform closed a consumer's connection; channels put it in their close frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CloseReason {
+    /// Stable code, e.g. `sync.disabled`.
+    pub code: &'static str,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("too many connection attempts for group {group}: at most {limit} per minute")]
+    RateLimited { group: String, limit: u32 },
+    #[error("data synchronization is not enabled for this project")]
+    SyncDisabled,
+    #[error(transparent)]
+    Backlog(#[from] BacklogError),
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerInfo {
+    pub consumer_id: u64,
+    pub group: String,
+    pub channel: ChannelKind,
+    pub remote: String,
+    pub client_id: String,
+    pub connected_at: i64,
+}
+
+struct Entry {
+    info: ConsumerInfo,
+    close: watch::Sender<Option<CloseReason>>,
+}
+
+/// Hub settings.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Connection attempts allowed per (project, group) per minute.
+    pub connects_per_minute: u32,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            connects_per_minute: 100,
+        }
+    }
+}
+
+pub struct DeliveryHub {
+    backlog: Arc<dyn Backlog>,
+    clock: SharedClock,
+    cfg: HubConfig,
+    next_id: AtomicU64,
+    consumers: Mutex<HashMap<ProjectId, HashMap<u64, Entry>>>,
+    attempts: Mutex<HashMap<(ProjectId, ConsumerGroup), VecDeque<i64>>>,
+}
+
+/// Who is attaching, for the consumer list.
+#[derive(Debug, Clone)]
+pub struct AttachRequest {
+    pub project: ProjectId,
+    pub group: ConsumerGroup,
+    pub channel: ChannelKind,
+    pub remote: String,
+    pub client_id: String,
+}
+
+impl DeliveryHub {
+    pub fn new(backlog: Arc<dyn Backlog>, clock: SharedClock, cfg: HubConfig) -> Arc<Self> {
+        Arc::new(Self {
+            backlog,
+            clock,
+            cfg,
+            // Unique among this process's live consumers, which is what the engine needs
+            // (leases of a previous run are redelivered at open).
+            next_id: AtomicU64::new(0),
+            consumers: Mutex::new(HashMap::new()),
+            attempts: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn backlog(&self) -> &Arc<dyn Backlog> {
+        &self.backlog
+    }
+
+    /// Counts a connection attempt of (project, group) against the rate limit. Channels
+    /// call it before authenticating, so a flood of bad logins is limited too.
+    pub fn note_attempt(
+        &self,
+        project: &ProjectId,
+        group: &ConsumerGroup,
+    ) -> Result<(), AttachError> {
+        let now = self.clock.now_ms();
+        let mut attempts = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
+        let q = attempts
+            .entry((project.clone(), group.clone()))
+            .or_default();
+        while q.front().is_some_and(|t| now - *t >= 60_000) {
+            q.pop_front();
+        }
+        if q.len() as u32 >= self.cfg.connects_per_minute {
+            return Err(AttachError::RateLimited {
+                group: group.to_string(),
+                limit: self.cfg.connects_per_minute,
+            });
+        }
+        q.push_back(now);
+        Ok(())
+    }
+
+    /// Attaches a consumer: creates the group if it is new (it receives messages from
+    /// now on), registers the consumer for the project's close signals.
+    pub async fn attach(self: &Arc<Self>, req: AttachRequest) -> Result<ConsumerLink, AttachError> {
+        self.backlog.create_group(&req.project, &req.group).await?;
+        let watch = self.backlog.watch(&req.project, &req.group)?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = watch::channel(None);
+        let info = ConsumerInfo {
+            consumer_id: id,
+            group: req.group.to_string(),
+            channel: req.channel,
+            remote: req.remote,
+            client_id: req.client_id,
+            connected_at: self.clock.now_ms(),
+        };
+        self.consumers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(req.project.clone())
+            .or_default()
+            .insert(id, Entry { info, close: tx });
+        tracing::info!(project = %req.project, group = %req.group, consumer = id, channel = ?req.channel, "consumer attached");
+        Ok(ConsumerLink {
+            hub: self.clone(),
+            project: req.project,
+            group: req.group,
+            id: ConsumerId(id),
+            watch,
+            closed: rx,
+            detached: false,
+        })
+    }
+
+    /// Closes the project's consumers (of one channel kind, or all) with a reason.
+    pub fn close_project(
+        &self,
+        project: &ProjectId,
+        only: Option<ChannelKind>,
+        reason: CloseReason,
+    ) -> usize {
+        let consumers = self.consumers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut n = 0;
+        if let Some(m) = consumers.get(project) {
+            for e in m.values() {
+                if only.is_none_or(|k| k == e.info.channel) {
+                    let _ = e.close.send(Some(reason.clone()));
+                    n += 1;
+                }
+            }
+        }
+        if n > 0 {
+            tracing::info!(project = %project, closed = n, code = reason.code, "closing consumers");
+        }
+        n
+    }
+
+    pub fn consumers(&self, project: &ProjectId) -> Vec<ConsumerInfo> {
+        let consumers = self.consumers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<ConsumerInfo> = consumers
+            .get(project)
+            .map(|m| m.values().map(|e| e.info.clone()).collect())
+            .unwrap_or_default();
+        v.sort_by_key(|c| c.consumer_id);
+        v
+    }
+
+    fn forget(&self, project: &ProjectId, id: u64) {
+        let mut consumers = self.consumers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = consumers.get_mut(project) {
+            m.remove(&id);
+            if m.is_empty() {
+                consumers.remove(project);
+            }
+        }
+    }
+}
+
+/// One consumer's handle: lease within credit, settle, learn when the platform closes it.
+/// Detach (or drop) it when the connection ends: its unsettled deliveries go back to the
+/// group at once.
+pub struct ConsumerLink {
+    hub: Arc<DeliveryHub>,
+    project: ProjectId,
+    group: ConsumerGroup,
+    id: ConsumerId,
+    watch: AvailabilityWatch,
+    closed: watch::Receiver<Option<CloseReason>>,
+    detached: bool,
+}
+
+impl ConsumerLink {
+    pub fn id(&self) -> ConsumerId {
+        self.id
+    }
+    pub fn project(&self) -> &ProjectId {
+        &self.project
+    }
+    pub fn group(&self) -> &ConsumerGroup {
+        &self.group
+    }
+
+    /// The close reason, if the platform closed this consumer.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.closed.borrow().clone()
+    }
+
+    /// Waits for up to `max` deliveries (at least one), or returns the close reason.
+    /// `max` is the consumer's remaining credit.
+    pub async fn next(&mut self, max: usize) -> Result<Vec<Delivery>, LinkEnd> {
+        loop {
+            if let Some(r) = self.close_reason() {
+                return Err(LinkEnd::Closed(r));
+            }
+            let got = self
+                .hub
+                .backlog
+                .lease(&self.project, &self.group, self.id, max.max(1))
+                .await
+                .map_err(LinkEnd::Backlog)?;
+            if !got.is_empty() {
+                return Ok(got);
+            }
+            tokio::select! {
+                r = self.watch.changed() => r.map_err(LinkEnd::Backlog)?,
+                _ = self.closed.changed() => {}
+            }
+        }
+    }
+
+    /// Resolves when the platform closes this consumer.
+    pub async fn closed(&mut self) -> CloseReason {
+        loop {
+            if let Some(r) = self.close_reason() {
+                return r;
+            }
+            if self.closed.changed().await.is_err() {
+                return CloseReason {
+                    code: "server.shutdown",
+                    message: "the server is shutting down".into(),
+                };
+            }
+        }
+    }
+
+    pub async fn settle(&self, token: &LeaseToken, outcome: Outcome) -> Result<(), BacklogError> {
+        let b = &self.hub.backlog;
+        match outcome {
+            Outcome::Accepted => b.ack(token).await,
+            Outcome::Released => b.nack(token).await,
+            Outcome::Rejected => b.reject(token).await,
+        }
+    }
+
+    /// The connection ended: unsettled deliveries go back to the group at once.
+    pub async fn detach(mut self) {
+        self.detached = true;
+        self.hub.forget(&self.project, self.id.0);
+        match self.hub.backlog.consumer_gone(self.id).await {
+            Ok(n) => {
+                tracing::info!(project = %self.project, consumer = self.id.0, released = n, "consumer detached")
+            }
+            Err(e) => tracing::warn!(error = %e, "consumer_gone failed"),
+        }
+    }
+}
+
+impl Drop for ConsumerLink {
+    fn drop(&mut self) {
+        if self.detached {
+            return;
+        }
+        self.hub.forget(&self.project, self.id.0);
+        let backlog = self.hub.backlog.clone();
+        let id = self.id;
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = backlog.consumer_gone(id).await;
+            });
+        }
+    }
+}
+
+/// Why `next` stopped.
+#[derive(Debug)]
+pub enum LinkEnd {
+    Closed(CloseReason),
+    Backlog(BacklogError),
+}

@@ -1,0 +1,34 @@
+//! Delivery: between the durable backlog and the channels.
+//!
+//! - [`dispatcher`] drains the registry's outbox into the backlog and drives the
+//!   backlog's timers (ack time-outs, retries due, retention expiry).
+//! - [`hub`] hands consumers of a group their deliveries within their credit and takes
+//!   back their outcomes; a channel (AMQP link, gRPC stream, webhook pusher) only ever
+//!   sees a [`hub::ConsumerLink`], never the backlog.
+//! - [`controller`] turns accepted sync-setting transitions into backlog and consumer
+//!   actions (default group, retention, pause, closing connections).
+
+pub mod controller;
+pub mod dispatcher;
+pub mod hub;
+pub mod rates;
+
+/// What a consumer said about one delivery, classified once for every channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// AMQP accepted, HTTP/2 commit success, webhook 200 + `{"code":200}`.
+    Accepted,
+    /// AMQP released/modified, HTTP/2 commit failure, webhook failure: retry later.
+    Released,
+    /// AMQP rejected: to the dead-letter list.
+    Rejected,
+}
+
+/// Which kind of channel a consumer uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelKind {
+    Amqp,
+    Http2,
+    Webhook,
+}

@@ -1,0 +1,192 @@
+//! Device data ingest: property and event reports (from the REST API now, from the MQTT
+//! gateway later) become the SPEC §4 messages, durable in the backlog before the report
+//! is acknowledged. Ingest does not know delivery exists.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use iotsync_backlog::{Backlog, BacklogError};
+use iotsync_core::payload::{self, EventReport, EventType, PropertyItem};
+use iotsync_core::{IotId, MessageId, ProjectId, SharedClock, SyncMessage};
+use iotsync_store::{DeviceStatus, PropertyValue, Registry, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+    #[error("the device is disabled")]
+    DeviceDisabled,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Backlog(#[from] BacklogError),
+}
+
+/// What a report produced: the message id, or nothing when sync (or the product's
+/// switch) is off.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportOutcome {
+    #[schema(value_type = Option<String>)]
+    pub message_id: Option<MessageId>,
+    pub produced: bool,
+}
+
+pub struct Ingest {
+    registry: Arc<dyn Registry>,
+    backlog: Arc<dyn Backlog>,
+    clock: SharedClock,
+}
+
+/// Most properties one report may carry.
+pub const MAX_ITEMS: usize = 256;
+
+/// Reads one reported property: `value`, or `{value, time}` as the Alink format allows.
+fn item(id: &str, v: &Value, now: i64) -> Result<PropertyItem, IngestError> {
+    if let Value::Object(m) = v {
+        if m.len() == 2 && m.contains_key("value") {
+            if let Some(t) = m.get("time") {
+                let time = t.as_i64().ok_or_else(|| IngestError::Invalid {
+                    field: format!("items.{id}.time"),
+                    reason: "must be milliseconds since the epoch".into(),
+                })?;
+                return Ok(PropertyItem {
+                    value: m["value"].clone(),
+                    time,
+                });
+            }
+        }
+    }
+    Ok(PropertyItem {
+        value: v.clone(),
+        time: now,
+    })
+}
+
+impl Ingest {
+    pub fn new(registry: Arc<dyn Registry>, backlog: Arc<dyn Backlog>, clock: SharedClock) -> Self {
+        Self {
+            registry,
+            backlog,
+            clock,
+        }
+    }
+
+    async fn produce(
+        &self,
+        m: SyncMessage,
+        product_sync: bool,
+        project: &ProjectId,
+    ) -> Result<ReportOutcome, IngestError> {
+        let settings = self.registry.sync_settings(project).await?;
+        if !settings.produces_kind(m.kind, Some(product_sync)) {
+            return Ok(ReportOutcome {
+                message_id: None,
+                produced: false,
+            });
+        }
+        let id = m.envelope.message_id.clone();
+        self.backlog.append(vec![m]).await?;
+        Ok(ReportOutcome {
+            message_id: Some(id),
+            produced: true,
+        })
+    }
+
+    pub async fn report_properties(
+        &self,
+        project: &ProjectId,
+        iot_id: &IotId,
+        items: &serde_json::Map<String, Value>,
+    ) -> Result<ReportOutcome, IngestError> {
+        if items.is_empty() || items.len() > MAX_ITEMS {
+            return Err(IngestError::Invalid {
+                field: "items".into(),
+                reason: format!(
+                    "must hold 1 to {MAX_ITEMS} properties (got {})",
+                    items.len()
+                ),
+            });
+        }
+        let now = self.clock.now_ms();
+        let mut parsed = BTreeMap::new();
+        for (id, v) in items {
+            payload::validate_identifier(id).map_err(|reason| IngestError::Invalid {
+                field: format!("items.{id}"),
+                reason: format!("property identifier {reason}"),
+            })?;
+            parsed.insert(id.clone(), item(id, v, now)?);
+        }
+        let device = self.registry.get_device(project, iot_id).await?;
+        if device.status == DeviceStatus::Disabled {
+            return Err(IngestError::DeviceDisabled);
+        }
+        let product = self
+            .registry
+            .get_product(project, &device.product_key)
+            .await?;
+        let values: Vec<PropertyValue> = parsed
+            .iter()
+            .map(|(k, v)| PropertyValue {
+                identifier: k.clone(),
+                value: v.value.clone(),
+                time: v.time,
+            })
+            .collect();
+        self.registry
+            .record_properties(project, iot_id, &values)
+            .await?;
+        let m = payload::property_post(&device.as_ref(), &parsed, now);
+        self.produce(m, product.sync_enabled, project).await
+    }
+
+    pub async fn report_event(
+        &self,
+        project: &ProjectId,
+        iot_id: &IotId,
+        identifier: &str,
+        event_type: EventType,
+        name: Option<&str>,
+        value: &Value,
+    ) -> Result<ReportOutcome, IngestError> {
+        payload::validate_identifier(identifier).map_err(|reason| IngestError::Invalid {
+            field: "identifier".into(),
+            reason: format!("event identifier {reason}"),
+        })?;
+        if identifier == "property" {
+            return Err(IngestError::Invalid {
+                field: "identifier".into(),
+                reason: "\"property\" is reserved for property reports".into(),
+            });
+        }
+        if !value.is_object() {
+            return Err(IngestError::Invalid {
+                field: "value".into(),
+                reason: "must be a JSON object of output parameters".into(),
+            });
+        }
+        let now = self.clock.now_ms();
+        let device = self.registry.get_device(project, iot_id).await?;
+        if device.status == DeviceStatus::Disabled {
+            return Err(IngestError::DeviceDisabled);
+        }
+        let product = self
+            .registry
+            .get_product(project, &device.product_key)
+            .await?;
+        let m = payload::event_post(
+            &device.as_ref(),
+            &EventReport {
+                identifier,
+                name: name.unwrap_or(identifier),
+                event_type,
+                time_ms: now,
+                value,
+            },
+            now,
+        );
+        self.produce(m, product.sync_enabled, project).await
+    }
+}

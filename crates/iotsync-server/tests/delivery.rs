@@ -1,0 +1,605 @@
+//! Ingest → backlog → delivery through the running server: reports over real HTTP,
+//! consumers attached through the delivery hub (the same handle every channel uses).
+//! Time is a manual clock, so backoff and retention are tested without sleeping on them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+
+use iotsync_backlog::Delivery;
+use iotsync_core::{Clock, ManualClock};
+use iotsync_server::delivery::hub::{AttachRequest, ConsumerLink, LinkEnd};
+use iotsync_server::delivery::{ChannelKind, Outcome};
+use iotsync_server::{ConfigOverrides, RunningServer, ServerConfig};
+
+const TOKEN: &str = "test-operator-token-0123456789";
+const T0: i64 = 1_800_000_000_000;
+
+struct Env {
+    server: Option<RunningServer>,
+    base: String,
+    http: Client,
+    clock: ManualClock,
+    _dir: tempfile::TempDir,
+}
+
+struct Project {
+    pid: String,
+    app_key: String,
+    pk: String,
+    iot: String,
+}
+
+impl Env {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let flags = ConfigOverrides {
+            data_dir: Some(dir.path().to_owned()),
+            api_listen: Some("127.0.0.1:0".into()),
+            operator_token: Some(TOKEN.into()),
+            ..Default::default()
+        };
+        let cfg = ServerConfig::layered(None, Default::default(), flags).unwrap();
+        let clock = ManualClock::new(T0);
+        let server = iotsync_server::start(cfg, Arc::new(clock.clone()))
+            .await
+            .unwrap();
+        Self {
+            base: format!("http://{}", server.api_addr),
+            server: Some(server),
+            http: Client::new(),
+            clock,
+            _dir: dir,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .bearer_auth(TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        let s = r.status();
+        let t = r.text().await.unwrap();
+        (
+            s,
+            if t.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&t).unwrap_or(Value::String(t))
+            },
+        )
+    }
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// A project with sync on (amqp), one product, one device.
+    async fn project(&self) -> Project {
+        let (_, p) = self.post("/api/v1/projects", json!({"name": "Home"})).await;
+        let pid = p["projectId"].as_str().unwrap().to_owned();
+        let (s, _) = self
+            .post(
+                &format!("/api/v1/projects/{pid}/sync/enable"),
+                json!({"method": "amqp"}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        let (_, pr) = self
+            .post(
+                &format!("/api/v1/projects/{pid}/products"),
+                json!({"name": "Lamp", "deviceType": "Light"}),
+            )
+            .await;
+        let pk = pr["productKey"].as_str().unwrap().to_owned();
+        let (_, d) = self
+            .post(
+                &format!("/api/v1/projects/{pid}/products/{pk}/devices"),
+                json!({"deviceName": "lamp0001"}),
+            )
+            .await;
+        Project {
+            pid,
+            app_key: p["appKey"].as_str().unwrap().to_owned(),
+            pk,
+            iot: d["iotId"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    async fn consumer(&self, pid: &str, group: &str) -> ConsumerLink {
+        self.server
+            .as_ref()
+            .unwrap()
+            .hub()
+            .attach(AttachRequest {
+                project: pid.parse().unwrap(),
+                group: group.parse().unwrap(),
+                channel: ChannelKind::Amqp,
+                remote: "test".into(),
+                client_id: "test".into(),
+            })
+            .await
+            .unwrap()
+    }
+
+    async fn report(&self, p: &Project, items: Value) -> Value {
+        let (s, v) = self
+            .post(
+                &format!("/api/v1/projects/{}/devices/{}/properties", p.pid, p.iot),
+                json!({"items": items}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v
+    }
+
+    /// Polls the figures until `pred` holds (the dispatcher moves outbox rows shortly
+    /// after the API answers).
+    async fn stats_until(&self, pid: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, st) = self
+                .get(&format!("/api/v1/projects/{pid}/sync/stats"))
+                .await;
+            if pred(&st) {
+                return st;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "figures never matched: {st}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown(Duration::from_secs(5)).await;
+        }
+    }
+}
+
+/// Next `n` deliveries without settling them (fails after 20 s).
+async fn take(link: &mut ConsumerLink, n: usize) -> Vec<Delivery> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let batch = tokio::time::timeout(Duration::from_secs(20), link.next(n - got.len()))
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} deliveries arrived", got.len()))
+            .unwrap();
+        got.extend(batch);
+    }
+    got
+}
+
+async fn ack_all(link: &ConsumerLink, ds: &[Delivery]) {
+    for d in ds {
+        link.settle(&d.token, Outcome::Accepted).await.unwrap();
+    }
+}
+
+/// Asserts nothing is delivered within a short while.
+async fn nothing(link: &mut ConsumerLink) {
+    let r = tokio::time::timeout(Duration::from_millis(400), link.next(10)).await;
+    assert!(
+        r.is_err(),
+        "unexpected delivery: {:?}",
+        r.ok().map(|x| x.ok().map(|v| v.len()))
+    );
+}
+
+fn payload(d: &Delivery) -> Value {
+    serde_json::from_slice(&d.message.envelope.payload).unwrap()
+}
+
+#[tokio::test]
+async fn property_report_arrives_with_the_spec_payload() {
+    let env = Env::start().await;
+    let p = env.project().await;
+    let mut link = env.consumer(&p.pid, &p.app_key).await;
+    let lifecycle = take(&mut link, 1).await;
+    ack_all(&link, &lifecycle).await;
+    let out = env
+        .report(
+            &p,
+            json!({"LightSwitch": 1, "Brightness": {"value": 80, "time": T0 - 5}}),
+        )
+        .await;
+    assert_eq!(out["produced"], true);
+    let d = take(&mut link, 1).await.remove(0);
+    assert_eq!(
+        d.message.envelope.message_id.as_str(),
+        out["messageId"].as_str().unwrap()
+    );
+    assert_eq!(
+        d.message.envelope.topic,
+        format!("/{}/lamp0001/thing/event/property/post", p.pk)
+    );
+    assert_eq!(d.message.envelope.generate_time, T0);
+    assert_eq!(
+        payload(&d),
+        json!({"deviceType": "Light", "iotId": p.iot, "productKey": p.pk, "deviceName": "lamp0001",
+               "gmtCreate": T0, "items": {"Brightness": {"value": 80, "time": T0 - 5},
+                                          "LightSwitch": {"value": 1, "time": T0}}})
+    );
+    link.settle(&d.token, Outcome::Accepted).await.unwrap();
+    // The last values are kept.
+    let (_, props) = env
+        .get(&format!(
+            "/api/v1/projects/{}/devices/{}/properties",
+            p.pid, p.iot
+        ))
+        .await;
+    assert_eq!(props.as_array().unwrap().len(), 2);
+    // An event.
+    let (s, ev) = env
+        .post(
+            &format!(
+                "/api/v1/projects/{}/devices/{}/events/Overheat",
+                p.pid, p.iot
+            ),
+            json!({"value": {"temperature": 91}, "type": "alert"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{ev}");
+    let d = take(&mut link, 1).await.remove(0);
+    assert_eq!(
+        d.message.envelope.topic,
+        format!("/{}/lamp0001/thing/event/Overheat/post", p.pk)
+    );
+    let pl = payload(&d);
+    assert_eq!(pl["identifier"], "Overheat");
+    assert_eq!(pl["type"], "alert");
+    assert_eq!(pl["value"]["temperature"], 91);
+    assert_eq!(pl["time"], T0);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn bad_reports_are_refused_and_store_nothing() {
+    let env = Env::start().await;
+    let p = env.project().await;
+    let base = format!("/api/v1/projects/{}/devices/{}", p.pid, p.iot);
+    for (body, field) in [
+        (json!({"items": {}}), "items"),
+        (json!({"items": {"bad id": 1}}), "items.bad id"),
+        (
+            json!({"items": {"x": {"value": 1, "time": "later"}}}),
+            "items.x.time",
+        ),
+        (json!({"itemz": {"x": 1}}), "itemz"),
+    ] {
+        let (s, e) = env.post(&format!("{base}/properties"), body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+        assert_eq!(e["field"], field, "{e}");
+    }
+    let (s, e) = env
+        .post(&format!("{base}/events/property"), json!({"value": {}}))
+        .await;
+    assert_eq!(
+        (s, e["field"].clone()),
+        (StatusCode::BAD_REQUEST, json!("identifier"))
+    );
+    let (s, e) = env
+        .post(&format!("{base}/events/Boom"), json!({"value": 5}))
+        .await;
+    assert_eq!(
+        (s, e["field"].clone()),
+        (StatusCode::BAD_REQUEST, json!("value"))
+    );
+    let (s, _) = env
+        .post(
+            &format!("{base}/events/Boom"),
+            json!({"value": {}, "type": "fatal"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    env.post(&format!("{base}/disable"), json!({})).await;
+    let (s, e) = env
+        .post(&format!("{base}/properties"), json!({"items": {"x": 1}}))
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(e["code"], "device.disabled");
+    let (_, props) = env.get(&format!("{base}/properties")).await;
+    assert_eq!(props, json!([]), "nothing half-written");
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_product_switched_off_produces_no_device_data() {
+    let env = Env::start().await;
+    let p = env.project().await;
+    let mut link = env.consumer(&p.pid, &p.app_key).await;
+    let l = take(&mut link, 1).await;
+    ack_all(&link, &l).await;
+    env.call(
+        reqwest::Method::PUT,
+        &format!("/api/v1/projects/{}/sync/products/{}", p.pid, p.pk),
+        Some(json!({"enabled": false})),
+    )
+    .await;
+    let out = env.report(&p, json!({"LightSwitch": 0})).await;
+    assert_eq!(out["produced"], false);
+    nothing(&mut link).await;
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn released_messages_come_back_and_rejected_ones_are_dead_letters() {
+    let env = Env::start().await;
+    let p = env.project().await;
+    let mut link = env.consumer(&p.pid, &p.app_key).await;
+    let l = take(&mut link, 1).await;
+    ack_all(&link, &l).await;
+    env.report(&p, json!({"a": 1})).await;
+    let first = take(&mut link, 1).await.remove(0);
+    assert_eq!(first.attempt, 1);
+    link.settle(&first.token, Outcome::Released).await.unwrap();
+    // Backoff: nothing before the retry time (1 s ± 20 %)...
+    nothing(&mut link).await;
+    // ...then it comes back once the clock passes it, same messageId.
+    env.clock.advance_ms(1_300);
+    let again = take(&mut link, 1).await.remove(0);
+    assert_eq!(
+        again.message.envelope.message_id,
+        first.message.envelope.message_id
+    );
+    assert_eq!(again.attempt, 2);
+    link.settle(&again.token, Outcome::Rejected).await.unwrap();
+    let (_, dl) = env
+        .get(&format!("/api/v1/projects/{}/sync/dead-letters", p.pid))
+        .await;
+    assert_eq!(dl.as_array().unwrap().len(), 1, "{dl}");
+    let mid = dl[0]["messageId"].as_str().unwrap().to_owned();
+    assert_eq!(mid, first.message.envelope.message_id.as_str());
+    assert_eq!(dl[0]["payload"]["items"]["a"]["value"], 1);
+    // Retry from the dead-letter list: delivered again.
+    let (s, _) = env
+        .post(
+            &format!("/api/v1/projects/{}/sync/dead-letters/{mid}/retry", p.pid),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let back = take(&mut link, 1).await.remove(0);
+    assert_eq!(back.message.envelope.message_id.as_str(), mid);
+    link.settle(&back.token, Outcome::Rejected).await.unwrap();
+    // Drop it for good.
+    let (s, _) = env
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/projects/{}/sync/dead-letters/{mid}", p.pid),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (_, dl) = env
+        .get(&format!("/api/v1/projects/{}/sync/dead-letters", p.pid))
+        .await;
+    assert_eq!(dl, json!([]));
+    let (s, e) = env
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/projects/{}/sync/dead-letters/{mid}", p.pid),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, e["code"].clone()),
+        (StatusCode::NOT_FOUND, json!("not_found"))
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn an_unacknowledged_delivery_is_redelivered_after_the_ack_timeout() {
+    let env = Env::start().await;
+    let p = env.project().await;
+    let mut link = env.consumer(&p.pid, &p.app_key).await;
+    let first = take(&mut link, 1).await.remove(0);
+    nothing(&mut link).await;
+    env.clock.advance_ms(30_001);
+    // Timed out at the dispatcher's next tick → retry queue with backoff (1 s ± 20 %).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, st) = env
+            .get(&format!("/api/v1/projects/{}/sync/stats", p.pid))
+            .await;
+        if st["groups"][0]["retryWaiting"] == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never timed out: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    env.clock.advance_ms(1_300);
+    let again = take(&mut link, 1).await.remove(0);
+    assert_eq!(
+        again.message.envelope.message_id,
+        first.message.envelope.message_id
+    );
+    assert!(again.attempt >= 2);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_dropped_consumers_deliveries_go_to_the_next_one_at_once() {
+    let env = Env::start().await;
+    let p = env.project().await;
+    let mut a = env.consumer(&p.pid, &p.app_key).await;
+    let got = take(&mut a, 1).await;
+    drop(a); // the connection dropped without settling
+    let mut b = env.consumer(&p.pid, &p.app_key).await;
+    let again = take(&mut b, 1).await;
+    assert_eq!(
+        again[0].message.envelope.message_id,
+        got[0].message.envelope.message_id
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn consumers_of_one_group_share_and_groups_each_get_everything() {
+    let env = Env::start().await;
+    let p = env.project().await;
+    let mut a = env.consumer(&p.pid, &p.app_key).await;
+    let mut b = env.consumer(&p.pid, &p.app_key).await;
+    let mut other = env.consumer(&p.pid, "analytics").await;
+    let l = take(&mut a, 1).await;
+    ack_all(&a, &l).await;
+    for i in 0..20 {
+        // Separate devices so per-device order does not serialize the group.
+        let (_, d) = env
+            .post(
+                &format!("/api/v1/projects/{}/products/{}/devices", p.pid, p.pk),
+                json!({"deviceName": format!("dev{i:04}")}),
+            )
+            .await;
+        let _ = d;
+    }
+    // 20 lifecycle messages: each goes to exactly one of a/b, and all to `other`.
+    let mut seen = std::collections::HashSet::new();
+    let mut from_a = 0;
+    let mut from_b = 0;
+    while seen.len() < 20 {
+        tokio::select! {
+            r = a.next(3) => { let ds = r.unwrap(); from_a += ds.len(); for d in &ds { assert!(seen.insert(d.message.envelope.message_id.clone())); } ack_all(&a, &ds).await; }
+            r = b.next(3) => { let ds = r.unwrap(); from_b += ds.len(); for d in &ds { assert!(seen.insert(d.message.envelope.message_id.clone())); } ack_all(&b, &ds).await; }
+            _ = tokio::time::sleep(Duration::from_secs(20)) => panic!("only {} of 20", seen.len()),
+        }
+    }
+    assert_eq!(from_a + from_b, 20);
+    let all = take(&mut other, 20).await;
+    assert_eq!(all.len(), 20);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn disabling_sync_closes_consumers_and_keeps_the_stack() {
+    let env = Env::start().await;
+    let p = env.project().await;
+    let mut link = env.consumer(&p.pid, &p.app_key).await;
+    let l = take(&mut link, 1).await;
+    ack_all(&link, &l).await;
+    env.report(&p, json!({"a": 1})).await;
+    env.post(
+        &format!("/api/v1/projects/{}/sync/disable", p.pid),
+        json!({}),
+    )
+    .await;
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match link.next(10).await {
+                Err(e) => return e,
+                Ok(ds) => {
+                    // A delivery that raced the close is simply not settled.
+                    let _ = ds;
+                }
+            }
+        }
+    })
+    .await
+    .unwrap();
+    match end {
+        LinkEnd::Closed(r) => assert_eq!(r.code, "sync.disabled"),
+        other => panic!("{other:?}"),
+    }
+    link.detach().await;
+    // Nothing new is produced while disabled...
+    let out = env.report(&p, json!({"a": 2})).await;
+    assert_eq!(out["produced"], false);
+    let st = env.stats_until(&p.pid, |st| st["paused"] == true).await;
+    assert_eq!(st["groups"][0]["stacked"], 1, "{st}");
+    // ...and the stacked message is delivered after enabling again in time.
+    env.post(
+        &format!("/api/v1/projects/{}/sync/enable", p.pid),
+        json!({"method": "amqp"}),
+    )
+    .await;
+    let mut again = env.consumer(&p.pid, &p.app_key).await;
+    let d = take(&mut again, 1).await.remove(0);
+    assert_eq!(payload(&d)["items"]["a"]["value"], 1);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn expired_messages_are_counted_not_silently_lost() {
+    let env = Env::start().await;
+    let p = env.project().await;
+    let st = env
+        .stats_until(&p.pid, |st| st["groups"][0]["stacked"] == 1)
+        .await;
+    assert_eq!(st["retentionMs"], 86_400_000, "AMQP retention is one day");
+    // Retention is kept in whole seconds of generateTime.
+    env.clock.advance_ms(86_400_000 + 1_000);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, st) = env
+            .get(&format!("/api/v1/projects/{}/sync/stats", p.pid))
+            .await;
+        if st["groups"][0]["expiredTotal"] == 1 {
+            assert_eq!(st["groups"][0]["stacked"], 0);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not expired: {st}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = env
+        .http
+        .get(format!("{}/metrics", env.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "iotsync_backlog_expired_total{{project=\"{}\",group=\"{}\"}} 1",
+            p.pid, p.app_key
+        )),
+        "{metrics}"
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn figures_show_stacked_rates_and_consumers() {
+    let env = Env::start().await;
+    let p = env.project().await;
+    for i in 0..5 {
+        env.report(&p, json!({"n": i})).await;
+    }
+    let link = env.consumer(&p.pid, &p.app_key).await;
+    let st = env
+        .stats_until(&p.pid, |st| st["groups"][0]["stacked"] == 6)
+        .await;
+    let g = &st["groups"][0];
+    assert_eq!(g["group"], p.app_key);
+    assert_eq!(g["stacked"], 6);
+    assert_eq!(g["consumers"], 1);
+    assert_eq!(g["appendedTotal"], 6);
+    assert!(g["oldestStackedAgeMs"].is_number());
+    let (_, cs) = env
+        .get(&format!("/api/v1/projects/{}/sync/consumers", p.pid))
+        .await;
+    assert_eq!(cs.as_array().unwrap().len(), 1);
+    drop(link);
+    let _ = env.clock.now_ms();
+    env.stop().await;
+}
