@@ -34,6 +34,13 @@ pub struct EmbeddedBacklog {
 
 type Waiter = oneshot::Receiver<Result<(), CommitError>>;
 
+/// Dead letters to read: where they are, the open files, the group names by slot.
+type DeadSnapshot = (
+    Vec<DeadRef>,
+    HashMap<u32, Arc<File>>,
+    Vec<Option<ConsumerGroup>>,
+);
+
 impl EmbeddedBacklog {
     /// Opens (or creates) the backlog in `dir`, replaying what is there. Damage found in
     /// the files is in the report (and logged); the good part is served.
@@ -395,14 +402,7 @@ impl EmbeddedBacklog {
         project: &ProjectId,
         after: Option<u64>,
         limit: usize,
-    ) -> Result<
-        (
-            Vec<DeadRef>,
-            HashMap<u32, Arc<File>>,
-            Vec<Option<ConsumerGroup>>,
-        ),
-        BacklogError,
-    > {
+    ) -> Result<DeadSnapshot, BacklogError> {
         let st = lock(&self.shared.state);
         let idx = Self::project_idx(&st, project)?;
         let refs = st.index.dead_refs(idx, after, limit);

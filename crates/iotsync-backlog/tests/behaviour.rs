@@ -11,7 +11,11 @@ use iotsync_core::ManualClock;
 const C1: ConsumerId = ConsumerId(1);
 const C2: ConsumerId = ConsumerId(2);
 
-async fn setup() -> (tempfile::TempDir, ManualClock, iotsync_backlog::EmbeddedBacklog) {
+async fn setup() -> (
+    tempfile::TempDir,
+    ManualClock,
+    iotsync_backlog::EmbeddedBacklog,
+) {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
     let (b, report) = open(dir.path(), &clock, config());
@@ -36,7 +40,10 @@ async fn acked_message_is_gone_for_its_group() {
     assert_eq!(s.groups[0].stacked, 0);
     assert_eq!(s.groups[0].acked_total, 1);
     assert_eq!(s.stored_messages, 0);
-    assert!(matches!(b.ack(&ds[0].token).await, Err(BacklogError::UnknownLease { .. })));
+    assert!(matches!(
+        b.ack(&ds[0].token).await,
+        Err(BacklogError::UnknownLease { .. })
+    ));
     b.verify_invariants().unwrap();
 }
 
@@ -47,9 +54,21 @@ async fn each_group_gets_every_message_appended_after_it_was_created() {
     b.append(vec![msg(&p, "k1", "m1", T0)]).await.unwrap();
     b.create_group(&p, &group("g2")).await.unwrap();
     b.append(vec![msg(&p, "k2", "m2", T0)]).await.unwrap();
-    assert_eq!(ids(&b.lease(&p, &group("g1"), C1, 10).await.unwrap()), ["m1", "m2"]);
-    assert_eq!(ids(&b.lease(&p, &group("g2"), C2, 10).await.unwrap()), ["m2"]);
-    let mut names: Vec<String> = b.groups(&p).await.unwrap().iter().map(|g| g.to_string()).collect();
+    assert_eq!(
+        ids(&b.lease(&p, &group("g1"), C1, 10).await.unwrap()),
+        ["m1", "m2"]
+    );
+    assert_eq!(
+        ids(&b.lease(&p, &group("g2"), C2, 10).await.unwrap()),
+        ["m2"]
+    );
+    let mut names: Vec<String> = b
+        .groups(&p)
+        .await
+        .unwrap()
+        .iter()
+        .map(|g| g.to_string())
+        .collect();
     names.sort();
     assert_eq!(names, ["g1", "g2"]);
 }
@@ -58,7 +77,9 @@ async fn each_group_gets_every_message_appended_after_it_was_created() {
 async fn a_message_goes_to_exactly_one_consumer_of_a_group() {
     let (_d, _c, b) = setup().await;
     let p = project("p1");
-    let batch = (0..10).map(|i| msg(&p, &format!("k{i}"), &format!("m{i}"), T0)).collect();
+    let batch = (0..10)
+        .map(|i| msg(&p, &format!("k{i}"), &format!("m{i}"), T0))
+        .collect();
     b.append(batch).await.unwrap();
     let a = b.lease(&p, &group("g1"), C1, 4).await.unwrap();
     let c = b.lease(&p, &group("g1"), C2, 100).await.unwrap();
@@ -106,7 +127,10 @@ async fn nack_retries_with_exponential_backoff() {
         assert_eq!(d[0].attempt, attempt);
         b.nack(&d[0].token).await.unwrap();
         clock.advance_ms(min_wait - 1);
-        assert!(b.lease(&p, &group("g1"), C1, 1).await.unwrap().is_empty(), "attempt {attempt}");
+        assert!(
+            b.lease(&p, &group("g1"), C1, 1).await.unwrap().is_empty(),
+            "attempt {attempt}"
+        );
         clock.advance_ms(min_wait / 2 + 1);
     }
     assert_eq!(b.stats(&p).await.unwrap().groups[0].nacked_total, 4);
@@ -116,7 +140,9 @@ async fn nack_retries_with_exponential_backoff() {
 async fn consumer_gone_makes_its_deliveries_available_at_once() {
     let (_d, _c, b) = setup().await;
     let p = project("p1");
-    b.append(vec![msg(&p, "k1", "m1", T0), msg(&p, "k2", "m2", T0)]).await.unwrap();
+    b.append(vec![msg(&p, "k1", "m1", T0), msg(&p, "k2", "m2", T0)])
+        .await
+        .unwrap();
     assert_eq!(b.lease(&p, &group("g1"), C1, 10).await.unwrap().len(), 2);
     assert!(b.lease(&p, &group("g1"), C2, 10).await.unwrap().is_empty());
     assert_eq!(b.consumer_gone(C1).await.unwrap(), 2);
@@ -160,7 +186,9 @@ async fn reject_moves_message_to_dead_letters_which_can_be_retried_or_dropped() 
     let (_d, clock, b) = setup().await;
     let p = project("p1");
     let g = group("g1");
-    b.append(vec![msg(&p, "k1", "m1", T0), msg(&p, "k2", "m2", T0)]).await.unwrap();
+    b.append(vec![msg(&p, "k1", "m1", T0), msg(&p, "k2", "m2", T0)])
+        .await
+        .unwrap();
     let ds = b.lease(&p, &g, C1, 10).await.unwrap();
     clock.advance_ms(5);
     b.reject(&ds[0].token).await.unwrap();
@@ -169,17 +197,30 @@ async fn reject_moves_message_to_dead_letters_which_can_be_retried_or_dropped() 
     assert_eq!(dl.len(), 2);
     assert_eq!(dl[0].message, msg(&p, "k1", "m1", T0));
     assert_eq!((dl[0].attempts, dl[0].dead_at_ms), (1, T0 + 5));
-    assert_eq!(b.dead_letters(&p, Some(dl[0].seq), 10).await.unwrap().len(), 1);
+    assert_eq!(
+        b.dead_letters(&p, Some(dl[0].seq), 10).await.unwrap().len(),
+        1
+    );
     let s = b.stats(&p).await.unwrap().groups[0].clone();
     assert_eq!((s.stacked, s.dead_letters, s.rejected_total), (0, 2, 2));
 
-    assert_eq!(b.retry_dead_letter(&p, &"m1".parse().unwrap()).await.unwrap(), 1);
+    assert_eq!(
+        b.retry_dead_letter(&p, &"m1".parse().unwrap())
+            .await
+            .unwrap(),
+        1
+    );
     let again = b.lease(&p, &g, C1, 10).await.unwrap();
     assert_eq!(ids(&again), ["m1"]);
     assert_eq!(again[0].attempt, 1);
     b.ack(&again[0].token).await.unwrap();
 
-    assert_eq!(b.drop_dead_letter(&p, &"m2".parse().unwrap()).await.unwrap(), 1);
+    assert_eq!(
+        b.drop_dead_letter(&p, &"m2".parse().unwrap())
+            .await
+            .unwrap(),
+        1
+    );
     assert!(b.dead_letters(&p, None, 10).await.unwrap().is_empty());
     assert!(matches!(
         b.drop_dead_letter(&p, &"m2".parse().unwrap()).await,
@@ -194,18 +235,33 @@ async fn expired_messages_are_removed_and_counted_per_group() {
     let (_d, clock, b) = setup().await;
     let p = project("p1");
     b.create_group(&p, &group("g2")).await.unwrap();
-    b.append(vec![msg(&p, "k1", "old", T0 - 3_600_000), msg(&p, "k2", "new", T0)]).await.unwrap();
+    b.append(vec![
+        msg(&p, "k1", "old", T0 - 3_600_000),
+        msg(&p, "k2", "new", T0),
+    ])
+    .await
+    .unwrap();
     let held = b.lease(&p, &group("g2"), C1, 10).await.unwrap();
     assert_eq!(held.len(), 2);
     clock.advance_ms(23 * 3_600_000 - 1);
     assert_eq!(b.tick().await.unwrap().expired, 0);
     clock.advance_ms(1001);
-    assert_eq!(b.tick().await.unwrap().expired, 2, "one message in two groups");
-    assert_eq!(ids(&b.lease(&p, &group("g1"), C1, 10).await.unwrap()), ["new"]);
+    assert_eq!(
+        b.tick().await.unwrap().expired,
+        2,
+        "one message in two groups"
+    );
+    assert_eq!(
+        ids(&b.lease(&p, &group("g1"), C1, 10).await.unwrap()),
+        ["new"]
+    );
     let s = b.stats(&p).await.unwrap();
     assert!(s.groups.iter().all(|g| g.expired_total == 1));
     // The in-flight lease of the expired message is gone with it.
-    assert!(matches!(b.ack(&held[0].token).await, Err(BacklogError::UnknownLease { .. })));
+    assert!(matches!(
+        b.ack(&held[0].token).await,
+        Err(BacklogError::UnknownLease { .. })
+    ));
     b.verify_invariants().unwrap();
 }
 
@@ -213,14 +269,25 @@ async fn expired_messages_are_removed_and_counted_per_group() {
 async fn shorter_retention_applies_to_messages_already_stacked() {
     let (_d, clock, b) = setup().await;
     let p = project("p1");
-    b.set_retention(&p, Duration::from_secs(7 * 86_400)).await.unwrap();
+    b.set_retention(&p, Duration::from_secs(7 * 86_400))
+        .await
+        .unwrap();
     b.append(vec![msg(&p, "k1", "m1", T0)]).await.unwrap();
     clock.advance_ms(3 * 86_400_000);
     assert_eq!(b.tick().await.unwrap().expired, 0);
     // http2 → amqp: the carried-over backlog is held to one day from now on.
-    b.set_retention(&p, Duration::from_secs(86_400)).await.unwrap();
+    b.set_retention(&p, Duration::from_secs(86_400))
+        .await
+        .unwrap();
     let s = b.stats(&p).await.unwrap();
-    assert_eq!((s.retention_ms, s.groups[0].stacked, s.groups[0].expired_total), (86_400_000, 0, 1));
+    assert_eq!(
+        (
+            s.retention_ms,
+            s.groups[0].stacked,
+            s.groups[0].expired_total
+        ),
+        (86_400_000, 0, 1)
+    );
 }
 
 #[tokio::test]
@@ -234,7 +301,10 @@ async fn paused_project_gets_no_leases_until_resumed() {
     let mut w = b.watch(&p, &group("g1")).unwrap();
     b.set_paused(&p, false).await.unwrap();
     w.changed().await.unwrap();
-    assert_eq!(ids(&b.lease(&p, &group("g1"), C1, 10).await.unwrap()), ["m1"]);
+    assert_eq!(
+        ids(&b.lease(&p, &group("g1"), C1, 10).await.unwrap()),
+        ["m1"]
+    );
 }
 
 #[tokio::test]
@@ -250,7 +320,10 @@ async fn watch_wakes_when_messages_are_appended() {
         b2.lease(&p2, &group("g1"), C1, 10).await.unwrap()
     });
     b.append(vec![msg(&p, "k1", "m1", T0)]).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(ids(&got), ["m1"]);
 }
 
@@ -270,7 +343,13 @@ async fn oversized_payload_is_refused_before_anything_is_stored() {
     let mut big = msg(&p, "k1", "big", T0);
     big.envelope.payload = vec![b'x'; 2 * 1024 * 1024];
     let r = b.append(vec![msg(&p, "k1", "m1", T0), big]).await;
-    assert!(matches!(r, Err(BacklogError::MessageTooLarge { size: 2_097_152, .. })));
+    assert!(matches!(
+        r,
+        Err(BacklogError::MessageTooLarge {
+            size: 2_097_152,
+            ..
+        })
+    ));
     assert_eq!(b.stats(&p).await.unwrap().groups[0].stacked, 0);
 }
 
@@ -278,12 +357,20 @@ async fn oversized_payload_is_refused_before_anything_is_stored() {
 async fn figures_show_stacked_oldest_age_in_flight_and_totals() {
     let (_d, clock, b) = setup().await;
     let p = project("p1");
-    b.append(vec![msg(&p, "k1", "m1", T0 - 10_000), msg(&p, "k2", "m2", T0)]).await.unwrap();
+    b.append(vec![
+        msg(&p, "k1", "m1", T0 - 10_000),
+        msg(&p, "k2", "m2", T0),
+    ])
+    .await
+    .unwrap();
     let ds = b.lease(&p, &group("g1"), C1, 1).await.unwrap();
     clock.advance_ms(5_000);
     let g = b.stats(&p).await.unwrap().groups[0].clone();
     assert_eq!(g.group, "g1");
-    assert_eq!((g.stacked, g.in_flight, g.appended_total, g.consumers), (2, 1, 2, 1));
+    assert_eq!(
+        (g.stacked, g.in_flight, g.appended_total, g.consumers),
+        (2, 1, 2, 1)
+    );
     assert_eq!(g.oldest_stacked_age_ms, Some(15_000));
     b.ack(&ds[0].token).await.unwrap();
     let g = b.stats(&p).await.unwrap().groups[0].clone();
@@ -301,8 +388,12 @@ async fn restart_recovers_unacked_messages_groups_settings_and_dead_letters() {
         let (b, _) = open(dir.path(), &clock, config());
         b.create_group(&p, &group("g1")).await.unwrap();
         b.create_group(&p, &group("g2")).await.unwrap();
-        b.set_retention(&p, Duration::from_secs(7 * 86_400)).await.unwrap();
-        let batch = (0..5).map(|i| msg(&p, &format!("k{i}"), &format!("m{i}"), T0)).collect();
+        b.set_retention(&p, Duration::from_secs(7 * 86_400))
+            .await
+            .unwrap();
+        let batch = (0..5)
+            .map(|i| msg(&p, &format!("k{i}"), &format!("m{i}"), T0))
+            .collect();
         b.append(batch).await.unwrap();
         let ds = b.lease(&p, &group("g1"), C1, 5).await.unwrap();
         b.ack(&ds[0].token).await.unwrap();
@@ -315,17 +406,22 @@ async fn restart_recovers_unacked_messages_groups_settings_and_dead_letters() {
     }
     let (b, report) = open(dir.path(), &clock, config());
     assert!(report.is_clean(), "{report:?}");
-    assert_eq!((report.messages, report.dead_letters, report.groups), (3, 1, 1));
+    assert_eq!(
+        (report.messages, report.dead_letters, report.groups),
+        (3, 1, 1)
+    );
     let s = b.stats(&p).await.unwrap();
     assert!(s.paused);
     assert_eq!(s.retention_ms, 7 * 86_400_000);
     assert_eq!(s.groups.len(), 1);
     assert_eq!((s.groups[0].stacked, s.groups[0].acked_total), (2, 2));
     b.set_paused(&p, false).await.unwrap();
-    assert_eq!(ids(&b.lease(&p, &group("g1"), C1, 10).await.unwrap()), ["m3", "m4"]);
+    assert_eq!(
+        ids(&b.lease(&p, &group("g1"), C1, 10).await.unwrap()),
+        ["m3", "m4"]
+    );
     let dl = b.dead_letters(&p, None, 10).await.unwrap();
     assert_eq!(dl.len(), 1);
     assert_eq!(dl[0].message.envelope.message_id.as_str(), "m2");
     b.verify_invariants().unwrap();
 }
-

@@ -13,7 +13,9 @@ async fn stack_ten(dir: &std::path::Path, clock: &ManualClock) -> (std::path::Pa
     let p = project("p1");
     b.create_group(&p, &group("g1")).await.unwrap();
     for i in 0..10 {
-        b.append(vec![msg(&p, &format!("k{i}"), &format!("m{i}"), T0)]).await.unwrap();
+        b.append(vec![msg(&p, &format!("k{i}"), &format!("m{i}"), T0)])
+            .await
+            .unwrap();
     }
     b.flush().await.unwrap();
     let seg = segment_files(dir).unwrap().pop().unwrap();
@@ -23,7 +25,10 @@ async fn stack_ten(dir: &std::path::Path, clock: &ManualClock) -> (std::path::Pa
 }
 
 async fn leased_ids(b: &EmbeddedBacklog) -> Vec<String> {
-    ids(&b.lease(&project("p1"), &group("g1"), ConsumerId(1), 100).await.unwrap())
+    ids(&b
+        .lease(&project("p1"), &group("g1"), ConsumerId(1), 100)
+        .await
+        .unwrap())
 }
 
 #[tokio::test]
@@ -40,7 +45,10 @@ async fn torn_tail_of_the_newest_segment_is_cut_and_the_rest_served() {
     assert_eq!(tail.path, seg);
     assert!(tail.reason.contains("cut short"), "{}", tail.reason);
     assert_eq!(report.messages, 9);
-    assert_eq!(leased_ids(&b).await, (0..9).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    assert_eq!(
+        leased_ids(&b).await,
+        (0..9).map(|i| format!("m{i}")).collect::<Vec<_>>()
+    );
     b.close().await.unwrap();
     let (_b, again) = open(dir.path(), &clock, config());
     assert!(again.torn_tail.is_none(), "the tail was cut off for good");
@@ -53,7 +61,10 @@ async fn corrupted_record_in_the_middle_is_reported_and_skipped() {
     let (seg, _) = stack_ten(dir.path(), &clock).await;
     let mut bytes = std::fs::read(&seg).unwrap();
     let needle = br#"{"id":"m4""#;
-    let at = bytes.windows(needle.len()).position(|w| w == needle).unwrap();
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap();
     bytes[at + 2] ^= 0x20;
     std::fs::write(&seg, &bytes).unwrap();
 
@@ -68,7 +79,10 @@ async fn corrupted_record_in_the_middle_is_reported_and_skipped() {
     let got = leased_ids(&b).await;
     assert_eq!(got.len(), 9);
     assert!(!got.contains(&"m4".to_string()));
-    assert!(got.contains(&"m9".to_string()), "records after the damage are served");
+    assert!(
+        got.contains(&"m9".to_string()),
+        "records after the damage are served"
+    );
 }
 
 #[tokio::test]

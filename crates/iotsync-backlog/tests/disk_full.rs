@@ -67,7 +67,10 @@ async fn full_disk_fails_appends_clearly_keeps_what_is_stored_and_recovers() {
                 m
             })
             .collect();
-        let ids: Vec<String> = batch.iter().map(|m| m.envelope.message_id.to_string()).collect();
+        let ids: Vec<String> = batch
+            .iter()
+            .map(|m| m.envelope.message_id.to_string())
+            .collect();
         n += 20;
         match b.append(batch).await {
             Ok(o) => {
@@ -93,7 +96,10 @@ async fn full_disk_fails_appends_clearly_keeps_what_is_stored_and_recovers() {
         })
         .collect();
     let again = b.append(big).await;
-    assert!(matches!(again, Err(BacklogError::DiskFull { .. })), "{again:?}");
+    assert!(
+        matches!(again, Err(BacklogError::DiskFull { .. })),
+        "{again:?}"
+    );
 
     // Everything stored is still there, and nothing of the failed batches is.
     let s = b.stats(&p).await.unwrap();

@@ -17,7 +17,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use iotsync_backlog::{Backlog, BacklogConfig, BacklogError, ConsumerId, EmbeddedBacklog, LeaseToken};
+use iotsync_backlog::{
+    Backlog, BacklogConfig, BacklogError, ConsumerId, EmbeddedBacklog, LeaseToken,
+};
 use iotsync_core::{ConsumerGroup, ManualClock, ProjectId};
 use proptest::prelude::*;
 
@@ -26,8 +28,16 @@ const DAY: i64 = 86_400_000;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Append { n: usize, key: u8, age_ms: i64 },
-    Lease { group: usize, consumer: u64, max: usize },
+    Append {
+        n: usize,
+        key: u8,
+        age_ms: i64,
+    },
+    Lease {
+        group: usize,
+        consumer: u64,
+        max: usize,
+    },
     Ack(usize),
     Nack(usize),
     Reject(usize),
@@ -67,7 +77,10 @@ fn op() -> impl Strategy<Value = Op> {
 enum St {
     /// Never delivered since open, or back after a restart or a dead-letter retry.
     Pending,
-    InFlight { deadline: i64, consumer: u64 },
+    InFlight {
+        deadline: i64,
+        consumer: u64,
+    },
     /// Leased since open and waiting for its retry (nacked, timed out, consumer gone).
     Waiting,
     Acked,
@@ -111,7 +124,10 @@ impl Model {
                 continue;
             }
             for g in 0..GROUPS {
-                if matches!(self.st[i][g], St::Pending | St::InFlight { .. } | St::Waiting | St::Dead) {
+                if matches!(
+                    self.st[i][g],
+                    St::Pending | St::InFlight { .. } | St::Waiting | St::Dead
+                ) {
                     self.st[i][g] = St::Expired;
                     self.counters[g].expired += 1;
                     n += 1;
@@ -183,9 +199,16 @@ impl Harness {
             let id = d.message.envelope.message_id.to_string();
             let i = self.idx_of(&id);
             let (_, key, gen) = self.m.msgs[i].clone();
-            assert_eq!(d.message, msg(&self.p, &format!("k{key}"), &id, gen), "body of {id}");
+            assert_eq!(
+                d.message,
+                msg(&self.p, &format!("k{key}"), &id, gen),
+                "body of {id}"
+            );
             let s = self.m.st[i][g];
-            assert!(matches!(s, St::Pending | St::Waiting), "{id} delivered to group {g} while {s:?}");
+            assert!(
+                matches!(s, St::Pending | St::Waiting),
+                "{id} delivered to group {g} while {s:?}"
+            );
             if !self.m.exempt[i][g] {
                 for j in 0..i {
                     if self.m.msgs[j].1 == key && !self.m.exempt[j][g] {
@@ -228,7 +251,10 @@ impl Harness {
         match (&r, s) {
             (Ok(()), _) if accepted_when || s == St::Pending => {}
             (Err(BacklogError::UnknownLease { .. }), _) if !accepted_when => return,
-            other => panic!("{what} of {} in group {g} while {s:?}: {other:?}", self.m.msgs[i].0),
+            other => panic!(
+                "{what} of {} in group {g} while {s:?}: {other:?}",
+                self.m.msgs[i].0
+            ),
         }
         self.m.st[i][g] = match what {
             "ack" => {
@@ -289,14 +315,32 @@ impl Harness {
         self.b().verify_invariants().unwrap();
         let stats = self.b().stats(&self.p).await.unwrap();
         for (g, name) in self.groups.iter().enumerate() {
-            let gs = stats.groups.iter().find(|s| s.group == name.as_str()).unwrap();
-            let count = |f: &dyn Fn(St) -> bool| self.m.st.iter().filter(|a| f(a[g])).count() as u64;
+            let gs = stats
+                .groups
+                .iter()
+                .find(|s| s.group == name.as_str())
+                .unwrap();
+            let count =
+                |f: &dyn Fn(St) -> bool| self.m.st.iter().filter(|a| f(a[g])).count() as u64;
             let c = &self.m.counters[g];
             assert_eq!(gs.stacked, count(&|s| s.owed()), "stacked of group {g}");
-            assert_eq!(gs.in_flight, count(&|s| matches!(s, St::InFlight { .. })), "in flight of {g}");
-            assert_eq!(gs.dead_letters, count(&|s| s == St::Dead), "dead letters of {g}");
             assert_eq!(
-                (gs.appended_total, gs.acked_total, gs.expired_total, gs.rejected_total),
+                gs.in_flight,
+                count(&|s| matches!(s, St::InFlight { .. })),
+                "in flight of {g}"
+            );
+            assert_eq!(
+                gs.dead_letters,
+                count(&|s| s == St::Dead),
+                "dead letters of {g}"
+            );
+            assert_eq!(
+                (
+                    gs.appended_total,
+                    gs.acked_total,
+                    gs.expired_total,
+                    gs.rejected_total
+                ),
                 (c.appended, c.acked, c.expired, c.rejected),
                 "totals of group {g}"
             );
@@ -319,7 +363,11 @@ impl Harness {
                 }
                 assert_eq!(self.b().append(batch).await.unwrap().stored, n);
             }
-            Op::Lease { group, consumer, max } => {
+            Op::Lease {
+                group,
+                consumer,
+                max,
+            } => {
                 self.lease(group, consumer, max).await;
             }
             Op::Ack(i) => self.settle(i, "ack").await,
@@ -426,7 +474,10 @@ impl Harness {
 }
 
 fn run(ops: Vec<Op>, segment_bytes: u64) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new(T0);

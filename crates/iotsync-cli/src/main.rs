@@ -1,5 +1,9 @@
 //! The `iotsync` binary.
 
+mod consume;
+mod consume_amqp;
+mod consume_http2;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -25,6 +29,9 @@ enum Command {
     /// other service. Options come from flags, then IOTSYNC_* environment variables,
     /// then --config FILE, then the built-in defaults (see `iotsync config-defaults`).
     Serve(Box<ServeArgs>),
+    /// Consume a project's sync messages (prints JSON lines; for testing and debugging).
+    #[command(subcommand)]
+    Consume(consume::ConsumeCommand),
     /// Print the built-in default configuration, every key commented.
     ConfigDefaults,
 }
@@ -52,6 +59,16 @@ struct ServeArgs {
     /// HTTP/2 (gRPC) consumer listener.
     #[arg(long, value_name = "ADDR")]
     http2_listen: Option<String>,
+    /// HTTP/2 (gRPC) consumer listener over TLS.
+    #[arg(long, value_name = "ADDR")]
+    http2_tls_listen: Option<String>,
+    /// TLS certificate chain (PEM) for amqps, HTTP/2 TLS and mqtts (default: a generated
+    /// self-signed development pair in the data dir).
+    #[arg(long, value_name = "FILE", requires = "tls_key_file")]
+    tls_cert_file: Option<String>,
+    /// TLS private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert_file")]
+    tls_key_file: Option<String>,
     /// MQTT device gateway, plain.
     #[arg(long, value_name = "ADDR")]
     mqtt_listen: Option<String>,
@@ -114,6 +131,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         amqp_listen: args.amqp_listen,
         amqps_listen: args.amqps_listen,
         http2_listen: args.http2_listen,
+        http2_tls_listen: args.http2_tls_listen,
+        tls_cert_file: args.tls_cert_file,
+        tls_key_file: args.tls_key_file,
         mqtt_listen: args.mqtt_listen,
         mqtts_listen: args.mqtts_listen,
         log_level: args.log_level,
@@ -133,6 +153,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "  api listening:  http://{}  (REST /api/v1, OpenAPI /api/v1/openapi.json)",
         server.api_addr
     );
+    for l in &server.listeners {
+        println!("  {:<15} {}", format!("{} listening:", l.name), l.url);
+    }
+    if server.tls.generated {
+        println!(
+            "  tls:            self-signed development certificate {}",
+            server.tls.cert_file.display()
+        );
+    }
     match &server.token_source {
         TokenSource::Config => println!("  operator token: from configuration"),
         TokenSource::File(p) => println!("  operator token: in {}", p.display()),
@@ -151,6 +180,13 @@ fn main() -> anyhow::Result<()> {
         Command::ConfigDefaults => {
             print!("{}", iotsync_server::config::DEFAULT_TOML);
             Ok(())
+        }
+        Command::Consume(cmd) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            rt.block_on(consume::run(cmd))
         }
         Command::Serve(args) => {
             let args = *args;

@@ -16,6 +16,7 @@ pub struct ServerConfig {
     pub store: StoreConfig,
     pub api: ApiConfig,
     pub delivery: DeliveryConfig,
+    pub tls: TlsConfig,
     pub amqp: AmqpConfig,
     pub http2: Http2Config,
     pub mqtt: MqttConfig,
@@ -94,6 +95,14 @@ pub struct AmqpConfig {
 #[serde(deny_unknown_fields)]
 pub struct Http2Config {
     pub listen: String,
+    pub tls_listen: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: String,
+    pub key_file: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -133,6 +142,9 @@ pub struct ConfigOverrides {
     pub amqp_listen: Option<String>,
     pub amqps_listen: Option<String>,
     pub http2_listen: Option<String>,
+    pub http2_tls_listen: Option<String>,
+    pub tls_cert_file: Option<String>,
+    pub tls_key_file: Option<String>,
     pub mqtt_listen: Option<String>,
     pub mqtts_listen: Option<String>,
     pub log_level: Option<String>,
@@ -148,6 +160,9 @@ pub const ENV_VARS: &[&str] = &[
     "IOTSYNC_AMQP_LISTEN",
     "IOTSYNC_AMQPS_LISTEN",
     "IOTSYNC_HTTP2_LISTEN",
+    "IOTSYNC_HTTP2_TLS_LISTEN",
+    "IOTSYNC_TLS_CERT_FILE",
+    "IOTSYNC_TLS_KEY_FILE",
     "IOTSYNC_MQTT_LISTEN",
     "IOTSYNC_MQTTS_LISTEN",
     "IOTSYNC_LOG_LEVEL",
@@ -165,6 +180,9 @@ impl ConfigOverrides {
             amqp_listen: get("IOTSYNC_AMQP_LISTEN"),
             amqps_listen: get("IOTSYNC_AMQPS_LISTEN"),
             http2_listen: get("IOTSYNC_HTTP2_LISTEN"),
+            http2_tls_listen: get("IOTSYNC_HTTP2_TLS_LISTEN"),
+            tls_cert_file: get("IOTSYNC_TLS_CERT_FILE"),
+            tls_key_file: get("IOTSYNC_TLS_KEY_FILE"),
             mqtt_listen: get("IOTSYNC_MQTT_LISTEN"),
             mqtts_listen: get("IOTSYNC_MQTTS_LISTEN"),
             log_level: get("IOTSYNC_LOG_LEVEL"),
@@ -187,6 +205,9 @@ impl ConfigOverrides {
         set!(self.amqp_listen, c.amqp.listen);
         set!(self.amqps_listen, c.amqp.tls_listen);
         set!(self.http2_listen, c.http2.listen);
+        set!(self.http2_tls_listen, c.http2.tls_listen);
+        set!(self.tls_cert_file, c.tls.cert_file);
+        set!(self.tls_key_file, c.tls.key_file);
         set!(self.mqtt_listen, c.mqtt.listen);
         set!(self.mqtts_listen, c.mqtt.tls_listen);
         set!(self.log_level, c.log.level);
@@ -281,6 +302,7 @@ impl ServerConfig {
             ("amqp.listen", &self.amqp.listen),
             ("amqp.tls_listen", &self.amqp.tls_listen),
             ("http2.listen", &self.http2.listen),
+            ("http2.tls_listen", &self.http2.tls_listen),
             ("mqtt.listen", &self.mqtt.listen),
             ("mqtt.tls_listen", &self.mqtt.tls_listen),
         ] {
@@ -292,6 +314,12 @@ impl ServerConfig {
                     )
                 })?;
             }
+        }
+        if self.tls.cert_file.is_empty() != self.tls.key_file.is_empty() {
+            return Err(invalid(
+                "tls.key_file",
+                "tls.cert_file and tls.key_file are given together (or both left empty)".into(),
+            ));
         }
         if self.api.listen.is_empty() {
             return Err(invalid("api.listen", "must not be empty".into()));
@@ -379,6 +407,7 @@ mod tests {
             &c.amqp.listen,
             &c.amqp.tls_listen,
             &c.http2.listen,
+            &c.http2.tls_listen,
             &c.mqtt.listen,
             &c.mqtt.tls_listen,
         ] {

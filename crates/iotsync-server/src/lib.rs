@@ -3,9 +3,15 @@
 //! Only this crate knows all the parts.
 
 pub mod api;
+pub mod channels;
+pub mod cloud;
 pub mod config;
+pub mod console;
+pub mod context;
 pub mod delivery;
+pub mod gateway;
 pub mod ingest;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -37,6 +43,9 @@ pub enum TokenSource {
 /// A running server: its bound addresses and a way to stop it.
 pub struct RunningServer {
     pub api_addr: SocketAddr,
+    /// Every bound listener but the API (AMQP, HTTP/2, MQTT, …), by name.
+    pub listeners: Vec<context::Listener>,
+    pub tls: tls::TlsMaterial,
     pub token_source: TokenSource,
     pub data_dir: PathBuf,
     pub store_description: String,
@@ -62,6 +71,14 @@ impl RunningServer {
             tracing::warn!(error = %e, "closing the backlog");
         }
         self.registry.close().await;
+    }
+
+    /// The bound address of the listener named `name` (e.g. "amqp", "http2", "mqtt").
+    pub fn addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.addr)
     }
 
     pub fn registry(&self) -> Arc<dyn Registry> {
@@ -177,6 +194,20 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
         DispatcherConfig::default(),
     );
 
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let tls = tls::TlsMaterial::resolve(&cfg)?;
+    let ctx = context::Context {
+        cfg: Arc::new(cfg.clone()),
+        registry: registry.clone(),
+        backlog: backlog.clone(),
+        hub: hub.clone(),
+        ingest: ingest.clone(),
+        dispatcher: dispatcher_handle.clone(),
+        clock: clock.clone(),
+        tls: tls.clone(),
+        shutdown: shutdown_rx.clone(),
+    };
+
     let state = api::ApiState {
         registry: registry.clone(),
         operator_token: Arc::from(token.as_str()),
@@ -187,14 +218,35 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
         dispatcher: dispatcher_handle,
         rates: Arc::new(delivery::rates::RateSampler::default()),
     };
-    let app = api::router(state, cfg.api.max_body_bytes)
+    let app = api::router(state.clone(), cfg.api.max_body_bytes)
+        .merge(cloud::router(&ctx))
+        .merge(console::router(&ctx, state))
         .layer(tower_http::trace::TraceLayer::new_for_http());
+
+    let mut tasks = Vec::new();
+    let mut listeners = Vec::new();
+    for started in [
+        channels::amqp::start(&ctx)
+            .await
+            .context("starting the AMQP channel")?,
+        channels::http2::start(&ctx)
+            .await
+            .context("starting the HTTP/2 channel")?,
+        channels::webhook::start(&ctx)
+            .await
+            .context("starting the legacy HTTP push")?,
+        gateway::start(&ctx)
+            .await
+            .context("starting the device gateway")?,
+    ] {
+        listeners.extend(started.listeners);
+        tasks.extend(started.tasks);
+    }
 
     let listener = TcpListener::bind(&cfg.api.listen)
         .await
         .with_context(|| format!("binding api.listen {}", cfg.api.listen))?;
     let api_addr = listener.local_addr()?;
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let dispatcher_task = tokio::spawn(dispatcher.run(shutdown_rx.clone()));
     let mut rx = shutdown_rx.clone();
     let api_task = tokio::spawn(async move {
@@ -205,15 +257,19 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
             tracing::error!(error = %e, "api listener failed");
         }
     });
+    tasks.push(api_task);
+    tasks.push(dispatcher_task);
 
     Ok(RunningServer {
         api_addr,
         token_source,
         data_dir: cfg.data_dir.clone(),
         store_description,
+        listeners,
+        tls,
         recovery,
         shutdown: shutdown_tx,
-        tasks: vec![api_task, dispatcher_task],
+        tasks,
         registry,
         backlog,
         hub,

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use iotsync_backlog::{Backlog, BacklogConfig, BacklogError, ConsumerId, EmbeddedBacklog};
 use iotsync_core::clock::system_clock;
-use iotsync_core::{Clock, ConsumerGroup, Envelope, MessageKind, ProjectId, SyncMessage};
+use iotsync_core::{ConsumerGroup, Envelope, MessageKind, ProjectId, SyncMessage};
 
 struct Args {
     dir: Option<PathBuf>,
@@ -81,7 +81,12 @@ fn dir_bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn message(project: &ProjectId, device: u64, n: u64, payload: &[u8]) -> Result<SyncMessage, String> {
+fn message(
+    project: &ProjectId,
+    device: u64,
+    n: u64,
+    payload: &[u8],
+) -> Result<SyncMessage, String> {
     Ok(SyncMessage {
         project_id: project.clone(),
         kind: MessageKind::PropertyPost,
@@ -106,7 +111,13 @@ fn payload() -> Vec<u8> {
 }
 
 /// `appenders` tasks append `total` messages in batches; returns the elapsed time.
-async fn append_all(b: Arc<EmbeddedBacklog>, project: &ProjectId, total: u64, appenders: u64, batch: u64) -> Result<Duration, String> {
+async fn append_all(
+    b: Arc<EmbeddedBacklog>,
+    project: &ProjectId,
+    total: u64,
+    appenders: u64,
+    batch: u64,
+) -> Result<Duration, String> {
     let next = Arc::new(AtomicU64::new(0));
     let body = Arc::new(payload());
     let t = Instant::now();
@@ -134,7 +145,8 @@ async fn append_all(b: Arc<EmbeddedBacklog>, project: &ProjectId, total: u64, ap
 }
 
 async fn throughput(dir: &Path, a: &Args) -> Result<(), String> {
-    let (b, _) = EmbeddedBacklog::open(dir, BacklogConfig::default(), system_clock()).map_err(|e| e.to_string())?;
+    let (b, _) = EmbeddedBacklog::open(dir, BacklogConfig::default(), system_clock())
+        .map_err(|e| e.to_string())?;
     let b = Arc::new(b);
     let p: ProjectId = "benchproject".parse().map_err(|e| format!("{e}"))?;
     let g: ConsumerGroup = "benchgroup".parse().map_err(|e| format!("{e}"))?;
@@ -163,43 +175,68 @@ async fn throughput(dir: &Path, a: &Args) -> Result<(), String> {
     }
     let append_time = append_all(b.clone(), &p, total, a.appenders, a.batch).await?;
     for c in consumers {
-        c.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+        c.await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
     }
     let all = t.elapsed();
     let s = b.stats(&p).await.map_err(|e| e.to_string())?;
     println!("## append + lease + ack (durable, group commit, 256-byte payloads)");
     println!("messages: {total}, appenders: {}, batch: {}, consumers: {}, credit: {}, ordering keys: 10000", a.appenders, a.batch, a.consumers, a.credit);
-    println!("appended: {:.0} msg/s ({:.2} s)", total as f64 / append_time.as_secs_f64(), append_time.as_secs_f64());
-    println!("appended and acked: {:.0} msg/s ({:.2} s)", total as f64 / all.as_secs_f64(), all.as_secs_f64());
-    println!("left stacked: {}, acked total: {}", s.groups[0].stacked, s.groups[0].acked_total);
+    println!(
+        "appended: {:.0} msg/s ({:.2} s)",
+        total as f64 / append_time.as_secs_f64(),
+        append_time.as_secs_f64()
+    );
+    println!(
+        "appended and acked: {:.0} msg/s ({:.2} s)",
+        total as f64 / all.as_secs_f64(),
+        all.as_secs_f64()
+    );
+    println!(
+        "left stacked: {}, acked total: {}",
+        s.groups[0].stacked, s.groups[0].acked_total
+    );
     println!("RSS: {} MiB", rss_kib() / 1024);
     b.close().await.map_err(|e| e.to_string())?;
     Ok(())
 }
 
 async fn single_appender_latency(dir: &Path) -> Result<(), String> {
-    let (b, _) = EmbeddedBacklog::open(dir, BacklogConfig::default(), system_clock()).map_err(|e| e.to_string())?;
+    let (b, _) = EmbeddedBacklog::open(dir, BacklogConfig::default(), system_clock())
+        .map_err(|e| e.to_string())?;
     let p: ProjectId = "latency".parse().map_err(|e| format!("{e}"))?;
-    b.create_group(&p, &"g".parse().map_err(|e| format!("{e}"))?).await.map_err(|e| e.to_string())?;
+    b.create_group(&p, &"g".parse().map_err(|e| format!("{e}"))?)
+        .await
+        .map_err(|e| e.to_string())?;
     let body = payload();
     let n = 2000;
     let t = Instant::now();
     for i in 0..n {
-        b.append(vec![message(&p, i, i, &body)?]).await.map_err(|e| e.to_string())?;
+        b.append(vec![message(&p, i, i, &body)?])
+            .await
+            .map_err(|e| e.to_string())?;
     }
     let e = t.elapsed();
     println!("## one appender, one message per append (no group commit possible)");
-    println!("{n} appends: {:.0} msg/s, {:.3} ms per durable append", n as f64 / e.as_secs_f64(), e.as_secs_f64() * 1000.0 / n as f64);
+    println!(
+        "{n} appends: {:.0} msg/s, {:.3} ms per durable append",
+        n as f64 / e.as_secs_f64(),
+        e.as_secs_f64() * 1000.0 / n as f64
+    );
     b.close().await.map_err(|e| e.to_string())?;
     Ok(())
 }
 
 async fn stacked(dir: &Path, a: &Args) -> Result<(), String> {
     let rss0 = rss_kib();
-    let (b, _) = EmbeddedBacklog::open(dir, BacklogConfig::default(), system_clock()).map_err(|e| e.to_string())?;
+    let (b, _) = EmbeddedBacklog::open(dir, BacklogConfig::default(), system_clock())
+        .map_err(|e| e.to_string())?;
     let b = Arc::new(b);
     let p: ProjectId = "stacked".parse().map_err(|e| format!("{e}"))?;
-    b.create_group(&p, &"g".parse().map_err(|e| format!("{e}"))?).await.map_err(|e| e.to_string())?;
+    b.create_group(&p, &"g".parse().map_err(|e| format!("{e}"))?)
+        .await
+        .map_err(|e| e.to_string())?;
     let rss_before = rss_kib();
     let e = append_all(b.clone(), &p, a.stacked, a.appenders, 512).await?;
     let rss_after = rss_kib();
@@ -207,14 +244,33 @@ async fn stacked(dir: &Path, a: &Args) -> Result<(), String> {
     b.close().await.map_err(|e| e.to_string())?;
     drop(b);
     let bytes = dir_bytes(dir);
-    println!("## {} stacked messages (256-byte payloads, nobody consuming)", a.stacked);
-    println!("append: {:.0} msg/s ({:.1} s, {} appenders, batch 512)", a.stacked as f64 / e.as_secs_f64(), e.as_secs_f64(), a.appenders);
+    println!(
+        "## {} stacked messages (256-byte payloads, nobody consuming)",
+        a.stacked
+    );
+    println!(
+        "append: {:.0} msg/s ({:.1} s, {} appenders, batch 512)",
+        a.stacked as f64 / e.as_secs_f64(),
+        e.as_secs_f64(),
+        a.appenders
+    );
     println!("stacked (engine figure): {}", s.groups[0].stacked);
-    println!("disk: {} MiB, {:.0} bytes per message", bytes >> 20, bytes as f64 / a.stacked as f64);
+    println!(
+        "disk: {} MiB, {:.0} bytes per message",
+        bytes >> 20,
+        bytes as f64 / a.stacked as f64
+    );
     println!("RSS: process start {} MiB, engine open {} MiB, after append {} MiB => {:.1} bytes per stacked message", rss0 / 1024, rss_before / 1024, rss_after / 1024, (rss_after.saturating_sub(rss_before) * 1024) as f64 / a.stacked as f64);
     let t = Instant::now();
-    let (b, report) = EmbeddedBacklog::open(dir, BacklogConfig::default(), system_clock()).map_err(|e| e.to_string())?;
-    println!("reopen (replay of {} MiB): {:.1} s, {} messages recovered, RSS {} MiB", report.bytes >> 20, t.elapsed().as_secs_f64(), report.messages, rss_kib() / 1024);
+    let (b, report) = EmbeddedBacklog::open(dir, BacklogConfig::default(), system_clock())
+        .map_err(|e| e.to_string())?;
+    println!(
+        "reopen (replay of {} MiB): {:.1} s, {} messages recovered, RSS {} MiB",
+        report.bytes >> 20,
+        t.elapsed().as_secs_f64(),
+        report.messages,
+        rss_kib() / 1024
+    );
     b.close().await.map_err(|e| e.to_string())?;
     Ok(())
 }

@@ -39,7 +39,11 @@ pub fn config() -> BacklogConfig {
     }
 }
 
-pub fn open(dir: &Path, clock: &ManualClock, cfg: BacklogConfig) -> (EmbeddedBacklog, RecoveryReport) {
+pub fn open(
+    dir: &Path,
+    clock: &ManualClock,
+    cfg: BacklogConfig,
+) -> (EmbeddedBacklog, RecoveryReport) {
     EmbeddedBacklog::open(dir, cfg, Arc::new(clock.clone())).unwrap()
 }
 

@@ -1,0 +1,263 @@
+//! Rebuilding the index from the log at open. Records are applied in log order; a record
+//! may name a project or group whose defining snapshot comes later (its first definition
+//! was in a deleted segment), so projects and dead-letter marks are kept provisionally and
+//! settled by `finish_replay`.
+
+use iotsync_core::ProjectId;
+
+use super::{
+    gen_s, unreachable_id, DeadInfo, Group, Index, Project, Slot, CHUNK, MAX_GROUPS_PER_PROJECT,
+    TOMBSTONE,
+};
+use crate::codec::{DeadMark, MsgHead, ProjectSnapshot};
+
+impl Index {
+    fn replay_project(&mut self, proj: u32) -> &mut Project {
+        while self.projects.len() <= proj as usize {
+            let idx = self.projects.len() as u32;
+            let placeholder: ProjectId = match format!("unnamed-{idx}").parse() {
+                Ok(p) => p,
+                Err(_) => unreachable_id(),
+            };
+            let mut p = Project::new(idx, placeholder, self.default_retention_ms);
+            p.named = false;
+            self.projects.push(p);
+        }
+        &mut self.projects[proj as usize]
+    }
+
+    /// Replays a message record found at (seg, off, len).
+    pub fn replay_msg(&mut self, h: &MsgHead, dead: Option<&[DeadMark]>, loc: (u32, u32, u32)) {
+        let p = self.replay_project(h.proj);
+        if h.pseq < p.base {
+            for _ in h.pseq..p.base {
+                p.slots.push_front(TOMBSTONE);
+            }
+            p.base = h.pseq;
+        }
+        while p.next_pseq() <= h.pseq {
+            p.slots.push_back(TOMBSTONE);
+        }
+        let g = gen_s(h.generate_time);
+        if let Some(s) = p.slot_mut(h.pseq) {
+            *s = Slot {
+                seg: loc.0,
+                off: loc.1,
+                len: loc.2,
+                key: h.key_hash,
+                gen_s: g,
+                owners: h.owners,
+            };
+        }
+        p.note_chunk(h.pseq, g);
+        match dead {
+            None => {
+                for (i, gr) in p.groups.iter_mut().enumerate() {
+                    if let Some(gr) = gr {
+                        if h.owners & (1 << i) != 0 {
+                            gr.counters.appended += 1;
+                        }
+                    }
+                }
+            }
+            Some(marks) => {
+                for gi in 0..MAX_GROUPS_PER_PROJECT as u8 {
+                    p.replay_dead.remove(&(gi, h.pseq));
+                }
+                for m in marks {
+                    p.replay_dead.insert(
+                        (m.group, h.pseq),
+                        DeadInfo {
+                            attempts: m.attempts,
+                            at_ms: m.at_ms,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    fn replay_clear(&mut self, proj: u32, slot: u8, pseq: u64) -> bool {
+        let p = self.replay_project(proj);
+        match p.slot_mut(pseq) {
+            Some(s) if s.owners & (1 << slot) != 0 => {
+                s.owners &= !(1 << slot);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn replay_ack(&mut self, proj: u32, slot: u8, pseq: u64) {
+        if self.replay_clear(proj, slot, pseq) {
+            let p = &mut self.projects[proj as usize];
+            p.replay_dead.remove(&(slot, pseq));
+            if let Some(Some(g)) = p.groups.get_mut(slot as usize) {
+                g.counters.acked += 1;
+            }
+        }
+    }
+
+    pub fn replay_reject(&mut self, proj: u32, slot: u8, pseq: u64, info: DeadInfo) {
+        let p = self.replay_project(proj);
+        if p.slot(pseq).is_some_and(|s| s.owners & (1 << slot) != 0) {
+            p.replay_dead.insert((slot, pseq), info);
+        }
+        if let Some(Some(g)) = p.groups.get_mut(slot as usize) {
+            g.counters.rejected += 1;
+        }
+    }
+
+    pub fn replay_dead_retry(&mut self, proj: u32, slot: u8, pseq: u64) {
+        self.replay_project(proj).replay_dead.remove(&(slot, pseq));
+    }
+
+    pub fn replay_dead_drop(&mut self, proj: u32, slot: u8, pseq: u64) {
+        self.replay_dead_retry(proj, slot, pseq);
+        self.replay_clear(proj, slot, pseq);
+    }
+
+    pub fn replay_group_create(&mut self, proj: u32, slot: u8, gen: u32, start: u64, name: &str) {
+        let p = self.replay_project(proj);
+        if let (Some(s), Ok(name)) = (p.groups.get_mut(slot as usize), name.parse()) {
+            *s = Some(Group::new(name, gen, start));
+            p.next_gen = p.next_gen.max(gen + 1);
+        }
+    }
+
+    pub fn replay_group_delete(&mut self, proj: u32, slot: u8) {
+        self.replay_project(proj)
+            .replay_dead
+            .retain(|(g, _), _| *g != slot);
+        if (slot as usize) < MAX_GROUPS_PER_PROJECT {
+            self.drop_group(proj, slot);
+        }
+    }
+
+    pub fn replay_retention(&mut self, proj: u32, ms: i64) {
+        self.replay_project(proj).retention_ms = ms;
+    }
+
+    pub fn replay_paused(&mut self, proj: u32, paused: bool) {
+        self.replay_project(proj).paused = paused;
+    }
+
+    pub fn replay_expire(&mut self, proj: u32, cutoff: u32) {
+        self.replay_project(proj);
+        self.expire_project(proj, cutoff);
+    }
+
+    pub fn replay_snapshot(&mut self, s: &ProjectSnapshot) {
+        let Ok(id) = s.id.parse::<ProjectId>() else {
+            return;
+        };
+        let p = self.replay_project(s.proj);
+        p.id = id.clone();
+        p.named = true;
+        if p.next_pseq() < s.next_pseq {
+            if p.slots.is_empty() {
+                p.base = s.next_pseq;
+            } else {
+                while p.next_pseq() < s.next_pseq {
+                    p.slots.push_back(TOMBSTONE);
+                }
+            }
+        }
+        p.retention_ms = s.retention_ms;
+        p.paused = s.paused;
+        p.next_gen = p.next_gen.max(s.next_gen);
+        p.discarded = s.discarded;
+        let mut keep = [false; MAX_GROUPS_PER_PROJECT];
+        for gs in &s.groups {
+            let Some(slot) = p.groups.get_mut(gs.slot as usize) else {
+                continue;
+            };
+            keep[gs.slot as usize] = true;
+            match slot {
+                Some(g) if g.gen == gs.gen => g.counters = gs.counters,
+                _ => {
+                    if let Ok(name) = gs.name.parse() {
+                        let mut g = Group::new(name, gs.gen, gs.start_pseq);
+                        g.counters = gs.counters;
+                        *slot = Some(g);
+                    }
+                }
+            }
+        }
+        for (i, g) in p.groups.iter_mut().enumerate() {
+            if !keep[i] {
+                *g = None;
+            }
+        }
+        self.by_id.insert(id, s.proj);
+    }
+
+    /// After replay: drop what no group owns, recount, and make every owed message
+    /// fresh again (leases of the previous run are gone: they are redelivered).
+    pub fn finish_replay(&mut self) -> Vec<u32> {
+        let mut unnamed = Vec::new();
+        self.segs.values_mut().for_each(|s| {
+            s.live = 0;
+            s.live_bytes = 0;
+        });
+        for p in &mut self.projects {
+            if !p.named {
+                unnamed.push(p.idx);
+                p.slots.clear();
+                p.groups.iter_mut().for_each(|g| *g = None);
+            }
+            let mut valid = [(false, 0u64); MAX_GROUPS_PER_PROJECT];
+            for (i, g) in p.groups.iter().enumerate() {
+                if let Some(g) = g {
+                    valid[i] = (true, g.start_pseq);
+                }
+            }
+            p.live = 0;
+            p.chunks.clear();
+            let mut stacked = [0u64; MAX_GROUPS_PER_PROJECT];
+            for (i, s) in p.slots.iter_mut().enumerate() {
+                let pseq = p.base + i as u64;
+                for (gi, (ok, start)) in valid.iter().enumerate() {
+                    if s.owners & (1 << gi) != 0 && (!ok || pseq < *start) {
+                        s.owners &= !(1 << gi);
+                    }
+                }
+                if s.owners == 0 {
+                    continue;
+                }
+                p.live += 1;
+                let si = self.segs.entry(s.seg).or_default();
+                si.live += 1;
+                si.live_bytes += s.len as u64;
+                let e = p.chunks.entry(pseq / CHUNK).or_insert(u32::MAX);
+                *e = (*e).min(s.gen_s);
+                for (gi, st) in stacked.iter_mut().enumerate() {
+                    if s.owners & (1 << gi) != 0 {
+                        *st += 1;
+                    }
+                }
+            }
+            let base = p.base;
+            let next = p.next_pseq();
+            for ((gi, pseq), info) in std::mem::take(&mut p.replay_dead) {
+                if let Some(Some(g)) = p.groups.get_mut(gi as usize) {
+                    g.dead.insert(pseq, info);
+                }
+            }
+            for (gi, g) in p.groups.iter_mut().enumerate() {
+                let Some(g) = g else { continue };
+                let slots = &p.slots;
+                g.dead.retain(|seq, _| {
+                    seq.checked_sub(base)
+                        .and_then(|i| slots.get(i as usize))
+                        .is_some_and(|s| s.owners & (1 << gi) != 0)
+                });
+                g.stacked = stacked[gi] - g.dead.len() as u64;
+                g.cursor = g.start_pseq.max(base).min(next);
+                g.oldest_hint = base;
+            }
+            p.pop_front();
+        }
+        unnamed
+    }
+}
