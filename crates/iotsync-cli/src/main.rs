@@ -153,6 +153,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "  api listening:  http://{}  (REST /api/v1, OpenAPI /api/v1/openapi.json)",
         server.api_addr
     );
+    let r = &server.recovery;
+    println!(
+        "  backlog:        {} messages recovered from {} segments in {} ms{}{}",
+        r.messages,
+        r.segments,
+        r.duration_ms,
+        if r.torn_tail.is_some() {
+            "; torn tail of an interrupted write cut off"
+        } else {
+            ""
+        },
+        if r.damaged.is_empty() {
+            String::new()
+        } else {
+            format!("; {} DAMAGED ranges skipped (see log)", r.damaged.len())
+        },
+    );
     for l in &server.listeners {
         println!("  {:<15} {}", format!("{} listening:", l.name), l.url);
     }

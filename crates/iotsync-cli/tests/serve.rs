@@ -6,6 +6,25 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+/// Every listener on a free port, so tests never collide with each other or a running
+/// service.
+pub const EPHEMERAL: [&str; 14] = [
+    "--api-listen",
+    "127.0.0.1:0",
+    "--amqp-listen",
+    "127.0.0.1:0",
+    "--amqps-listen",
+    "127.0.0.1:0",
+    "--http2-listen",
+    "127.0.0.1:0",
+    "--http2-tls-listen",
+    "127.0.0.1:0",
+    "--mqtt-listen",
+    "127.0.0.1:0",
+    "--mqtts-listen",
+    "127.0.0.1:0",
+];
+
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_iotsync"))
 }
@@ -175,8 +194,9 @@ async fn serve_answers_the_quick_start_and_stops_on_sigterm() {
 
 fn serve_in(dir: tempfile::TempDir) -> Serve {
     let mut child = bin()
-        .args(["serve", "--api-listen", "127.0.0.1:0", "--data-dir"])
+        .args(["serve", "--data-dir"])
         .arg(dir.path())
+        .args(EPHEMERAL)
         .env_remove("IOTSYNC_OPERATOR_TOKEN")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

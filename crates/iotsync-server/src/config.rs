@@ -190,6 +190,20 @@ impl ConfigOverrides {
         }
     }
 
+    /// Every listener on 127.0.0.1 port 0 (a free port each), for tests and for running
+    /// several servers side by side.
+    pub fn ephemeral_listeners(mut self) -> Self {
+        let any = || Some("127.0.0.1:0".to_string());
+        self.api_listen = any();
+        self.amqp_listen = any();
+        self.amqps_listen = any();
+        self.http2_listen = any();
+        self.http2_tls_listen = any();
+        self.mqtt_listen = any();
+        self.mqtts_listen = any();
+        self
+    }
+
     fn apply(self, c: &mut ServerConfig) {
         macro_rules! set {
             ($src:expr, $dst:expr) => {

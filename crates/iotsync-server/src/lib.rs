@@ -55,6 +55,7 @@ pub struct RunningServer {
     registry: Arc<SqlRegistry>,
     backlog: Arc<EmbeddedBacklog>,
     hub: Arc<DeliveryHub>,
+    _data_lock: std::fs::File,
     ingest: Arc<ingest::Ingest>,
 }
 
@@ -135,10 +136,34 @@ fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// Holds an exclusive lock on `<data_dir>/LOCK` for the life of the server, so two
+/// processes never open the same backlog and registry files.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join("LOCK");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "data dir {} is in use by another iotsync process (lock {})",
+            dir.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+}
+
 /// Starts every part of the server on the configured addresses.
 pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<RunningServer> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    let data_lock = lock_data_dir(&cfg.data_dir)?;
     let (token, token_source) = operator_token(&cfg)?;
 
     let (registry, store_description) = if cfg.store.url.is_empty() {
@@ -274,5 +299,6 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
         backlog,
         hub,
         ingest,
+        _data_lock: data_lock,
     })
 }

@@ -26,7 +26,8 @@ impl Api {
             api_listen: Some("127.0.0.1:0".into()),
             operator_token: Some(TOKEN.into()),
             ..Default::default()
-        };
+        }
+        .ephemeral_listeners();
         let cfg = ServerConfig::layered(None, Default::default(), flags).unwrap();
         let server = iotsync_server::start(cfg, iotsync_core::clock::system_clock())
             .await

@@ -40,7 +40,8 @@ impl Env {
             api_listen: Some("127.0.0.1:0".into()),
             operator_token: Some(TOKEN.into()),
             ..Default::default()
-        };
+        }
+        .ephemeral_listeners();
         let cfg = ServerConfig::layered(None, Default::default(), flags).unwrap();
         let clock = ManualClock::new(T0);
         let server = iotsync_server::start(cfg, Arc::new(clock.clone()))
