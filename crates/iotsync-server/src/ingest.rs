@@ -151,6 +151,22 @@ impl Ingest {
         name: Option<&str>,
         value: &Value,
     ) -> Result<ReportOutcome, IngestError> {
+        self.report_event_at(project, iot_id, identifier, event_type, name, value, None)
+            .await
+    }
+
+    /// An event with the device's own time (Alink `params.time`), or now.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn report_event_at(
+        &self,
+        project: &ProjectId,
+        iot_id: &IotId,
+        identifier: &str,
+        event_type: EventType,
+        name: Option<&str>,
+        value: &Value,
+        time_ms: Option<i64>,
+    ) -> Result<ReportOutcome, IngestError> {
         payload::validate_identifier(identifier).map_err(|reason| IngestError::Invalid {
             field: "identifier".into(),
             reason: format!("event identifier {reason}"),
@@ -182,11 +198,29 @@ impl Ingest {
                 identifier,
                 name: name.unwrap_or(identifier),
                 event_type,
-                time_ms: now,
+                time_ms: time_ms.unwrap_or(now),
                 value,
             },
             now,
         );
+        self.produce(m, product.sync_enabled, project).await
+    }
+
+    /// The outcome of a property set or service call sent to a device: the control
+    /// record of SPEC §4, durable in the backlog when this returns.
+    pub async fn report_downlink_reply(
+        &self,
+        project: &ProjectId,
+        iot_id: &IotId,
+        reply: &payload::DownlinkReply<'_>,
+    ) -> Result<ReportOutcome, IngestError> {
+        let now = self.clock.now_ms();
+        let device = self.registry.get_device(project, iot_id).await?;
+        let product = self
+            .registry
+            .get_product(project, &device.product_key)
+            .await?;
+        let m = payload::downlink_reply(&device.as_ref(), reply, now);
         self.produce(m, product.sync_enabled, project).await
     }
 }

@@ -604,3 +604,68 @@ async fn figures_show_stacked_rates_and_consumers() {
     let _ = env.clock.now_ms();
     env.stop().await;
 }
+
+#[tokio::test]
+async fn switching_http2_to_amqp_carries_the_stack_over_with_amqp_retention() {
+    let env = Env::start().await;
+    let (_, p) = env
+        .post("/api/v1/projects", json!({"name": "Switch"}))
+        .await;
+    let pid = p["projectId"].as_str().unwrap().to_owned();
+    let app_key = p["appKey"].as_str().unwrap().to_owned();
+    env.post(
+        &format!("/api/v1/projects/{pid}/sync/enable"),
+        json!({"method": "http2"}),
+    )
+    .await;
+    env.post(
+        &format!("/api/v1/projects/{pid}/users"),
+        json!({"loginName": "ann"}),
+    )
+    .await;
+    let st = env
+        .stats_until(&pid, |st| st["groups"][0]["stacked"] == 1)
+        .await;
+    assert_eq!(st["retentionMs"], 7 * 86_400_000i64, "HTTP/2 keeps 7 days");
+    // An HTTP/2 consumer is connected when the project switches.
+    let mut h2 = env
+        .server
+        .as_ref()
+        .unwrap()
+        .hub()
+        .attach(AttachRequest {
+            project: pid.parse().unwrap(),
+            group: app_key.parse().unwrap(),
+            channel: ChannelKind::Http2,
+            remote: "test".into(),
+            client_id: "h2".into(),
+        })
+        .await
+        .unwrap();
+    let (s, _) = env
+        .post(
+            &format!("/api/v1/projects/{pid}/sync/switch"),
+            json!({"method": "amqp"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let reason = tokio::time::timeout(Duration::from_secs(10), h2.closed())
+        .await
+        .unwrap();
+    assert_eq!(reason.code, "sync.switched");
+    h2.detach().await;
+    let st = env
+        .stats_until(&pid, |st| st["retentionMs"] == 86_400_000)
+        .await;
+    assert_eq!(st["groups"][0]["stacked"], 1, "the stack carries over");
+    // The same message, byte for byte, now reaches an AMQP consumer.
+    let mut amqp = env.consumer(&pid, &app_key).await;
+    let d = take(&mut amqp, 1).await.remove(0);
+    assert_eq!(payload(&d)["loginName"], "ann");
+    // And it is held to AMQP retention from now on: one day after generateTime it expires.
+    amqp.settle(&d.token, Outcome::Released).await.unwrap();
+    env.clock.advance_ms(86_400_000 + 1_000);
+    env.stats_until(&pid, |st| st["groups"][0]["expiredTotal"] == 1)
+        .await;
+    env.stop().await;
+}

@@ -171,6 +171,24 @@ pub trait Registry: Send + Sync + 'static {
         actor: Actor<'_>,
     ) -> StoreResult<()>;
 
+    // Cloud API (SPEC §9)
+    /// Makes `token_hash` the project's only live cloud token (the previous one dies).
+    async fn put_cloud_token(
+        &self,
+        project: &ProjectId,
+        token_hash: &str,
+        issued_at: i64,
+        expires_at: i64,
+    ) -> StoreResult<()>;
+    async fn cloud_token(&self, project: &ProjectId) -> StoreResult<Option<CloudToken>>;
+    /// Reported values of one property (kept: the newest [`PROPERTY_HISTORY_MAX`]).
+    async fn property_timeline(
+        &self,
+        project: &ProjectId,
+        iot_id: &IotId,
+        q: &TimelineQuery,
+    ) -> StoreResult<Vec<PropertyValue>>;
+
     // Audit
     async fn audit_log(
         &self,

@@ -278,3 +278,26 @@ pub struct Page<T> {
     pub page_no: u32,
     pub page_size: u32,
 }
+
+/// The live cloud token of a project: its SHA-256 (hex) and lifetime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudToken {
+    pub token_hash: String,
+    pub issued_at: i64,
+    pub expires_at: i64,
+}
+
+/// Reported values kept per device property for the timeline.
+pub const PROPERTY_HISTORY_MAX: i64 = 1000;
+/// Most values one timeline query returns.
+pub const PROPERTY_TIMELINE_MAX_LIMIT: u32 = 200;
+
+/// One property's values between two times (inclusive, ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimelineQuery {
+    pub identifier: String,
+    pub start: i64,
+    pub end: i64,
+    pub limit: u32,
+    pub newest_first: bool,
+}

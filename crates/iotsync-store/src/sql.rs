@@ -125,12 +125,20 @@ impl SqlRegistry {
 }
 
 /// Versioned migrations, embedded in the binary; one SQL dialect per backend.
-const MIGRATIONS: &[(i64, &str, &str, &str)] = &[(
-    1,
-    "registry",
-    include_str!("../migrations/sqlite/0001_registry.sql"),
-    include_str!("../migrations/postgres/0001_registry.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
+    (
+        1,
+        "registry",
+        include_str!("../migrations/sqlite/0001_registry.sql"),
+        include_str!("../migrations/postgres/0001_registry.sql"),
+    ),
+    (
+        2,
+        "cloud_api",
+        include_str!("../migrations/sqlite/0002_cloud_api.sql"),
+        include_str!("../migrations/postgres/0002_cloud_api.sql"),
+    ),
+];
 
 fn migrator(backend: StoreBackend) -> sqlx::migrate::Migrator {
     use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -455,6 +463,35 @@ async fn unbind_all(
     ))
     .bind(value)
     .bind(project.as_str())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Appends a reported value to the timeline and trims it to the newest
+/// [`PROPERTY_HISTORY_MAX`] values of that device property.
+async fn record_history(
+    conn: &mut AnyConnection,
+    iot_id: &IotId,
+    it: &PropertyValue,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO property_history (iot_id, identifier, value_json, time) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(iot_id.as_str())
+    .bind(it.identifier.as_str())
+    .bind(it.value.to_string())
+    .bind(it.time)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "DELETE FROM property_history WHERE iot_id = $1 AND identifier = $2 AND seq <= \
+         (SELECT seq FROM property_history WHERE iot_id = $1 AND identifier = $2 \
+          ORDER BY seq DESC LIMIT 1 OFFSET $3)",
+    )
+    .bind(iot_id.as_str())
+    .bind(it.identifier.as_str())
+    .bind(PROPERTY_HISTORY_MAX)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -1089,6 +1126,7 @@ impl Registry for SqlRegistry {
             .bind(it.time)
             .execute(&mut *w.tx)
             .await?;
+            record_history(&mut w.tx, iot_id, it).await?;
         }
         w.tx.commit().await?;
         Ok(())
@@ -1604,6 +1642,86 @@ impl Registry for SqlRegistry {
         }
         w.tx.commit().await?;
         Ok(())
+    }
+
+    async fn put_cloud_token(
+        &self,
+        project: &ProjectId,
+        token_hash: &str,
+        issued_at: i64,
+        expires_at: i64,
+    ) -> StoreResult<()> {
+        let mut w = self.write().await?;
+        sqlx::query(
+            "INSERT INTO cloud_tokens (project_id, token_hash, issued_at, expires_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (project_id) DO UPDATE SET token_hash = excluded.token_hash, \
+             issued_at = excluded.issued_at, expires_at = excluded.expires_at",
+        )
+        .bind(project.as_str())
+        .bind(token_hash)
+        .bind(issued_at)
+        .bind(expires_at)
+        .execute(&mut *w.tx)
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::Database(d) if d.is_foreign_key_violation() => {
+                StoreError::not_found("project", project)
+            }
+            e => e.into(),
+        })?;
+        w.tx.commit().await?;
+        Ok(())
+    }
+
+    async fn cloud_token(&self, project: &ProjectId) -> StoreResult<Option<CloudToken>> {
+        let row = sqlx::query(
+            "SELECT token_hash, issued_at, expires_at FROM cloud_tokens WHERE project_id = $1",
+        )
+        .bind(project.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(CloudToken {
+                token_hash: r.try_get("token_hash")?,
+                issued_at: r.try_get("issued_at")?,
+                expires_at: r.try_get("expires_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn property_timeline(
+        &self,
+        project: &ProjectId,
+        iot_id: &IotId,
+        q: &TimelineQuery,
+    ) -> StoreResult<Vec<PropertyValue>> {
+        let mut conn = self.pool.acquire().await?;
+        fetch_device(&mut conn, project, iot_id).await?;
+        let order = if q.newest_first { "DESC" } else { "ASC" };
+        let rows = sqlx::query(&format!(
+            "SELECT value_json, time FROM property_history \
+             WHERE iot_id = $1 AND identifier = $2 AND time >= $3 AND time <= $4 \
+             ORDER BY time {order}, seq {order} LIMIT $5"
+        ))
+        .bind(iot_id.as_str())
+        .bind(q.identifier.as_str())
+        .bind(q.start)
+        .bind(q.end)
+        .bind(i64::from(q.limit.clamp(1, PROPERTY_TIMELINE_MAX_LIMIT)))
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let v: String = r.try_get("value_json")?;
+                Ok(PropertyValue {
+                    identifier: q.identifier.clone(),
+                    value: serde_json::from_str(&v)
+                        .map_err(|e| StoreError::Corrupt(format!("property value: {e}")))?,
+                    time: r.try_get("time")?,
+                })
+            })
+            .collect()
     }
 
     async fn audit_log(

@@ -64,9 +64,14 @@ async fn require_operator(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match given {
-        None => Err(ApiError::unauthorized(
-            "missing Authorization: Bearer <operator token>",
-        )),
+        // No bearer token: a console session cookie (with CSRF check on writes) will do.
+        None => match crate::console::session::authorize(&st, req.headers(), req.method()) {
+            Some(Ok(())) => Ok(next.run(req).await),
+            Some(Err(e)) => Err(e),
+            None => Err(ApiError::unauthorized(
+                "missing Authorization: Bearer <operator token>",
+            )),
+        },
         Some(t) if bool::from(t.as_bytes().ct_eq(st.operator_token.as_bytes())) => {
             Ok(next.run(req).await)
         }

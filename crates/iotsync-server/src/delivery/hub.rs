@@ -109,6 +109,11 @@ impl DeliveryHub {
     ) -> Result<(), AttachError> {
         let now = self.clock.now_ms();
         let mut attempts = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
+        // Attempts arrive before authentication, so keys are outside input: forget the
+        // quiet ones once the map grows, so a flood of made-up groups cannot grow memory.
+        if attempts.len() > 10_000 {
+            attempts.retain(|_, q| q.back().is_some_and(|t| now - *t < 60_000));
+        }
         let q = attempts
             .entry((project.clone(), group.clone()))
             .or_default();
@@ -278,6 +283,14 @@ impl ConsumerLink {
         }
     }
 
+    /// A cloneable handle that settles this consumer's deliveries, for channels that
+    /// settle on another task than the one leasing (e.g. while it waits for credit).
+    pub fn settler(&self) -> LinkSettler {
+        LinkSettler {
+            backlog: self.hub.backlog.clone(),
+        }
+    }
+
     /// The connection ended: unsettled deliveries go back to the group at once.
     pub async fn detach(mut self) {
         self.detached = true;
@@ -303,6 +316,22 @@ impl Drop for ConsumerLink {
             rt.spawn(async move {
                 let _ = backlog.consumer_gone(id).await;
             });
+        }
+    }
+}
+
+/// Settles deliveries of one consumer (see [`ConsumerLink::settler`]).
+#[derive(Clone)]
+pub struct LinkSettler {
+    backlog: Arc<dyn Backlog>,
+}
+
+impl LinkSettler {
+    pub async fn settle(&self, token: &LeaseToken, outcome: Outcome) -> Result<(), BacklogError> {
+        match outcome {
+            Outcome::Accepted => self.backlog.ack(token).await,
+            Outcome::Released => self.backlog.nack(token).await,
+            Outcome::Rejected => self.backlog.reject(token).await,
         }
     }
 }

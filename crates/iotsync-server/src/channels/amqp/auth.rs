@@ -1,0 +1,204 @@
+//! SASL PLAIN credential checks (SPEC §6) against a small cache of project secrets.
+//!
+//! The cache is filled from the registry on a miss and trusted for [`SECRET_TTL_MS`]; a
+//! password that does not verify against a cached secret is checked once more against a
+//! fresh read, so a rotated secret works (and the old one stops working) at the very next
+//! login, while a flood of logins for one appKey costs one registry read per TTL.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use iotsync_core::sign::amqp::{verify, AmqpCredentials, FRESHNESS_WINDOW_MS};
+use iotsync_core::sign::SignError;
+use iotsync_core::sync_rules::Route;
+use iotsync_core::{AppKey, ConsumerGroup, ProjectId, SharedClock};
+use iotsync_store::{Registry, StoreError};
+
+use crate::delivery::hub::{AttachError, DeliveryHub};
+
+/// How long a cached secret is trusted without reading the registry again.
+pub const SECRET_TTL_MS: i64 = 10_000;
+
+/// Who logged in.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub project: ProjectId,
+    pub app_key: AppKey,
+    pub group: ConsumerGroup,
+    pub client_id: String,
+}
+
+/// Why a login was refused. Shown in the server log only: the client gets a SASL outcome.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("SASL PLAIN response is malformed: {0}")]
+    BadPlainResponse(&'static str),
+    #[error("username refused: {0}")]
+    Username(SignError),
+    #[error("unknown appKey {0}")]
+    UnknownAppKey(AppKey),
+    #[error("signature refused: {0}")]
+    Signature(SignError),
+    #[error(transparent)]
+    RateLimited(AttachError),
+    #[error("registry unavailable: {0}")]
+    Registry(StoreError),
+}
+
+impl AuthError {
+    /// Temporary failures get `sys-temp` (try again later), the rest `auth`.
+    pub fn is_temporary(&self) -> bool {
+        matches!(self, AuthError::RateLimited(_) | AuthError::Registry(_))
+    }
+}
+
+#[derive(Clone)]
+struct CachedSecret {
+    project: ProjectId,
+    secret: String,
+    fetched_at_ms: i64,
+}
+
+/// appKey → (project, secret), refreshed from the registry as needed.
+pub struct CredentialCache {
+    registry: Arc<dyn Registry>,
+    clock: SharedClock,
+    entries: Mutex<HashMap<AppKey, CachedSecret>>,
+}
+
+impl CredentialCache {
+    pub fn new(registry: Arc<dyn Registry>, clock: SharedClock) -> Self {
+        Self {
+            registry,
+            clock,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn cached(&self, app_key: &AppKey) -> Option<CachedSecret> {
+        let now = self.clock.now_ms();
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(app_key)
+            .filter(|c| now - c.fetched_at_ms < SECRET_TTL_MS && c.fetched_at_ms <= now)
+            .cloned()
+    }
+
+    async fn fetch(&self, app_key: &AppKey) -> Result<CachedSecret, AuthError> {
+        let p = match self.registry.project_by_app_key(app_key).await {
+            Ok(p) => p,
+            Err(StoreError::NotFound { .. }) => {
+                self.entries
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(app_key);
+                return Err(AuthError::UnknownAppKey(app_key.clone()));
+            }
+            Err(e) => return Err(AuthError::Registry(e)),
+        };
+        let c = CachedSecret {
+            project: p.project.project_id.clone(),
+            secret: p.app_secret,
+            fetched_at_ms: self.clock.now_ms(),
+        };
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(app_key.clone(), c.clone());
+        Ok(c)
+    }
+
+    /// Checks a SASL PLAIN login: username form, appKey, rate limit, freshness, signature.
+    pub async fn authenticate(
+        &self,
+        hub: &DeliveryHub,
+        username: &str,
+        password: &str,
+    ) -> Result<Authenticated, AuthError> {
+        let creds: AmqpCredentials = username.parse().map_err(AuthError::Username)?;
+        let group = creds.effective_group();
+        let (entry, from_cache) = match self.cached(&creds.app_key) {
+            Some(c) => (c, true),
+            None => (self.fetch(&creds.app_key).await?, false),
+        };
+        // Counted before the signature is checked, so bad logins are limited too.
+        hub.note_attempt(&entry.project, &group)
+            .map_err(AuthError::RateLimited)?;
+        let now = self.clock.now_ms();
+        let checked = verify(&creds, password, &entry.secret, now, FRESHNESS_WINDOW_MS);
+        let entry = match checked {
+            Ok(()) => entry,
+            Err(SignError::BadSignature) if from_cache => {
+                // The secret may have been rotated since it was cached.
+                let fresh = self.fetch(&creds.app_key).await?;
+                verify(&creds, password, &fresh.secret, now, FRESHNESS_WINDOW_MS)
+                    .map_err(AuthError::Signature)?;
+                fresh
+            }
+            Err(e) => return Err(AuthError::Signature(e)),
+        };
+        Ok(Authenticated {
+            project: entry.project,
+            app_key: creds.app_key,
+            group,
+            client_id: creds.client_id,
+        })
+    }
+
+    /// Why this project may not consume over AMQP right now, if it may not.
+    pub async fn sync_refusal(&self, project: &ProjectId) -> Option<String> {
+        match self.registry.sync_settings(project).await {
+            Ok(s) if !s.enabled => Some(
+                "sync.disabled: data synchronization is not enabled for this project".into(),
+            ),
+            Ok(s) if s.device_data != Route::Amqp && s.user_data != Route::Amqp => Some(
+                "sync.method: this project's data synchronization does not use AMQP".into(),
+            ),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(project = %project, error = %e, "reading sync settings failed");
+                Some("server.unavailable: the project's settings cannot be read now; try again".into())
+            }
+        }
+    }
+}
+
+/// Splits a SASL PLAIN initial response `authzid \0 authcid \0 passwd`.
+pub fn split_plain(response: &[u8]) -> Result<(String, String), AuthError> {
+    let mut parts = response.split(|b| *b == 0);
+    let _authzid = parts
+        .next()
+        .ok_or(AuthError::BadPlainResponse("empty"))?;
+    let user = parts
+        .next()
+        .ok_or(AuthError::BadPlainResponse("no username"))?;
+    let pass = parts
+        .next()
+        .ok_or(AuthError::BadPlainResponse("no password"))?;
+    if parts.next().is_some() {
+        return Err(AuthError::BadPlainResponse("too many fields"));
+    }
+    let user =
+        std::str::from_utf8(user).map_err(|_| AuthError::BadPlainResponse("username not UTF-8"))?;
+    let pass =
+        std::str::from_utf8(pass).map_err(|_| AuthError::BadPlainResponse("password not UTF-8"))?;
+    Ok((user.to_owned(), pass.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_plain_response_into_username_and_password() {
+        let (u, p) = split_plain(b"\0user|a=b|\0secret").unwrap();
+        assert_eq!(u, "user|a=b|");
+        assert_eq!(p, "secret");
+    }
+
+    #[test]
+    fn refuses_plain_response_without_password() {
+        assert!(split_plain(b"\0user").is_err());
+        assert!(split_plain(b"\0u\0p\0x").is_err());
+    }
+}

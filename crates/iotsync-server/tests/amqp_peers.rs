@@ -1,0 +1,228 @@
+//! The AMQP 1.0 channel against clients nobody here wrote: Apache Qpid Proton (Python)
+//! and rhea (Node). Every scenario runs over both, over real sockets, with the server's
+//! clock manual (peers sign with it; retries are made due by advancing it).
+
+mod amqp_common;
+
+use serde_json::{json, Value};
+
+use amqp_common::{app_key_args, Env, Peer, PeerProc};
+
+fn assert_property_message(m: &Value, p: &amqp_common::Project, env: &Env) {
+    assert_eq!(
+        m["topic"],
+        format!("/{}/{}/thing/event/property/post", p.pk, p.dn),
+        "{m}"
+    );
+    let id = m["messageId"].as_str().expect("messageId application property");
+    assert!(!id.is_empty());
+    assert_eq!(m["amqpMessageId"], id, "AMQP message-id = messageId: {m}");
+    assert_eq!(m["generateTime"], json!(env.now()), "{m}");
+    let pl = &m["payload"];
+    assert_eq!(pl["deviceType"], "Light", "{m}");
+    assert_eq!(pl["iotId"], p.iot.as_str());
+    assert_eq!(pl["productKey"], p.pk.as_str());
+    assert_eq!(pl["deviceName"], p.dn.as_str());
+    assert!(pl["gmtCreate"].is_number(), "{m}");
+    assert_eq!(pl["items"]["LightSwitch"]["value"], 1, "{m}");
+    assert!(pl["items"]["LightSwitch"]["time"].is_number(), "{m}");
+}
+
+async fn receives_a_property_message_and_accepts_it(peer: Peer) {
+    let env = Env::start().await;
+    let p = env.project("Home").await;
+    let mut c = PeerProc::spawn(peer, &app_key_args(&env, &p, &["--count", "1"]));
+    c.next_event("opened").await;
+    env.report(&p, json!({"LightSwitch": 1})).await;
+    let m = c.next_event("message").await;
+    assert_property_message(&m, &p, &env);
+    if peer == Peer::Python {
+        assert_eq!(m["generateTimeType"], "int", "generateTime is an integer: {m}");
+        assert_eq!(m["bodyType"], "memoryview", "payload in a Data section: {m}");
+    } else {
+        assert_eq!(m["bodyType"], "section:117", "payload in a Data section: {m}");
+    }
+    c.next_event("done").await;
+    // Accepted: a new consumer of the group gets nothing more, and nothing is dead.
+    c.next_event("exit").await;
+    assert!(env.dead_letters(&p).await.is_empty());
+    let mut again = PeerProc::spawn(peer, &app_key_args(&env, &p, &["--count", "1"]));
+    again.next_event("opened").await;
+    env.report(&p, json!({"LightSwitch": 0})).await;
+    let m2 = again.next_event("message").await;
+    assert_ne!(m2["messageId"], m["messageId"], "the accepted message came back");
+    assert_eq!(m2["payload"]["items"]["LightSwitch"]["value"], 0);
+    env.stop().await;
+}
+
+async fn released_message_comes_back(peer: Peer) {
+    let env = Env::start().await;
+    let p = env.project("Home").await;
+    let mut c = PeerProc::spawn(
+        peer,
+        &app_key_args(&env, &p, &["--count", "2", "--disposition", "release-first"]),
+    );
+    c.next_event("opened").await;
+    env.report(&p, json!({"LightSwitch": 1})).await;
+    let first = c.next_event("message").await;
+    let s = c.next_event("settled").await;
+    assert_eq!(s["outcome"], "release");
+    // Released → retry queue with backoff (1 s ± 20 % on the manual clock).
+    let mut second = None;
+    env.advance_until(1_300, || {
+        second = c
+            .drain()
+            .into_iter()
+            .find(|v| v["event"] == "message")
+            .or(second.take());
+        second.is_some()
+    })
+    .await;
+    let second = second.unwrap();
+    assert_eq!(second["messageId"], first["messageId"]);
+    assert_eq!(second["payload"], first["payload"]);
+    if !c.saw("done") {
+        c.next_event("done").await;
+    }
+    assert!(env.dead_letters(&p).await.is_empty());
+    env.stop().await;
+}
+
+async fn rejected_message_lands_in_dead_letters(peer: Peer) {
+    let env = Env::start().await;
+    let p = env.project("Home").await;
+    let mut c = PeerProc::spawn(
+        peer,
+        &app_key_args(&env, &p, &["--count", "1", "--disposition", "reject"]),
+    );
+    c.next_event("opened").await;
+    env.report(&p, json!({"LightSwitch": 1})).await;
+    let m = c.next_event("message").await;
+    c.next_event("done").await;
+    let deadline = std::time::Instant::now() + amqp_common::PEER_WAIT;
+    loop {
+        let dead = env.dead_letters(&p).await;
+        if let Some(d) = dead.iter().find(|d| d["messageId"] == m["messageId"]) {
+            assert_eq!(d["topic"], m["topic"]);
+            assert_eq!(d["group"], p.app_key.as_str());
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never dead-lettered: {dead:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    env.stop().await;
+}
+
+async fn unsettled_messages_of_a_killed_client_reach_the_next_client(peer: Peer) {
+    let env = Env::start().await;
+    let p = env.project("Home").await;
+    let mut a = PeerProc::spawn(peer, &app_key_args(&env, &p, &["--disposition", "none"]));
+    a.next_event("opened").await;
+    // Three devices: one message each may be in flight at once.
+    for i in 0..3 {
+        env.report_on(&p, i, json!({"Brightness": i})).await;
+    }
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(a.next_event("message").await["messageId"].clone());
+    }
+    a.kill();
+    let mut b = PeerProc::spawn(peer, &app_key_args(&env, &p, &["--count", "3"]));
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(b.next_event("message").await["messageId"].clone());
+    }
+    ids.sort_by_key(|v| v.to_string());
+    got.sort_by_key(|v| v.to_string());
+    assert_eq!(got, ids, "the killed client's unsettled messages reach the next client");
+    b.next_event("done").await;
+    env.stop().await;
+}
+
+async fn refuses_bad_logins_with_unauthorized_access(peer: Peer) {
+    let env = Env::start().await;
+    let p = env.project("Home").await;
+    let stale = (env.now() - 16 * 60 * 1000).to_string();
+    let now = env.now().to_string();
+    let url = env.amqp_url();
+    let cases: Vec<(&str, Vec<String>)> = vec![
+        (
+            "wrong secret",
+            vec!["--app-key", &p.app_key, "--app-secret", "not-the-secret", "--ts", &now],
+        ),
+        (
+            "stale timestamp",
+            vec!["--app-key", &p.app_key, "--app-secret", &p.app_secret, "--ts", &stale],
+        ),
+        (
+            "unknown appKey",
+            vec!["--app-key", "nosuchkey42", "--app-secret", &p.app_secret, "--ts", &now],
+        ),
+        (
+            "malformed username",
+            vec!["--username", "just-a-name", "--password", "c2VjcmV0"],
+        ),
+    ]
+    .into_iter()
+    .map(|(n, v)| (n, v.into_iter().map(String::from).collect()))
+    .collect();
+    for (name, mut args) in cases {
+        args.extend(["--url".into(), url.clone(), "--mode".into(), "login".into()]);
+        let mut c = PeerProc::spawn(peer, &args);
+        let e = c.next_event("error").await;
+        assert_eq!(e["condition"], "amqp:unauthorized-access", "{name}: {e}");
+        assert!(
+            !c.seen.iter().any(|v| v["event"] == "opened"),
+            "{name}: connection opened: {:?}",
+            c.seen
+        );
+    }
+    env.stop().await;
+}
+
+async fn refuses_sender_links_with_a_clear_error(peer: Peer) {
+    let env = Env::start().await;
+    let p = env.project("Home").await;
+    let mut c = PeerProc::spawn(peer, &app_key_args(&env, &p, &["--mode", "send"]));
+    let e = c.next_event("error").await;
+    assert_eq!(e["condition"], "amqp:not-allowed", "{e}");
+    assert!(
+        e["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("sender links are refused")),
+        "{e}"
+    );
+    env.stop().await;
+}
+
+macro_rules! over_every_peer {
+    ($($name:ident),* $(,)?) => {
+        mod python {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(Peer::Python).await
+                }
+            )*
+        }
+        mod rhea {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(Peer::Node).await
+                }
+            )*
+        }
+    };
+}
+
+over_every_peer!(
+    receives_a_property_message_and_accepts_it,
+    released_message_comes_back,
+    rejected_message_lands_in_dead_letters,
+    unsettled_messages_of_a_killed_client_reach_the_next_client,
+    refuses_bad_logins_with_unauthorized_access,
+    refuses_sender_links_with_a_clear_error,
+);

@@ -1,0 +1,402 @@
+//! The web console end to end in a real browser: the server runs in-process on port 0;
+//! `tests/peers/console/console_e2e.mjs` (playwright-core driving Debian's Chromium) is
+//! driven step by step over stdin/stdout, while this test plays the outside world between
+//! steps (a device's property report, a consumer that acks or rejects).
+//!
+//! Needs node, /usr/bin/chromium (or `IOTSYNC_CHROMIUM`) and
+//! `tests/peers/node_modules/playwright-core`: `scripts/install-test-deps.sh` installs them.
+//! Screenshots of every page land in `target/console-screenshots/`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use iotsync_server::delivery::hub::{AttachRequest, ConsumerLink};
+use iotsync_server::delivery::{ChannelKind, Outcome};
+use iotsync_server::{ConfigOverrides, RunningServer, ServerConfig};
+
+const TOKEN: &str = "console-e2e-operator-token-0123456789";
+const STEP_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The browser peer's prerequisites, or a panic that says how to get them.
+fn prerequisites() -> (PathBuf, PathBuf) {
+    let how = "run scripts/install-test-deps.sh (Debian chromium, node, npm install in tests/peers)";
+    match Command::new("node").arg("--version").output() {
+        Ok(o) if o.status.success() => {}
+        _ => panic!("console e2e test: `node` is not on PATH; {how}"),
+    }
+    let chromium = std::env::var_os("IOTSYNC_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    assert!(
+        chromium.exists(),
+        "console e2e test: Chromium not found at {}; {how}",
+        chromium.display()
+    );
+    let peers = workspace_root().join("tests/peers");
+    assert!(
+        peers.join("node_modules/playwright-core").is_dir(),
+        "console e2e test: {}/node_modules/playwright-core is missing; {how}",
+        peers.display()
+    );
+    (chromium, peers.join("console/console_e2e.mjs"))
+}
+
+fn free_port() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// The Playwright script, one JSON command per line.
+struct Browser {
+    child: Child,
+    stdin: ChildStdin,
+    lines: tokio::sync::mpsc::Receiver<String>,
+}
+
+impl Browser {
+    fn spawn(script: &Path, chromium: &Path, base: &str, shots: &Path) -> Self {
+        let mut child = Command::new("node")
+            .arg(script)
+            .env("BASE_URL", base)
+            .env("TOKEN", TOKEN)
+            .env("SCREENSHOT_DIR", shots)
+            .env("CHROMIUM", chromium)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting node");
+        let stdin = child.stdin.take().expect("node stdin");
+        let stdout = child.stdout.take().expect("node stdout");
+        let (tx, lines) = tokio::sync::mpsc::channel(16);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with('{') {
+                    if tx.blocking_send(line).is_err() {
+                        break;
+                    }
+                } else {
+                    eprintln!("[node] {line}");
+                }
+            }
+        });
+        Self {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    /// Runs one step of the script; panics with the script's error (and screenshot).
+    async fn step(&mut self, cmd: Value) -> Value {
+        let name = cmd["cmd"].as_str().unwrap_or("?").to_owned();
+        writeln!(self.stdin, "{cmd}").expect("writing to node");
+        self.stdin.flush().expect("flushing to node");
+        let line = tokio::time::timeout(STEP_TIMEOUT, self.lines.recv())
+            .await
+            .unwrap_or_else(|_| panic!("browser step {name} timed out"))
+            .unwrap_or_else(|| panic!("the browser script exited during step {name}"));
+        let v: Value = serde_json::from_str(&line).expect("a JSON answer");
+        assert_eq!(
+            v["ok"], true,
+            "browser step {name} failed: {}\nscreenshot: {}",
+            v["error"].as_str().unwrap_or(""),
+            v["screenshot"]
+        );
+        eprintln!("browser step {name}: {v}");
+        v
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // Only our own child: it closes its browser when stdin ends, else it is killed.
+        for _ in 0..50 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn rest(base: &str, method: reqwest::Method, path: &str, body: Value) -> Value {
+    let resp = reqwest::Client::new()
+        .request(method, format!("{base}/api/v1{path}"))
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let v: Value = resp.json().await.unwrap_or(Value::Null);
+    assert!(status.is_success(), "{path}: {status} {v}");
+    v
+}
+
+async fn start_server(dir: &Path) -> RunningServer {
+    let flags = ConfigOverrides {
+        data_dir: Some(dir.to_owned()),
+        api_listen: Some("127.0.0.1:0".into()),
+        operator_token: Some(TOKEN.into()),
+        // Concrete free ports, so the console shows real endpoints.
+        amqp_listen: Some(free_port()),
+        amqps_listen: Some(String::new()),
+        http2_listen: Some(free_port()),
+        http2_tls_listen: Some(String::new()),
+        mqtt_listen: Some("127.0.0.1:0".into()),
+        mqtts_listen: Some(String::new()),
+        ..Default::default()
+    };
+    let cfg = ServerConfig::layered(None, Default::default(), flags).unwrap();
+    iotsync_server::start(cfg, iotsync_core::clock::system_clock())
+        .await
+        .unwrap()
+}
+
+/// Receives exactly `n` deliveries and settles each with `outcome`.
+async fn consume(link: &mut ConsumerLink, n: usize, outcome: Outcome) -> Vec<String> {
+    let mut topics = Vec::new();
+    while topics.len() < n {
+        let batch = tokio::time::timeout(Duration::from_secs(20), link.next(n - topics.len()))
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} messages arrived", topics.len()))
+            .unwrap();
+        for d in batch {
+            link.settle(&d.token, outcome).await.unwrap();
+            topics.push(d.message.envelope.topic.clone());
+        }
+    }
+    topics
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_drives_projects_sync_settings_api_operations_and_monitoring_in_a_browser() {
+    let (chromium, script) = prerequisites();
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path()).await;
+    let base = format!("http://{}", server.api_addr);
+    let shots = workspace_root().join("target/console-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let mut b = Browser::spawn(&script, &chromium, &base, &shots);
+
+    b.step(json!({"cmd": "start"})).await;
+    let created = b.step(json!({"cmd": "sign_in_and_projects"})).await;
+    let pid = created["projectId"].as_str().unwrap().to_owned();
+    let app_key = created["appKey"].as_str().unwrap().to_owned();
+    let home = b.step(json!({"cmd": "project_home"})).await;
+    let iot_id = home["iotId"].as_str().unwrap().to_owned();
+
+    // The device reports before sync is on: the home page shows its last properties,
+    // and nothing is stacked (sync is off).
+    rest(
+        &base,
+        reqwest::Method::POST,
+        &format!("/projects/{pid}/devices/{iot_id}/properties"),
+        json!({"items": {"x": 1}}),
+    )
+    .await;
+    b.step(json!({"cmd": "device_properties_shown"})).await;
+
+    b.step(json!({"cmd": "sync_settings"})).await;
+    b.step(json!({"cmd": "api_operations"})).await;
+    b.step(json!({"cmd": "monitor", "expect": "zero"})).await;
+
+    // A property report stacks a message for the default group…
+    rest(
+        &base,
+        reqwest::Method::POST,
+        &format!("/projects/{pid}/devices/{iot_id}/properties"),
+        json!({"items": {"x": 2}}),
+    )
+    .await;
+    let up = b
+        .step(json!({"cmd": "monitor", "expect": "up", "name": "12-monitoring-stacked"}))
+        .await;
+    let stacked = up["stacked"].as_u64().unwrap() as usize;
+    assert!(stacked >= 1);
+
+    // …and a consumer of that group (through the in-process hub, as the AMQP channel
+    // does) acks it: the count goes down, the consumer is listed.
+    let mut link = server
+        .hub()
+        .attach(AttachRequest {
+            project: pid.parse().unwrap(),
+            group: app_key.parse().unwrap(),
+            channel: ChannelKind::Amqp,
+            remote: "127.0.0.1:1".into(),
+            client_id: "console-e2e".into(),
+        })
+        .await
+        .unwrap();
+    let topics = consume(&mut link, stacked, Outcome::Accepted).await;
+    assert!(
+        topics.iter().any(|t| t.ends_with("/thing/event/property/post")),
+        "{topics:?}"
+    );
+    b.step(json!({"cmd": "monitor", "expect": "down", "name": "13-monitoring-acked"}))
+        .await;
+
+    // A rejected message becomes a dead letter: retried from the console, it comes back;
+    // rejected again, it is dropped from the console.
+    rest(
+        &base,
+        reqwest::Method::POST,
+        &format!("/projects/{pid}/devices/{iot_id}/properties"),
+        json!({"items": {"x": 3}}),
+    )
+    .await;
+    consume(&mut link, 1, Outcome::Rejected).await;
+    b.step(json!({"cmd": "dead_letter_retry"})).await;
+    let again = consume(&mut link, 1, Outcome::Rejected).await;
+    assert!(again[0].ends_with("/thing/event/property/post"));
+    b.step(json!({"cmd": "dead_letter_drop"})).await;
+    drop(link);
+
+    b.step(json!({"cmd": "mixed_project"})).await;
+    b.step(json!({"cmd": "phone"})).await;
+    b.step(json!({"cmd": "csrf_and_sign_out"})).await;
+    let fin = b.step(json!({"cmd": "finish"})).await;
+    eprintln!(
+        "screenshots: {}",
+        fin["shots"]
+            .as_array()
+            .map(|a| a.len())
+            .unwrap_or_default()
+    );
+    drop(b);
+    server.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn console_page_and_session_endpoints_need_no_browser() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path()).await;
+    let base = format!("http://{}", server.api_addr);
+    let http = reqwest::Client::new();
+
+    // The page and its assets, with a strict content security policy.
+    let page = http.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"));
+    assert!(page.text().await.unwrap().contains("/console/console.js"));
+    for (asset, ct) in [
+        ("/console/console.js", "text/javascript"),
+        ("/console/console.css", "text/css"),
+        ("/console/favicon.svg", "image/svg+xml"),
+    ] {
+        let r = http.get(format!("{base}{asset}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{asset}");
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with(ct));
+    }
+
+    // Sign-in: wrong token refused; a form post (not JSON) refused.
+    let r = http
+        .post(format!("{base}/console/session"))
+        .json(&json!({"token": "nope"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.json::<Value>().await.unwrap()["field"], "token");
+    let r = http
+        .post(format!("{base}/console/session"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+
+    let r = http
+        .post(format!("{base}/console/session"))
+        .json(&json!({"token": TOKEN}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let set_cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"));
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let csrf = r.json::<Value>().await.unwrap()["csrfToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // The cookie reads; writes need the matching CSRF header.
+    let get = |c: &str| {
+        http.get(format!("{base}/api/v1/projects"))
+            .header("cookie", c.to_owned())
+            .send()
+    };
+    assert_eq!(get(&cookie).await.unwrap().status(), 200);
+    let post = |hdr: Option<&str>| {
+        let mut r = http
+            .post(format!("{base}/api/v1/projects"))
+            .header("cookie", cookie.clone())
+            .json(&json!({"name": "By cookie"}));
+        if let Some(h) = hdr {
+            r = r.header("x-csrf-token", h.to_owned());
+        }
+        r.send()
+    };
+    let r = post(None).await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "csrf");
+    assert_eq!(post(Some("wrong")).await.unwrap().status(), 403);
+    assert_eq!(post(Some(&csrf)).await.unwrap().status(), 201);
+    let conn: Value = http
+        .get(format!("{base}/console/connection"))
+        .header("cookie", cookie.clone())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(conn["amqp"].as_str().unwrap().starts_with("amqp://127.0.0.1:"));
+    assert!(conn["amqps"].is_null());
+
+    // A made-up session id is refused; sign-out ends the real one.
+    assert_eq!(
+        get("iotsync_session=0123456789abcdef").await.unwrap().status(),
+        401
+    );
+    let r = http
+        .delete(format!("{base}/console/session"))
+        .header("cookie", cookie.clone())
+        .header("x-csrf-token", csrf.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .contains("Max-Age=0"));
+    assert_eq!(get(&cookie).await.unwrap().status(), 401);
+    // The bearer token still works as before.
+    let r = http
+        .get(format!("{base}/api/v1/projects"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    server.shutdown(Duration::from_secs(5)).await;
+}

@@ -1,0 +1,243 @@
+//! Legacy HTTP push (SPEC §8) against a receiver nobody here wrote: Python's
+//! `http.server`, checking the MD5 sign itself. The retry schedule (10 s, 30 s, …) runs on
+//! the server's manual clock, so no test waits for minutes.
+
+#[path = "http2_common/mod.rs"]
+mod common;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use iotsync_server::channels::webhook::LEGACY_SCHEDULE_SECS;
+use iotsync_server::delivery::ChannelKind;
+
+use common::{grpcio, receiver, Env, Peer};
+
+async fn push(r: &mut Peer) -> Value {
+    let v = r.until("push", 30).await;
+    assert_eq!(v["signOk"], true, "{v}");
+    v
+}
+
+/// No further push arrives within `ms` of real time.
+async fn quiet(r: &mut Peer, ms: u64) {
+    if let Ok(Some(v)) = tokio::time::timeout(Duration::from_millis(ms), r.lines.recv()).await {
+        panic!("unexpected: {v}");
+    }
+}
+
+async fn wait_stat(env: &Env, pid: &str, group: &str, key: &str, want: u64) {
+    let mut last = Value::Null;
+    for _ in 0..100 {
+        last = env.group_stats(pid, group).await;
+        if last[key] == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{group}.{key} never became {want}: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_answered_500_then_200_is_retried_after_10_seconds_then_delivered() {
+    let env = Env::start().await;
+    let (mut rx, url) = receiver("31415926", "imported-secret-1", "500,200").await;
+    let p = env
+        .import("31415926", "imported-secret-1", "none", "legacy_http", Some(&url))
+        .await;
+    env.wait_consumer(&p.pid, ChannelKind::Webhook).await;
+    let ident = env.user(&p, "ann").await;
+
+    let first = push(&mut rx).await;
+    assert_eq!(first["status"], 500);
+    assert_eq!(first["msgCode"], "account.create");
+    assert_eq!(first["path"], "/iot/push");
+    let msg: Value = serde_json::from_str(first["message"].as_str().unwrap()).unwrap();
+    assert_eq!(msg["identityId"], ident.as_str());
+    assert_eq!(msg["action"], "create");
+
+    // Not before 10 s (by the platform's clock)…
+    env.clock.advance_ms(9_000);
+    quiet(&mut rx, 300).await;
+    // …then again, with the same content.
+    env.clock.advance_ms(1_000);
+    let second = push(&mut rx).await;
+    assert_eq!(second["status"], 200);
+    assert_eq!(second["message"], first["message"]);
+    wait_stat(&env, &p.pid, &p.app_key, "stacked", 0).await;
+    env.clock.advance_ms(3_600_000);
+    quiet(&mut rx, 300).await;
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_never_answered_200_is_dead_lettered_after_16_pushes() {
+    let env = Env::start().await;
+    let (mut rx, url) = receiver("27182818", "imported-secret-2", "500").await;
+    let p = env
+        .import("27182818", "imported-secret-2", "none", "legacy_http", Some(&url))
+        .await;
+    env.wait_consumer(&p.pid, ChannelKind::Webhook).await;
+    env.user(&p, "bob").await;
+    let mut message = Value::Null;
+    for n in 1..=16usize {
+        let v = push(&mut rx).await;
+        assert_eq!(v["n"], n);
+        assert_eq!(v["status"], 500);
+        if n == 1 {
+            message = v["message"].clone();
+        }
+        assert_eq!(v["message"], message);
+        if n < 16 {
+            env.clock.advance_ms(LEGACY_SCHEDULE_SECS[n - 1] as i64 * 1000);
+        }
+    }
+    wait_stat(&env, &p.pid, &p.app_key, "deadLetters", 1).await;
+    wait_stat(&env, &p.pid, &p.app_key, "stacked", 0).await;
+    env.clock.advance_ms(2 * 3_600_000);
+    quiet(&mut rx, 300).await;
+    let (s, dl) = env
+        .get(&format!("/api/v1/projects/{}/sync/dead-letters", p.pid))
+        .await;
+    assert_eq!(s, 200, "{dl}");
+    assert!(dl.to_string().contains("/lifecycle"), "{dl}");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_refused_counts_as_a_failed_push_and_a_new_url_is_used() {
+    let env = Env::start().await;
+    // Nobody listens at the imported URL.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/push", l.local_addr().unwrap())
+    };
+    let p = env
+        .import("16180339", "imported-secret-3", "none", "legacy_http", Some(&dead))
+        .await;
+    env.wait_consumer(&p.pid, ChannelKind::Webhook).await;
+    env.user(&p, "cat").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut rx, url) = receiver("16180339", "imported-secret-3", "200").await;
+    let (s, v) = env
+        .put(
+            &format!("/api/v1/projects/{}/sync/legacy", p.pid),
+            json!({ "url": url }),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    // Give the engine a moment to pick up the URL, then let the 10 s retry fall due.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    env.clock.advance_ms(10_000);
+    let v = push(&mut rx).await;
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["msgCode"], "account.create");
+    wait_stat(&env, &p.pid, &p.app_key, "stacked", 0).await;
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_projects_push_user_data_to_the_webhook_and_stream_device_data_over_http2() {
+    let env = Env::start().await;
+    let (mut rx, url) = receiver("14142135", "imported-secret-4", "200").await;
+    let mut p = env
+        .import("14142135", "imported-secret-4", "http2", "legacy_http", Some(&url))
+        .await;
+    env.wait_consumer(&p.pid, ChannelKind::Webhook).await;
+    env.device(&mut p).await;
+    let ident = env.user(&p, "dan").await;
+    let (s, v) = env
+        .post(
+            &format!("/api/v1/projects/{}/bindings", p.pid),
+            json!({"identityId": ident, "iotId": p.iot, "owned": 1}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    env.reports(&p, 1).await;
+
+    // User data: account + binding, over the legacy push only.
+    let a = push(&mut rx).await;
+    let b = push(&mut rx).await;
+    let mut codes = [a["msgCode"].as_str().unwrap(), b["msgCode"].as_str().unwrap()];
+    codes.sort();
+    assert_eq!(codes, ["account.create", "user.binding.bind"]);
+
+    // Device data: lifecycle + property report, over HTTP/2 only.
+    let mut g = grpcio(&env, &p, &["--max", "2"]);
+    let lines = g.collect("message", 2, 60).await;
+    g.until("done", 30).await;
+    let topics: Vec<&str> = lines
+        .iter()
+        .filter(|v| v["event"] == "message")
+        .map(|v| v["topic"].as_str().unwrap())
+        .collect();
+    assert!(topics.iter().any(|t| t.ends_with("/thing/lifecycle")), "{topics:?}");
+    assert!(topics.iter().any(|t| t.ends_with("/property/post")), "{topics:?}");
+    // The user data the HTTP/2 group also received was settled silently.
+    wait_stat(&env, &p.pid, &p.app_key, "stacked", 0).await;
+    quiet(&mut rx, 300).await;
+
+    // Rules: a mixed project cannot switch; it must disable and enable one method.
+    let base = format!("/api/v1/projects/{}/sync", p.pid);
+    let (s, e) = env.post(&format!("{base}/switch"), json!({"method": "amqp"})).await;
+    assert_eq!(s, 409, "{e}");
+    assert_eq!(e["code"], "sync.mixed_must_reenable");
+    env.post(&format!("{base}/disable"), json!({})).await;
+    let (s, e) = env
+        .post(&format!("{base}/enable"), json!({"method": "legacy_http"}))
+        .await;
+    assert_eq!(s, 409, "{e}");
+    assert_eq!(e["code"], "sync.legacy_retired");
+    let (s, v) = env.post(&format!("{base}/enable"), json!({"method": "http2"})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["mode"], "single");
+    // The pusher is gone; user data now travels over HTTP/2.
+    for _ in 0..100 {
+        if !env.has_consumer(&p.pid, ChannelKind::Webhook).await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(!env.has_consumer(&p.pid, ChannelKind::Webhook).await);
+    env.user(&p, "eve").await;
+    let mut g = grpcio(&env, &p, &["--max", "1"]);
+    let m = g.until("message", 60).await;
+    assert!(m["topic"].as_str().unwrap().starts_with("/_account/"), "{m}");
+    g.until("done", 30).await;
+    quiet(&mut rx, 300).await;
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_push_cannot_be_enabled_again_once_disabled() {
+    let env = Env::start().await;
+    let (mut rx, url) = receiver("17320508", "imported-secret-5", "200").await;
+    let p = env
+        .import("17320508", "imported-secret-5", "none", "legacy_http", Some(&url))
+        .await;
+    env.wait_consumer(&p.pid, ChannelKind::Webhook).await;
+    let base = format!("/api/v1/projects/{}/sync", p.pid);
+    env.post(&format!("{base}/disable"), json!({})).await;
+    for method in ["legacy_http", "legacy"] {
+        let (s, e) = env.post(&format!("{base}/enable"), json!({ "method": method })).await;
+        assert_eq!(s, 409, "{e}");
+        assert_eq!(e["code"], "sync.legacy_retired");
+        assert!(e["message"].as_str().unwrap().contains("never"), "{e}");
+    }
+    let (s, e) = env
+        .put(&format!("{base}/legacy"), json!({ "url": url }))
+        .await;
+    assert_eq!(s, 409, "{e}");
+    // Nothing is pushed any more.
+    for _ in 0..100 {
+        if !env.has_consumer(&p.pid, ChannelKind::Webhook).await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(!env.has_consumer(&p.pid, ChannelKind::Webhook).await);
+    env.user(&p, "fay").await;
+    quiet(&mut rx, 500).await;
+    env.stop().await;
+}

@@ -1,0 +1,226 @@
+//! Cloud API storage (SPEC §9): cloud tokens and the property timeline, on SQLite and on
+//! the real PostgreSQL (each test in its own schema; a missing server fails, never skips).
+
+use std::sync::Arc;
+
+use iotsync_core::{ManualClock, ProjectId};
+use iotsync_store::*;
+use serde_json::json;
+
+const T0: i64 = 1_700_000_000_000;
+
+struct Harness {
+    reg: SqlRegistry,
+    _dir: Option<tempfile::TempDir>,
+    pg_schema: Option<String>,
+}
+
+fn pg_base_url() -> String {
+    std::env::var("IOTSYNC_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
+async fn sqlite() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = SqlRegistry::open_sqlite(
+        &dir.path().join("registry.db"),
+        Arc::new(ManualClock::new(T0)),
+    )
+    .await
+    .unwrap();
+    Harness {
+        reg,
+        _dir: Some(dir),
+        pg_schema: None,
+    }
+}
+
+async fn postgres() -> Harness {
+    use sqlx::Connection;
+    let base = pg_base_url();
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let schema = format!("tc_{:x}{:x}", n, std::process::id());
+    let mut admin = sqlx::PgConnection::connect(&base)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {base} is required for this test: {e}"));
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+    let reg = SqlRegistry::connect(&url, Arc::new(ManualClock::new(T0)))
+        .await
+        .unwrap();
+    Harness {
+        reg,
+        _dir: None,
+        pg_schema: Some(schema),
+    }
+}
+
+impl Harness {
+    async fn done(self) {
+        self.reg.close().await;
+        if let Some(schema) = self.pg_schema {
+            use sqlx::Connection;
+            if let Ok(mut c) = sqlx::PgConnection::connect(&pg_base_url()).await {
+                let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+                    .execute(&mut c)
+                    .await;
+            }
+        }
+    }
+
+    async fn device(&self) -> (ProjectId, Device) {
+        let p = self.reg.create_project("Home", "test").await.unwrap();
+        let pid = p.project.project_id;
+        let pr = self
+            .reg
+            .create_product(
+                &pid,
+                &NewProduct {
+                    name: "Lamp".into(),
+                    device_type: "Light".into(),
+                    product_key: None,
+                },
+            )
+            .await
+            .unwrap();
+        let d = self
+            .reg
+            .create_device(&pid, &pr.product_key, &"lamp01".parse().unwrap())
+            .await
+            .unwrap();
+        (pid, d.device)
+    }
+}
+
+macro_rules! both {
+    ($name:ident, $h:ident, $body:block) => {
+        mod $name {
+            use super::*;
+            async fn scenario($h: &Harness) $body
+            #[tokio::test]
+            async fn on_sqlite() {
+                let h = sqlite().await;
+                scenario(&h).await;
+                h.done().await;
+            }
+            #[tokio::test]
+            async fn on_postgres() {
+                let h = postgres().await;
+                scenario(&h).await;
+                h.done().await;
+            }
+        }
+    };
+}
+
+both!(a_new_cloud_token_replaces_the_previous_one, h, {
+    let (pid, _) = h.device().await;
+    assert_eq!(h.reg.cloud_token(&pid).await.unwrap(), None);
+    h.reg.put_cloud_token(&pid, "hash-1", T0, T0 + 10).await.unwrap();
+    h.reg.put_cloud_token(&pid, "hash-2", T0 + 1, T0 + 20).await.unwrap();
+    let t = h.reg.cloud_token(&pid).await.unwrap().unwrap();
+    assert_eq!(
+        t,
+        CloudToken {
+            token_hash: "hash-2".into(),
+            issued_at: T0 + 1,
+            expires_at: T0 + 20
+        }
+    );
+    let other: ProjectId = "nosuchproject".parse().unwrap();
+    assert!(matches!(
+        h.reg.put_cloud_token(&other, "h", T0, T0).await,
+        Err(StoreError::NotFound { .. })
+    ));
+});
+
+both!(reported_values_form_a_bounded_timeline, h, {
+    let (pid, d) = h.device().await;
+    for i in 0..5 {
+        h.reg
+            .record_properties(
+                &pid,
+                &d.iot_id,
+                &[
+                    PropertyValue {
+                        identifier: "Brightness".into(),
+                        value: json!(i * 10),
+                        time: T0 + i,
+                    },
+                    PropertyValue {
+                        identifier: "Switch".into(),
+                        value: json!(i % 2),
+                        time: T0 + i,
+                    },
+                ],
+            )
+            .await
+            .unwrap();
+    }
+    let q = TimelineQuery {
+        identifier: "Brightness".into(),
+        start: T0 + 1,
+        end: T0 + 3,
+        limit: 10,
+        newest_first: true,
+    };
+    let got = h.reg.property_timeline(&pid, &d.iot_id, &q).await.unwrap();
+    let values: Vec<_> = got.iter().map(|v| (v.value.clone(), v.time)).collect();
+    assert_eq!(
+        values,
+        vec![(json!(30), T0 + 3), (json!(20), T0 + 2), (json!(10), T0 + 1)]
+    );
+    let asc = TimelineQuery {
+        newest_first: false,
+        limit: 2,
+        start: 0,
+        end: i64::MAX,
+        ..q
+    };
+    let got = h.reg.property_timeline(&pid, &d.iot_id, &asc).await.unwrap();
+    assert_eq!(got.iter().map(|v| v.time).collect::<Vec<_>>(), vec![T0, T0 + 1]);
+    // Last values are still kept as before.
+    let last = h.reg.device_properties(&pid, &d.iot_id).await.unwrap();
+    assert_eq!(last.len(), 2);
+    assert_eq!(last[0].value, json!(40));
+    // Another project cannot read it.
+    let other = h.reg.create_project("Other", "test").await.unwrap();
+    assert!(matches!(
+        h.reg
+            .property_timeline(&other.project.project_id, &d.iot_id, &asc)
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+});
+
+both!(the_timeline_keeps_only_the_newest_values, h, {
+    let (pid, d) = h.device().await;
+    let n = PROPERTY_HISTORY_MAX + 5;
+    let items: Vec<PropertyValue> = (0..n)
+        .map(|i| PropertyValue {
+            identifier: "T".into(),
+            value: json!(i),
+            time: T0 + i,
+        })
+        .collect();
+    // One report per value, as devices send them.
+    for chunk in items.chunks(1) {
+        h.reg.record_properties(&pid, &d.iot_id, chunk).await.unwrap();
+    }
+    let q = TimelineQuery {
+        identifier: "T".into(),
+        start: 0,
+        end: i64::MAX,
+        limit: 1,
+        newest_first: false,
+    };
+    let oldest = h.reg.property_timeline(&pid, &d.iot_id, &q).await.unwrap();
+    assert_eq!(oldest[0].time, T0 + 5, "the 5 oldest values were trimmed");
+});

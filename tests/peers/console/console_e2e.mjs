@@ -1,0 +1,494 @@
+// End-to-end test of the iotsync web console in a real browser (Debian's Chromium driven
+// by playwright-core). Driven step by step by crates/iotsync-server/tests/console_e2e.rs:
+// it reads one JSON command per line on stdin and answers one JSON line on stdout
+// ({"ok":true,...} or {"ok":false,"error":...}); logs go to stderr.
+//
+// Env: BASE_URL (the API listener), TOKEN (operator token), SCREENSHOT_DIR, CHROMIUM.
+
+import { createRequire } from 'node:module';
+import { mkdtempSync, rmSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+
+const require = createRequire(import.meta.url);
+const { chromium } = require('playwright-core');
+
+const BASE = process.env.BASE_URL;
+const TOKEN = process.env.TOKEN;
+const SHOTS = process.env.SCREENSHOT_DIR;
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const TIMEOUT = 15000;
+
+const log = (...a) => console.error('[console-e2e]', ...a);
+const fail = (msg) => { throw new Error(msg); };
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+let browser, context, page, userDir;
+const external = [];
+const pageErrors = [];
+const consoleErrors = [];
+const shots = [];
+
+async function shot(name, fullPage = true) {
+  const file = path.join(SHOTS, `${name}.png`);
+  await page.screenshot({ path: file, fullPage });
+  shots.push(file);
+  return file;
+}
+
+/** Waits until fn() returns a truthy value (polling), else fails with `what`. */
+async function until(what, fn, timeout = TIMEOUT) {
+  const end = Date.now() + timeout;
+  let last;
+  while (Date.now() < end) {
+    try {
+      last = await fn();
+      if (last) return last;
+    } catch (e) {
+      last = e.message;
+    }
+    await sleep(150);
+  }
+  fail(`timed out waiting for ${what} (last: ${JSON.stringify(last)})`);
+}
+
+async function rest(method, p, body) {
+  const r = await fetch(`${BASE}/api/v1${p}`, {
+    method,
+    headers: { Authorization: `Bearer ${TOKEN}`, 'Content-Type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await r.text();
+  return { status: r.status, body: text ? JSON.parse(text) : null };
+}
+
+const heading = (name) => page.getByRole('heading', { name, exact: true, level: 1 });
+const alertText = async (scope) => (await scope.locator('.msg.error').first().textContent()) || '';
+
+async function expectVisible(locator, what) {
+  try {
+    await locator.first().waitFor({ state: 'visible', timeout: TIMEOUT });
+  } catch (_) {
+    fail(`${what} is not visible`);
+  }
+}
+
+async function noHorizontalOverflow(where) {
+  const [sw, iw] = await page.evaluate(() => [document.scrollingElement.scrollWidth, window.innerWidth]);
+  if (sw > iw + 1) fail(`${where}: the page scrolls sideways at phone width (${sw} > ${iw})`);
+}
+
+async function groupMetric(appKey, metric) {
+  const el = page.locator(`section.group-card[data-group="${appKey}"] [data-metric="${metric}"]`);
+  if ((await el.count()) === 0) return null;
+  const t = (await el.textContent()) || '';
+  return Number(t.replace(/[^0-9.]/g, ''));
+}
+
+const ctx = {};
+
+const steps = {
+  async start() {
+    userDir = mkdtempSync(path.join(tmpdir(), 'iotsync-console-chromium-'));
+    mkdirSync(SHOTS, { recursive: true });
+    // A fresh temporary profile every run.
+    context = await chromium.launchPersistentContext(userDir, {
+      executablePath: CHROMIUM,
+      headless: true,
+      viewport: { width: 1280, height: 900 },
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic',
+        '--no-first-run', '--disable-component-update', '--disable-sync'],
+    });
+    browser = context;
+    await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: BASE });
+    page = context.pages()[0] || await context.newPage();
+    page.setDefaultTimeout(TIMEOUT);
+    page.on('request', (r) => {
+      const u = r.url();
+      if (!u.startsWith(BASE) && !u.startsWith('data:')) external.push(u);
+    });
+    page.on('pageerror', (e) => pageErrors.push(String(e)));
+    page.on('console', (m) => {
+      // The API's intentional 4xx answers are logged by Chromium as failed loads; all
+      // else (CSP violations, script errors) counts.
+      if (m.type() === 'error' && !m.text().startsWith('Failed to load resource')) consoleErrors.push(m.text());
+    });
+    return { version: context.browser() ? context.browser().version() : 'chromium' };
+  },
+
+  async sign_in_and_projects() {
+    await page.goto(BASE);
+    await expectVisible(heading('Sign in to iotsync'), 'the sign-in page');
+    await shot('01-sign-in');
+    const token = page.getByLabel('Operator token');
+    await token.fill('not-the-operator-token');
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    const err = await until('the sign-in error', async () => alertText(page));
+    if (!err.includes('operator token is not valid')) fail(`unexpected sign-in error: ${err}`);
+    if ((await token.getAttribute('aria-invalid')) !== 'true') fail('the token field is not marked invalid');
+    await shot('02-sign-in-error');
+    await token.fill(TOKEN);
+    await token.press('Enter'); // keyboard submit
+    await expectVisible(heading('Project Management'), 'Project Management after sign-in');
+    const cookies = await context.cookies();
+    const c = cookies.find((x) => x.name === 'iotsync_session');
+    if (!c) fail('no session cookie');
+    if (!c.httpOnly || c.sameSite !== 'Strict') fail(`session cookie flags: ${JSON.stringify(c)}`);
+
+    // Create two projects; the first one's secret is shown once.
+    await page.getByLabel('Project name').fill('Greenhouse');
+    await page.getByRole('button', { name: 'Create project' }).click();
+    const panel = page.locator('section.secret');
+    await expectVisible(panel, 'the new credentials panel');
+    const appSecret = (await panel.locator('[data-secret=appSecret]').textContent()).trim();
+    const appKey = (await panel.locator('[data-secret=appKey]').textContent()).trim();
+    if (appSecret.length !== 32) fail(`appSecret shown: ${appSecret}`);
+    await panel.getByRole('button', { name: 'Copy AppSecret' }).click();
+    await until('the Copied confirmation', async () => (await panel.getByRole('button', { name: 'Copy AppSecret' }).textContent()) === 'Copied');
+    await shot('03-project-created');
+    await panel.getByRole('button', { name: 'I have saved the AppSecret' }).click();
+    if (await panel.count()) fail('the credentials panel stayed');
+    const row = page.locator('#projects-table tbody tr', { hasText: 'Greenhouse' });
+    const projectId = (await row.locator('td').nth(1).textContent()).trim();
+
+    await page.getByLabel('Project name').fill('Warehouse');
+    await page.getByRole('button', { name: 'Create project' }).click();
+    await expectVisible(page.locator('section.secret', { hasText: 'Warehouse' }), 'the second project');
+    await page.getByRole('button', { name: 'I have saved the AppSecret' }).click();
+    await until('two projects listed', async () => (await page.locator('#projects-table tbody tr').count()) === 2);
+
+    // Search.
+    await page.getByLabel('Search projects').fill('green');
+    await page.getByRole('button', { name: 'Search', exact: true }).click();
+    await until('the search result', async () => {
+      const rows = page.locator('#projects-table tbody tr');
+      return (await rows.count()) === 1 && (await rows.first().textContent()).includes('Greenhouse');
+    });
+    await shot('04-projects-search');
+    await page.getByRole('button', { name: 'Clear' }).click();
+    await until('the full list again', async () => (await page.locator('#projects-table tbody tr').count()) === 2);
+
+    // Rotate credentials: a confirmation dialog, then the new secret once.
+    await page.locator('#projects-table tbody tr', { hasText: 'Greenhouse' }).getByRole('button', { name: 'Rotate credentials' }).click();
+    const dlg = page.getByRole('dialog');
+    await expectVisible(dlg, 'the rotate confirmation');
+    await shot('05-rotate-confirm', false);
+    await dlg.getByRole('button', { name: 'Rotate AppSecret' }).click();
+    const rotated = page.locator('section.secret', { hasText: 'New credentials' });
+    await expectVisible(rotated, 'the rotated credentials');
+    const newSecret = (await rotated.locator('[data-secret=appSecret]').textContent()).trim();
+    if (newSecret === appSecret || newSecret.length !== 32) fail('rotation did not show a new secret');
+    await rotated.getByRole('button', { name: 'I have saved the AppSecret' }).click();
+    Object.assign(ctx, { projectId, appKey });
+    return { projectId, appKey, rotated: true };
+  },
+
+  async project_home() {
+    await page.locator('#projects-table').getByRole('link', { name: 'Greenhouse', exact: true }).click();
+    await expectVisible(heading('Greenhouse'), 'the project home');
+    const prodForm = page.getByRole('form', { name: 'Add product' });
+    // A rule violation: the API's own message, the field marked.
+    await prodForm.getByLabel('Product name').fill('Lamp');
+    await prodForm.getByLabel('Device type').fill('Light');
+    await prodForm.getByLabel('ProductKey (optional)').fill('bad key!');
+    await prodForm.getByRole('button', { name: 'Add product' }).click();
+    const section = page.locator('section', { has: page.getByRole('heading', { name: 'Products', exact: true }) });
+    const err = await until('the productKey error', async () => alertText(section));
+    if (!err.includes('productKey') || !err.includes('invalid_argument')) fail(`product error: ${err}`);
+    if ((await prodForm.getByLabel('ProductKey (optional)').getAttribute('aria-invalid')) !== 'true') fail('productKey not marked invalid');
+    await shot('06-product-error');
+    await prodForm.getByLabel('ProductKey (optional)').fill('');
+    await prodForm.getByRole('button', { name: 'Add product' }).click();
+    await until('Lamp listed', async () => (await page.locator('table', { hasText: 'Lamp' }).count()) > 0);
+    const f2 = page.getByRole('form', { name: 'Add product' });
+    await f2.getByLabel('Product name').fill('Plug');
+    await f2.getByLabel('Device type').fill('Socket');
+    await f2.getByRole('button', { name: 'Add product' }).click();
+    await until('Plug listed', async () => (await page.locator('table', { hasText: 'Plug' }).count()) > 0);
+
+    const devForm = page.getByRole('form', { name: 'Add device' });
+    await devForm.getByLabel('Product').selectOption({ label: await devForm.getByLabel('Product').locator('option', { hasText: 'Lamp' }).textContent() });
+    await devForm.getByLabel('Device name').fill('lamp-01');
+    await devForm.getByRole('button', { name: 'Add device' }).click();
+    await expectVisible(page.getByText('Its DeviceSecret is shown only now'), 'the device secret');
+    const devRow = page.locator('tr', { hasText: 'lamp-01' }).first();
+    const status = (await devRow.locator('.badge').textContent()).trim();
+    if (status !== 'inactive') fail(`new device status: ${status}`);
+    const iotId = (await devRow.locator('td').nth(2).textContent()).trim();
+
+    const userForm = page.getByRole('form', { name: 'Add user' });
+    await userForm.getByLabel('Login name').fill('ann');
+    await userForm.getByLabel('Email').fill('ann@example.test');
+    await userForm.getByRole('button', { name: 'Add user' }).click();
+    await until('ann listed', async () => (await page.locator('table', { hasText: 'ann@example.test' }).count()) > 0);
+    const bindForm = page.getByRole('form', { name: 'Bind a user to a device' });
+    await bindForm.getByRole('button', { name: 'Bind' }).click();
+    await until('the binding listed', async () => (await page.getByRole('button', { name: /^Unbind ann from lamp-01/ }).count()) === 1);
+    await shot('07-project-home');
+    Object.assign(ctx, { iotId });
+    return { iotId };
+  },
+
+  async device_properties_shown() {
+    await page.reload();
+    await expectVisible(heading('Greenhouse'), 'the project home');
+    const cell = page.locator('tr', { hasText: 'lamp-01' }).first().locator('td[data-label="Last properties"]');
+    const t = await until('the last properties', async () => {
+      const text = await cell.textContent();
+      return text.includes('x') && text.includes('= 1') ? text : null;
+    });
+    return { lastProperties: t };
+  },
+
+  async sync_settings() {
+    await page.goto(`${BASE}/#/projects`);
+    await expectVisible(heading('Project Management'), 'Project Management');
+    await page.getByRole('link', { name: 'Project Settings of Greenhouse' }).click();
+    await expectVisible(heading('Project Settings'), 'Project Settings');
+    const tab = page.getByRole('tab', { name: 'Device Data Synchronization' });
+    if ((await tab.getAttribute('aria-selected')) !== 'true') fail('the sync tab is not selected');
+    await expectVisible(page.locator('#sync-status', { hasText: 'Disabled' }), 'the Disabled status');
+    const amqp = page.getByRole('radio', { name: /AMQP 1\.0/ });
+    if (!(await amqp.isChecked())) fail('AMQP is not the default method');
+    const amqpLabel = await page.locator('label.choice', { has: amqp }).textContent();
+    if (!amqpLabel.includes('Recommended')) fail('AMQP is not marked recommended');
+    if (!(await page.getByRole('switch', { name: 'Synchronize Plug' }).isDisabled())) fail('product switches usable while sync is off');
+    await shot('08-sync-disabled');
+
+    await page.getByRole('button', { name: 'Enable', exact: true }).click();
+    await expectVisible(page.locator('#sync-status', { hasText: 'Enabled' }), 'the Enabled status');
+    await expectVisible(page.locator('#sync-method', { hasText: 'AMQP 1.0' }), 'the AMQP method');
+    for (const name of ['Lamp', 'Plug']) {
+      const sw = page.getByRole('switch', { name: `Synchronize ${name}` });
+      if (!(await sw.isChecked()) || (await sw.isDisabled())) fail(`${name} is not on after enabling`);
+    }
+
+    // A rule violation from a stale page: someone disabled sync meanwhile.
+    const r = await rest('POST', `/projects/${ctx.projectId}/sync/disable`, {});
+    if (r.status !== 200) fail(`REST disable: ${JSON.stringify(r)}`);
+    await page.getByRole('button', { name: 'Disable', exact: true }).click();
+    await page.getByRole('dialog').getByRole('button', { name: 'Disable' }).click();
+    const statusPanel = page.locator('section', { has: page.locator('#sync-title') });
+    const ruleErr = await until('the rule error', async () => alertText(statusPanel));
+    if (!ruleErr.includes('sync.not_enabled')) fail(`expected sync.not_enabled, got ${ruleErr}`);
+    await shot('09-sync-rule-error');
+    await page.reload();
+    await expectVisible(page.locator('#sync-status', { hasText: 'Disabled' }), 'Disabled after reload');
+    await page.getByRole('button', { name: 'Enable', exact: true }).click();
+    await expectVisible(page.locator('#sync-status', { hasText: 'Enabled' }), 'Enabled again');
+
+    // Switch one product off; it stays off after a reload.
+    const plug = page.getByRole('switch', { name: 'Synchronize Plug' });
+    await plug.click();
+    await until('Plug off', async () => !(await plug.isChecked()) && !(await plug.isDisabled()));
+    await page.reload();
+    await expectVisible(page.locator('#sync-status', { hasText: 'Enabled' }), 'Enabled after reload');
+    if (await page.getByRole('switch', { name: 'Synchronize Plug' }).isChecked()) fail('Plug is on after reload');
+    if (!(await page.getByRole('switch', { name: 'Synchronize Lamp' }).isChecked())) fail('Lamp is off after reload');
+    const api = await rest('GET', `/projects/${ctx.projectId}/sync`);
+    const plugState = api.body.products.find((p) => p.name === 'Plug');
+    if (plugState.enabled !== false) fail(`API says Plug: ${JSON.stringify(plugState)}`);
+
+    // Connection details with copyable samples.
+    const conn = page.locator('section', { has: page.locator('#conn-title') });
+    const connText = await conn.textContent();
+    if (!/amqp:\/\/127\.0\.0\.1:\d+/.test(connText)) fail('no AMQP endpoint in the connection details');
+    if (!connText.includes(`appKey=${ctx.appKey}`)) fail('the username recipe does not carry the appKey');
+    const py = await conn.getByLabel('Python qpid-proton sample', { exact: true }).textContent();
+    if (!py.includes('authMode=appkey') || !py.includes(ctx.appKey)) fail('python sample');
+    await conn.getByRole('button', { name: 'Copy Python qpid-proton sample' }).click();
+    const clip = await page.evaluate(() => navigator.clipboard.readText());
+    if (!clip.includes('from proton.reactor import Container')) fail('the sample was not copied');
+    await shot('10-sync-enabled');
+    return { plugOff: true };
+  },
+
+  async api_operations() {
+    await page.getByRole('tab', { name: 'API Operations' }).click();
+    await expectVisible(page.getByRole('heading', { name: 'User accounts' }), 'the User accounts group');
+    const token = page.locator('section[data-group=cloud_token]');
+    if (!(await token.textContent()).includes('/cloud/token')) fail('no /cloud/token path');
+    if (!(await token.locator('.badge').textContent()).includes('Activated')) fail('cloud token not activated');
+    const ua = page.locator('section[data-group=user_account]');
+    if ((await ua.locator('.badge').textContent()).trim() !== 'Not activated') fail('user accounts activated by default?');
+    const uaText = await ua.textContent();
+    if (!uaText.includes('/cloud/account/queryIdentityByPage')) fail('operation path missing');
+    await ua.getByRole('switch', { name: 'User accounts service activation' }).click();
+    await until('User accounts activated', async () =>
+      (await page.locator('section[data-group=user_account] .badge').textContent()).trim() === 'Activated');
+    const r = await rest('GET', `/projects/${ctx.projectId}/api-operations`);
+    if (!r.body.find((g) => g.group === 'user_account').activated) fail('API does not show the activation');
+    // Keyboard: arrow keys move between tabs.
+    await page.getByRole('tab', { name: 'API Operations' }).focus();
+    await page.keyboard.press('ArrowLeft');
+    await expectVisible(page.locator('#sync-title'), 'the sync tab after ArrowLeft');
+    await page.getByRole('tab', { name: 'API Operations' }).click();
+    await expectVisible(page.locator('section[data-group=user_account]'), 'API Operations again');
+    await shot('11-api-operations');
+    return { activated: 'user_account' };
+  },
+
+  async monitor({ expect, name }) {
+    const url = `${BASE}/#/p/${ctx.projectId}/monitoring`;
+    if (page.url() !== url) {
+      await page.goto(url);
+      await expectVisible(heading('Monitoring'), 'the Monitoring page');
+    }
+    const got = await until(`stacked ${expect}`, async () => {
+      const stacked = await groupMetric(ctx.appKey, 'stacked');
+      const consumers = await groupMetric(ctx.appKey, 'consumers');
+      const ok = expect === 'zero' ? (stacked === null || stacked === 0)
+        : expect === 'up' ? stacked >= 1
+          : stacked === 0 && consumers >= 1;
+      return ok ? { stacked, consumers } : null;
+    }, 20000);
+    if (expect === 'down') {
+      const consumers = page.locator('section', { has: page.locator('#consumers-title') });
+      await until('the consumer listed', async () => (await consumers.textContent()).includes('console-e2e'));
+      const svgLabel = await page.locator(`section.group-card[data-group="${ctx.appKey}"] svg[role=img]`).first().getAttribute('aria-label');
+      if (!svgLabel.startsWith('Stacked messages')) fail(`chart label: ${svgLabel}`);
+      // The chart has drawn a line from the polled history.
+      const pts = await page.locator(`section.group-card[data-group="${ctx.appKey}"] polyline.line-stacked`).getAttribute('points');
+      if (!pts || pts.split(' ').length < 2) fail('no sparkline drawn');
+    }
+    if (name) await shot(name);
+    return got;
+  },
+
+  async dead_letter_retry() {
+    const dead = page.locator('section', { has: page.locator('#dead-title') });
+    await until('a dead letter listed', async () => (await dead.locator('tbody tr').count()) === 1, 20000);
+    await shot('14-dead-letter');
+    const topic = await dead.locator('td[data-label=Topic]').textContent();
+    await dead.getByRole('button', { name: /^Retry / }).click();
+    await until('the retry confirmation', async () => (await dead.locator('.msg.ok').textContent()).includes('queued for delivery again'));
+    await until('the dead letter gone', async () => (await dead.locator('tbody tr').count()) === 0, 20000);
+    return { topic };
+  },
+
+  async dead_letter_drop() {
+    const dead = page.locator('section', { has: page.locator('#dead-title') });
+    await until('a dead letter listed again', async () => (await dead.locator('tbody tr').count()) === 1, 20000);
+    await dead.getByRole('button', { name: /^Drop / }).click();
+    await page.getByRole('dialog').getByRole('button', { name: 'Drop' }).click();
+    await until('the dead letter dropped', async () => (await dead.locator('tbody tr').count()) === 0, 20000);
+    const audit = page.locator('section', { has: page.locator('#audit-title') });
+    const auditText = await audit.textContent();
+    for (const a of ['sync.enable', 'sync.product', 'sync.disable']) if (!auditText.includes(a)) fail(`audit log lacks ${a}`);
+    await shot('15-monitoring-audit');
+    return { dropped: true };
+  },
+
+  async mixed_project() {
+    const r = await rest('POST', '/admin/import', {
+      name: 'Old shop', appKey: '31415926', appSecret: 'imported-secret-1',
+      sync: { enabled: true, deviceData: 'http2', userData: 'legacy_http', legacyHttpUrl: 'http://127.0.0.1:9/push' },
+    });
+    if (r.status !== 201) fail(`import: ${JSON.stringify(r)}`);
+    const pid = r.body.projectId;
+    await page.goto(`${BASE}/#/p/${pid}/settings/sync`);
+    await expectVisible(heading('Project Settings'), 'settings of the imported project');
+    const callout = page.locator('[data-state=mixed]');
+    await expectVisible(callout, 'the mixed-configuration explanation');
+    const t = await callout.textContent();
+    if (!t.includes('disable data synchronization and enable it again with a single method')) fail(`mixed text: ${t}`);
+    if (await page.getByRole('button', { name: /Switch to AMQP/ }).count()) fail('a switch offered in mixed mode');
+    const url = page.getByLabel('Legacy HTTP push URL');
+    await url.fill('not a url');
+    await page.getByRole('button', { name: 'Save URL' }).click();
+    const statusPanel = page.locator('section', { has: page.locator('#sync-title') });
+    const err = await until('the URL error', async () => alertText(statusPanel));
+    if ((await url.getAttribute('aria-invalid')) !== 'true') fail(`url not marked invalid (${err})`);
+    await shot('12-sync-mixed');
+
+    // An http2 project offers the direct switch to AMQP.
+    const p2 = await rest('POST', '/projects', { name: 'Gateway' });
+    await rest('POST', `/projects/${p2.body.projectId}/sync/enable`, { method: 'http2' });
+    await page.goto(`${BASE}/#/p/${p2.body.projectId}/settings/sync`);
+    await expectVisible(page.locator('[data-state=http2]'), 'the http2 switch explanation');
+    await shot('13-sync-http2');
+    await page.getByRole('button', { name: 'Switch to AMQP (recommended)' }).click();
+    await page.getByRole('dialog').getByRole('button', { name: 'Switch to AMQP' }).click();
+    await expectVisible(page.locator('#sync-method', { hasText: 'AMQP 1.0' }), 'AMQP after the switch');
+    return { mixedError: err };
+  },
+
+  async phone() {
+    await page.setViewportSize({ width: 390, height: 844 });
+    await page.goto(`${BASE}/#/projects`);
+    await expectVisible(heading('Project Management'), 'Project Management on a phone');
+    await noHorizontalOverflow('Project Management');
+    await shot('16-phone-projects');
+    await page.goto(`${BASE}/#/p/${ctx.projectId}`);
+    await expectVisible(heading('Greenhouse'), 'project home on a phone');
+    await noHorizontalOverflow('project home');
+    await shot('17-phone-home');
+    await page.goto(`${BASE}/#/p/${ctx.projectId}/settings/sync`);
+    await expectVisible(page.locator('#sync-status'), 'sync tab on a phone');
+    await noHorizontalOverflow('Device Data Synchronization');
+    await shot('18-phone-sync');
+    await page.goto(`${BASE}/#/p/${ctx.projectId}/monitoring`);
+    await expectVisible(heading('Monitoring'), 'monitoring on a phone');
+    await noHorizontalOverflow('Monitoring');
+    await shot('19-phone-monitoring');
+    await page.setViewportSize({ width: 1280, height: 900 });
+    return {};
+  },
+
+  async csrf_and_sign_out() {
+    const probe = () => page.evaluate(async () => {
+      const list = await fetch('/api/v1/projects', { credentials: 'same-origin' });
+      const write = await fetch('/api/v1/projects', {
+        method: 'POST', credentials: 'same-origin', headers: { 'Content-Type': 'application/json' }, body: '{"name":"csrf"}',
+      });
+      return { list: list.status, write: write.status, writeBody: await write.json() };
+    });
+    const before = await probe();
+    if (before.list !== 200) fail(`cookie GET: ${JSON.stringify(before)}`);
+    if (before.write !== 403 || before.writeBody.code !== 'csrf') fail(`write without CSRF header: ${JSON.stringify(before)}`);
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    await expectVisible(heading('Sign in to iotsync'), 'the sign-in page after sign-out');
+    await shot('20-signed-out');
+    const after = await probe();
+    if (after.list !== 401) fail(`after sign-out: ${JSON.stringify(after)}`);
+    return { before, after: after.list };
+  },
+
+  async finish() {
+    const result = { external, pageErrors, consoleErrors, shots };
+    await browser.close();
+    rmSync(userDir, { recursive: true, force: true });
+    if (external.length) fail(`external requests: ${external.join(', ')}`);
+    if (pageErrors.length) fail(`page errors: ${pageErrors.join(' | ')}`);
+    if (consoleErrors.length) fail(`console errors: ${consoleErrors.join(' | ')}`);
+    return result;
+  },
+};
+
+const rl = readline.createInterface({ input: process.stdin });
+for await (const line of rl) {
+  if (!line.trim()) continue;
+  let cmd;
+  try {
+    cmd = JSON.parse(line);
+  } catch (e) {
+    process.stdout.write(`${JSON.stringify({ ok: false, error: `bad command: ${line}` })}\n`);
+    continue;
+  }
+  const fn = steps[cmd.cmd];
+  try {
+    if (!fn) fail(`unknown step ${cmd.cmd}`);
+    log('step', cmd.cmd);
+    const out = await fn(cmd);
+    process.stdout.write(`${JSON.stringify({ ok: true, ...out })}\n`);
+  } catch (e) {
+    let file = null;
+    try { if (page) file = await shot(`error-${cmd.cmd}`); } catch (_) { /* best effort */ }
+    process.stdout.write(`${JSON.stringify({ ok: false, error: String(e && e.stack ? e.stack : e), screenshot: file })}\n`);
+  }
+  if (cmd.cmd === 'finish') break;
+}
+if (browser) await browser.close().catch(() => {});
+if (userDir) rmSync(userDir, { recursive: true, force: true });
+process.exit(0);
