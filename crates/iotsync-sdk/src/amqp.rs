@@ -598,7 +598,9 @@ impl OpenLink {
     }
 }
 
-fn envelope_of(d: &fe2o3_amqp::link::delivery::Delivery<Body<Value>>) -> Result<Envelope, AmqpError> {
+fn envelope_of(
+    d: &fe2o3_amqp::link::delivery::Delivery<Body<Value>>,
+) -> Result<Envelope, AmqpError> {
     let m = d.message();
     let ap = m
         .application_properties
@@ -654,12 +656,25 @@ mod tests {
             .unwrap();
         assert_eq!((c.cfg.tls, c.cfg.port), (false, 5672));
         assert!(matches!(
-            AmqpConsumer::builder().endpoint("http://x").app_key("12345678").app_secret("s").build(),
-            Err(AmqpError::Config { field: "endpoint", .. })
+            AmqpConsumer::builder()
+                .endpoint("http://x")
+                .app_key("12345678")
+                .app_secret("s")
+                .build(),
+            Err(AmqpError::Config {
+                field: "endpoint",
+                ..
+            })
         ));
         assert!(matches!(
-            AmqpConsumer::builder().endpoint("amqp://x:1").app_secret("s").build(),
-            Err(AmqpError::Config { field: "app_key", .. })
+            AmqpConsumer::builder()
+                .endpoint("amqp://x:1")
+                .app_secret("s")
+                .build(),
+            Err(AmqpError::Config {
+                field: "app_key",
+                ..
+            })
         ));
     }
 }

@@ -1,27 +1,35 @@
-//! The HTTP/2 (gRPC) consumer of SPEC §7.
+//! The HTTP/2 (gRPC) consumer of SPEC §7, with the same shape as the AMQP consumer:
+//! a builder, a reconnecting [`Http2Consumer::stream`] of messages to settle, or a
+//! handler run by [`Http2Consumer::run`].
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), iotsync_sdk::http2::Http2Error> {
-//! use iotsync_sdk::http2::{Http2Consumer, Http2ConsumerConfig};
-//! let cfg = Http2ConsumerConfig::new("http://127.0.0.1:7881", "appKey", "appSecret");
-//! let mut consumer = Http2Consumer::connect(cfg)?;
-//! // Stream style: take deliveries one by one and settle each.
-//! while let Some(d) = consumer.next().await {
-//!     println!("{} {}", d.envelope.topic, String::from_utf8_lossy(&d.envelope.payload));
-//!     d.ack().await; // commit success; `d.fail()` asks for a redelivery
+//! use iotsync_sdk::http2::{Commit, Http2Consumer};
+//! let consumer = Http2Consumer::builder()
+//!     .endpoint("http://127.0.0.1:7881")
+//!     .app_key("12345678")
+//!     .app_secret("appSecret")
+//!     .build()?;
+//! // Stream style: take messages one by one and settle each.
+//! let mut stream = consumer.stream();
+//! while let Some(item) = stream.next().await {
+//!     let Ok(m) = item else { continue }; // Err: why a connection ended; it reconnects
+//!     println!("{} {}", m.envelope.topic, String::from_utf8_lossy(&m.envelope.payload));
+//!     m.ack().await?; // commit success; `m.fail()` asks for a redelivery
 //! }
+//! // Handler style: consumer.run(|envelope| async move { Commit::Success }).await;
 //! # Ok(()) }
 //! ```
 //!
-//! Or hand a handler to [`Http2Consumer::run`]: `Ok(())` acks, `Err(_)` is a commit
-//! failure (redelivered later). The consumer reconnects by itself with exponential
-//! backoff and jitter; it signs each connection with a fresh `random`. Deliveries of a
-//! connection that dropped are redelivered by the platform (de-duplicate by messageId).
+//! The consumer reconnects by itself with exponential backoff and jitter and signs each
+//! connection with a fresh `random`. Messages of a connection that dropped are
+//! redelivered by the platform (de-duplicate by messageId).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{MetadataKey, MetadataValue};
@@ -45,189 +53,242 @@ use pb::{consume_request, consume_response, Ack, ConsumeRequest, Credit};
 pub enum Http2Error {
     #[error("invalid {field}: {reason}")]
     Config { field: &'static str, reason: String },
+    /// The connection ended (or could not be made); the status says why, e.g.
+    /// `Unavailable: sync.switched: …` or `Unauthenticated: …`.
+    #[error("{code:?}: {message}")]
+    Disconnected { code: tonic::Code, message: String },
+    #[error("the connection ended before settling; the platform delivers the message again")]
+    Lost,
 }
 
-/// How to reach and authenticate.
+/// The consumer's verdict on one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// Done.
+    Success,
+    /// Not committed: deliver it again later.
+    Failure,
+}
+
 #[derive(Debug, Clone)]
-pub struct Http2ConsumerConfig {
+struct Config {
+    endpoint: String,
+    app_key: AppKey,
+    app_secret: String,
+    group: Option<ConsumerGroup>,
+    client_id: String,
+    credit: u32,
+    backoff: Backoff,
+    grpc: Endpoint,
+}
+
+/// Builds an [`Http2Consumer`].
+#[derive(Debug, Default)]
+pub struct Http2ConsumerBuilder {
+    endpoint: String,
+    app_key: String,
+    app_secret: String,
+    group: Option<String>,
+    client_id: Option<String>,
+    credit: Option<u32>,
+    ca_pem: Option<Vec<u8>>,
+    backoff: Option<Backoff>,
+}
+
+impl Http2ConsumerBuilder {
     /// `http://host:port` (h2c) or `https://host:port` (TLS).
-    pub endpoint: String,
-    pub app_key: String,
-    pub app_secret: String,
-    /// Consumer group; `None` = the default group (named after the appKey).
-    pub group: Option<String>,
+    pub fn endpoint(mut self, v: impl Into<String>) -> Self {
+        self.endpoint = v.into();
+        self
+    }
+    pub fn app_key(mut self, v: impl Into<String>) -> Self {
+        self.app_key = v.into();
+        self
+    }
+    pub fn app_secret(mut self, v: impl Into<String>) -> Self {
+        self.app_secret = v.into();
+        self
+    }
+    /// Consumer group (default: the project's default group, named after the appKey).
+    pub fn group(mut self, v: impl Into<String>) -> Self {
+        self.group = Some(v.into());
+        self
+    }
     /// Shown in the platform's consumer list.
-    pub client_id: Option<String>,
-    /// Most unacknowledged messages in flight (1..=10000).
-    pub credit: u32,
-    /// PEM of a CA to trust for `https://` (e.g. the server's self-signed development
-    /// certificate); `None` = the built-in web PKI roots are not included, so give one.
-    pub ca_pem: Option<Vec<u8>>,
+    pub fn client_id(mut self, v: impl Into<String>) -> Self {
+        self.client_id = Some(v.into());
+        self
+    }
+    /// Most unacknowledged messages in flight (1..=10000, default 256).
+    pub fn credit(mut self, v: u32) -> Self {
+        self.credit = Some(v);
+        self
+    }
+    /// A CA to trust for `https://` (e.g. the server's development certificate).
+    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_pem = Some(pem.into());
+        self
+    }
     /// Reconnect delays.
-    pub backoff: Backoff,
-}
-
-impl Http2ConsumerConfig {
-    pub fn new(endpoint: impl Into<String>, app_key: impl Into<String>, app_secret: impl Into<String>) -> Self {
-        Self {
-            endpoint: endpoint.into(),
-            app_key: app_key.into(),
-            app_secret: app_secret.into(),
-            group: None,
-            client_id: None,
-            credit: 256,
-            ca_pem: None,
-            backoff: Backoff::default(),
-        }
-    }
-}
-
-/// The state of the connection, for logs and health checks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConnectionState {
-    Connecting,
-    Connected,
-    /// Disconnected with the server's reason (gRPC status and message); reconnecting.
-    Disconnected { code: String, message: String },
-    Closed,
-}
-
-/// One received message; settle it with [`Delivery::ack`] or [`Delivery::fail`].
-/// Dropping it unsettled leaves it in flight until the connection ends or the ack
-/// time-out passes; then it is redelivered.
-#[derive(Debug)]
-pub struct Delivery {
-    pub envelope: Envelope,
-    /// 1 for the first delivery, 2 for the first redelivery, …
-    pub attempt: u32,
-    acks: mpsc::Sender<ConsumeRequest>,
-}
-
-impl Delivery {
-    async fn settle(self, success: bool) {
-        let req = ConsumeRequest {
-            kind: Some(consume_request::Kind::Ack(Ack {
-                message_id: self.envelope.message_id.to_string(),
-                success,
-            })),
-        };
-        // A closed connection: the platform redelivers it anyway.
-        let _ = self.acks.send(req).await;
+    pub fn backoff(mut self, v: Backoff) -> Self {
+        self.backoff = Some(v);
+        self
     }
 
-    /// Commit success: the message is done.
-    pub async fn ack(self) {
-        self.settle(true).await
-    }
-
-    /// Commit failure: deliver it again later.
-    pub async fn fail(self) {
-        self.settle(false).await
-    }
-}
-
-pub struct Http2Consumer {
-    rx: mpsc::Receiver<Delivery>,
-    state: watch::Receiver<ConnectionState>,
-    task: JoinHandle<()>,
-}
-
-impl Http2Consumer {
-    /// Starts connecting in the background (and reconnecting whenever the connection
-    /// drops); messages arrive through [`Http2Consumer::next`].
-    pub fn connect(cfg: Http2ConsumerConfig) -> Result<Self, Http2Error> {
-        let app_key: AppKey = cfg.app_key.parse().map_err(|e: iotsync_core::ids::IdError| {
-            Http2Error::Config {
+    pub fn build(self) -> Result<Http2Consumer, Http2Error> {
+        let app_key: AppKey = self
+            .app_key
+            .parse()
+            .map_err(|e: iotsync_core::ids::IdError| Http2Error::Config {
                 field: "app_key",
                 reason: e.to_string(),
-            }
-        })?;
-        let group = match &cfg.group {
+            })?;
+        if self.app_secret.is_empty() {
+            return Err(Http2Error::Config {
+                field: "app_secret",
+                reason: "is required".into(),
+            });
+        }
+        let group = match &self.group {
             Some(g) => Some(g.parse::<ConsumerGroup>().map_err(|e| Http2Error::Config {
                 field: "group",
                 reason: e.to_string(),
             })?),
             None => None,
         };
-        if cfg.credit == 0 || cfg.credit > 10_000 {
+        let credit = self.credit.unwrap_or(256);
+        if credit == 0 || credit > 10_000 {
             return Err(Http2Error::Config {
                 field: "credit",
                 reason: "must be 1..=10000".into(),
             });
         }
-        let endpoint = endpoint(&cfg)?;
-        let (tx, rx) = mpsc::channel(cfg.credit as usize);
-        let (state_tx, state) = watch::channel(ConnectionState::Connecting);
-        let task = tokio::spawn(connection_loop(cfg, endpoint, app_key, group, tx, state_tx));
-        Ok(Self { rx, state, task })
-    }
-
-    /// The next delivery; `None` once the consumer is closed.
-    pub async fn next(&mut self) -> Option<Delivery> {
-        self.rx.recv().await
-    }
-
-    /// Watches the connection state.
-    pub fn state(&self) -> watch::Receiver<ConnectionState> {
-        self.state.clone()
-    }
-
-    /// Waits until the first connection is up (or `timeout` passes).
-    pub async fn wait_connected(&mut self, timeout: Duration) -> bool {
-        tokio::time::timeout(
-            timeout,
-            self.state.wait_for(|s| *s == ConnectionState::Connected),
-        )
-        .await
-        .is_ok_and(|r| r.is_ok())
-    }
-
-    /// Handler style: `Ok(())` acks, `Err(_)` is a commit failure (redelivered later).
-    /// Runs until the consumer is closed.
-    pub async fn run<H, Fut, E>(mut self, mut handler: H)
-    where
-        H: FnMut(Envelope) -> Fut,
-        Fut: Future<Output = Result<(), E>>,
-        E: std::fmt::Display,
-    {
-        while let Some(d) = self.next().await {
-            match handler(d.envelope.clone()).await {
-                Ok(()) => d.ack().await,
-                Err(e) => {
-                    tracing::warn!(message_id = %d.envelope.message_id, error = %e, "handler failed: asking for a redelivery");
-                    d.fail().await
-                }
-            }
-        }
-    }
-
-    /// Stops consuming; unsettled deliveries are redelivered by the platform.
-    pub fn close(self) {
-        self.task.abort();
+        let grpc = endpoint(&self.endpoint, self.ca_pem.as_deref())?;
+        Ok(Http2Consumer {
+            cfg: Arc::new(Config {
+                endpoint: self.endpoint,
+                app_key,
+                app_secret: self.app_secret,
+                group,
+                client_id: self.client_id.unwrap_or_else(|| "iotsync-sdk".into()),
+                credit,
+                backoff: self.backoff.unwrap_or_default(),
+                grpc,
+            }),
+        })
     }
 }
 
-impl Drop for Http2Consumer {
+/// A configured consumer; cheap to clone.
+#[derive(Clone)]
+pub struct Http2Consumer {
+    cfg: Arc<Config>,
+}
+
+/// One received message; settle it with [`Http2Message::ack`] or [`Http2Message::fail`].
+/// Dropping it unsettled leaves it in flight until the connection ends or the ack
+/// time-out passes; then it is redelivered.
+#[derive(Debug)]
+pub struct Http2Message {
+    pub envelope: Envelope,
+    /// 1 for the first delivery, 2 for the first redelivery, …
+    pub attempt: u32,
+    acks: mpsc::Sender<ConsumeRequest>,
+}
+
+impl Http2Message {
+    /// Sends the verdict. After the connection was lost this fails; the platform then
+    /// delivers the message again.
+    pub async fn settle(self, c: Commit) -> Result<(), Http2Error> {
+        let req = ConsumeRequest {
+            kind: Some(consume_request::Kind::Ack(Ack {
+                message_id: self.envelope.message_id.to_string(),
+                success: c == Commit::Success,
+            })),
+        };
+        self.acks.send(req).await.map_err(|_| Http2Error::Lost)
+    }
+    /// Commit success: the message is done.
+    pub async fn ack(self) -> Result<(), Http2Error> {
+        self.settle(Commit::Success).await
+    }
+    /// Commit failure: deliver it again later.
+    pub async fn fail(self) -> Result<(), Http2Error> {
+        self.settle(Commit::Failure).await
+    }
+}
+
+/// Messages from a consumer. Dropping it closes the connection.
+pub struct Http2MessageStream {
+    rx: mpsc::Receiver<Result<Http2Message, Http2Error>>,
+    task: JoinHandle<()>,
+}
+
+impl Http2MessageStream {
+    /// The next message; `Some(Err)` reports why a connection ended (the stream goes on
+    /// after reconnecting).
+    pub async fn next(&mut self) -> Option<Result<Http2Message, Http2Error>> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for Http2MessageStream {
     fn drop(&mut self) {
         self.task.abort();
     }
 }
 
-fn endpoint(cfg: &Http2ConsumerConfig) -> Result<Endpoint, Http2Error> {
+impl Http2Consumer {
+    pub fn builder() -> Http2ConsumerBuilder {
+        Http2ConsumerBuilder::default()
+    }
+
+    /// Reconnects forever with backoff and jitter; connection errors are yielded as
+    /// `Err` items and the stream goes on.
+    pub fn stream(&self) -> Http2MessageStream {
+        let cfg = self.cfg.clone();
+        let (tx, rx) = mpsc::channel(cfg.credit as usize + 1);
+        let task = tokio::spawn(connection_loop(cfg, tx));
+        Http2MessageStream { rx, task }
+    }
+
+    /// Runs `handler` for every message (reconnecting as needed) and settles each with
+    /// its answer. Never returns.
+    pub async fn run<F, Fut>(&self, mut handler: F)
+    where
+        F: FnMut(Envelope) -> Fut,
+        Fut: Future<Output = Commit>,
+    {
+        let mut s = self.stream();
+        while let Some(item) = s.next().await {
+            match item {
+                Ok(m) => {
+                    let c = handler(m.envelope.clone()).await;
+                    if let Err(e) = m.settle(c).await {
+                        tracing::debug!(error = %e, "http2 consumer: settle after disconnect");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "http2 consumer: reconnecting"),
+            }
+        }
+    }
+}
+
+fn endpoint(url: &str, ca_pem: Option<&[u8]>) -> Result<Endpoint, Http2Error> {
     let bad = |reason: String| Http2Error::Config {
         field: "endpoint",
         reason,
     };
-    let mut ep = Endpoint::from_shared(cfg.endpoint.clone())
+    let mut ep = Endpoint::from_shared(url.to_owned())
         .map_err(|e| bad(e.to_string()))?
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true)
         .connect_timeout(Duration::from_secs(10))
         .tcp_nodelay(true);
-    if cfg.endpoint.starts_with("https://") {
+    if url.starts_with("https://") {
         let mut tls = ClientTlsConfig::new();
-        if let Some(pem) = &cfg.ca_pem {
+        if let Some(pem) = ca_pem {
             tls = tls.ca_certificate(Certificate::from_pem(pem));
         }
         ep = ep.tls_config(tls).map_err(|e| bad(e.to_string()))?;
@@ -242,49 +303,47 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-async fn connection_loop(
-    mut cfg: Http2ConsumerConfig,
-    endpoint: Endpoint,
-    app_key: AppKey,
-    group: Option<ConsumerGroup>,
-    out: mpsc::Sender<Delivery>,
-    state: watch::Sender<ConnectionState>,
-) {
+async fn connection_loop(cfg: Arc<Config>, out: mpsc::Sender<Result<Http2Message, Http2Error>>) {
+    let mut backoff = cfg.backoff.clone();
     loop {
-        let _ = state.send(ConnectionState::Connecting);
-        let (code, message, healthy) =
-            match one_connection(&cfg, &endpoint, &app_key, &group, &out, &state).await {
-                Ok(healthy) => ("OK".to_owned(), "stream ended".to_owned(), healthy),
-                Err((s, healthy)) => (format!("{:?}", s.code()), s.message().to_owned(), healthy),
-            };
+        let (status, healthy) = match one_connection(&cfg, &out).await {
+            Ok(healthy) => (
+                tonic::Status::unavailable("the server ended the stream"),
+                healthy,
+            ),
+            Err(e) => e,
+        };
         if out.is_closed() {
-            let _ = state.send(ConnectionState::Closed);
             return;
         }
         if healthy {
-            cfg.backoff.reset();
+            backoff.reset();
         }
-        let delay = cfg.backoff.next_delay();
-        tracing::info!(%code, %message, retry_in = ?delay, "iotsync http2 consumer disconnected");
-        let _ = state.send(ConnectionState::Disconnected { code, message });
+        let delay = backoff.next_delay();
+        tracing::info!(endpoint = %cfg.endpoint, code = ?status.code(), message = %status.message(), retry_in = ?delay, "iotsync http2 consumer disconnected");
+        let err = Http2Error::Disconnected {
+            code: status.code(),
+            message: status.message().to_owned(),
+        };
+        if out.send(Err(err)).await.is_err() {
+            return;
+        }
         tokio::time::sleep(delay).await;
     }
 }
 
 /// One connection; `healthy` = it got at least one message or lasted 30 s.
 async fn one_connection(
-    cfg: &Http2ConsumerConfig,
-    endpoint: &Endpoint,
-    app_key: &AppKey,
-    group: &Option<ConsumerGroup>,
-    out: &mpsc::Sender<Delivery>,
-    state: &watch::Sender<ConnectionState>,
+    cfg: &Config,
+    out: &mpsc::Sender<Result<Http2Message, Http2Error>>,
 ) -> Result<bool, (tonic::Status, bool)> {
     let started = std::time::Instant::now();
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| (tonic::Status::unavailable(format!("connect: {e}")), false))?;
+    let channel = cfg.grpc.connect().await.map_err(|e| {
+        (
+            tonic::Status::unavailable(format!("connect {}: {e}", cfg.endpoint)),
+            false,
+        )
+    })?;
     let mut client = SyncServiceClient::new(channel);
     let (req_tx, req_rx) = mpsc::channel::<ConsumeRequest>(cfg.credit as usize + 16);
     let _ = req_tx
@@ -295,32 +354,29 @@ async fn one_connection(
         })
         .await;
     let mut request = tonic::Request::new(ReceiverStream::new(req_rx));
-    let auth = Http2AuthParams::signed(app_key.clone(), group.clone(), &cfg.app_secret, now_ms());
+    let auth = Http2AuthParams::signed(
+        cfg.app_key.clone(),
+        cfg.group.clone(),
+        &cfg.app_secret,
+        now_ms(),
+    );
     let md = request.metadata_mut();
     let mut headers = auth.to_headers();
-    if let Some(c) = &cfg.client_id {
-        headers.push(("x-client-id", c.clone()));
-    }
+    headers.push(("x-client-id", cfg.client_id.clone()));
     for (k, v) in headers {
-        let key = MetadataKey::from_static(k);
-        match MetadataValue::try_from(v.as_str()) {
-            Ok(val) => {
-                md.insert(key, val);
-            }
-            Err(_) => {
-                return Err((
-                    tonic::Status::invalid_argument(format!("{k} is not a valid header value")),
-                    false,
-                ))
-            }
-        }
+        let val = MetadataValue::try_from(v.as_str()).map_err(|_| {
+            (
+                tonic::Status::invalid_argument(format!("{k} is not a valid header value")),
+                false,
+            )
+        })?;
+        md.insert(MetadataKey::from_static(k), val);
     }
     let mut stream = client
         .consume(request)
         .await
         .map_err(|s| (s, false))?
         .into_inner();
-    let _ = state.send(ConnectionState::Connected);
     let mut got_any = false;
     loop {
         let healthy = got_any || started.elapsed() >= Duration::from_secs(30);
@@ -334,7 +390,7 @@ async fn one_connection(
                     tracing::warn!(message_id = %m.message_id, "message with an invalid messageId skipped");
                     continue;
                 };
-                let d = Delivery {
+                let msg = Http2Message {
                     envelope: Envelope {
                         topic: m.topic,
                         message_id,
@@ -344,7 +400,7 @@ async fn one_connection(
                     attempt: m.attempt,
                     acks: req_tx.clone(),
                 };
-                if out.send(d).await.is_err() {
+                if out.send(Ok(msg)).await.is_err() {
                     return Ok(true);
                 }
             }

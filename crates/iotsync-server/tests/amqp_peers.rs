@@ -14,7 +14,9 @@ fn assert_property_message(m: &Value, p: &amqp_common::Project, env: &Env) {
         format!("/{}/{}/thing/event/property/post", p.pk, p.dn),
         "{m}"
     );
-    let id = m["messageId"].as_str().expect("messageId application property");
+    let id = m["messageId"]
+        .as_str()
+        .expect("messageId application property");
     assert!(!id.is_empty());
     assert_eq!(m["amqpMessageId"], id, "AMQP message-id = messageId: {m}");
     assert_eq!(m["generateTime"], json!(env.now()), "{m}");
@@ -37,10 +39,19 @@ async fn receives_a_property_message_and_accepts_it(peer: Peer) {
     let m = c.next_event("message").await;
     assert_property_message(&m, &p, &env);
     if peer == Peer::Python {
-        assert_eq!(m["generateTimeType"], "int", "generateTime is an integer: {m}");
-        assert_eq!(m["bodyType"], "memoryview", "payload in a Data section: {m}");
+        assert_eq!(
+            m["generateTimeType"], "int",
+            "generateTime is an integer: {m}"
+        );
+        assert_eq!(
+            m["bodyType"], "memoryview",
+            "payload in a Data section: {m}"
+        );
     } else {
-        assert_eq!(m["bodyType"], "section:117", "payload in a Data section: {m}");
+        assert_eq!(
+            m["bodyType"], "section:117",
+            "payload in a Data section: {m}"
+        );
     }
     c.next_event("done").await;
     // Accepted: a new consumer of the group gets nothing more, and nothing is dead.
@@ -50,7 +61,10 @@ async fn receives_a_property_message_and_accepts_it(peer: Peer) {
     again.next_event("opened").await;
     env.report(&p, json!({"LightSwitch": 0})).await;
     let m2 = again.next_event("message").await;
-    assert_ne!(m2["messageId"], m["messageId"], "the accepted message came back");
+    assert_ne!(
+        m2["messageId"], m["messageId"],
+        "the accepted message came back"
+    );
     assert_eq!(m2["payload"]["items"]["LightSwitch"]["value"], 0);
     env.stop().await;
 }
@@ -60,7 +74,11 @@ async fn released_message_comes_back(peer: Peer) {
     let p = env.project("Home").await;
     let mut c = PeerProc::spawn(
         peer,
-        &app_key_args(&env, &p, &["--count", "2", "--disposition", "release-first"]),
+        &app_key_args(
+            &env,
+            &p,
+            &["--count", "2", "--disposition", "release-first"],
+        ),
     );
     c.next_event("opened").await;
     env.report(&p, json!({"LightSwitch": 1})).await;
@@ -107,7 +125,10 @@ async fn rejected_message_lands_in_dead_letters(peer: Peer) {
             assert_eq!(d["group"], p.app_key.as_str());
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "never dead-lettered: {dead:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never dead-lettered: {dead:?}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     env.stop().await;
@@ -134,7 +155,10 @@ async fn unsettled_messages_of_a_killed_client_reach_the_next_client(peer: Peer)
     }
     ids.sort_by_key(|v| v.to_string());
     got.sort_by_key(|v| v.to_string());
-    assert_eq!(got, ids, "the killed client's unsettled messages reach the next client");
+    assert_eq!(
+        got, ids,
+        "the killed client's unsettled messages reach the next client"
+    );
     b.next_event("done").await;
     env.stop().await;
 }
@@ -148,15 +172,36 @@ async fn refuses_bad_logins_with_unauthorized_access(peer: Peer) {
     let cases: Vec<(&str, Vec<String>)> = vec![
         (
             "wrong secret",
-            vec!["--app-key", &p.app_key, "--app-secret", "not-the-secret", "--ts", &now],
+            vec![
+                "--app-key",
+                &p.app_key,
+                "--app-secret",
+                "not-the-secret",
+                "--ts",
+                &now,
+            ],
         ),
         (
             "stale timestamp",
-            vec!["--app-key", &p.app_key, "--app-secret", &p.app_secret, "--ts", &stale],
+            vec![
+                "--app-key",
+                &p.app_key,
+                "--app-secret",
+                &p.app_secret,
+                "--ts",
+                &stale,
+            ],
         ),
         (
             "unknown appKey",
-            vec!["--app-key", "nosuchkey42", "--app-secret", &p.app_secret, "--ts", &now],
+            vec![
+                "--app-key",
+                "nosuchkey42",
+                "--app-secret",
+                &p.app_secret,
+                "--ts",
+                &now,
+            ],
         ),
         (
             "malformed username",

@@ -30,7 +30,10 @@ fn consumer(env: &Env, p: &Project, group: Option<&str>, client: &str) -> AmqpCo
 async fn next_msg(s: &mut MessageStream) -> AmqpMessage {
     match tokio::time::timeout(PEER_WAIT, s.next()).await {
         Ok(Some(Ok(m))) => m,
-        other => panic!("expected a message, got {:?}", other.map(|o| o.map(|r| r.map(|m| m.envelope)))),
+        other => panic!(
+            "expected a message, got {:?}",
+            other.map(|o| o.map(|r| r.map(|m| m.envelope)))
+        ),
     }
 }
 
@@ -91,7 +94,10 @@ async fn tls_with_the_generated_certificate_delivers() {
     let mut s = sdk.connect().await.unwrap();
     env.report(&p, json!({"LightSwitch": 0})).await;
     let m = next_msg(&mut s).await;
-    assert_eq!(m.envelope.topic, format!("/{}/{}/thing/event/property/post", p.pk, p.dn));
+    assert_eq!(
+        m.envelope.topic,
+        format!("/{}/{}/thing/event/property/post", p.pk, p.dn)
+    );
     m.ack().await.unwrap();
     env.stop().await;
 }
@@ -100,9 +106,18 @@ async fn tls_with_the_generated_certificate_delivers() {
 async fn two_consumers_of_one_group_share_and_two_groups_each_get_all() {
     let env = Env::start().await;
     let p = env.project("Home").await;
-    let mut a1 = consumer(&env, &p, Some("analytics"), "a1").connect().await.unwrap();
-    let mut a2 = consumer(&env, &p, Some("analytics"), "a2").connect().await.unwrap();
-    let mut b = consumer(&env, &p, Some("billing"), "b").connect().await.unwrap();
+    let mut a1 = consumer(&env, &p, Some("analytics"), "a1")
+        .connect()
+        .await
+        .unwrap();
+    let mut a2 = consumer(&env, &p, Some("analytics"), "a2")
+        .connect()
+        .await
+        .unwrap();
+    let mut b = consumer(&env, &p, Some("billing"), "b")
+        .connect()
+        .await
+        .unwrap();
     let n = 12;
     for i in 0..n {
         env.report_on(&p, i % 3, json!({"Counter": i})).await;
@@ -118,7 +133,12 @@ async fn two_consumers_of_one_group_share_and_two_groups_each_get_all() {
     let (mut got1, mut got2) = (Vec::new(), Vec::new());
     let deadline = std::time::Instant::now() + PEER_WAIT;
     while got1.len() + got2.len() < n {
-        assert!(std::time::Instant::now() < deadline, "{} + {} of {n}", got1.len(), got2.len());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} + {} of {n}",
+            got1.len(),
+            got2.len()
+        );
         tokio::select! {
             Some(Ok(m)) = a1.next() => { got1.push(m.envelope.message_id.to_string()); m.ack().await.unwrap(); }
             Some(Ok(m)) = a2.next() => { got2.push(m.envelope.message_id.to_string()); m.ack().await.unwrap(); }
@@ -126,9 +146,18 @@ async fn two_consumers_of_one_group_share_and_two_groups_each_get_all() {
         }
     }
     let all: HashSet<_> = got1.iter().chain(got2.iter()).cloned().collect();
-    assert_eq!(all.len(), n, "no message went to both consumers of the group");
+    assert_eq!(
+        all.len(),
+        n,
+        "no message went to both consumers of the group"
+    );
     assert_eq!(all, billing);
-    assert!(!got1.is_empty() && !got2.is_empty(), "both consumers got a share: {} / {}", got1.len(), got2.len());
+    assert!(
+        !got1.is_empty() && !got2.is_empty(),
+        "both consumers got a share: {} / {}",
+        got1.len(),
+        got2.len()
+    );
     assert_quiet(&mut a1).await;
     env.stop().await;
 }
@@ -182,16 +211,38 @@ async fn every_message_type_arrives_with_its_topic_and_fields() {
     env.report(&p, json!({"LightSwitch": 1})).await;
     let (m, t, v) = take(next_msg(&mut s).await);
     assert_eq!(t, format!("/{}/{}/thing/event/property/post", p.pk, p.dn));
-    for f in ["deviceType", "iotId", "productKey", "deviceName", "gmtCreate", "items"] {
+    for f in [
+        "deviceType",
+        "iotId",
+        "productKey",
+        "deviceName",
+        "gmtCreate",
+        "items",
+    ] {
         assert!(v.get(f).is_some(), "{t}: {f} in {v}");
     }
     m.ack().await.unwrap();
 
     // Event post.
-    env.ok(Method::POST, &format!("/api/v1/projects/{pid}/devices/{iot}/events/Overheat"), Some(json!({"value": {"temp": 90}, "type": "alert"}))).await;
+    env.ok(
+        Method::POST,
+        &format!("/api/v1/projects/{pid}/devices/{iot}/events/Overheat"),
+        Some(json!({"value": {"temp": 90}, "type": "alert"})),
+    )
+    .await;
     let (m, t, v) = take(next_msg(&mut s).await);
     assert_eq!(t, format!("/{}/{}/thing/event/Overheat/post", p.pk, p.dn));
-    for f in ["deviceType", "iotId", "productKey", "deviceName", "identifier", "name", "type", "time", "value"] {
+    for f in [
+        "deviceType",
+        "iotId",
+        "productKey",
+        "deviceName",
+        "identifier",
+        "name",
+        "type",
+        "time",
+        "value",
+    ] {
         assert!(v.get(f).is_some(), "{t}: {f} in {v}");
     }
     assert_eq!(v["type"], "alert");
@@ -200,7 +251,12 @@ async fn every_message_type_arrives_with_its_topic_and_fields() {
 
     // Device lifecycle: disable, enable (create is covered by a new device).
     for action in ["disable", "enable"] {
-        env.ok(Method::POST, &format!("/api/v1/projects/{pid}/devices/{iot}/{action}"), None).await;
+        env.ok(
+            Method::POST,
+            &format!("/api/v1/projects/{pid}/devices/{iot}/{action}"),
+            None,
+        )
+        .await;
         let (m, t, v) = take(next_msg(&mut s).await);
         assert_eq!(t, format!("/{}/{}/thing/lifecycle", p.pk, p.dn));
         assert_eq!(v["action"], action);
@@ -209,7 +265,12 @@ async fn every_message_type_arrives_with_its_topic_and_fields() {
         }
         m.ack().await.unwrap();
     }
-    env.ok(Method::POST, &format!("/api/v1/projects/{pid}/products/{}/devices", p.pk), Some(json!({"deviceName": "newlamp"}))).await;
+    env.ok(
+        Method::POST,
+        &format!("/api/v1/projects/{pid}/products/{}/devices", p.pk),
+        Some(json!({"deviceName": "newlamp"})),
+    )
+    .await;
     let (m, t, v) = take(next_msg(&mut s).await);
     assert_eq!(t, format!("/{}/newlamp/thing/lifecycle", p.pk));
     assert_eq!(v["action"], "create");
@@ -217,28 +278,59 @@ async fn every_message_type_arrives_with_its_topic_and_fields() {
     m.ack().await.unwrap();
 
     // Account lifecycle.
-    let u = env.ok(Method::POST, &format!("/api/v1/projects/{pid}/users"), Some(json!({"loginName": "alice", "email": "a@example.com"}))).await;
+    let u = env
+        .ok(
+            Method::POST,
+            &format!("/api/v1/projects/{pid}/users"),
+            Some(json!({"loginName": "alice", "email": "a@example.com"})),
+        )
+        .await;
     let identity = u["identityId"].as_str().unwrap().to_owned();
     let (m, t, v) = take(next_msg(&mut s).await);
     assert_eq!(t, format!("/_account/{identity}/lifecycle"));
     assert_eq!(v["action"], "create");
-    for f in ["identityId", "loginName", "nickName", "phone", "email", "gmtCreate", "gmtModified"] {
+    for f in [
+        "identityId",
+        "loginName",
+        "nickName",
+        "phone",
+        "email",
+        "gmtCreate",
+        "gmtModified",
+    ] {
         assert!(v.get(f).is_some(), "{t}: {f} in {v}");
     }
     m.ack().await.unwrap();
 
     // Binding.
-    env.ok(Method::POST, &format!("/api/v1/projects/{pid}/bindings"), Some(json!({"identityId": identity, "iotId": iot, "owned": 1}))).await;
+    env.ok(
+        Method::POST,
+        &format!("/api/v1/projects/{pid}/bindings"),
+        Some(json!({"identityId": identity, "iotId": iot, "owned": 1})),
+    )
+    .await;
     let (m, t, v) = take(next_msg(&mut s).await);
     assert_eq!(t, format!("/{}/{}/thing/user/binding", p.pk, p.dn));
     assert_eq!(v["operation"], "Bind");
-    for f in ["identityId", "iotId", "productKey", "deviceName", "owned", "gmtCreate"] {
+    for f in [
+        "identityId",
+        "iotId",
+        "productKey",
+        "deviceName",
+        "owned",
+        "gmtCreate",
+    ] {
         assert!(v.get(f).is_some(), "{t}: {f} in {v}");
     }
     m.ack().await.unwrap();
 
     // Device delete.
-    env.ok(Method::DELETE, &format!("/api/v1/projects/{pid}/devices/{}", p.iots[2]), None).await;
+    env.ok(
+        Method::DELETE,
+        &format!("/api/v1/projects/{pid}/devices/{}", p.iots[2]),
+        None,
+    )
+    .await;
     let (m, t, v) = take(next_msg(&mut s).await);
     assert_eq!(t, format!("/{}/lamp0003/thing/lifecycle", p.pk));
     assert_eq!(v["action"], "delete");
@@ -258,10 +350,21 @@ async fn disabling_sync_closes_the_connection_with_the_reason() {
     // Both consumers are attached once a message has been delivered to the group.
     env.report(&p, json!({"LightSwitch": 1})).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), s.next()).await;
-    env.ok(reqwest::Method::POST, &format!("/api/v1/projects/{}/sync/disable", p.pid), None).await;
+    env.ok(
+        reqwest::Method::POST,
+        &format!("/api/v1/projects/{}/sync/disable", p.pid),
+        None,
+    )
+    .await;
     let e = c.next_event("error").await;
     assert_eq!(e["condition"], "amqp:connection:forced", "{e}");
-    assert!(e["description"].as_str().unwrap_or("").contains("sync.disabled"), "{e}");
+    assert!(
+        e["description"]
+            .as_str()
+            .unwrap_or("")
+            .contains("sync.disabled"),
+        "{e}"
+    );
     // The SDK reports it too.
     let end = loop {
         match tokio::time::timeout(PEER_WAIT, s.next()).await {
@@ -271,7 +374,10 @@ async fn disabling_sync_closes_the_connection_with_the_reason() {
         }
     };
     match end {
-        AmqpError::Closed { condition, description } => {
+        AmqpError::Closed {
+            condition,
+            description,
+        } => {
             assert_eq!(condition, "amqp:connection:forced");
             assert!(description.contains("disabled"), "{description}");
         }
@@ -287,7 +393,10 @@ async fn disabling_sync_closes_the_connection_with_the_reason() {
             other => panic!("{:?}", other.map(|o| o.map(|r| r.map(|m| m.envelope)))),
         },
         Err(AmqpError::Closed { description, .. }) | Err(AmqpError::Lost(description)) => {
-            assert!(description.contains("disabled") || !description.is_empty(), "{description}")
+            assert!(
+                description.contains("disabled") || !description.is_empty(),
+                "{description}"
+            )
         }
         Err(other) => panic!("{other:?}"),
     }

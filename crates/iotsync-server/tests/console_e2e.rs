@@ -27,7 +27,8 @@ fn workspace_root() -> PathBuf {
 
 /// The browser peer's prerequisites, or a panic that says how to get them.
 fn prerequisites() -> (PathBuf, PathBuf) {
-    let how = "run scripts/install-test-deps.sh (Debian chromium, node, npm install in tests/peers)";
+    let how =
+        "run scripts/install-test-deps.sh (Debian chromium, node, npm install in tests/peers)";
     match Command::new("node").arg("--version").output() {
         Ok(o) if o.status.success() => {}
         _ => panic!("console e2e test: `node` is not on PATH; {how}"),
@@ -107,7 +108,8 @@ impl Browser {
             .unwrap_or_else(|| panic!("the browser script exited during step {name}"));
         let v: Value = serde_json::from_str(&line).expect("a JSON answer");
         assert_eq!(
-            v["ok"], true,
+            v["ok"],
+            true,
             "browser step {name} failed: {}\nscreenshot: {}",
             v["error"].as_str().unwrap_or(""),
             v["screenshot"]
@@ -242,7 +244,9 @@ async fn console_drives_projects_sync_settings_api_operations_and_monitoring_in_
         .unwrap();
     let topics = consume(&mut link, stacked, Outcome::Accepted).await;
     assert!(
-        topics.iter().any(|t| t.ends_with("/thing/event/property/post")),
+        topics
+            .iter()
+            .any(|t| t.ends_with("/thing/event/property/post")),
         "{topics:?}"
     );
     b.step(json!({"cmd": "monitor", "expect": "down", "name": "13-monitoring-acked"}))
@@ -270,10 +274,7 @@ async fn console_drives_projects_sync_settings_api_operations_and_monitoring_in_
     let fin = b.step(json!({"cmd": "finish"})).await;
     eprintln!(
         "screenshots: {}",
-        fin["shots"]
-            .as_array()
-            .map(|a| a.len())
-            .unwrap_or_default()
+        fin["shots"].as_array().map(|a| a.len()).unwrap_or_default()
     );
     drop(b);
     server.shutdown(Duration::from_secs(5)).await;
@@ -302,7 +303,10 @@ async fn console_page_and_session_endpoints_need_no_browser() {
     ] {
         let r = http.get(format!("{base}{asset}")).send().await.unwrap();
         assert_eq!(r.status(), 200, "{asset}");
-        assert!(r.headers()["content-type"].to_str().unwrap().starts_with(ct));
+        assert!(r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with(ct));
     }
 
     // Sign-in: wrong token refused; a form post (not JSON) refused.
@@ -369,12 +373,18 @@ async fn console_page_and_session_endpoints_need_no_browser() {
         .json()
         .await
         .unwrap();
-    assert!(conn["amqp"].as_str().unwrap().starts_with("amqp://127.0.0.1:"));
+    assert!(conn["amqp"]
+        .as_str()
+        .unwrap()
+        .starts_with("amqp://127.0.0.1:"));
     assert!(conn["amqps"].is_null());
 
     // A made-up session id is refused; sign-out ends the real one.
     assert_eq!(
-        get("iotsync_session=0123456789abcdef").await.unwrap().status(),
+        get("iotsync_session=0123456789abcdef")
+            .await
+            .unwrap()
+            .status(),
         401
     );
     let r = http

@@ -320,3 +320,58 @@ async fn silent_device_is_dropped_after_its_keep_alive() {
     assert_eq!(ms[0].payload["action"], "offline");
     env.stop().await;
 }
+
+/// End to end with outside clients on both sides: a paho-mqtt device publishes, a
+/// python-qpid-proton consumer receives the SPEC §4 messages over the AMQP channel.
+#[tokio::test]
+async fn paho_device_messages_reach_a_proton_amqp_consumer_in_order() {
+    let env = Env::start().await;
+    let p = env.project("Home", &["lamp0001"]).await;
+    let amqp = env.server().addr("amqp").expect("amqp listener");
+    let script = repo_root().join("tests/peers/amqp/consumer.py");
+    let ts = iotsync_core::Clock::now_ms(&env.clock);
+    let mut consumer = Peer::spawn(
+        "python3",
+        &[
+            script.display().to_string(),
+            "--url".into(),
+            format!("amqp://{amqp}"),
+            "--app-key".into(),
+            p.app_key.clone(),
+            "--app-secret".into(),
+            p.app_secret.clone(),
+            "--ts".into(),
+            ts.to_string(),
+        ],
+    );
+    let mut paho = Peer::paho(&env, &p.pk, &p.devices[0], "post", &[]);
+    assert_eq!(paho.expect("connack").await["code"], 0);
+    paho.expect("done").await;
+    paho.finish().await;
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        let m = consumer.expect("message").await;
+        got.push(m);
+    }
+    let topics: Vec<&str> = got.iter().map(|m| m["topic"].as_str().unwrap()).collect();
+    let pk = &p.pk;
+    assert_eq!(
+        topics,
+        vec![
+            format!("/{pk}/lamp0001/thing/lifecycle"),
+            format!("/{pk}/lamp0001/mqtt/status"),
+            format!("/{pk}/lamp0001/thing/event/property/post"),
+            format!("/{pk}/lamp0001/thing/event/Alarm/post"),
+            format!("/{pk}/lamp0001/mqtt/status"),
+        ]
+    );
+    assert_eq!(got[1]["payload"]["action"], "online");
+    assert_eq!(got[2]["payload"]["items"]["Brightness"]["value"], 42);
+    assert_eq!(got[3]["payload"]["value"]["Level"], 3);
+    assert_eq!(got[4]["payload"]["action"], "offline");
+    for m in &got {
+        assert_eq!(m["amqpMessageId"], m["messageId"]);
+    }
+    drop(consumer);
+    env.stop().await;
+}

@@ -81,7 +81,8 @@ async fn commit_failure_is_redelivered_with_the_same_message_id() {
     let failed = peer.until("acked", 60).await;
     assert_eq!(failed["success"], false);
     let id = failed["messageId"].as_str().unwrap().to_owned();
-    // The backlog's retry backoff (1 s ± 20 %) runs on the manual clock.
+    // The backlog's retry backoff (1 s ± 20 %) runs on the manual clock, from the nack.
+    env.wait_stat(&p.pid, &p.app_key, "retryWaiting", 1).await;
     env.clock.advance_ms(2_000);
     let mut lines = Vec::new();
     loop {
@@ -97,7 +98,10 @@ async fn commit_failure_is_redelivered_with_the_same_message_id() {
         .unwrap_or_else(|| panic!("{id} not redelivered: {lines:?}"));
     assert_eq!(again["attempt"], 2);
     assert_eq!(
-        ids(&lines, "acked").into_iter().collect::<BTreeSet<_>>().len(),
+        ids(&lines, "acked")
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            .len(),
         3
     );
     env.stop().await;
@@ -173,13 +177,19 @@ async fn disabling_ends_the_stream_with_a_reason_and_reenabling_needs_a_new_conn
     env.post(&format!("{base}/disable"), json!({})).await;
     let st = peer.until("status", 30).await;
     assert_eq!(st["code"], "FAILED_PRECONDITION", "{st}");
-    assert!(st["details"].as_str().unwrap().starts_with("sync.disabled"), "{st}");
+    assert!(
+        st["details"].as_str().unwrap().starts_with("sync.disabled"),
+        "{st}"
+    );
 
     // While disabled, a new connection is refused with the reason.
     let mut refused = grpcio(&env, &p, &[]);
     let st = refused.until("status", 60).await;
     assert_eq!(st["code"], "FAILED_PRECONDITION", "{st}");
-    assert!(st["details"].as_str().unwrap().contains("not enabled"), "{st}");
+    assert!(
+        st["details"].as_str().unwrap().contains("not enabled"),
+        "{st}"
+    );
 
     // Enabled again: the old stream stays closed; a new connection gets new messages.
     let (s, v) = env
@@ -189,7 +199,10 @@ async fn disabling_ends_the_stream_with_a_reason_and_reenabling_needs_a_new_conn
     env.reports(&p, 1).await;
     let mut again = grpcio(&env, &p, &["--max", "1"]);
     let m = again.until("message", 60).await;
-    assert!(m["topic"].as_str().unwrap().ends_with("/property/post"), "{m}");
+    assert!(
+        m["topic"].as_str().unwrap().ends_with("/property/post"),
+        "{m}"
+    );
     again.until("done", 30).await;
     env.stop().await;
 }
@@ -250,7 +263,10 @@ async fn tls_listener_serves_grpcio_with_the_development_certificate() {
     .into();
     let mut peer = common::Peer::spawn("grpcio-tls", "python3", &args);
     let m = peer.until("message", 60).await;
-    assert!(m["topic"].as_str().unwrap().ends_with("/thing/lifecycle"), "{m}");
+    assert!(
+        m["topic"].as_str().unwrap().ends_with("/thing/lifecycle"),
+        "{m}"
+    );
     peer.until("done", 30).await;
     env.stop().await;
 }

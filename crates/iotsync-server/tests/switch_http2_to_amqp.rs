@@ -71,7 +71,10 @@ async fn switching_http2_to_amqp_mid_stream_loses_nothing_and_keeps_bytes_identi
             .to_string_lossy()
             .into_owned(),
         "--url".into(),
-        format!("amqp://{}", env.server().addr("amqp").expect("amqp listener")),
+        format!(
+            "amqp://{}",
+            env.server().addr("amqp").expect("amqp listener")
+        ),
         "--app-key".into(),
         p.app_key.clone(),
         "--app-secret".into(),
@@ -85,7 +88,11 @@ async fn switching_http2_to_amqp_mid_stream_loses_nothing_and_keeps_bytes_identi
     let amqp_msgs = by_id(&lines);
 
     // Nothing lost: 7 messages, each acked over HTTP/2 or received over AMQP.
-    let all: BTreeSet<String> = acked.iter().cloned().chain(amqp_msgs.keys().cloned()).collect();
+    let all: BTreeSet<String> = acked
+        .iter()
+        .cloned()
+        .chain(amqp_msgs.keys().cloned())
+        .collect();
     assert_eq!(all.len(), 7, "acked {acked:?} amqp {:?}", amqp_msgs.keys());
     // The held message came over both: same topic, id, time and payload bytes.
     let both: Vec<&String> = grpc_msgs

@@ -44,7 +44,13 @@ async fn a_push_answered_500_then_200_is_retried_after_10_seconds_then_delivered
     let env = Env::start().await;
     let (mut rx, url) = receiver("31415926", "imported-secret-1", "500,200").await;
     let p = env
-        .import("31415926", "imported-secret-1", "none", "legacy_http", Some(&url))
+        .import(
+            "31415926",
+            "imported-secret-1",
+            "none",
+            "legacy_http",
+            Some(&url),
+        )
         .await;
     env.wait_consumer(&p.pid, ChannelKind::Webhook).await;
     let ident = env.user(&p, "ann").await;
@@ -76,7 +82,13 @@ async fn a_push_never_answered_200_is_dead_lettered_after_16_pushes() {
     let env = Env::start().await;
     let (mut rx, url) = receiver("27182818", "imported-secret-2", "500").await;
     let p = env
-        .import("27182818", "imported-secret-2", "none", "legacy_http", Some(&url))
+        .import(
+            "27182818",
+            "imported-secret-2",
+            "none",
+            "legacy_http",
+            Some(&url),
+        )
         .await;
     env.wait_consumer(&p.pid, ChannelKind::Webhook).await;
     env.user(&p, "bob").await;
@@ -90,7 +102,8 @@ async fn a_push_never_answered_200_is_dead_lettered_after_16_pushes() {
         }
         assert_eq!(v["message"], message);
         if n < 16 {
-            env.clock.advance_ms(LEGACY_SCHEDULE_SECS[n - 1] as i64 * 1000);
+            env.clock
+                .advance_ms(LEGACY_SCHEDULE_SECS[n - 1] as i64 * 1000);
         }
     }
     wait_stat(&env, &p.pid, &p.app_key, "deadLetters", 1).await;
@@ -114,7 +127,13 @@ async fn a_connection_refused_counts_as_a_failed_push_and_a_new_url_is_used() {
         format!("http://{}/push", l.local_addr().unwrap())
     };
     let p = env
-        .import("16180339", "imported-secret-3", "none", "legacy_http", Some(&dead))
+        .import(
+            "16180339",
+            "imported-secret-3",
+            "none",
+            "legacy_http",
+            Some(&dead),
+        )
         .await;
     env.wait_consumer(&p.pid, ChannelKind::Webhook).await;
     env.user(&p, "cat").await;
@@ -142,7 +161,13 @@ async fn mixed_projects_push_user_data_to_the_webhook_and_stream_device_data_ove
     let env = Env::start().await;
     let (mut rx, url) = receiver("14142135", "imported-secret-4", "200").await;
     let mut p = env
-        .import("14142135", "imported-secret-4", "http2", "legacy_http", Some(&url))
+        .import(
+            "14142135",
+            "imported-secret-4",
+            "http2",
+            "legacy_http",
+            Some(&url),
+        )
         .await;
     env.wait_consumer(&p.pid, ChannelKind::Webhook).await;
     env.device(&mut p).await;
@@ -159,7 +184,10 @@ async fn mixed_projects_push_user_data_to_the_webhook_and_stream_device_data_ove
     // User data: account + binding, over the legacy push only.
     let a = push(&mut rx).await;
     let b = push(&mut rx).await;
-    let mut codes = [a["msgCode"].as_str().unwrap(), b["msgCode"].as_str().unwrap()];
+    let mut codes = [
+        a["msgCode"].as_str().unwrap(),
+        b["msgCode"].as_str().unwrap(),
+    ];
     codes.sort();
     assert_eq!(codes, ["account.create", "user.binding.bind"]);
 
@@ -172,15 +200,23 @@ async fn mixed_projects_push_user_data_to_the_webhook_and_stream_device_data_ove
         .filter(|v| v["event"] == "message")
         .map(|v| v["topic"].as_str().unwrap())
         .collect();
-    assert!(topics.iter().any(|t| t.ends_with("/thing/lifecycle")), "{topics:?}");
-    assert!(topics.iter().any(|t| t.ends_with("/property/post")), "{topics:?}");
+    assert!(
+        topics.iter().any(|t| t.ends_with("/thing/lifecycle")),
+        "{topics:?}"
+    );
+    assert!(
+        topics.iter().any(|t| t.ends_with("/property/post")),
+        "{topics:?}"
+    );
     // The user data the HTTP/2 group also received was settled silently.
     wait_stat(&env, &p.pid, &p.app_key, "stacked", 0).await;
     quiet(&mut rx, 300).await;
 
     // Rules: a mixed project cannot switch; it must disable and enable one method.
     let base = format!("/api/v1/projects/{}/sync", p.pid);
-    let (s, e) = env.post(&format!("{base}/switch"), json!({"method": "amqp"})).await;
+    let (s, e) = env
+        .post(&format!("{base}/switch"), json!({"method": "amqp"}))
+        .await;
     assert_eq!(s, 409, "{e}");
     assert_eq!(e["code"], "sync.mixed_must_reenable");
     env.post(&format!("{base}/disable"), json!({})).await;
@@ -189,7 +225,9 @@ async fn mixed_projects_push_user_data_to_the_webhook_and_stream_device_data_ove
         .await;
     assert_eq!(s, 409, "{e}");
     assert_eq!(e["code"], "sync.legacy_retired");
-    let (s, v) = env.post(&format!("{base}/enable"), json!({"method": "http2"})).await;
+    let (s, v) = env
+        .post(&format!("{base}/enable"), json!({"method": "http2"}))
+        .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["mode"], "single");
     // The pusher is gone; user data now travels over HTTP/2.
@@ -203,7 +241,10 @@ async fn mixed_projects_push_user_data_to_the_webhook_and_stream_device_data_ove
     env.user(&p, "eve").await;
     let mut g = grpcio(&env, &p, &["--max", "1"]);
     let m = g.until("message", 60).await;
-    assert!(m["topic"].as_str().unwrap().starts_with("/_account/"), "{m}");
+    assert!(
+        m["topic"].as_str().unwrap().starts_with("/_account/"),
+        "{m}"
+    );
     g.until("done", 30).await;
     quiet(&mut rx, 300).await;
     env.stop().await;
@@ -214,13 +255,21 @@ async fn legacy_push_cannot_be_enabled_again_once_disabled() {
     let env = Env::start().await;
     let (mut rx, url) = receiver("17320508", "imported-secret-5", "200").await;
     let p = env
-        .import("17320508", "imported-secret-5", "none", "legacy_http", Some(&url))
+        .import(
+            "17320508",
+            "imported-secret-5",
+            "none",
+            "legacy_http",
+            Some(&url),
+        )
         .await;
     env.wait_consumer(&p.pid, ChannelKind::Webhook).await;
     let base = format!("/api/v1/projects/{}/sync", p.pid);
     env.post(&format!("{base}/disable"), json!({})).await;
     for method in ["legacy_http", "legacy"] {
-        let (s, e) = env.post(&format!("{base}/enable"), json!({ "method": method })).await;
+        let (s, e) = env
+            .post(&format!("{base}/enable"), json!({ "method": method }))
+            .await;
         assert_eq!(s, 409, "{e}");
         assert_eq!(e["code"], "sync.legacy_retired");
         assert!(e["message"].as_str().unwrap().contains("never"), "{e}");

@@ -48,6 +48,7 @@ class Consumer(MessagingHandler):
         self.a = a
         self.received = 0
         self.seen = set()
+        self.reported = False
 
     def on_start(self, event):
         user, password = credentials(self.a)
@@ -102,7 +103,8 @@ class Consumer(MessagingHandler):
             event.connection.close()
 
     def _err(self, scope, cond):
-        if cond is not None:
+        if cond is not None and not self.reported:
+            self.reported = True
             out(event="error", scope=scope, condition=cond.name, description=cond.description)
 
     def on_transport_error(self, event):
@@ -121,6 +123,9 @@ class Consumer(MessagingHandler):
         out(event="closed")
 
     def on_disconnected(self, event):
+        # A close frame followed at once by end-of-stream may reach us only here.
+        if not self.reported and event.connection is not None:
+            self._err("connection", event.connection.remote_condition)
         out(event="disconnected")
 
 

@@ -25,6 +25,9 @@ pub mod names {
     pub const PAUSED: &str = "iotsync_project_sync_paused";
 }
 
+/// (name, type, help, rows of (labels, value)).
+type Series = (&'static str, &'static str, &'static str, Vec<(String, f64)>);
+
 fn esc(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -33,7 +36,7 @@ fn esc(s: &str) -> String {
 
 pub async fn render(State(st): State<ApiState>) -> impl IntoResponse {
     let mut out = String::new();
-    let mut series: Vec<(&str, &str, &str, Vec<(String, f64)>)> = vec![
+    let mut series: Vec<Series> = vec![
         (
             names::STACKED,
             "gauge",

@@ -74,7 +74,11 @@ fn is_safe(method: &Method) -> bool {
 /// What `require_operator` asks when a request has no bearer token: `None` without a
 /// session cookie; else whether the session is live (and, for a write, the CSRF header
 /// matches).
-pub fn authorize(st: &ApiState, headers: &HeaderMap, method: &Method) -> Option<Result<(), ApiError>> {
+pub fn authorize(
+    st: &ApiState,
+    headers: &HeaderMap,
+    method: &Method,
+) -> Option<Result<(), ApiError>> {
     let id = session_id(headers)?;
     Some(check(st, &id, headers, method).map(|_| ()))
 }
@@ -213,7 +217,10 @@ pub async fn current(State(st): State<ApiState>, headers: HeaderMap) -> Result<R
 }
 
 /// `DELETE /console/session`: signs out (needs the CSRF header like every write).
-pub async fn sign_out(State(st): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn sign_out(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     if let Some(id) = session_id(&headers) {
         match check(&st, &id, &headers, &Method::DELETE) {
             Ok(_) => {
@@ -246,11 +253,17 @@ mod tests {
     #[test]
     fn finds_the_session_cookie_among_others() {
         let mut h = HeaderMap::new();
-        h.append(header::COOKIE, HeaderValue::from_static("a=1; iotsync_session=abc ; b=2"));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; iotsync_session=abc ; b=2"),
+        );
         assert_eq!(session_id(&h).as_deref(), Some("abc"));
         let mut h = HeaderMap::new();
         h.append(header::COOKIE, HeaderValue::from_static("a=1"));
-        h.append(header::COOKIE, HeaderValue::from_static("iotsync_session=xyz"));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("iotsync_session=xyz"),
+        );
         assert_eq!(session_id(&h).as_deref(), Some("xyz"));
         let mut h = HeaderMap::new();
         h.append(header::COOKIE, HeaderValue::from_static("iotsync_session="));

@@ -95,7 +95,7 @@ impl DispatcherEngine {
                 Err(e) => {
                     failures += 1;
                     // Log the first failure and then every 50th, not every poll.
-                    if failures == 1 || failures % 50 == 0 {
+                    if failures == 1 || failures.is_multiple_of(50) {
                         tracing::error!(error = %e, failures, "outbox drain failed; retrying");
                     }
                 }

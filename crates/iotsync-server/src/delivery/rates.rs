@@ -20,9 +20,12 @@ pub struct Rates {
     pub ack_per_sec: f64,
 }
 
+/// (time ms, appended total, acked total).
+type Sample = (i64, u64, u64);
+
 #[derive(Default)]
 pub struct RateSampler {
-    samples: Mutex<HashMap<(String, String), VecDeque<(i64, u64, u64)>>>,
+    samples: Mutex<HashMap<(String, String), VecDeque<Sample>>>,
 }
 
 impl RateSampler {

@@ -70,11 +70,17 @@ impl Env {
     }
 
     pub fn amqp_url(&self) -> String {
-        format!("amqp://{}", self.server().addr("amqp").expect("amqp listener"))
+        format!(
+            "amqp://{}",
+            self.server().addr("amqp").expect("amqp listener")
+        )
     }
 
     pub fn amqps_url(&self) -> String {
-        format!("amqps://{}", self.server().addr("amqps").expect("amqps listener"))
+        format!(
+            "amqps://{}",
+            self.server().addr("amqps").expect("amqps listener")
+        )
     }
 
     pub fn ca_file(&self) -> PathBuf {
@@ -125,7 +131,11 @@ impl Env {
     /// A project with one product and one device, then sync enabled (amqp).
     pub async fn project(&self, name: &str) -> Project {
         let p = self
-            .ok(reqwest::Method::POST, "/api/v1/projects", Some(json!({"name": name})))
+            .ok(
+                reqwest::Method::POST,
+                "/api/v1/projects",
+                Some(json!({"name": name})),
+            )
             .await;
         let pid = p["projectId"].as_str().unwrap().to_owned();
         let pr = self
@@ -180,7 +190,10 @@ impl Env {
     pub async fn report_on(&self, p: &Project, i: usize, items: Value) {
         self.ok(
             reqwest::Method::POST,
-            &format!("/api/v1/projects/{}/devices/{}/properties", p.pid, p.iots[i]),
+            &format!(
+                "/api/v1/projects/{}/devices/{}/properties",
+                p.pid, p.iots[i]
+            ),
             Some(json!({ "items": items })),
         )
         .await;

@@ -200,9 +200,24 @@ impl Env {
         }
     }
 
+    /// Waits until `key` of the group's figures is `want` (e.g. a nack was counted).
+    pub async fn wait_stat(&self, pid: &str, group: &str, key: &str, want: u64) {
+        let mut last = Value::Null;
+        for _ in 0..200 {
+            last = self.group_stats(pid, group).await;
+            if last[key] == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("{group}.{key} never became {want}: {last}");
+    }
+
     /// Figures of one group of the project (from the REST API).
     pub async fn group_stats(&self, pid: &str, group: &str) -> Value {
-        let (s, st) = self.get(&format!("/api/v1/projects/{pid}/sync/stats")).await;
+        let (s, st) = self
+            .get(&format!("/api/v1/projects/{pid}/sync/stats"))
+            .await;
         assert_eq!(s, StatusCode::OK, "{st}");
         st["groups"]
             .as_array()
@@ -254,7 +269,11 @@ impl Peer {
             .await
             .unwrap_or_else(|_| panic!("{}: no output within {secs}s", self.name))
             .unwrap_or_else(|| panic!("{}: exited", self.name));
-        assert_ne!(v["event"], "fatal", "{}: peer missing or broken: {v}", self.name);
+        assert_ne!(
+            v["event"], "fatal",
+            "{}: peer missing or broken: {v}",
+            self.name
+        );
         v
     }
 
@@ -278,7 +297,11 @@ impl Peer {
         while got.len() < n {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
-                panic!("{}: only {} of {n} {event} lines: {all:?}", self.name, got.len());
+                panic!(
+                    "{}: only {} of {n} {event} lines: {all:?}",
+                    self.name,
+                    got.len()
+                );
             }
             let v = self.next(left.as_secs().max(1)).await;
             if v["event"] == event {
@@ -411,7 +434,11 @@ impl Env {
         panic!("no {channel:?} consumer attached");
     }
 
-    pub async fn has_consumer(&self, pid: &str, channel: iotsync_server::delivery::ChannelKind) -> bool {
+    pub async fn has_consumer(
+        &self,
+        pid: &str,
+        channel: iotsync_server::delivery::ChannelKind,
+    ) -> bool {
         let pid = pid.parse().unwrap();
         self.server()
             .hub()

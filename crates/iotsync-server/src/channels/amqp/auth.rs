@@ -148,16 +148,19 @@ impl CredentialCache {
     /// Why this project may not consume over AMQP right now, if it may not.
     pub async fn sync_refusal(&self, project: &ProjectId) -> Option<String> {
         match self.registry.sync_settings(project).await {
-            Ok(s) if !s.enabled => Some(
-                "sync.disabled: data synchronization is not enabled for this project".into(),
-            ),
-            Ok(s) if s.device_data != Route::Amqp && s.user_data != Route::Amqp => Some(
-                "sync.method: this project's data synchronization does not use AMQP".into(),
-            ),
+            Ok(s) if !s.enabled => {
+                Some("sync.disabled: data synchronization is not enabled for this project".into())
+            }
+            Ok(s) if s.device_data != Route::Amqp && s.user_data != Route::Amqp => {
+                Some("sync.method: this project's data synchronization does not use AMQP".into())
+            }
             Ok(_) => None,
             Err(e) => {
                 tracing::warn!(project = %project, error = %e, "reading sync settings failed");
-                Some("server.unavailable: the project's settings cannot be read now; try again".into())
+                Some(
+                    "server.unavailable: the project's settings cannot be read now; try again"
+                        .into(),
+                )
             }
         }
     }
@@ -166,9 +169,7 @@ impl CredentialCache {
 /// Splits a SASL PLAIN initial response `authzid \0 authcid \0 passwd`.
 pub fn split_plain(response: &[u8]) -> Result<(String, String), AuthError> {
     let mut parts = response.split(|b| *b == 0);
-    let _authzid = parts
-        .next()
-        .ok_or(AuthError::BadPlainResponse("empty"))?;
+    let _authzid = parts.next().ok_or(AuthError::BadPlainResponse("empty"))?;
     let user = parts
         .next()
         .ok_or(AuthError::BadPlainResponse("no username"))?;

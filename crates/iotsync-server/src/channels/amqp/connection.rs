@@ -1,9 +1,9 @@
 //! One consumer connection: SASL, open, one session, one receiver link pumped from the
 //! hub, outcomes settled on their own task, teardown that hands unsettled deliveries back.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::future::Future;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -26,7 +26,9 @@ use iotsync_backlog::LeaseToken;
 use super::auth::{split_plain, Authenticated, CredentialCache};
 use super::message::to_amqp;
 use super::sasl;
-use crate::delivery::hub::{AttachRequest, CloseReason, ConsumerLink, DeliveryHub, LinkEnd, LinkSettler};
+use crate::delivery::hub::{
+    AttachRequest, CloseReason, ConsumerLink, DeliveryHub, LinkEnd, LinkSettler,
+};
 use crate::delivery::{ChannelKind, Outcome};
 
 /// A receiver link must be attached within this time of connecting (SPEC §6).
@@ -284,7 +286,11 @@ async fn stop_pump(pump: Option<Pump>) {
     }
 }
 
-async fn close(conn: &mut ListenerConnectionHandle, condition: definitions::ErrorCondition, description: String) {
+async fn close(
+    conn: &mut ListenerConnectionHandle,
+    condition: definitions::ErrorCondition,
+    description: String,
+) {
     tracing::info!(condition = ?condition, %description, "amqp: closing connection");
     let err = definitions::Error::new(condition, description, None);
     let _ = timeout(TEARDOWN_WAIT, conn.close_with_error(err)).await;
@@ -292,7 +298,11 @@ async fn close(conn: &mut ListenerConnectionHandle, condition: definitions::Erro
 
 /// Leases deliveries within the link's credit and sends them; see ADR 0003 for the
 /// adaptive lease size.
-async fn pump(mut sender: Sender, mut link: ConsumerLink, mut stop: watch::Receiver<bool>) -> PumpExit {
+async fn pump(
+    mut sender: Sender,
+    mut link: ConsumerLink,
+    mut stop: watch::Receiver<bool>,
+) -> PumpExit {
     let (tx, rx) = mpsc::channel::<(LeaseToken, DeliveryFut<SendResult>)>(SETTLE_QUEUE);
     let settle_task = tokio::spawn(settle_loop(link.settler(), rx));
     let mut lease = 1usize;

@@ -2,9 +2,7 @@
 //! application-properties `topic`, `messageId`, `generateTime` (long); properties
 //! `message-id` = messageId.
 
-use fe2o3_amqp::types::messaging::{
-    ApplicationProperties, Data, Message, MessageId, Properties,
-};
+use fe2o3_amqp::types::messaging::{ApplicationProperties, Data, Message, MessageId, Properties};
 use fe2o3_amqp::types::primitives::{Binary, SimpleValue};
 
 use iotsync_core::Envelope;
@@ -41,9 +39,18 @@ mod tests {
         };
         let m = to_amqp(&env);
         let ap = m.application_properties.unwrap();
-        assert_eq!(ap.get("topic"), Some(&SimpleValue::String(env.topic.clone())));
-        assert_eq!(ap.get("messageId"), Some(&SimpleValue::String("m-1".into())));
-        assert_eq!(ap.get("generateTime"), Some(&SimpleValue::Long(1_800_000_000_123)));
+        assert_eq!(
+            ap.get("topic"),
+            Some(&SimpleValue::String(env.topic.clone()))
+        );
+        assert_eq!(
+            ap.get("messageId"),
+            Some(&SimpleValue::String("m-1".into()))
+        );
+        assert_eq!(
+            ap.get("generateTime"),
+            Some(&SimpleValue::Long(1_800_000_000_123))
+        );
         assert_eq!(
             m.properties.unwrap().message_id,
             Some(MessageId::String("m-1".into()))

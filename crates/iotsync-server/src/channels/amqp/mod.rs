@@ -87,7 +87,12 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Ar
     }
 }
 
-async fn handle(stream: TcpStream, remote: SocketAddr, tls: Option<TlsAcceptor>, shared: Arc<Shared>) {
+async fn handle(
+    stream: TcpStream,
+    remote: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+) {
     // Small messages at low credit: without it Nagle costs an order of magnitude.
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "amqp: TCP_NODELAY");
@@ -95,11 +100,9 @@ async fn handle(stream: TcpStream, remote: SocketAddr, tls: Option<TlsAcceptor>,
     match tls {
         None => connection::serve(shared, stream, remote).await,
         Some(acceptor) => {
-            let handshake = tokio::time::timeout(
-                connection::RECEIVER_LINK_WITHIN,
-                acceptor.accept(stream),
-            )
-            .await;
+            let handshake =
+                tokio::time::timeout(connection::RECEIVER_LINK_WITHIN, acceptor.accept(stream))
+                    .await;
             match handshake {
                 Ok(Ok(s)) => connection::serve(shared, s, remote).await,
                 Ok(Err(e)) => tracing::info!(%remote, error = %e, "amqps: TLS handshake failed"),

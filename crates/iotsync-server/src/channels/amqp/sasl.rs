@@ -102,8 +102,8 @@ fn encode(frame: Frame, out: &mut BytesMut) -> Result<(), SaslError> {
     FrameCodec {}
         .encode(frame, out)
         .map_err(|e| SaslError::Frame(format!("{e:?}")))?;
-    let len = u32::try_from(out.len() - start)
-        .map_err(|_| SaslError::Frame("frame too large".into()))?;
+    let len =
+        u32::try_from(out.len() - start).map_err(|_| SaslError::Frame("frame too large".into()))?;
     out[start..start + 4].copy_from_slice(&len.to_be_bytes());
     Ok(())
 }

@@ -195,7 +195,11 @@ mod tests {
         let off = SyncSettings::default();
         let s = routes(&off).unwrap_err();
         assert_eq!(s.code(), tonic::Code::FailedPrecondition);
-        assert!(s.message().starts_with("sync.not_enabled"), "{}", s.message());
+        assert!(
+            s.message().starts_with("sync.not_enabled"),
+            "{}",
+            s.message()
+        );
         let amqp = SyncSettings {
             enabled: true,
             device_data: Route::Amqp,
@@ -203,7 +207,11 @@ mod tests {
             ..SyncSettings::default()
         };
         let s = routes(&amqp).unwrap_err();
-        assert!(s.message().contains("does not use http2"), "{}", s.message());
+        assert!(
+            s.message().contains("does not use http2"),
+            "{}",
+            s.message()
+        );
     }
 
     #[test]

@@ -239,7 +239,8 @@ impl ConsumerStream {
             }
             let env = d.message.envelope;
             let id = env.message_id.to_string();
-            self.in_flight.insert(id.clone(), d.token, d.ack_deadline_ms);
+            self.in_flight
+                .insert(id.clone(), d.token, d.ack_deadline_ms);
             let msg = ConsumeResponse {
                 kind: Some(consume_response::Kind::Message(SyncMessage {
                     topic: env.topic,

@@ -19,7 +19,12 @@ pub enum PushError {
 }
 
 /// The form fields of one push, signed.
-pub fn form(app_key: &AppKey, app_secret: &str, msg_code: &str, message: &str) -> [(&'static str, String); 4] {
+pub fn form(
+    app_key: &AppKey,
+    app_secret: &str,
+    msg_code: &str,
+    message: &str,
+) -> [(&'static str, String); 4] {
     let sign = webhook::sign(
         &WebhookFields {
             app_key,
@@ -95,7 +100,10 @@ mod tests {
     fn only_200_with_code_200_is_success() {
         assert_eq!(classify(200, br#"{"code":200,"message":"ok"}"#), Ok(()));
         assert_eq!(classify(200, br#"{"code":"200"}"#), Ok(()));
-        assert!(matches!(classify(200, br#"{"code":500}"#), Err(PushError::Body { .. })));
+        assert!(matches!(
+            classify(200, br#"{"code":500}"#),
+            Err(PushError::Body { .. })
+        ));
         assert!(matches!(classify(200, b"OK"), Err(PushError::Body { .. })));
         assert_eq!(
             classify(500, br#"{"code":200}"#),

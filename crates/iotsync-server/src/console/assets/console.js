@@ -110,8 +110,8 @@
 
   function codeSample(label, code) {
     return h('div', { class: 'code-sample' },
-      h('pre', { tabindex: '0', 'aria-label': label }, h('code', { text: code })),
-      copyButton(code, label));
+      h('div', { class: 'code-bar' }, h('span', { class: 'hint', text: `${code.split('\n').length} lines` }), copyButton(code, label)),
+      h('pre', { tabindex: '0', 'aria-label': label }, h('code', { text: code })));
   }
 
   /** A table; columns: [{label, cell(row) -> Node|string, num?}]. Rows become labelled blocks on phones. */
@@ -810,8 +810,7 @@ x-auth-param-group: ${p.appKey}          # optional; default group = AppKey
         h('dt', { text: 'User data' }), h('dd', { text: METHOD_LABEL[s.userData] || s.userData }),
         s.legacyHttpUrl ? [h('dt', { text: 'Legacy push URL' }), h('dd', {}, h('code', { text: s.legacyHttpUrl }))] : null,
         s.legacyRetired ? [h('dt', { text: 'Legacy HTTP push' }), h('dd', { text: 'Disabled once: it can never be enabled again.' })] : null),
-      syncExplanation(s),
-      area);
+      syncExplanation(s));
 
     if (!s.enabled) {
       if (s.lastMethod) status.append(h('p', { class: 'hint', text: `Messages stacked before disabling are kept until their retention ends (${RETENTION[s.lastMethod]}) and are delivered if you enable again in time.` }));
@@ -851,6 +850,8 @@ x-auth-param-group: ${p.appKey}          # optional; default group = AppKey
         status.append(uf);
       }
     }
+
+    status.append(area);
 
     const prodArea = msgArea();
     const productRows = s.products.map((x) => {
@@ -968,6 +969,21 @@ x-auth-param-group: ${p.appKey}          # optional; default group = AppKey
         ], 'rates', (v) => fmtRate(v))));
   }
 
+  /** The keys an audit entry changed, as `key: before → after` lines. */
+  function auditChange(before, after) {
+    const show = (v) => (v === undefined ? '—' : JSON.stringify(v));
+    const isObj = (v) => v && typeof v === 'object' && !Array.isArray(v);
+    if (!isObj(before) || !isObj(after)) {
+      return h('pre', { class: 'json', text: `${before === null ? '—' : show(before)} → ${after === null ? '—' : show(after)}` });
+    }
+    const keys = [...new Set([...Object.keys(before), ...Object.keys(after)])]
+      .filter((k) => JSON.stringify(before[k]) !== JSON.stringify(after[k]));
+    const same = Object.keys(after).filter((k) => !keys.includes(k) && (k === 'group' || k === 'productKey' || k === 'name'));
+    return h('ul', { class: 'props' },
+      same.map((k) => h('li', {}, h('span', { class: 'muted', text: `${k}: ` }), h('code', { text: show(after[k]) }))),
+      keys.map((k) => h('li', {}, h('span', { class: 'muted', text: `${k}: ` }), h('code', { text: show(before[k]) }), ' → ', h('code', { text: show(after[k]) }))));
+  }
+
   async function renderMonitoring(pid) {
     const p = await loadOrFail(() => project(pid));
     if (!p) return;
@@ -1026,8 +1042,7 @@ x-auth-param-group: ${p.appKey}          # optional; default group = AppKey
           { label: 'When', cell: (a) => fmtTime(a.at) },
           { label: 'Who', cell: (a) => a.actor },
           { label: 'Action', cell: (a) => h('code', { text: a.action }) },
-          { label: 'Before', cell: (a) => h('pre', { class: 'json', text: a.before === null ? '—' : JSON.stringify(a.before) }) },
-          { label: 'After', cell: (a) => h('pre', { class: 'json', text: a.after === null ? '—' : JSON.stringify(a.after) }) },
+          { label: 'Change', cell: (a) => auditChange(a.before, a.after) },
         ], page.items, 'No changes recorded yet.'),
         h('div', { class: 'pager' },
           h('button', { type: 'button', class: 'btn small ghost', disabled: auditPage.no <= 1, onclick: () => { auditPage.no -= 1; tick(); } }, 'Newer'),

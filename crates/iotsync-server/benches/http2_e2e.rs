@@ -1,0 +1,314 @@
+//! End-to-end delivery bench (not a timed test): durable appends into the running
+//! server's backlog, delivered over HTTP/2 to the Rust SDK consumer which acks each
+//! message; the same over AMQP with the Rust SDK in the same run, for comparison.
+//!
+//! ```text
+//! cargo bench -p iotsync-server --bench http2_e2e -- [--messages N] [--only http2|amqp]
+//!     [--credit N] [--dir DIR]
+//! ```
+//!
+//! Payloads are 256 bytes of JSON; 10 000 ordering keys (devices); appends are batched by
+//! 8 concurrent appenders (group commit). Latency = time from just before the durable
+//! append to receipt by the consumer (so it includes the fsync).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+use iotsync_core::{Envelope, MessageId, MessageKind, SyncMessage, SystemClock};
+use iotsync_sdk::amqp::AmqpConsumer;
+use iotsync_sdk::http2::Http2Consumer;
+use iotsync_server::{ConfigOverrides, ServerConfig};
+
+const TOKEN: &str = "bench-operator-token-0123456789";
+const PAYLOAD_BYTES: usize = 256;
+const KEYS: usize = 10_000;
+const APPENDERS: usize = 8;
+const BATCH: usize = 256;
+
+struct Args {
+    messages: usize,
+    only: Option<String>,
+    credit: u32,
+    dir: Option<String>,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        messages: 200_000,
+        only: None,
+        credit: 2_000,
+        dir: None,
+    };
+    let v: Vec<String> = std::env::args().collect();
+    let mut i = 1;
+    while i < v.len() {
+        let next = v.get(i + 1).cloned();
+        match v[i].as_str() {
+            "--messages" => a.messages = next.and_then(|s| s.parse().ok()).unwrap_or(a.messages),
+            "--only" => a.only = next,
+            "--credit" => a.credit = next.and_then(|s| s.parse().ok()).unwrap_or(a.credit),
+            "--dir" => a.dir = next,
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    a
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+fn payload(seq: usize) -> Vec<u8> {
+    let mut p = json!({"seq": seq, "t": now_us(), "pad": ""}).to_string();
+    let pad = PAYLOAD_BYTES.saturating_sub(p.len());
+    p = json!({"seq": seq, "t": now_us(), "pad": "x".repeat(pad)}).to_string();
+    let b = p.into_bytes();
+    b
+}
+
+fn sent_at_us(payload: &[u8]) -> Option<i64> {
+    serde_json::from_slice::<Value>(payload).ok()?["t"].as_i64()
+}
+
+struct Report {
+    secs: f64,
+    lat_us: Vec<i64>,
+}
+
+impl Report {
+    fn print(&mut self, name: &str, n: usize) {
+        self.lat_us.sort_unstable();
+        let pct = |p: f64| {
+            let i =
+                ((self.lat_us.len() as f64 * p) as usize).min(self.lat_us.len().saturating_sub(1));
+            self.lat_us.get(i).copied().unwrap_or(0) as f64 / 1000.0
+        };
+        println!(
+            "{name:>6}: {n} msgs delivered+acked in {:.2} s = {:.0} msg/s; latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            self.secs,
+            n as f64 / self.secs,
+            pct(0.50),
+            pct(0.99),
+            pct(1.0)
+        );
+    }
+}
+
+async fn produce(server: &iotsync_server::RunningServer, pid: &str, n: usize) {
+    let backlog = server.backlog();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..APPENDERS {
+        let backlog = backlog.clone();
+        let next = next.clone();
+        let pid = pid.parse().unwrap();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let start = next.fetch_add(BATCH as u64, Ordering::Relaxed) as usize;
+                if start >= n {
+                    return;
+                }
+                let batch: Vec<SyncMessage> = (start..(start + BATCH).min(n))
+                    .map(|seq| {
+                        let key = format!("dev{:05}", seq % KEYS);
+                        SyncMessage {
+                            project_id: Clone::clone(&pid),
+                            kind: MessageKind::PropertyPost,
+                            product_key: None,
+                            ordering_key: key.clone(),
+                            envelope: Envelope {
+                                topic: format!("/a1bench0001/{key}/thing/event/property/post"),
+                                message_id: MessageId::generate(),
+                                generate_time: now_us() / 1000,
+                                payload: payload(seq),
+                            },
+                        }
+                    })
+                    .collect();
+                backlog.append(batch).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+async fn project(http: &reqwest::Client, base: &str, method: &str) -> (String, String, String) {
+    let p: Value = http
+        .post(format!("{base}/api/v1/projects"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"name": "bench"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let pid = p["projectId"].as_str().unwrap().to_owned();
+    let r = http
+        .post(format!("{base}/api/v1/projects/{pid}/sync/enable"))
+        .bearer_auth(TOKEN)
+        .json(&json!({ "method": method }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    (
+        pid,
+        p["appKey"].as_str().unwrap().to_owned(),
+        p["appSecret"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn run_http2(
+    server: &iotsync_server::RunningServer,
+    http: &reqwest::Client,
+    base: &str,
+    n: usize,
+    credit: u32,
+) -> Report {
+    let (pid, key, secret) = project(http, base, "http2").await;
+    let consumer = Http2Consumer::builder()
+        .endpoint(format!("http://{}", server.addr("http2").unwrap()))
+        .app_key(key)
+        .app_secret(secret)
+        .credit(credit)
+        .build()
+        .unwrap();
+    let mut stream = consumer.stream();
+    let started = Instant::now();
+    let producer = produce(server, &pid, n);
+    let consume = async {
+        let mut lat = Vec::with_capacity(n);
+        while lat.len() < n {
+            match stream.next().await {
+                Some(Ok(m)) => {
+                    if let Some(t) = sent_at_us(&m.envelope.payload) {
+                        lat.push(now_us() - t);
+                    }
+                    m.ack().await.unwrap();
+                }
+                Some(Err(e)) => eprintln!("http2: {e}"),
+                None => break,
+            }
+        }
+        lat
+    };
+    let ((), lat) = tokio::join!(producer, consume);
+    wait_drained(http, base, &pid).await;
+    Report {
+        secs: started.elapsed().as_secs_f64(),
+        lat_us: lat,
+    }
+}
+
+async fn run_amqp(
+    server: &iotsync_server::RunningServer,
+    http: &reqwest::Client,
+    base: &str,
+    n: usize,
+    credit: u32,
+) -> Report {
+    let (pid, key, secret) = project(http, base, "amqp").await;
+    let consumer = AmqpConsumer::builder()
+        .endpoint(format!("amqp://{}", server.addr("amqp").unwrap()))
+        .app_key(key)
+        .app_secret(secret)
+        .credit(credit)
+        .build()
+        .unwrap();
+    let mut stream = consumer.stream();
+    let started = Instant::now();
+    let producer = produce(server, &pid, n);
+    let consume = async {
+        let mut lat = Vec::with_capacity(n);
+        while lat.len() < n {
+            match stream.next().await {
+                Some(Ok(m)) => {
+                    if let Some(t) = sent_at_us(&m.envelope.payload) {
+                        lat.push(now_us() - t);
+                    }
+                    m.ack().await.unwrap();
+                }
+                Some(Err(e)) => eprintln!("amqp: {e}"),
+                None => break,
+            }
+        }
+        lat
+    };
+    let ((), lat) = tokio::join!(producer, consume);
+    wait_drained(http, base, &pid).await;
+    Report {
+        secs: started.elapsed().as_secs_f64(),
+        lat_us: lat,
+    }
+}
+
+/// Until the server counted every ack (nothing stacked).
+async fn wait_drained(http: &reqwest::Client, base: &str, pid: &str) {
+    for _ in 0..600 {
+        let st: Value = http
+            .get(format!("{base}/api/v1/projects/{pid}/sync/stats"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if st["groups"][0]["stacked"] == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("acks were not all counted");
+}
+
+fn main() {
+    let a = args();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dir = match &a.dir {
+            Some(d) => tempfile::tempdir_in(d).unwrap(),
+            None => tempfile::tempdir().unwrap(),
+        };
+        let flags = ConfigOverrides {
+            data_dir: Some(dir.path().to_owned()),
+            api_listen: Some("127.0.0.1:0".into()),
+            operator_token: Some(TOKEN.into()),
+            ..Default::default()
+        }
+        .ephemeral_listeners();
+        let cfg = ServerConfig::layered(None, Default::default(), flags).unwrap();
+        let server = iotsync_server::start(cfg, Arc::new(SystemClock)).await.unwrap();
+        let base = format!("http://{}", server.api_addr);
+        let http = reqwest::Client::new();
+        println!(
+            "{} messages of {PAYLOAD_BYTES} B, {KEYS} keys, {APPENDERS} appenders x {BATCH}, consumer credit {}, durable backlog in {}",
+            a.messages,
+            a.credit,
+            dir.path().display()
+        );
+        if a.only.as_deref() != Some("amqp") {
+            run_http2(&server, &http, &base, a.messages, a.credit).await.print("http2", a.messages);
+        }
+        if a.only.as_deref() != Some("http2") {
+            run_amqp(&server, &http, &base, a.messages, a.credit).await.print("amqp", a.messages);
+        }
+        server.shutdown(Duration::from_secs(5)).await;
+    });
+}
