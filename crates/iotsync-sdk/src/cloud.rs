@@ -109,10 +109,9 @@ fn nonce() -> String {
 
 impl CloudClient {
     pub fn new(cfg: CloudConfig) -> Result<Self, CloudError> {
-        let app_key: AppKey = cfg
-            .app_key
-            .parse()
-            .map_err(|e: iotsync_core::IdError| CloudError::Config(format!("appKey: {}", e.reason)))?;
+        let app_key: AppKey = cfg.app_key.parse().map_err(|e: iotsync_core::IdError| {
+            CloudError::Config(format!("appKey: {}", e.reason))
+        })?;
         let http = reqwest::Client::builder().timeout(cfg.timeout).build()?;
         Ok(Self {
             cfg,

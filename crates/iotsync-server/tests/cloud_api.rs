@@ -32,7 +32,8 @@ async fn cloud(env: &Env, p: &Project, path: &str, params: Value, o: Call<'_>) -
         "--params".into(),
         params.to_string(),
         "--ts".into(),
-        o.ts.unwrap_or_else(|| iotsync_core::Clock::now_ms(&env.clock)).to_string(),
+        o.ts.unwrap_or_else(|| iotsync_core::Clock::now_ms(&env.clock))
+            .to_string(),
     ];
     if let Some(t) = o.token {
         args.extend(["--token".to_string(), t.to_string()]);
@@ -46,7 +47,10 @@ async fn cloud(env: &Env, p: &Project, path: &str, params: Value, o: Call<'_>) -
     let (code, out, err) = run("python3", &args).await;
     assert_eq!(code, 0, "call.py failed: {err}");
     let v: Value = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!(v["status"], 200, "the cloud API always answers HTTP 200: {v}");
+    assert_eq!(
+        v["status"], 200,
+        "the cloud API always answers HTTP 200: {v}"
+    );
     v["body"].clone()
 }
 
@@ -98,7 +102,10 @@ async fn properties_set_reaches_the_paho_device_and_its_reply_is_a_control_recor
         &p,
         "/cloud/thing/status/get",
         json!({"iotId": dev.iot}),
-        Call { token: Some(&t), ..Default::default() },
+        Call {
+            token: Some(&t),
+            ..Default::default()
+        },
     )
     .await;
     assert_eq!(r["code"], 200, "{r}");
@@ -143,7 +150,10 @@ async fn properties_set_reaches_the_paho_device_and_its_reply_is_a_control_recor
         &p,
         "/cloud/thing/service/invoke",
         json!({"iotId": dev.iot, "identifier": "Blink", "args": {"times": 3}}),
-        Call { token: Some(&t), ..Default::default() },
+        Call {
+            token: Some(&t),
+            ..Default::default()
+        },
     )
     .await;
     assert_eq!(r["code"], 200, "{r}");
@@ -164,7 +174,10 @@ async fn properties_set_reaches_the_paho_device_and_its_reply_is_a_control_recor
         &p,
         "/cloud/thing/properties/set",
         json!({"iotId": dev.iot, "items": {"LightSwitch": 0}}),
-        Call { token: Some(&t), ..Default::default() },
+        Call {
+            token: Some(&t),
+            ..Default::default()
+        },
     )
     .await;
     assert_eq!(r["code"], 9201, "{r}");
@@ -175,7 +188,10 @@ async fn properties_set_reaches_the_paho_device_and_its_reply_is_a_control_recor
         &p,
         "/cloud/thing/service/invoke",
         json!({"iotId": dev.iot, "identifier": "Blink"}),
-        Call { token: Some(&t), ..Default::default() },
+        Call {
+            token: Some(&t),
+            ..Default::default()
+        },
     )
     .await;
     assert_eq!(r["code"], 9201, "{r}");
@@ -187,22 +203,68 @@ async fn bad_signature_reused_nonce_and_stale_timestamp_are_refused() {
     let env = Env::start().await;
     let p = env.project("Home", &["lamp0001"]).await;
     let params = json!({"grantType": "project", "res": p.pid});
-    let r = cloud(&env, &p, "/cloud/token", params.clone(), Call { tamper: true, ..Default::default() }).await;
+    let r = cloud(
+        &env,
+        &p,
+        "/cloud/token",
+        params.clone(),
+        Call {
+            tamper: true,
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!(r["code"], 401, "{r}");
     assert!(r["message"].as_str().unwrap().contains("signature"), "{r}");
 
-    let r = cloud(&env, &p, "/cloud/token", params.clone(), Call { nonce: Some("n-1"), ..Default::default() }).await;
+    let r = cloud(
+        &env,
+        &p,
+        "/cloud/token",
+        params.clone(),
+        Call {
+            nonce: Some("n-1"),
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!(r["code"], 200, "{r}");
-    let r = cloud(&env, &p, "/cloud/token", params.clone(), Call { nonce: Some("n-1"), ..Default::default() }).await;
+    let r = cloud(
+        &env,
+        &p,
+        "/cloud/token",
+        params.clone(),
+        Call {
+            nonce: Some("n-1"),
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!(r["code"], 401, "{r}");
     assert!(r["message"].as_str().unwrap().contains("Nonce"), "{r}");
 
     let now = iotsync_core::Clock::now_ms(&env.clock);
-    let r = cloud(&env, &p, "/cloud/token", params.clone(), Call { ts: Some(now - 16 * 60 * 1000), ..Default::default() }).await;
+    let r = cloud(
+        &env,
+        &p,
+        "/cloud/token",
+        params.clone(),
+        Call {
+            ts: Some(now - 16 * 60 * 1000),
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!(r["code"], 401, "{r}");
-    assert!(r["message"].as_str().unwrap().contains("X-Ca-Timestamp"), "{r}");
+    assert!(
+        r["message"].as_str().unwrap().contains("X-Ca-Timestamp"),
+        "{r}"
+    );
 
-    let mut wrong = Project { app_secret: "wrong-secret".into(), ..p };
+    let mut wrong = Project {
+        app_secret: "wrong-secret".into(),
+        ..p
+    };
     wrong.devices.clear();
     let r = cloud(&env, &wrong, "/cloud/token", params, Call::default()).await;
     assert_eq!(r["code"], 401, "{r}");
@@ -216,18 +278,65 @@ async fn replaced_and_expired_tokens_are_refused() {
     activate(&env, &p, "thing_model", true).await;
     let iot = json!({"iotId": p.devices[0].iot});
     let first = token(&env, &p).await;
-    let r = cloud(&env, &p, "/cloud/thing/info/get", iot.clone(), Call { token: Some(&first), ..Default::default() }).await;
+    let r = cloud(
+        &env,
+        &p,
+        "/cloud/thing/info/get",
+        iot.clone(),
+        Call {
+            token: Some(&first),
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!(r["code"], 200, "{r}");
     assert_eq!(r["data"]["deviceName"], "lamp0001");
     let second = token(&env, &p).await;
-    let r = cloud(&env, &p, "/cloud/thing/info/get", iot.clone(), Call { token: Some(&first), ..Default::default() }).await;
+    let r = cloud(
+        &env,
+        &p,
+        "/cloud/thing/info/get",
+        iot.clone(),
+        Call {
+            token: Some(&first),
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!(r["code"], 401, "a new token invalidates the old: {r}");
-    let r = cloud(&env, &p, "/cloud/thing/info/get", iot.clone(), Call::default()).await;
+    let r = cloud(
+        &env,
+        &p,
+        "/cloud/thing/info/get",
+        iot.clone(),
+        Call::default(),
+    )
+    .await;
     assert_eq!(r["code"], 401, "{r}");
-    let r = cloud(&env, &p, "/cloud/thing/info/get", iot.clone(), Call { token: Some(&second), ..Default::default() }).await;
+    let r = cloud(
+        &env,
+        &p,
+        "/cloud/thing/info/get",
+        iot.clone(),
+        Call {
+            token: Some(&second),
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!(r["code"], 200, "{r}");
     env.clock.advance_ms(2 * 3600 * 1000 + 1);
-    let r = cloud(&env, &p, "/cloud/thing/info/get", iot, Call { token: Some(&second), ..Default::default() }).await;
+    let r = cloud(
+        &env,
+        &p,
+        "/cloud/thing/info/get",
+        iot,
+        Call {
+            token: Some(&second),
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!(r["code"], 401, "{r}");
     assert!(r["message"].as_str().unwrap().contains("expired"), "{r}");
     env.stop().await;
@@ -239,7 +348,10 @@ async fn inactive_group_answers_service_not_activated_and_changes_nothing() {
     let p = env.project("Home", &["lamp0001"]).await;
     let dev = &p.devices[0];
     let (_, u) = env
-        .post(&format!("/api/v1/projects/{}/users", p.pid), json!({"loginName": "ann"}))
+        .post(
+            &format!("/api/v1/projects/{}/users", p.pid),
+            json!({"loginName": "ann"}),
+        )
         .await;
     let identity = u["identityId"].as_str().unwrap().to_owned();
     let (s, v) = env
@@ -251,9 +363,25 @@ async fn inactive_group_answers_service_not_activated_and_changes_nothing() {
     assert!(s.is_success(), "{v}");
     let t = token(&env, &p).await;
     let unbind = json!({"identityId": identity, "iotId": dev.iot});
-    let r = cloud(&env, &p, "/cloud/user/device/unbind", unbind.clone(), Call { token: Some(&t), ..Default::default() }).await;
+    let r = cloud(
+        &env,
+        &p,
+        "/cloud/user/device/unbind",
+        unbind.clone(),
+        Call {
+            token: Some(&t),
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!(r["code"], 403, "{r}");
-    assert!(r["message"].as_str().unwrap().contains("service not activated"), "{r}");
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains("service not activated"),
+        "{r}"
+    );
     let bindings = env
         .server()
         .registry()
@@ -267,12 +395,32 @@ async fn inactive_group_answers_service_not_activated_and_changes_nothing() {
     assert_eq!(bindings.total, 1, "nothing changed");
 
     activate(&env, &p, "device_binding", true).await;
-    let r = cloud(&env, &p, "/cloud/device/queryByUser", json!({"identityId": identity}), Call { token: Some(&t), ..Default::default() }).await;
+    let r = cloud(
+        &env,
+        &p,
+        "/cloud/device/queryByUser",
+        json!({"identityId": identity}),
+        Call {
+            token: Some(&t),
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!(r["code"], 200, "{r}");
     assert_eq!(r["data"]["data"][0]["iotId"], dev.iot.as_str());
     assert_eq!(r["data"]["data"][0]["owned"], 1);
     let mut c = env.consumer(&p).await;
-    let r = cloud(&env, &p, "/cloud/user/device/unbind", unbind, Call { token: Some(&t), ..Default::default() }).await;
+    let r = cloud(
+        &env,
+        &p,
+        "/cloud/user/device/unbind",
+        unbind,
+        Call {
+            token: Some(&t),
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!(r["code"], 200, "{r}");
     let mut ops = Vec::new();
     while ops.last() != Some(&json!("Unbind")) {
@@ -291,24 +439,54 @@ async fn project_b_cannot_touch_project_a_devices() {
     activate(&env, &b, "thing_model", true).await;
     let tb = token(&env, &b).await;
     let a_dev = &a.devices[0];
-    let r = cloud(&env, &b, "/cloud/thing/info/get", json!({"iotId": a_dev.iot}), Call { token: Some(&tb), ..Default::default() }).await;
+    let r = cloud(
+        &env,
+        &b,
+        "/cloud/thing/info/get",
+        json!({"iotId": a_dev.iot}),
+        Call {
+            token: Some(&tb),
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!(r["code"], 404, "{r}");
     let r = cloud(
         &env,
         &b,
         "/cloud/thing/properties/set",
         json!({"productKey": a.pk, "deviceName": a_dev.dn, "items": {"X": 1}}),
-        Call { token: Some(&tb), ..Default::default() },
+        Call {
+            token: Some(&tb),
+            ..Default::default()
+        },
     )
     .await;
     assert_eq!(r["code"], 404, "{r}");
     // B's signature cannot get a token for A.
-    let r = cloud(&env, &b, "/cloud/token", json!({"grantType": "project", "res": a.pid}), Call::default()).await;
+    let r = cloud(
+        &env,
+        &b,
+        "/cloud/token",
+        json!({"grantType": "project", "res": a.pid}),
+        Call::default(),
+    )
+    .await;
     assert_eq!(r["code"], 403, "{r}");
     // A's token is not B's.
     activate(&env, &a, "thing_model", true).await;
     let ta = token(&env, &a).await;
-    let r = cloud(&env, &b, "/cloud/thing/info/get", json!({"iotId": b.devices[0].iot}), Call { token: Some(&ta), ..Default::default() }).await;
+    let r = cloud(
+        &env,
+        &b,
+        "/cloud/thing/info/get",
+        json!({"iotId": b.devices[0].iot}),
+        Call {
+            token: Some(&ta),
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!(r["code"], 401, "{r}");
     env.stop().await;
 }
@@ -331,14 +509,29 @@ async fn catalogue_operations_answer_with_the_project_data() {
         assert!(s.is_success(), "{r}");
         env.clock.advance_ms(1000);
     }
-    env.post(&format!("/api/v1/projects/{}/users", p.pid), json!({"loginName": "bob"}))
-        .await;
+    env.post(
+        &format!("/api/v1/projects/{}/users", p.pid),
+        json!({"loginName": "bob"}),
+    )
+    .await;
     let t = token(&env, &p).await;
     let call = |path: &'static str, params: Value| {
         let t = t.clone();
         let env = &env;
         let p = &p;
-        async move { cloud(env, p, path, params, Call { token: Some(&t), ..Default::default() }).await }
+        async move {
+            cloud(
+                env,
+                p,
+                path,
+                params,
+                Call {
+                    token: Some(&t),
+                    ..Default::default()
+                },
+            )
+            .await
+        }
     };
     let r = call("/cloud/thing/properties/get", json!({"iotId": dev.iot})).await;
     assert_eq!(r["data"][0]["identifier"], "Brightness");
@@ -348,9 +541,18 @@ async fn catalogue_operations_answer_with_the_project_data() {
         json!({"iotId": dev.iot, "identifier": "Brightness", "start": 0, "end": i64::MAX, "limit": 2}),
     )
     .await;
-    let values: Vec<Value> = r["data"].as_array().unwrap().iter().map(|x| x["value"].clone()).collect();
+    let values: Vec<Value> = r["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["value"].clone())
+        .collect();
     assert_eq!(values, vec![json!(30), json!(20)], "{r}");
-    let r = call("/cloud/thing/productList/get", json!({"pageNo": 1, "pageSize": 10})).await;
+    let r = call(
+        "/cloud/thing/productList/get",
+        json!({"pageNo": 1, "pageSize": 10}),
+    )
+    .await;
     assert_eq!(r["data"]["total"], 1);
     assert_eq!(r["data"]["data"][0]["productKey"], p.pk.as_str());
     let r = call("/cloud/account/queryIdentityByPage", json!({})).await;

@@ -12,11 +12,23 @@ use iotsync_sdk::cloud::{code, CloudClient, CloudConfig};
 async fn sdk_client_signs_manages_the_token_and_reports_codes() {
     let env = Env::start().await;
     let p = env.project("Home", &["lamp0001"]).await;
-    let client = CloudClient::new(CloudConfig::new(&env.base, &p.app_key, &p.app_secret, &p.pid))
-        .unwrap();
+    let client = CloudClient::new(CloudConfig::new(
+        &env.base,
+        &p.app_key,
+        &p.app_secret,
+        &p.pid,
+    ))
+    .unwrap();
     let iot = json!({"iotId": p.devices[0].iot});
-    let e = client.call("/cloud/thing/info/get", iot.clone()).await.unwrap_err();
-    assert_eq!(e.code(), Some(code::FORBIDDEN), "thing model not activated yet");
+    let e = client
+        .call("/cloud/thing/info/get", iot.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Some(code::FORBIDDEN),
+        "thing model not activated yet"
+    );
     let (s, _) = env
         .call(
             reqwest::Method::PUT,
@@ -25,22 +37,39 @@ async fn sdk_client_signs_manages_the_token_and_reports_codes() {
         )
         .await;
     assert!(s.is_success());
-    let info = client.call("/cloud/thing/info/get", iot.clone()).await.unwrap();
+    let info = client
+        .call("/cloud/thing/info/get", iot.clone())
+        .await
+        .unwrap();
     assert_eq!(info["deviceName"], "lamp0001");
     // Someone else takes a new token: the client notices and renews its own.
-    let other = CloudClient::new(CloudConfig::new(&env.base, &p.app_key, &p.app_secret, &p.pid))
-        .unwrap();
+    let other = CloudClient::new(CloudConfig::new(
+        &env.base,
+        &p.app_key,
+        &p.app_secret,
+        &p.pid,
+    ))
+    .unwrap();
     other.refresh_token().await.unwrap();
-    let status = client.call("/cloud/thing/status/get", iot.clone()).await.unwrap();
+    let status = client
+        .call("/cloud/thing/status/get", iot.clone())
+        .await
+        .unwrap();
     assert_eq!(status["status"], "inactive");
     let e = client
-        .call("/cloud/thing/properties/set", json!({"iotId": p.devices[0].iot, "items": {"A": 1}}))
+        .call(
+            "/cloud/thing/properties/set",
+            json!({"iotId": p.devices[0].iot, "items": {"A": 1}}),
+        )
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some(code::DEVICE_OFFLINE));
     let bad = CloudClient::new(CloudConfig::new(&env.base, &p.app_key, "wrong", &p.pid)).unwrap();
     assert_eq!(
-        bad.call("/cloud/thing/info/get", iot).await.unwrap_err().code(),
+        bad.call("/cloud/thing/info/get", iot)
+            .await
+            .unwrap_err()
+            .code(),
         Some(code::SIGNATURE)
     );
     env.stop().await;

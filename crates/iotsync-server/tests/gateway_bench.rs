@@ -23,12 +23,22 @@ fn rss_kb(pid: &str) -> i64 {
 }
 
 fn mosquitto_pid() -> Option<String> {
-    let out = std::process::Command::new("pgrep").args(["-x", "mosquitto"]).output().ok()?;
-    String::from_utf8(out.stdout).ok()?.lines().next().map(str::to_owned)
+    let out = std::process::Command::new("pgrep")
+        .args(["-x", "mosquitto"])
+        .output()
+        .ok()?;
+    String::from_utf8(out.stdout)
+        .ok()?
+        .lines()
+        .next()
+        .map(str::to_owned)
 }
 
 fn env_or(name: &str, d: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,7 +56,10 @@ async fn bench_idle_connections_and_publish_latency() {
     let mut specs = Vec::with_capacity(n);
     for i in 0..n {
         let dn = format!("dev{i:06}");
-        let d = reg.create_device(&pid, &pk, &dn.parse().unwrap()).await.unwrap();
+        let d = reg
+            .create_device(&pid, &pk, &dn.parse().unwrap())
+            .await
+            .unwrap();
         specs.push(json!([p.pk, dn, d.device_secret]));
     }
     eprintln!("created {n} devices in {:?}", t.elapsed());

@@ -35,7 +35,10 @@ async fn paho_device_reports_properties_and_events_as_spec_messages() {
     assert_eq!(r["reply"]["code"], 200);
     assert_eq!(paho.expect("puback").await["acked"], true);
     let r = paho.expect("reply").await;
-    assert_eq!((r["step"].as_str(), &r["reply"]["code"]), (Some("event"), &json!(200)));
+    assert_eq!(
+        (r["step"].as_str(), &r["reply"]["code"]),
+        (Some("event"), &json!(200))
+    );
     let r = paho.expect("reply").await;
     assert_eq!(r["step"], "malformed");
     assert_eq!(r["reply"]["code"], 460);
@@ -55,7 +58,9 @@ async fn paho_device_reports_properties_and_events_as_spec_messages() {
     assert_eq!(online["iotId"], dev.iot.as_str());
     assert_eq!(online["deviceType"], "Light");
 
-    let ms = c.until(&format!("/{}/lamp0001/thing/event/Alarm/post", p.pk)).await;
+    let ms = c
+        .until(&format!("/{}/lamp0001/thing/event/Alarm/post", p.pk))
+        .await;
     let post = ms
         .iter()
         .find(|m| m.topic == format!("/{}/lamp0001/thing/event/property/post", p.pk))
@@ -114,7 +119,10 @@ async fn mosquitto_pub_property_post_arrives_between_online_and_offline() {
         .iter()
         .map(|m| m.payload.get("action").cloned().unwrap_or(Value::Null))
         .collect();
-    assert_eq!(actions, vec![json!("online"), Value::Null, json!("offline")]);
+    assert_eq!(
+        actions,
+        vec![json!("online"), Value::Null, json!("offline")]
+    );
     assert_eq!(ms[1].payload["items"]["Temperature"]["value"], 21.5);
     env.stop().await;
 }
@@ -179,7 +187,13 @@ async fn device_publishing_on_another_devices_topic_is_disconnected() {
     let mut c = env.consumer(&p).await;
     c.until("/thing/lifecycle").await;
     c.until("/thing/lifecycle").await;
-    let mut paho = Peer::paho(&env, &p.pk, &p.devices[0], "foreign", &["--foreign-dn", "lamp0002"]);
+    let mut paho = Peer::paho(
+        &env,
+        &p.pk,
+        &p.devices[0],
+        "foreign",
+        &["--foreign-dn", "lamp0002"],
+    );
     assert_eq!(paho.expect("connack").await["code"], 0);
     assert_eq!(paho.expect("disconnected").await["value"], true);
     paho.finish().await;
@@ -223,7 +237,10 @@ async fn second_connect_takes_over_and_status_stays_online() {
         let ms = c.until("/mqtt/status").await;
         actions.push(ms.last().unwrap().payload["action"].clone());
     }
-    assert_eq!(actions, vec![json!("online"), json!("offline"), json!("online")]);
+    assert_eq!(
+        actions,
+        vec![json!("online"), json!("offline"), json!("online")]
+    );
     let d = env
         .server()
         .registry()

@@ -123,8 +123,14 @@ macro_rules! both {
 both!(a_new_cloud_token_replaces_the_previous_one, h, {
     let (pid, _) = h.device().await;
     assert_eq!(h.reg.cloud_token(&pid).await.unwrap(), None);
-    h.reg.put_cloud_token(&pid, "hash-1", T0, T0 + 10).await.unwrap();
-    h.reg.put_cloud_token(&pid, "hash-2", T0 + 1, T0 + 20).await.unwrap();
+    h.reg
+        .put_cloud_token(&pid, "hash-1", T0, T0 + 10)
+        .await
+        .unwrap();
+    h.reg
+        .put_cloud_token(&pid, "hash-2", T0 + 1, T0 + 20)
+        .await
+        .unwrap();
     let t = h.reg.cloud_token(&pid).await.unwrap().unwrap();
     assert_eq!(
         t,
@@ -175,7 +181,11 @@ both!(reported_values_form_a_bounded_timeline, h, {
     let values: Vec<_> = got.iter().map(|v| (v.value.clone(), v.time)).collect();
     assert_eq!(
         values,
-        vec![(json!(30), T0 + 3), (json!(20), T0 + 2), (json!(10), T0 + 1)]
+        vec![
+            (json!(30), T0 + 3),
+            (json!(20), T0 + 2),
+            (json!(10), T0 + 1)
+        ]
     );
     let asc = TimelineQuery {
         newest_first: false,
@@ -184,8 +194,15 @@ both!(reported_values_form_a_bounded_timeline, h, {
         end: i64::MAX,
         ..q
     };
-    let got = h.reg.property_timeline(&pid, &d.iot_id, &asc).await.unwrap();
-    assert_eq!(got.iter().map(|v| v.time).collect::<Vec<_>>(), vec![T0, T0 + 1]);
+    let got = h
+        .reg
+        .property_timeline(&pid, &d.iot_id, &asc)
+        .await
+        .unwrap();
+    assert_eq!(
+        got.iter().map(|v| v.time).collect::<Vec<_>>(),
+        vec![T0, T0 + 1]
+    );
     // Last values are still kept as before.
     let last = h.reg.device_properties(&pid, &d.iot_id).await.unwrap();
     assert_eq!(last.len(), 2);
@@ -212,7 +229,10 @@ both!(the_timeline_keeps_only_the_newest_values, h, {
         .collect();
     // One report per value, as devices send them.
     for chunk in items.chunks(1) {
-        h.reg.record_properties(&pid, &d.iot_id, chunk).await.unwrap();
+        h.reg
+            .record_properties(&pid, &d.iot_id, chunk)
+            .await
+            .unwrap();
     }
     let q = TimelineQuery {
         identifier: "T".into(),

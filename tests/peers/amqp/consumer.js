@@ -81,9 +81,11 @@ container.on('message', (ctx) => {
   else if (d === 'modify') ctx.delivery.modified({ delivery_failed: true });
   else if (d === 'reject') ctx.delivery.reject({ condition: 'test:rejected', description: 'rejected by the test' });
   if (d !== 'none') out({ event: 'settled', messageId: mid, outcome: d });
-  if (a.count && received >= a.count && d !== 'none') { out({ event: 'done' }); ctx.connection.close(); }
+  // Detach first so the last dispositions reach the server before the connection closes.
+  if (a.count && received >= a.count && d !== 'none') { out({ event: 'done' }); ctx.receiver.close(); }
 });
 container.on('connection_error', (ctx) => err('connection', ctx.connection.error || ctx.error));
+container.on('receiver_close', (ctx) => ctx.connection.close());
 container.on('receiver_error', (ctx) => err('link', ctx.receiver.error));
 container.on('sender_error', (ctx) => err('link', ctx.sender.error));
 container.on('connection_close', (ctx) => {

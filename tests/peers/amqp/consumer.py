@@ -100,7 +100,12 @@ class Consumer(MessagingHandler):
             out(event="settled", messageId=mid, outcome=d)
         if self.a.count and self.received >= self.a.count and d != "none":
             out(event="done")
-            event.connection.close()
+            # Detach first: the link's last dispositions reach the server before the
+            # connection closes; the connection is closed once the detach is answered.
+            event.receiver.close()
+
+    def on_link_closed(self, event):
+        event.connection.close()
 
     def _err(self, scope, cond):
         if cond is not None and not self.reported:

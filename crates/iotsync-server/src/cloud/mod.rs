@@ -228,10 +228,12 @@ async fn authenticate(
     creds
         .verify(&req, body, &project.app_secret, now, FRESHNESS_WINDOW_MS)
         .map_err(|e| unauthorized(format!("signature refused: {e}")))?;
-    if !st
-        .nonces
-        .use_once(creds.app_key.as_str(), &creds.nonce, creds.timestamp_ms, now)
-    {
+    if !st.nonces.use_once(
+        creds.app_key.as_str(),
+        &creds.nonce,
+        creds.timestamp_ms,
+        now,
+    ) {
         return Err(unauthorized(
             "signature refused: X-Ca-Nonce was already used".into(),
         ));

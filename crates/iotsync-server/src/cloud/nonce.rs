@@ -60,7 +60,10 @@ mod tests {
         let c = NonceCache::new(1000);
         assert!(c.use_once("k1", "n", 0, 0));
         assert!(!c.use_once("k1", "n", 0, 10));
-        assert!(c.use_once("k2", "n", 0, 10), "another appKey has its own nonces");
+        assert!(
+            c.use_once("k2", "n", 0, 10),
+            "another appKey has its own nonces"
+        );
         assert!(c.use_once("k1", "m", 0, 10));
         // Past the window the entry is pruned (a replay then fails the freshness check).
         assert!(c.use_once("k1", "x", 20_000, 20_000));

@@ -61,7 +61,9 @@ pub async fn dispatch(
                            "deviceType": x.device_type, "gmtCreate": x.created_at})
                 })
                 .collect();
-            Ok(json!({"total": r.total, "pageNo": r.page_no, "pageSize": r.page_size, "data": data}))
+            Ok(
+                json!({"total": r.total, "pageNo": r.page_no, "pageSize": r.page_size, "data": data}),
+            )
         }
         "/cloud/account/queryIdentityByPage" => {
             let page = page(p)?;
@@ -75,7 +77,9 @@ pub async fn dispatch(
                            "gmtCreate": u.gmt_create, "gmtModified": u.gmt_modified})
                 })
                 .collect();
-            Ok(json!({"total": r.total, "pageNo": r.page_no, "pageSize": r.page_size, "data": data}))
+            Ok(
+                json!({"total": r.total, "pageNo": r.page_no, "pageSize": r.page_size, "data": data}),
+            )
         }
         "/cloud/device/queryByUser" => {
             let identity = identity(p)?;
@@ -101,7 +105,9 @@ pub async fn dispatch(
                            "gmtCreate": b.created_at})
                 })
                 .collect();
-            Ok(json!({"total": r.total, "pageNo": r.page_no, "pageSize": r.page_size, "data": data}))
+            Ok(
+                json!({"total": r.total, "pageNo": r.page_no, "pageSize": r.page_size, "data": data}),
+            )
         }
         "/cloud/user/device/unbind" => {
             let identity = identity(p)?;
@@ -118,11 +124,7 @@ pub async fn dispatch(
     }
 }
 
-async fn token(
-    st: &CloudState,
-    project: &ProjectId,
-    p: &Map<String, Value>,
-) -> CloudResult<Value> {
+async fn token(st: &CloudState, project: &ProjectId, p: &Map<String, Value>) -> CloudResult<Value> {
     match p.get("grantType").and_then(Value::as_str) {
         Some("project") => {}
         _ => return Err(CloudError::bad("params.grantType must be \"project\"")),
@@ -150,7 +152,9 @@ async fn token(
 }
 
 fn str_param<'a>(p: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
-    p.get(name).and_then(Value::as_str).filter(|s| !s.is_empty())
+    p.get(name)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
 }
 
 /// The device named by `iotId`, or by `productKey` + `deviceName`, in this project.
@@ -320,7 +324,10 @@ async fn properties_set(
     if !st.sessions.is_online(&d.product_key, &d.device_name) {
         let reply = failure_reply(DownlinkError::Offline);
         control_record(st, project, &d.iot_id, &rid, &topic, &reply).await;
-        return Err(CloudError::new(code::DEVICE_OFFLINE, "the device is offline"));
+        return Err(CloudError::new(
+            code::DEVICE_OFFLINE,
+            "the device is offline",
+        ));
     }
     let body = json!({"id": rid, "version": "1.0", "params": items,
                       "method": "thing.service.property.set"});

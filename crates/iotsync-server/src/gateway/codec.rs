@@ -57,16 +57,28 @@ pub struct Publish {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Packet {
     Connect(Box<Connect>),
-    ConnAck { session_present: bool, code: u8 },
+    ConnAck {
+        session_present: bool,
+        code: u8,
+    },
     Publish(Publish),
     PubAck(u16),
     /// QoS 2 flow packets: decoded so the session can refuse them by closing.
     PubRec(u16),
     PubRel(u16),
     PubComp(u16),
-    Subscribe { packet_id: u16, filters: Vec<(String, u8)> },
-    SubAck { packet_id: u16, codes: Vec<u8> },
-    Unsubscribe { packet_id: u16, filters: Vec<String> },
+    Subscribe {
+        packet_id: u16,
+        filters: Vec<(String, u8)>,
+    },
+    SubAck {
+        packet_id: u16,
+        codes: Vec<u8>,
+    },
+    Unsubscribe {
+        packet_id: u16,
+        filters: Vec<String>,
+    },
     UnsubAck(u16),
     PingReq,
     PingResp,
@@ -432,7 +444,11 @@ mod tests {
         assert_eq!(q, p);
         // Every strict prefix needs more bytes, never errors.
         for cut in 0..out.len() {
-            assert_eq!(decode(&out[..cut], DEFAULT_MAX_PACKET), Ok(None), "cut {cut}");
+            assert_eq!(
+                decode(&out[..cut], DEFAULT_MAX_PACKET),
+                Ok(None),
+                "cut {cut}"
+            );
         }
     }
 

@@ -306,7 +306,8 @@ impl Connection {
         W: AsyncWrite + Unpin,
     {
         // MQTT §3.1.2.10: one and a half keep-alive periods without a packet → gone.
-        let grace = (keep_alive_s > 0).then(|| Duration::from_millis(u64::from(keep_alive_s) * 1500));
+        let grace =
+            (keep_alive_s > 0).then(|| Duration::from_millis(u64::from(keep_alive_s) * 1500));
         let far = Duration::from_secs(365 * 24 * 3600);
         let mut deadline = Instant::now() + grace.unwrap_or(far);
         let mut shutdown = self.gw.shutdown.clone();
@@ -384,7 +385,12 @@ impl Connection {
             Packet::PingReq => {
                 if self.last_check.elapsed() >= RECHECK_EVERY {
                     self.last_check = Instant::now();
-                    match self.gw.registry.get_device(&self.project, &self.iot_id).await {
+                    match self
+                        .gw
+                        .registry
+                        .get_device(&self.project, &self.iot_id)
+                        .await
+                    {
                         Ok(d) if d.status == DeviceStatus::Disabled => {
                             return Step::Close(End::Refused("device disabled".into()))
                         }
@@ -495,9 +501,7 @@ impl Connection {
                     message: format!("request parameter error: {field}: {reason}"),
                 },
             ),
-            Err(IngestError::DeviceDisabled) => {
-                Step::Close(End::Refused("device disabled".into()))
-            }
+            Err(IngestError::DeviceDisabled) => Step::Close(End::Refused("device disabled".into())),
             Err(IngestError::Store(StoreError::NotFound { .. })) => {
                 Step::Close(End::Refused("device deleted".into()))
             }

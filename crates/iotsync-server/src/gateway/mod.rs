@@ -50,9 +50,12 @@ pub async fn start(ctx: &Context) -> anyhow::Result<Started> {
             addr,
             url: format!("mqtt://{addr}"),
         });
-        started
-            .tasks
-            .push(tokio::spawn(accept_loop(gw.clone(), l, None, ctx.shutdown.clone())));
+        started.tasks.push(tokio::spawn(accept_loop(
+            gw.clone(),
+            l,
+            None,
+            ctx.shutdown.clone(),
+        )));
     }
     if !ctx.cfg.mqtt.tls_listen.is_empty() {
         let tls = ctx
@@ -117,11 +120,12 @@ async fn handle(
     let peer_s = peer.to_string();
     match tls {
         None => connection::serve(gw, sock, peer_s).await,
-        Some(acceptor) => match tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(sock)).await
-        {
-            Ok(Ok(s)) => connection::serve(gw, s, peer_s).await,
-            Ok(Err(e)) => tracing::debug!(peer = %peer_s, error = %e, "TLS handshake failed"),
-            Err(_) => tracing::debug!(peer = %peer_s, "TLS handshake timed out"),
-        },
+        Some(acceptor) => {
+            match tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(sock)).await {
+                Ok(Ok(s)) => connection::serve(gw, s, peer_s).await,
+                Ok(Err(e)) => tracing::debug!(peer = %peer_s, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(peer = %peer_s, "TLS handshake timed out"),
+            }
+        }
     }
 }

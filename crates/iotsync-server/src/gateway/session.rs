@@ -267,7 +267,10 @@ pub fn parse_reply(payload: &[u8]) -> Option<(String, super::sessions::DeviceRep
     if id.is_empty() {
         return None;
     }
-    let code = v.get("code").and_then(Value::as_i64).unwrap_or(code::SUCCESS);
+    let code = v
+        .get("code")
+        .and_then(Value::as_i64)
+        .unwrap_or(code::SUCCESS);
     Some((
         id,
         super::sessions::DeviceReply {

@@ -139,9 +139,7 @@ impl DeviceSessions {
         let (reply_tx, reply_rx) = oneshot::channel();
         lock(&self.pending).insert(key.clone(), reply_tx);
         let outcome = async {
-            tx.send(publish)
-                .await
-                .map_err(|_| DownlinkError::Offline)?;
+            tx.send(publish).await.map_err(|_| DownlinkError::Offline)?;
             match tokio::time::timeout(timeout, reply_rx).await {
                 Ok(Ok(r)) => Ok(r),
                 // The session ended and dropped the waiter: the device went away.
@@ -210,9 +208,14 @@ mod tests {
         let (a, _ra) = entry(1);
         let (b, _rb) = entry(2);
         assert!(s.install(key(), a).is_none());
-        let old = s.install(key(), b).expect("take-over returns the old session");
+        let old = s
+            .install(key(), b)
+            .expect("take-over returns the old session");
         assert_eq!(old.conn_id, 1);
-        assert!(!s.remove_if(&key(), 1), "the replaced session must not remove");
+        assert!(
+            !s.remove_if(&key(), 1),
+            "the replaced session must not remove"
+        );
         assert!(s.remove_if(&key(), 2));
         assert!(s.is_empty());
     }

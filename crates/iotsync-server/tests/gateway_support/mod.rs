@@ -198,7 +198,9 @@ impl Consumer {
                 .unwrap_or_else(|_| {
                     panic!(
                         "no message on *{suffix} within 20 s; got {:?}",
-                        got.iter().map(|m: &Msg| m.topic.clone()).collect::<Vec<_>>()
+                        got.iter()
+                            .map(|m: &Msg| m.topic.clone())
+                            .collect::<Vec<_>>()
                     )
                 })
                 .unwrap();

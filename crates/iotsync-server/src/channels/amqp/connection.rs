@@ -12,7 +12,7 @@ use fe2o3_amqp::acceptor::{
 };
 use fe2o3_amqp::link::delivery::DeliveryFut;
 use fe2o3_amqp::link::SendError;
-use fe2o3_amqp::types::definitions::{self, AmqpError, ConnectionError};
+use fe2o3_amqp::types::definitions::{self, AmqpError, ConnectionError, LinkError};
 use fe2o3_amqp::types::messaging::Outcome as AmqpOutcome;
 use fe2o3_amqp::types::sasl::SaslCode;
 use fe2o3_amqp::Sender;
@@ -352,8 +352,21 @@ async fn pump(
             (lease * 2).min(MAX_LEASE)
         };
     };
-    // Closing the sender first completes the outcome futures of a dead link.
-    let _ = timeout(TEARDOWN_WAIT, sender.close()).await;
+    // Closing the sender first completes the outcome futures of a dead link. A platform
+    // close says why on the link too (the connection's close frame follows).
+    match &exit {
+        PumpExit::Closed(reason) => {
+            let err = definitions::Error::new(
+                LinkError::DetachForced,
+                format!("{}: {}", reason.code, reason.message),
+                None,
+            );
+            let _ = timeout(TEARDOWN_WAIT, sender.close_with_error(err)).await;
+        }
+        _ => {
+            let _ = timeout(TEARDOWN_WAIT, sender.close()).await;
+        }
+    }
     drop(tx);
     if timeout(TEARDOWN_WAIT, settle_task).await.is_err() {
         tracing::warn!("amqp: settling the last outcomes timed out");
