@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo bench -p iotsync-server --bench http2_e2e -- [--messages N] [--only http2|amqp]
-//!     [--credit N] [--dir DIR]
+//!     [--credit N] [--dir DIR] [--rate MSGS_PER_SEC]
 //! ```
 //!
 //! Payloads are 256 bytes of JSON; 10 000 ordering keys (devices); appends are batched by
@@ -33,6 +33,8 @@ struct Args {
     only: Option<String>,
     credit: u32,
     dir: Option<String>,
+    /// Messages per second offered by the producers (0 = as fast as they can).
+    rate: u64,
 }
 
 fn args() -> Args {
@@ -41,6 +43,7 @@ fn args() -> Args {
         only: None,
         credit: 2_000,
         dir: None,
+        rate: 0,
     };
     let v: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -51,6 +54,7 @@ fn args() -> Args {
             "--only" => a.only = next,
             "--credit" => a.credit = next.and_then(|s| s.parse().ok()).unwrap_or(a.credit),
             "--dir" => a.dir = next,
+            "--rate" => a.rate = next.and_then(|s| s.parse().ok()).unwrap_or(0),
             _ => {
                 i += 1;
                 continue;
@@ -104,8 +108,9 @@ impl Report {
     }
 }
 
-async fn produce(server: &iotsync_server::RunningServer, pid: &str, n: usize) {
+async fn produce(server: &iotsync_server::RunningServer, pid: &str, n: usize, rate: u64) {
     let backlog = server.backlog();
+    let t0 = tokio::time::Instant::now();
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..APPENDERS {
@@ -117,6 +122,10 @@ async fn produce(server: &iotsync_server::RunningServer, pid: &str, n: usize) {
                 let start = next.fetch_add(BATCH as u64, Ordering::Relaxed) as usize;
                 if start >= n {
                     return;
+                }
+                if rate > 0 {
+                    let at = Duration::from_secs_f64(start as f64 / rate as f64);
+                    tokio::time::sleep_until(t0 + at).await;
                 }
                 let batch: Vec<SyncMessage> = (start..(start + BATCH).min(n))
                     .map(|seq| {
@@ -177,6 +186,7 @@ async fn run_http2(
     base: &str,
     n: usize,
     credit: u32,
+    rate: u64,
 ) -> Report {
     let (pid, key, secret) = project(http, base, "http2").await;
     let consumer = Http2Consumer::builder()
@@ -188,7 +198,7 @@ async fn run_http2(
         .unwrap();
     let mut stream = consumer.stream();
     let started = Instant::now();
-    let producer = produce(server, &pid, n);
+    let producer = produce(server, &pid, n, rate);
     let consume = async {
         let mut lat = Vec::with_capacity(n);
         while lat.len() < n {
@@ -219,6 +229,7 @@ async fn run_amqp(
     base: &str,
     n: usize,
     credit: u32,
+    rate: u64,
 ) -> Report {
     let (pid, key, secret) = project(http, base, "amqp").await;
     let consumer = AmqpConsumer::builder()
@@ -230,7 +241,7 @@ async fn run_amqp(
         .unwrap();
     let mut stream = consumer.stream();
     let started = Instant::now();
-    let producer = produce(server, &pid, n);
+    let producer = produce(server, &pid, n, rate);
     let consume = async {
         let mut lat = Vec::with_capacity(n);
         while lat.len() < n {
@@ -298,16 +309,17 @@ fn main() {
         let base = format!("http://{}", server.api_addr);
         let http = reqwest::Client::new();
         println!(
-            "{} messages of {PAYLOAD_BYTES} B, {KEYS} keys, {APPENDERS} appenders x {BATCH}, consumer credit {}, durable backlog in {}",
+            "{} messages of {PAYLOAD_BYTES} B, {KEYS} keys, {APPENDERS} appenders x {BATCH}, consumer credit {}, offered rate {} msg/s (0 = unpaced), durable backlog in {}",
             a.messages,
             a.credit,
+            a.rate,
             dir.path().display()
         );
         if a.only.as_deref() != Some("amqp") {
-            run_http2(&server, &http, &base, a.messages, a.credit).await.print("http2", a.messages);
+            run_http2(&server, &http, &base, a.messages, a.credit, a.rate).await.print("http2", a.messages);
         }
         if a.only.as_deref() != Some("http2") {
-            run_amqp(&server, &http, &base, a.messages, a.credit).await.print("amqp", a.messages);
+            run_amqp(&server, &http, &base, a.messages, a.credit, a.rate).await.print("amqp", a.messages);
         }
         server.shutdown(Duration::from_secs(5)).await;
     });

@@ -1,0 +1,727 @@
+//! AMQP 1.0 channel bench (not a timed test): iotsync against RabbitMQ's AMQP 1.0 plugin,
+//! in the same run, with the same consumer code (fe2o3-amqp, credit 1000, one `accepted`
+//! disposition per message).
+//!
+//! ```text
+//! cargo bench -p iotsync-server --bench amqp_e2e -- [--messages N] [--devices N]
+//!     [--credit N] [--rate MSGS_PER_S] [--live-secs S] [--only iotsync|rabbitmq]
+//!     [--rabbit amqp://guest:guest@127.0.0.1:5672/%2f] [--dir DIR]
+//! ```
+//!
+//! Two phases per system:
+//!
+//! 1. **drain**: N messages of ~256 B made durable first (iotsync: through the server's
+//!    ingest, `report_properties`, spread over many devices because the backlog keeps one
+//!    message per device in flight per group; RabbitMQ: a durable queue declared and
+//!    filled over AMQP 0.9.1 with persistent messages and publisher confirms, since its
+//!    AMQP 1.0 plugin cannot create durable queues), then consumed over AMQP 1.0 and
+//!    accepted one by one. Reports delivered+accepted msg/s and the broker's CPU time per
+//!    message (iotsync: the process's CPU minus the bench client's threads; RabbitMQ: the
+//!    `beam.smp` process). iotsync's drain is also run with the Rust SDK consumer
+//!    (`iotsync_sdk::amqp`, its own consumer group over the same messages).
+//! 2. **live**: producing at a fixed rate while the consumer is attached; latency = time
+//!    from the message's scheduled send time (carried in the payload, µs) to receipt.
+//!
+//! The server runs in-process on its own tokio runtime (threads `iotsync-srv`), the
+//! clients on another (`bench-cli`), so CPU time can be split by thread.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fe2o3_amqp::link::receiver::CreditMode;
+use fe2o3_amqp::sasl_profile::SaslProfile;
+use fe2o3_amqp::types::messaging::Body;
+use fe2o3_amqp::types::primitives::Value as AmqpValue;
+use fe2o3_amqp::{Connection, Receiver, Session};
+use serde_json::{json, Value};
+use tokio::runtime::Runtime;
+
+use iotsync_core::sign::amqp::{sign_password, AmqpAuthMode, AmqpCredentials};
+use iotsync_core::{ConsumerGroup, IotId, ProjectId, SystemClock};
+use iotsync_sdk::amqp::AmqpConsumer;
+use iotsync_server::{ConfigOverrides, RunningServer, ServerConfig};
+
+const TOKEN: &str = "bench-operator-token-0123456789";
+const PAYLOAD_BYTES: usize = 256;
+const RABBIT_QUEUE: &str = "iotsync-bench-drain";
+const RABBIT_LIVE_QUEUE: &str = "iotsync-bench-live";
+
+struct Args {
+    messages: usize,
+    devices: usize,
+    credit: u32,
+    rate: usize,
+    live_secs: u64,
+    producers: usize,
+    only: Option<String>,
+    rabbit: String,
+    dir: Option<String>,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        messages: 200_000,
+        devices: 2_000,
+        credit: 1_000,
+        rate: 2_000,
+        live_secs: 10,
+        producers: 64,
+        only: None,
+        rabbit: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+        dir: None,
+    };
+    let v: Vec<String> = std::env::args().collect();
+    let mut i = 1;
+    while i < v.len() {
+        let next = v.get(i + 1).cloned();
+        let num = |d: usize| next.as_deref().and_then(|s| s.parse().ok()).unwrap_or(d);
+        match v[i].as_str() {
+            "--messages" => a.messages = num(a.messages),
+            "--devices" => a.devices = num(a.devices),
+            "--credit" => a.credit = num(a.credit as usize) as u32,
+            "--rate" => a.rate = num(a.rate),
+            "--live-secs" => a.live_secs = num(a.live_secs as usize) as u64,
+            "--producers" => a.producers = num(a.producers),
+            "--only" => a.only = next,
+            "--rabbit" => a.rabbit = next.unwrap_or(a.rabbit),
+            "--dir" => a.dir = next,
+            _ => {
+                // `cargo bench` passes `--bench`; ignore what we do not know.
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    a
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------
+// CPU accounting from /proc (clock ticks, usually 10 ms: fine over seconds of work).
+
+fn clk_tck() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// utime + stime in ticks, from a `/proc/.../stat` line.
+fn stat_ticks(path: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(path).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+fn comm(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// CPU of this process, and of its threads that are not the server's (the bench client
+/// runtime and the main thread); server = process − client.
+#[derive(Clone, Copy)]
+struct CpuSnap {
+    process: u64,
+    client: u64,
+    rabbit: u64,
+}
+
+fn rabbit_pid() -> Option<String> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        (name.chars().all(|c| c.is_ascii_digit()) && comm(&format!("/proc/{name}/comm")) == "beam.smp")
+            .then_some(name)
+    })
+}
+
+fn cpu_snap(rabbit: Option<&str>) -> CpuSnap {
+    let pid = std::process::id();
+    let mut client = 0;
+    if let Ok(rd) = std::fs::read_dir("/proc/self/task") {
+        for e in rd.flatten() {
+            let tid = e.file_name().to_string_lossy().into_owned();
+            let c = comm(&format!("/proc/self/task/{tid}/comm"));
+            if c.starts_with("bench-cli") || tid == pid.to_string() {
+                client += stat_ticks(&format!("/proc/self/task/{tid}/stat")).unwrap_or(0);
+            }
+        }
+    }
+    CpuSnap {
+        process: stat_ticks("/proc/self/stat").unwrap_or(0),
+        client,
+        rabbit: rabbit
+            .and_then(|p| stat_ticks(&format!("/proc/{p}/stat")))
+            .unwrap_or(0),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The consumer both systems are measured with.
+
+struct Endpoint {
+    addr: String,
+    username: String,
+    password: String,
+    source: String,
+}
+
+#[derive(Default)]
+struct Report {
+    n: usize,
+    secs: f64,
+    payload_bytes: usize,
+    lat_us: Vec<i64>,
+}
+
+impl Report {
+    fn rate(&self) -> f64 {
+        self.n as f64 / self.secs
+    }
+    fn pct_ms(&mut self, p: f64) -> f64 {
+        self.lat_us.sort_unstable();
+        if self.lat_us.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.lat_us.len() as f64 * p) as usize).min(self.lat_us.len() - 1);
+        self.lat_us[i] as f64 / 1000.0
+    }
+}
+
+/// The send time the producer put in the payload: `t` (RabbitMQ) or the `t` property of
+/// an iotsync property-post payload (`items.t.value`).
+fn sent_at_us(payload: &[u8]) -> Option<i64> {
+    let v: Value = serde_json::from_slice(payload).ok()?;
+    v["t"]
+        .as_i64()
+        .or_else(|| v["items"]["t"]["value"].as_i64())
+}
+
+/// Receives `n` messages at `credit`, accepting each; the clock starts at the first.
+async fn consume_raw(ep: &Endpoint, n: usize, credit: u32, ready: Option<tokio::sync::oneshot::Sender<()>>) -> Report {
+    let tcp = tokio::net::TcpStream::connect(&ep.addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let mut conn = Connection::builder()
+        .container_id("amqp-e2e-bench")
+        .hostname("localhost")
+        .sasl_profile(SaslProfile::Plain {
+            username: ep.username.clone(),
+            password: ep.password.clone(),
+        })
+        .idle_time_out(60_000)
+        .open_with_stream(tcp)
+        .await
+        .unwrap();
+    let mut session = Session::begin(&mut conn).await.unwrap();
+    let mut rx = Receiver::builder()
+        .name("bench-receiver")
+        .source(ep.source.clone())
+        .credit_mode(CreditMode::Auto(credit))
+        .attach(&mut session)
+        .await
+        .unwrap();
+    if let Some(r) = ready {
+        let _ = r.send(());
+    }
+    let mut rep = Report {
+        n,
+        ..Default::default()
+    };
+    rep.lat_us.reserve(n);
+    let mut started = None;
+    for _ in 0..n {
+        let d = rx.recv::<Body<AmqpValue>>().await.unwrap();
+        let now = now_us();
+        started.get_or_insert_with(Instant::now);
+        if let Body::Data(batch) = d.body() {
+            let payload: Vec<u8> = batch.iter().flat_map(|b| b.0.iter().copied()).collect();
+            rep.payload_bytes += payload.len();
+            if let Some(t) = sent_at_us(&payload) {
+                rep.lat_us.push(now - t);
+            }
+        }
+        rx.accept(&d).await.unwrap();
+    }
+    rep.secs = started.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0);
+    let _ = rx.close().await;
+    let _ = session.end().await;
+    let _ = conn.close().await;
+    rep
+}
+
+/// The Rust SDK consumer, acking each message.
+async fn consume_sdk(consumer: AmqpConsumer, n: usize) -> Report {
+    let mut s = consumer.connect().await.unwrap();
+    let mut rep = Report {
+        n,
+        ..Default::default()
+    };
+    let mut started = None;
+    for _ in 0..n {
+        let m = s.next().await.unwrap().unwrap();
+        started.get_or_insert_with(Instant::now);
+        rep.payload_bytes += m.envelope.payload.len();
+        m.ack().await.unwrap();
+    }
+    rep.secs = started.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0);
+    rep
+}
+
+// ---------------------------------------------------------------------------------------
+// iotsync side.
+
+struct Iot {
+    server: RunningServer,
+    srv: tokio::runtime::Handle,
+    pid: ProjectId,
+    app_key: String,
+    app_secret: String,
+    devices: Vec<IotId>,
+    pad: String,
+}
+
+async fn rest(http: &reqwest::Client, base: &str, path: &str, body: Value) -> Value {
+    let r = http
+        .post(format!("{base}{path}"))
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{path}: {}", r.status());
+    r.json().await.unwrap_or(Value::Null)
+}
+
+async fn iot_setup(server: RunningServer, srv: tokio::runtime::Handle, devices: usize) -> Iot {
+    let base = format!("http://{}", server.api_addr);
+    let http = reqwest::Client::new();
+    let p = rest(&http, &base, "/api/v1/projects", json!({"name": "bench"})).await;
+    let pid = p["projectId"].as_str().unwrap().to_owned();
+    let pr = rest(
+        &http,
+        &base,
+        &format!("/api/v1/projects/{pid}/products"),
+        json!({"name": "Meter", "deviceType": "Meter"}),
+    )
+    .await;
+    let pk = pr["productKey"].as_str().unwrap().to_owned();
+    let mut ids = Vec::with_capacity(devices);
+    for i in 0..devices {
+        let d = rest(
+            &http,
+            &base,
+            &format!("/api/v1/projects/{pid}/products/{pk}/devices"),
+            json!({ "deviceName": format!("meter{i:05}") }),
+        )
+        .await;
+        ids.push(d["iotId"].as_str().unwrap().parse().unwrap());
+    }
+    rest(
+        &http,
+        &base,
+        &format!("/api/v1/projects/{pid}/sync/enable"),
+        json!({"method": "amqp"}),
+    )
+    .await;
+    // Size the pad so the property-post payload is ~256 bytes (checked at receipt).
+    let sample = json!({
+        "deviceType": "Meter", "iotId": ids[0].to_string(), "productKey": pk,
+        "deviceName": "meter00000", "gmtCreate": 1_800_000_000_000i64,
+        "items": {"pad": {"value": "", "time": 1_800_000_000_000i64},
+                  "seq": {"value": 100_000, "time": 1_800_000_000_000i64},
+                  "t": {"value": now_us(), "time": 1_800_000_000_000i64}}
+    })
+    .to_string();
+    Iot {
+        server,
+        srv,
+        pid: pid.parse().unwrap(),
+        app_key: p["appKey"].as_str().unwrap().to_owned(),
+        app_secret: p["appSecret"].as_str().unwrap().to_owned(),
+        devices: ids,
+        pad: "x".repeat(PAYLOAD_BYTES.saturating_sub(sample.len())),
+    }
+}
+
+impl Iot {
+    fn endpoint(&self, group: &str) -> Endpoint {
+        let creds = AmqpCredentials {
+            client_id: format!("bench-{group}"),
+            auth: AmqpAuthMode::AppKey {
+                random_ms: now_us() / 1000,
+            },
+            app_key: self.app_key.parse().unwrap(),
+            group: Some(group.parse().unwrap()),
+            iot_instance_id: None,
+        };
+        Endpoint {
+            addr: self.server.addr("amqp").unwrap().to_string(),
+            password: sign_password(&creds, &self.app_secret),
+            username: creds.username(),
+            source: "default".into(),
+        }
+    }
+
+    async fn create_group(&self, g: &str) {
+        let g: ConsumerGroup = g.parse().unwrap();
+        self.server
+            .backlog()
+            .create_group(&self.pid, &g)
+            .await
+            .unwrap();
+    }
+
+    /// Produces `n` reports through the ingest, `producers` at a time, on the server's
+    /// runtime. `rate` = 0: as fast as possible; else paced, `t` = the scheduled time.
+    async fn produce(&self, n: usize, producers: usize, rate: usize) {
+        let ingest = self.server.ingest();
+        let next = Arc::new(AtomicUsize::new(0));
+        let start_us = now_us();
+        let mut tasks = Vec::new();
+        for _ in 0..producers {
+            let ingest = ingest.clone();
+            let next = next.clone();
+            let pid = self.pid.clone();
+            let devices = self.devices.clone();
+            let pad = self.pad.clone();
+            tasks.push(self.srv.spawn(async move {
+                loop {
+                    let seq = next.fetch_add(1, Ordering::Relaxed);
+                    if seq >= n {
+                        return;
+                    }
+                    let t = if rate == 0 {
+                        now_us()
+                    } else {
+                        let due = start_us + (seq as i64 * 1_000_000) / rate as i64;
+                        let wait = due - now_us();
+                        if wait > 0 {
+                            tokio::time::sleep(Duration::from_micros(wait as u64)).await;
+                        }
+                        due
+                    };
+                    let items = json!({"pad": pad, "seq": seq, "t": t});
+                    let out = ingest
+                        .report_properties(
+                            &pid,
+                            &devices[seq % devices.len()],
+                            items.as_object().unwrap(),
+                        )
+                        .await
+                        .unwrap();
+                    assert!(out.produced);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// RabbitMQ side.
+
+async fn rabbit_channel(uri: &str) -> (lapin::Connection, lapin::Channel) {
+    let conn = lapin::Connection::connect(uri, lapin::ConnectionProperties::default())
+        .await
+        .unwrap_or_else(|e| panic!("RabbitMQ at {uri}: {e} (is it running?)"));
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    (conn, ch)
+}
+
+async fn rabbit_declare(ch: &lapin::Channel, queue: &str) {
+    ch.queue_declare(
+        queue.into(),
+        lapin::options::QueueDeclareOptions::durable(),
+        lapin::types::FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_purge(queue.into(), lapin::options::QueuePurgeOptions::default())
+        .await
+        .unwrap();
+}
+
+fn rabbit_payload(seq: usize, t: i64) -> Vec<u8> {
+    let p = json!({"seq": seq, "t": t, "pad": ""}).to_string();
+    let pad = "x".repeat(PAYLOAD_BYTES.saturating_sub(p.len()));
+    json!({"seq": seq, "t": t, "pad": pad}).to_string().into_bytes()
+}
+
+/// Publishes `n` persistent messages with confirms (a window of 1000 unconfirmed);
+/// `rate` = 0: as fast as possible.
+async fn rabbit_publish(ch: &lapin::Channel, queue: &str, n: usize, rate: usize) {
+    let start_us = now_us();
+    let mut window = std::collections::VecDeque::new();
+    for seq in 0..n {
+        let t = if rate == 0 {
+            now_us()
+        } else {
+            let due = start_us + (seq as i64 * 1_000_000) / rate as i64;
+            let wait = due - now_us();
+            if wait > 0 {
+                tokio::time::sleep(Duration::from_micros(wait as u64)).await;
+            }
+            due
+        };
+        let confirm = ch
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                lapin::options::BasicPublishOptions::default(),
+                &rabbit_payload(seq, t),
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap();
+        window.push_back(confirm);
+        if window.len() >= 1000 {
+            let c = window.pop_front().unwrap().await.unwrap();
+            assert!(c.is_ack());
+        }
+    }
+    for c in window {
+        assert!(c.await.unwrap().is_ack());
+    }
+}
+
+fn rabbit_endpoint(uri: &str, queue: &str) -> Endpoint {
+    // amqp://user:pass@host:port/vhost → the AMQP 1.0 plugin on the same port.
+    let rest = uri.trim_start_matches("amqp://");
+    let (userinfo, hostpart) = rest.split_once('@').unwrap_or(("guest:guest", rest));
+    let (user, pass) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let addr = hostpart.split('/').next().unwrap_or("127.0.0.1:5672");
+    Endpoint {
+        addr: addr.into(),
+        username: user.into(),
+        password: pass.into(),
+        source: format!("/amq/queue/{queue}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+struct Row {
+    name: String,
+    rate: f64,
+    cpu_us: Option<f64>,
+    extra: String,
+}
+
+fn main() {
+    let a = args();
+    let tck = clk_tck();
+    let srv_rt: Runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("iotsync-srv")
+        .build()
+        .unwrap();
+    let cli_rt: Runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(2)
+        .thread_name("bench-cli")
+        .build()
+        .unwrap();
+    let dir = match &a.dir {
+        Some(d) => tempfile::tempdir_in(d).unwrap(),
+        None => tempfile::tempdir().unwrap(),
+    };
+    let flags = ConfigOverrides {
+        data_dir: Some(dir.path().to_owned()),
+        operator_token: Some(TOKEN.into()),
+        log_level: Some("warn".into()),
+        ..Default::default()
+    }
+    .ephemeral_listeners();
+    let cfg = ServerConfig::layered(None, Default::default(), flags).unwrap();
+    let server = srv_rt
+        .block_on(iotsync_server::start(cfg, Arc::new(SystemClock)))
+        .unwrap();
+    let srv = srv_rt.handle().clone();
+    let rabbit = rabbit_pid();
+    println!(
+        "{} messages of ~{PAYLOAD_BYTES} B, {} devices, credit {}, live {} msg/s for {} s; durable backlog in {}; RabbitMQ beam.smp pid {:?}",
+        a.messages, a.devices, a.credit, a.rate, a.live_secs, dir.path().display(), rabbit
+    );
+    let mut rows: Vec<Row> = Vec::new();
+    let mut live: HashMap<&str, Report> = HashMap::new();
+    let run_iot = a.only.as_deref() != Some("rabbitmq");
+    let run_rabbit = a.only.as_deref() != Some("iotsync");
+
+    let server = if run_iot {
+        let iot = cli_rt.block_on(iot_setup(server, srv.clone(), a.devices));
+        cli_rt.block_on(async {
+            iot.create_group("bench-raw").await;
+            iot.create_group("bench-sdk").await;
+            let c0 = cpu_snap(None);
+            let t0 = Instant::now();
+            iot.produce(a.messages, a.producers, 0).await;
+            let secs = t0.elapsed().as_secs_f64();
+            let c1 = cpu_snap(None);
+            let cpu = (c1.process - c0.process - (c1.client - c0.client)) as f64 / tck;
+            println!(
+                "iotsync ingest: {} durable reports in {secs:.2} s = {:.0} msg/s, server CPU {:.1} µs/msg",
+                a.messages,
+                a.messages as f64 / secs,
+                cpu * 1e6 / a.messages as f64
+            );
+            // Let the dispatcher settle before measuring the drain.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+
+            let ep = iot.endpoint("bench-raw");
+            let c0 = cpu_snap(None);
+            let rep = tokio::spawn({
+                let (n, c) = (a.messages, a.credit);
+                async move { consume_raw(&ep, n, c, None).await }
+            })
+            .await
+            .unwrap();
+            let c1 = cpu_snap(None);
+            let cpu = (c1.process - c0.process - (c1.client - c0.client)) as f64 / tck;
+            let client = (c1.client - c0.client) as f64 / tck;
+            println!(
+                "iotsync drain (fe2o3 client): {:.0} msg/s ({:.2} s), mean payload {} B, server CPU {:.1} µs/msg, client CPU {:.1} µs/msg",
+                rep.rate(), rep.secs, rep.payload_bytes / rep.n.max(1),
+                cpu * 1e6 / rep.n as f64, client * 1e6 / rep.n as f64
+            );
+            rows.push(Row {
+                name: "iotsync drain, fe2o3 client".into(),
+                rate: rep.rate(),
+                cpu_us: Some(cpu * 1e6 / rep.n as f64),
+                extra: format!("{} B mean payload", rep.payload_bytes / rep.n.max(1)),
+            });
+
+            let sdk = AmqpConsumer::builder()
+                .endpoint(format!("amqp://{}", iot.server.addr("amqp").unwrap()))
+                .app_key(iot.app_key.clone())
+                .app_secret(iot.app_secret.clone())
+                .group("bench-sdk")
+                .client_id("bench-sdk")
+                .credit(a.credit)
+                .build()
+                .unwrap();
+            let c0 = cpu_snap(None);
+            let n = a.messages;
+            let rep = tokio::spawn(consume_sdk(sdk, n)).await.unwrap();
+            let c1 = cpu_snap(None);
+            let cpu = (c1.process - c0.process - (c1.client - c0.client)) as f64 / tck;
+            println!(
+                "iotsync drain (Rust SDK): {:.0} msg/s ({:.2} s), server CPU {:.1} µs/msg",
+                rep.rate(),
+                rep.secs,
+                cpu * 1e6 / rep.n as f64
+            );
+            rows.push(Row {
+                name: "iotsync drain, Rust SDK consumer".into(),
+                rate: rep.rate(),
+                cpu_us: Some(cpu * 1e6 / rep.n as f64),
+                extra: String::new(),
+            });
+
+            // Live: consumer attached first, then paced production.
+            let n = a.rate * a.live_secs as usize;
+            iot.create_group("bench-live").await;
+            let ep = iot.endpoint("bench-live");
+            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+            let c = a.credit;
+            let consumer = tokio::spawn(async move { consume_raw(&ep, n, c, Some(ready_tx)).await });
+            ready_rx.await.unwrap();
+            iot.produce(n, a.producers, a.rate).await;
+            let rep = consumer.await.unwrap();
+            live.insert("iotsync", rep);
+        });
+        iot.server
+    } else {
+        server
+    };
+
+    if run_rabbit {
+        cli_rt.block_on(async {
+            let (_conn, ch) = rabbit_channel(&a.rabbit).await;
+            rabbit_declare(&ch, RABBIT_QUEUE).await;
+            let t0 = Instant::now();
+            rabbit_publish(&ch, RABBIT_QUEUE, a.messages, 0).await;
+            let secs = t0.elapsed().as_secs_f64();
+            println!(
+                "RabbitMQ fill (0.9.1, persistent, confirms): {} in {secs:.2} s = {:.0} msg/s",
+                a.messages,
+                a.messages as f64 / secs
+            );
+            let ep = rabbit_endpoint(&a.rabbit, RABBIT_QUEUE);
+            let c0 = cpu_snap(rabbit.as_deref());
+            let (n, c) = (a.messages, a.credit);
+            let rep = tokio::spawn(async move { consume_raw(&ep, n, c, None).await })
+                .await
+                .unwrap();
+            let c1 = cpu_snap(rabbit.as_deref());
+            let cpu = rabbit.as_ref().map(|_| (c1.rabbit - c0.rabbit) as f64 / tck);
+            println!(
+                "RabbitMQ drain (fe2o3 client, AMQP 1.0): {:.0} msg/s ({:.2} s), mean payload {} B, beam.smp CPU {} µs/msg",
+                rep.rate(),
+                rep.secs,
+                rep.payload_bytes / rep.n.max(1),
+                cpu.map(|c| format!("{:.1}", c * 1e6 / rep.n as f64)).unwrap_or("?".into())
+            );
+            rows.push(Row {
+                name: "RabbitMQ 3.10 drain, fe2o3 client (AMQP 1.0 plugin)".into(),
+                rate: rep.rate(),
+                cpu_us: cpu.map(|c| c * 1e6 / rep.n as f64),
+                extra: format!("{} B mean payload", rep.payload_bytes / rep.n.max(1)),
+            });
+
+            rabbit_declare(&ch, RABBIT_LIVE_QUEUE).await;
+            let n = a.rate * a.live_secs as usize;
+            let ep = rabbit_endpoint(&a.rabbit, RABBIT_LIVE_QUEUE);
+            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+            let c = a.credit;
+            let consumer = tokio::spawn(async move { consume_raw(&ep, n, c, Some(ready_tx)).await });
+            ready_rx.await.unwrap();
+            rabbit_publish(&ch, RABBIT_LIVE_QUEUE, n, a.rate).await;
+            let rep = consumer.await.unwrap();
+            live.insert("RabbitMQ", rep);
+        });
+    }
+
+    println!("\n| drain: {} messages, credit {} | delivered+accepted msg/s | broker CPU µs/msg | note |", a.messages, a.credit);
+    println!("|---|---:|---:|---|");
+    for r in &rows {
+        println!(
+            "| {} | {:.0} | {} | {} |",
+            r.name,
+            r.rate,
+            r.cpu_us.map(|c| format!("{c:.1}")).unwrap_or("?".into()),
+            r.extra
+        );
+    }
+    println!(
+        "\n| live: {} msg/s for {} s, credit {} | received msg/s | latency p50 ms | p99 ms | max ms |",
+        a.rate, a.live_secs, a.credit
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for name in ["iotsync", "RabbitMQ"] {
+        if let Some(r) = live.get_mut(name) {
+            let (p50, p99, max) = (r.pct_ms(0.5), r.pct_ms(0.99), r.pct_ms(1.0));
+            println!("| {name} | {:.0} | {p50:.2} | {p99:.2} | {max:.2} |", r.rate());
+        }
+    }
+    srv_rt.block_on(server.shutdown(Duration::from_secs(5)));
+}
