@@ -223,7 +223,7 @@ async fn consume_raw(ep: &Endpoint, n: usize, credit: u32, ready: Option<tokio::
             username: ep.username.clone(),
             password: ep.password.clone(),
         })
-        .idle_time_out(60_000)
+        .idle_time_out(60_000u32)
         .open_with_stream(tcp)
         .await
         .unwrap();
@@ -320,7 +320,7 @@ async fn iot_setup(server: RunningServer, srv: tokio::runtime::Handle, devices: 
     )
     .await;
     let pk = pr["productKey"].as_str().unwrap().to_owned();
-    let mut ids = Vec::with_capacity(devices);
+    let mut ids: Vec<IotId> = Vec::with_capacity(devices);
     for i in 0..devices {
         let d = rest(
             &http,

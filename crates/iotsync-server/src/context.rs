@@ -27,6 +27,8 @@ pub struct Context {
     pub dispatcher: DispatcherHandle,
     pub clock: SharedClock,
     pub tls: TlsMaterial,
+    /// The device gateway's live sessions (the cloud API's downlink goes through them).
+    pub device_sessions: Arc<crate::gateway::sessions::DeviceSessions>,
     /// Turns true when the server is shutting down; listeners stop accepting and drain.
     pub shutdown: watch::Receiver<bool>,
 }

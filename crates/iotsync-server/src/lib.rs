@@ -230,6 +230,7 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
         dispatcher: dispatcher_handle.clone(),
         clock: clock.clone(),
         tls: tls.clone(),
+        device_sessions: Arc::default(),
         shutdown: shutdown_rx.clone(),
     };
 

@@ -30,20 +30,59 @@ impl Default for DispatcherConfig {
     }
 }
 
-/// The cloneable side: wakes the dispatcher after a registry change.
+/// Moves outbox rows into the backlog. One drain at a time (the lock), so a row is never
+/// appended twice by two concurrent drains of this process.
+struct Drainer {
+    registry: Arc<dyn Registry>,
+    backlog: Arc<dyn Backlog>,
+    batch: u32,
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl Drainer {
+    async fn drain_once(&self) -> anyhow::Result<usize> {
+        let _one_at_a_time = self.lock.lock().await;
+        let entries = self.registry.outbox_peek(self.batch).await?;
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
+        let batch = entries.into_iter().map(|e| e.message).collect();
+        self.backlog.append(batch).await?;
+        self.registry.outbox_remove(&seqs).await?;
+        Ok(seqs.len())
+    }
+}
+
+/// The cloneable side: wakes the dispatcher after a registry change, or drains at once.
 #[derive(Clone)]
 pub struct DispatcherHandle {
     kick: Arc<Notify>,
+    drainer: Arc<Drainer>,
 }
 
 impl DispatcherHandle {
     pub fn kick(&self) {
         self.kick.notify_one();
     }
+
+    /// Drains the outbox now and returns once what was there is durable in the backlog.
+    /// The device gateway calls it before CONNACK, so a device's `online` status is in
+    /// the backlog before anything the device publishes (per-device order).
+    pub async fn flush(&self) -> anyhow::Result<usize> {
+        let mut total = 0;
+        loop {
+            let n = self.drainer.drain_once().await?;
+            total += n;
+            if n == 0 {
+                return Ok(total);
+            }
+        }
+    }
 }
 
 pub struct DispatcherEngine {
-    registry: Arc<dyn Registry>,
+    drainer: Arc<Drainer>,
     backlog: Arc<dyn Backlog>,
     cfg: DispatcherConfig,
     kick: Arc<Notify>,
@@ -56,28 +95,26 @@ impl DispatcherEngine {
         cfg: DispatcherConfig,
     ) -> (Self, DispatcherHandle) {
         let kick = Arc::new(Notify::new());
+        let drainer = Arc::new(Drainer {
+            registry,
+            backlog: backlog.clone(),
+            batch: cfg.batch,
+            lock: tokio::sync::Mutex::new(()),
+        });
         (
             Self {
-                registry,
+                drainer: drainer.clone(),
                 backlog,
                 cfg,
                 kick: kick.clone(),
             },
-            DispatcherHandle { kick },
+            DispatcherHandle { kick, drainer },
         )
     }
 
     /// Moves one batch; returns how many rows it moved.
     pub async fn drain_once(&self) -> anyhow::Result<usize> {
-        let entries = self.registry.outbox_peek(self.cfg.batch).await?;
-        if entries.is_empty() {
-            return Ok(0);
-        }
-        let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
-        let batch = entries.into_iter().map(|e| e.message).collect();
-        self.backlog.append(batch).await?;
-        self.registry.outbox_remove(&seqs).await?;
-        Ok(seqs.len())
+        self.drainer.drain_once().await
     }
 
     /// Runs until `stop` turns true, then drains what is left (best effort).

@@ -241,7 +241,12 @@ where
             return;
         }
     }
-    gw.dispatcher.kick();
+    // The online status must be in the backlog before anything this device publishes
+    // (per-device order), so drain the outbox before CONNACK lets it publish.
+    if let Err(e) = gw.dispatcher.flush().await {
+        tracing::warn!(error = %e, "moving the online status into the backlog; it follows shortly");
+        gw.dispatcher.kick();
+    }
     tracing::info!(%peer, iot_id = %authed.iot_id, keep_alive_s, "device online");
 
     let mut conn = Connection {

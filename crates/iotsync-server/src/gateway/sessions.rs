@@ -162,21 +162,10 @@ impl DeviceSessions {
     }
 }
 
-/// The gateway's session table for the server `ctx` belongs to. The cloud API and the
-/// gateway both call this; the first call creates the table. Keyed by the server's
-/// delivery hub, held weakly so it goes away with the server (see ADR 0005).
+/// The gateway's session table of the server `ctx` belongs to; the cloud API reaches
+/// devices through it for downlink.
 pub fn sessions(ctx: &crate::context::Context) -> Arc<DeviceSessions> {
-    use std::sync::{OnceLock, Weak};
-    static TABLES: OnceLock<Mutex<HashMap<usize, Weak<DeviceSessions>>>> = OnceLock::new();
-    let key = Arc::as_ptr(&ctx.hub) as *const () as usize;
-    let mut tables = lock(TABLES.get_or_init(|| Mutex::new(HashMap::new())));
-    tables.retain(|_, w| w.strong_count() > 0);
-    if let Some(t) = tables.get(&key).and_then(Weak::upgrade) {
-        return t;
-    }
-    let t = Arc::new(DeviceSessions::default());
-    tables.insert(key, Arc::downgrade(&t));
-    t
+    ctx.device_sessions.clone()
 }
 
 #[cfg(test)]
