@@ -76,8 +76,7 @@ fn payload(seq: usize) -> Vec<u8> {
     let mut p = json!({"seq": seq, "t": now_us(), "pad": ""}).to_string();
     let pad = PAYLOAD_BYTES.saturating_sub(p.len());
     p = json!({"seq": seq, "t": now_us(), "pad": "x".repeat(pad)}).to_string();
-    let b = p.into_bytes();
-    b
+    p.into_bytes()
 }
 
 fn sent_at_us(payload: &[u8]) -> Option<i64> {

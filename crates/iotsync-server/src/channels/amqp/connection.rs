@@ -24,6 +24,7 @@ use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 use iotsync_backlog::LeaseToken;
 
 use super::auth::{split_plain, Authenticated, CredentialCache};
+use super::io::Coalesced;
 use super::message::to_amqp;
 use super::sasl;
 use crate::delivery::hub::{
@@ -94,6 +95,8 @@ where
         .container_id("iotsync")
         .idle_time_out(LOCAL_IDLE_TIMEOUT_MS)
         .build();
+    // fe2o3 flushes every frame; coalescing turns a busy link's transfers into few writes.
+    let io = Coalesced::new(io);
     let mut conn = match timeout_at(deadline, acceptor.accept(io)).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {

@@ -5,10 +5,12 @@
 //! - [`sasl`]: the SASL exchange, run before fe2o3's acceptor so checks can await.
 //! - [`auth`]: username forms, signature, freshness, secret cache, rate limit.
 //! - [`connection`]: connection driver, link pump, settle task, teardown.
+//! - [`io`]: write coalescing under fe2o3's engine (one write per burst of frames).
 //! - [`message`]: envelope → AMQP message.
 
 pub mod auth;
 pub mod connection;
+pub mod io;
 pub mod message;
 pub mod sasl;
 

@@ -42,8 +42,8 @@ fn server_builder() -> tonic::transport::Server {
         .tcp_nodelay(true)
 }
 
-fn shutdown_signal(mut rx: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> {
-    async move { stopped(&mut rx).await }
+async fn shutdown_signal(mut rx: watch::Receiver<bool>) {
+    stopped(&mut rx).await
 }
 
 /// Resolves once `rx` turns true (or its sender is gone). Holds no borrow of the value

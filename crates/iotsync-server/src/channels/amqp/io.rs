@@ -1,0 +1,243 @@
+//! Write coalescing under fe2o3's connection engine (see ADR 0003).
+//!
+//! The engine writes and flushes every frame on its own, so each transfer costs one
+//! `writev` (and on loopback the receiver's wake-up too). [`Coalesced`] hands the written
+//! bytes to a writer task instead: what the engine writes while that task is in a system
+//! call goes out in the next single write. Under load that is tens of frames per write;
+//! idle, one frame goes out at once, as before.
+//!
+//! Invariants: bytes go out in the order written; `poll_write` refuses more when
+//! [`HIGH_WATER`] bytes wait (backpressure reaches the engine); `poll_flush` only reports
+//! a failed writer (the bytes are on their way); `poll_shutdown` waits until everything
+//! is written and the write side shut down; a write error fails every later call.
+
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+
+/// Bytes waiting for the writer beyond which writes wait.
+pub const HIGH_WATER: usize = 256 * 1024;
+
+#[derive(Default)]
+struct State {
+    buf: BytesMut,
+    /// The engine asked to shut down: write what is left, then shut the write side.
+    closing: bool,
+    /// The writer task is over (after shutdown, or after an error).
+    done: bool,
+    failed: Option<io::ErrorKind>,
+    writer: Option<Waker>,
+    producer: Option<Waker>,
+}
+
+struct Shared(Mutex<State>);
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A stream whose writes are coalesced by a writer task (spawned on the current runtime).
+pub struct Coalesced<S> {
+    read: ReadHalf<S>,
+    shared: Arc<Shared>,
+}
+
+impl<S> fmt::Debug for Coalesced<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Coalesced").finish_non_exhaustive()
+    }
+}
+
+impl<S> Coalesced<S>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    pub fn new(io: S) -> Self {
+        let (read, write) = tokio::io::split(io);
+        let shared = Arc::new(Shared(Mutex::new(State::default())));
+        tokio::spawn(writer(write, shared.clone()));
+        Self { read, shared }
+    }
+}
+
+async fn writer<S: AsyncWrite>(mut io: WriteHalf<S>, shared: Arc<Shared>) {
+    loop {
+        // Everything written so far, or the end.
+        let next = std::future::poll_fn(|cx| {
+            let mut st = shared.lock();
+            if !st.buf.is_empty() {
+                let chunk = st.buf.split();
+                if let Some(w) = st.producer.take() {
+                    w.wake();
+                }
+                return Poll::Ready(Some(chunk));
+            }
+            if st.closing {
+                return Poll::Ready(None);
+            }
+            st.writer = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+        let result = match next {
+            Some(chunk) => match io.write_all(&chunk).await {
+                Ok(()) => io.flush().await,
+                Err(e) => Err(e),
+            },
+            None => {
+                let r = io.shutdown().await;
+                let mut st = shared.lock();
+                st.done = true;
+                if let Err(e) = r {
+                    st.failed.get_or_insert(e.kind());
+                }
+                if let Some(w) = st.producer.take() {
+                    w.wake();
+                }
+                return;
+            }
+        };
+        if let Err(e) = result {
+            let mut st = shared.lock();
+            st.failed = Some(e.kind());
+            st.done = true;
+            st.buf.clear();
+            if let Some(w) = st.producer.take() {
+                w.wake();
+            }
+            return;
+        }
+    }
+}
+
+fn failed(kind: io::ErrorKind) -> io::Error {
+    io::Error::new(kind, "amqp: the connection's writer failed")
+}
+
+impl<S: AsyncRead> AsyncRead for Coalesced<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
+impl<S> AsyncWrite for Coalesced<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut st = self.shared.lock();
+        if let Some(k) = st.failed {
+            return Poll::Ready(Err(failed(k)));
+        }
+        if st.closing || st.done {
+            return Poll::Ready(Err(failed(io::ErrorKind::BrokenPipe)));
+        }
+        if st.buf.len() >= HIGH_WATER {
+            st.producer = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        st.buf.extend_from_slice(data);
+        if let Some(w) = st.writer.take() {
+            w.wake();
+        }
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.shared.lock().failed {
+            Some(k) => Poll::Ready(Err(failed(k))),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut st = self.shared.lock();
+        st.closing = true;
+        if let Some(w) = st.writer.take() {
+            w.wake();
+        }
+        if st.done {
+            return Poll::Ready(match st.failed {
+                Some(k) => Err(failed(k)),
+                None => Ok(()),
+            });
+        }
+        st.producer = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl<S> Drop for Coalesced<S> {
+    fn drop(&mut self) {
+        // Dropped without shutdown: the writer still sends what is queued, then ends.
+        let mut st = self.shared.lock();
+        st.closing = true;
+        if let Some(w) = st.writer.take() {
+            w.wake();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn writes_arrive_in_order_and_shutdown_waits_for_them() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut c = Coalesced::new(a);
+        for i in 0..1000u32 {
+            c.write_all(&i.to_be_bytes()).await.unwrap();
+            c.flush().await.unwrap();
+        }
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            b.read_to_end(&mut all).await.unwrap();
+            all
+        });
+        c.shutdown().await.unwrap();
+        drop(c);
+        let all = reader.await.unwrap();
+        let expected: Vec<u8> = (0..1000u32).flat_map(|i| i.to_be_bytes()).collect();
+        assert_eq!(all, expected);
+    }
+
+    #[tokio::test]
+    async fn a_gone_peer_fails_later_writes() {
+        let (a, b) = tokio::io::duplex(64);
+        drop(b);
+        let mut c = Coalesced::new(a);
+        let mut failed = false;
+        for _ in 0..100 {
+            if c.write_all(&[0u8; 1024]).await.is_err() || c.flush().await.is_err() {
+                failed = true;
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(failed);
+    }
+
+    #[tokio::test]
+    async fn reads_pass_through() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut c = Coalesced::new(a);
+        b.write_all(b"hello").await.unwrap();
+        let mut got = [0u8; 5];
+        c.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello");
+    }
+}
