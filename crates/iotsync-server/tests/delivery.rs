@@ -669,3 +669,33 @@ async fn switching_http2_to_amqp_carries_the_stack_over_with_amqp_retention() {
         .await;
     env.stop().await;
 }
+
+#[tokio::test]
+async fn an_imported_project_with_sync_on_stacks_messages_before_any_consumer() {
+    let env = Env::start().await;
+    let (s, p) = env
+        .post(
+            "/api/v1/admin/import",
+            json!({"name": "Imported", "appKey": "55667788", "appSecret": "imported-secret-9",
+                   "sync": {"enabled": true, "deviceData": "amqp", "userData": "amqp"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{p}");
+    let pid = p["projectId"].as_str().unwrap().to_owned();
+    env.post(
+        &format!("/api/v1/projects/{pid}/users"),
+        json!({"loginName": "zoe"}),
+    )
+    .await;
+    let st = env
+        .stats_until(&pid, |st| st["groups"][0]["stacked"] == 1)
+        .await;
+    assert_eq!(
+        st["groups"][0]["group"], "55667788",
+        "the default group is the appKey"
+    );
+    let mut link = env.consumer(&pid, "55667788").await;
+    let d = take(&mut link, 1).await.remove(0);
+    assert_eq!(payload(&d)["loginName"], "zoe");
+    env.stop().await;
+}

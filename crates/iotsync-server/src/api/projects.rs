@@ -125,5 +125,20 @@ pub async fn import(
     ApiJson(body): ApiJson<ProjectImport>,
 ) -> ApiResult<(StatusCode, Json<Project>)> {
     let p = st.registry.import_project(&body, OPERATOR_ACTOR).await?;
+    // An imported project may come with sync on: give it its default group, retention
+    // and pause state at once, as enabling does.
+    let settings = st.registry.sync_settings(&p.project_id).await?;
+    if settings.enabled {
+        let method = settings
+            .method()
+            .unwrap_or(iotsync_core::sync_rules::SyncMethod::Http2);
+        st.sync_listener
+            .on_transition(
+                &p.project_id,
+                &settings,
+                iotsync_core::sync_rules::Transition::Enabled { method },
+            )
+            .await;
+    }
     Ok((StatusCode::CREATED, Json(p)))
 }

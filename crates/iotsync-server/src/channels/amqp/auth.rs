@@ -41,6 +41,8 @@ pub enum AuthError {
     Signature(SignError),
     #[error(transparent)]
     RateLimited(AttachError),
+    #[error("consumer group {0} is reserved for the platform (names starting with '_')")]
+    ReservedGroup(ConsumerGroup),
     #[error("registry unavailable: {0}")]
     Registry(StoreError),
 }
@@ -117,6 +119,10 @@ impl CredentialCache {
     ) -> Result<Authenticated, AuthError> {
         let creds: AmqpCredentials = username.parse().map_err(AuthError::Username)?;
         let group = creds.effective_group();
+        // Internal groups (e.g. the legacy pusher's `_legacy_http`) are not for consumers.
+        if group.as_str().starts_with('_') {
+            return Err(AuthError::ReservedGroup(group));
+        }
         let (entry, from_cache) = match self.cached(&creds.app_key) {
             Some(c) => (c, true),
             None => (self.fetch(&creds.app_key).await?, false),
