@@ -4,23 +4,29 @@
 //!
 //! ```text
 //! cargo bench -p iotsync-server --bench amqp_e2e -- [--messages N] [--devices N]
-//!     [--credit N] [--rate MSGS_PER_S] [--live-secs S] [--only iotsync|rabbitmq]
+//!     [--credit N] [--rate MSGS_PER_S] [--live-secs S] [--producers N]
+//!     [--ingest-messages N] [--only iotsync|rabbitmq]
 //!     [--rabbit amqp://guest:guest@127.0.0.1:5672/%2f] [--dir DIR]
 //! ```
 //!
 //! Two phases per system:
 //!
-//! 1. **drain**: N messages of ~256 B made durable first (iotsync: through the server's
-//!    ingest, `report_properties`, spread over many devices because the backlog keeps one
-//!    message per device in flight per group; RabbitMQ: a durable queue declared and
+//! 1. **drain**: N messages of 256 B made durable first (iotsync: the first
+//!    `--ingest-messages` through the server's ingest, `report_properties`, which also
+//!    measures the ingest's own rate, the rest appended to the backlog in batches exactly
+//!    as the ingest builds them, because the ingest's per-report registry write is far
+//!    slower than the channel under test; spread over many devices because the backlog
+//!    keeps one message per device in flight per group; RabbitMQ: a durable queue declared and
 //!    filled over AMQP 0.9.1 with persistent messages and publisher confirms, since its
 //!    AMQP 1.0 plugin cannot create durable queues), then consumed over AMQP 1.0 and
 //!    accepted one by one. Reports delivered+accepted msg/s and the broker's CPU time per
 //!    message (iotsync: the process's CPU minus the bench client's threads; RabbitMQ: the
 //!    `beam.smp` process). iotsync's drain is also run with the Rust SDK consumer
 //!    (`iotsync_sdk::amqp`, its own consumer group over the same messages).
-//! 2. **live**: producing at a fixed rate while the consumer is attached; latency = time
-//!    from the message's scheduled send time (carried in the payload, µs) to receipt.
+//! 2. **live**: producing at a fixed rate (`--rate`, within what the ingest sustains)
+//!    while the consumer is attached (iotsync: through the ingest; RabbitMQ: persistent
+//!    publishes with confirms); latency = time from the message's scheduled send time
+//!    (carried in the payload, µs) to receipt by the consumer.
 //!
 //! The server runs in-process on its own tokio runtime (threads `iotsync-srv`), the
 //! clients on another (`bench-cli`), so CPU time can be split by thread.
@@ -38,8 +44,8 @@ use fe2o3_amqp::{Connection, Receiver, Session};
 use serde_json::{json, Value};
 use tokio::runtime::Runtime;
 
-use iotsync_core::sign::amqp::{sign_password, AmqpAuthMode, AmqpCredentials};
 use iotsync_core::payload::{property_post, PropertyItem};
+use iotsync_core::sign::amqp::{sign_password, AmqpAuthMode, AmqpCredentials};
 use iotsync_core::{ConsumerGroup, IotId, ProjectId, SystemClock};
 use iotsync_sdk::amqp::AmqpConsumer;
 use iotsync_server::{ConfigOverrides, RunningServer, ServerConfig};
@@ -149,7 +155,8 @@ struct CpuSnap {
 fn rabbit_pid() -> Option<String> {
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
         let name = e.file_name().to_string_lossy().into_owned();
-        (name.chars().all(|c| c.is_ascii_digit()) && comm(&format!("/proc/{name}/comm")) == "beam.smp")
+        (name.chars().all(|c| c.is_ascii_digit())
+            && comm(&format!("/proc/{name}/comm")) == "beam.smp")
             .then_some(name)
     })
 }
@@ -217,7 +224,12 @@ fn sent_at_us(payload: &[u8]) -> Option<i64> {
 }
 
 /// Receives `n` messages at `credit`, accepting each; the clock starts at the first.
-async fn consume_raw(ep: &Endpoint, n: usize, credit: u32, ready: Option<tokio::sync::oneshot::Sender<()>>) -> Report {
+async fn consume_raw(
+    ep: &Endpoint,
+    n: usize,
+    credit: u32,
+    ready: Option<tokio::sync::oneshot::Sender<()>>,
+) -> Report {
     let tcp = tokio::net::TcpStream::connect(&ep.addr).await.unwrap();
     tcp.set_nodelay(true).unwrap();
     let mut conn = Connection::builder()
@@ -342,15 +354,27 @@ async fn iot_setup(server: RunningServer, srv: tokio::runtime::Handle, devices: 
         json!({"method": "amqp"}),
     )
     .await;
-    // Size the pad so the property-post payload is ~256 bytes (checked at receipt).
-    let sample = json!({
-        "deviceType": "Meter", "iotId": ids[0].to_string(), "productKey": pk,
-        "deviceName": "meter00000", "gmtCreate": 1_800_000_000_000i64,
-        "items": {"pad": {"value": "", "time": 1_800_000_000_000i64},
-                  "seq": {"value": 100_000, "time": 1_800_000_000_000i64},
-                  "t": {"value": now_us(), "time": 1_800_000_000_000i64}}
-    })
-    .to_string();
+    // Size the pad so the property-post payload is 256 bytes, built as the ingest does.
+    let first = server
+        .registry()
+        .get_device(&pid.parse().unwrap(), &ids[0])
+        .await
+        .unwrap()
+        .as_ref();
+    let mut items = BTreeMap::new();
+    for (k, v) in [("pad", json!("")), ("t", json!(now_us()))] {
+        items.insert(
+            k.to_string(),
+            PropertyItem {
+                value: v,
+                time: now_us() / 1000,
+            },
+        );
+    }
+    let sample = property_post(&first, &items, now_us() / 1000)
+        .envelope
+        .payload
+        .len();
     Iot {
         server,
         srv,
@@ -358,8 +382,7 @@ async fn iot_setup(server: RunningServer, srv: tokio::runtime::Handle, devices: 
         app_key: p["appKey"].as_str().unwrap().to_owned(),
         app_secret: p["appSecret"].as_str().unwrap().to_owned(),
         devices: ids,
-        // The real payload has ~20 B more than the sample (ids, millisecond times).
-        pad: "x".repeat(PAYLOAD_BYTES.saturating_sub(sample.len() + 20)),
+        pad: "x".repeat(PAYLOAD_BYTES.saturating_sub(sample)),
     }
 }
 
@@ -416,8 +439,14 @@ impl Iot {
                         .map(|seq| {
                             let now = now_us();
                             let mut items = BTreeMap::new();
-                            for (k, v) in [("pad", json!(pad)), ("seq", json!(seq)), ("t", json!(now))] {
-                                items.insert(k.to_string(), PropertyItem { value: v, time: now / 1000 });
+                            for (k, v) in [("pad", json!(pad)), ("t", json!(now))] {
+                                items.insert(
+                                    k.to_string(),
+                                    PropertyItem {
+                                        value: v,
+                                        time: now / 1000,
+                                    },
+                                );
                             }
                             property_post(&refs[seq % refs.len()], &items, now / 1000)
                         })
@@ -460,7 +489,7 @@ impl Iot {
                         }
                         due
                     };
-                    let items = json!({"pad": pad, "seq": seq, "t": t});
+                    let items = json!({"pad": pad, "t": t});
                     let out = ingest
                         .report_properties(
                             &pid,
@@ -509,7 +538,9 @@ async fn rabbit_declare(ch: &lapin::Channel, queue: &str) {
 fn rabbit_payload(seq: usize, t: i64) -> Vec<u8> {
     let p = json!({"seq": seq, "t": t, "pad": ""}).to_string();
     let pad = "x".repeat(PAYLOAD_BYTES.saturating_sub(p.len()));
-    json!({"seq": seq, "t": t, "pad": pad}).to_string().into_bytes()
+    json!({"seq": seq, "t": t, "pad": pad})
+        .to_string()
+        .into_bytes()
 }
 
 /// Publishes `n` persistent messages with confirms (a window of 1000 unconfirmed);
@@ -757,7 +788,10 @@ fn main() {
         });
     }
 
-    println!("\n| drain: {} messages, credit {} | delivered+accepted msg/s | broker CPU µs/msg | note |", a.messages, a.credit);
+    println!(
+        "\n| drain: {} messages, credit {} | delivered+accepted msg/s | broker CPU µs/msg | note |",
+        a.messages, a.credit
+    );
     println!("|---|---:|---:|---|");
     for r in &rows {
         println!(
@@ -776,7 +810,10 @@ fn main() {
     for name in ["iotsync", "RabbitMQ"] {
         if let Some(r) = live.get_mut(name) {
             let (p50, p99, max) = (r.pct_ms(0.5), r.pct_ms(0.99), r.pct_ms(1.0));
-            println!("| {name} | {:.0} | {p50:.2} | {p99:.2} | {max:.2} |", r.rate());
+            println!(
+                "| {name} | {:.0} | {p50:.2} | {p99:.2} | {max:.2} |",
+                r.rate()
+            );
         }
     }
     println!("\niotsync ingest (report_properties) alone: {ingest_rate:.0} reports/s");

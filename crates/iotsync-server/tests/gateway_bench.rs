@@ -111,8 +111,17 @@ async fn bench_idle_connections_and_publish_latency() {
     idle.finish().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    // Publish → delivery latency at a steady rate (100 devices, QoS 1).
-    let mut c = env.consumer(&p).await;
+    // Publish → AMQP delivery latency at a steady rate (100 devices, QoS 1): a real AMQP
+    // 1.0 consumer (the SDK's) over the plain listener, acking each message.
+    let amqp = env.server().addr("amqp").expect("amqp listener");
+    let consumer = iotsync_sdk::amqp::AmqpConsumer::builder()
+        .endpoint(format!("amqp://{amqp}"))
+        .app_key(p.app_key.clone())
+        .app_secret(p.app_secret.clone())
+        .credit(1000)
+        .build()
+        .unwrap();
+    let mut stream = consumer.connect().await.unwrap();
     let lat_devices: Vec<_> = specs.iter().take(100).cloned().collect();
     let lfile = env.dir.path().join("latency-devices.json");
     std::fs::write(&lfile, serde_json::to_vec(&lat_devices).unwrap()).unwrap();
@@ -136,21 +145,16 @@ async fn bench_idle_connections_and_publish_latency() {
     let expected = (rate * seconds) as usize;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds + 30);
     while lat.len() < expected && tokio::time::Instant::now() < deadline {
-        let Ok(Ok(batch)) = tokio::time::timeout(Duration::from_secs(5), c.link.next(256)).await
+        let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), stream.next()).await
         else {
             break;
         };
         let now = iotsync_core::Clock::now_ms(&SystemClock);
-        for d in batch {
-            c.link
-                .settle(&d.token, iotsync_server::delivery::Outcome::Accepted)
-                .await
-                .unwrap();
-            let v: serde_json::Value = serde_json::from_slice(&d.message.envelope.payload).unwrap();
-            if let Some(t) = v["items"]["Seq"]["time"].as_i64() {
-                lat.push(now - t);
-            }
+        let v: serde_json::Value = serde_json::from_slice(&m.envelope.payload).unwrap();
+        if let Some(t) = v["items"]["Seq"]["time"].as_i64() {
+            lat.push(now - t);
         }
+        m.ack().await.unwrap();
     }
     pubr.finish().await;
     lat.sort_unstable();

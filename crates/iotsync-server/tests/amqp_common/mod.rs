@@ -44,6 +44,11 @@ pub struct Project {
 
 impl Env {
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// With a config file layer, e.g. `"[delivery]\nconnects_per_minute = 3\n"`.
+    pub async fn start_with(config_toml: Option<&str>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let flags = ConfigOverrides {
             data_dir: Some(dir.path().to_owned()),
@@ -51,7 +56,8 @@ impl Env {
             ..Default::default()
         }
         .ephemeral_listeners();
-        let cfg = ServerConfig::layered(None, Default::default(), flags).unwrap();
+        let file = config_toml.map(|t| ("test.toml", t));
+        let cfg = ServerConfig::layered(file, Default::default(), flags).unwrap();
         let clock = ManualClock::new(T0);
         let server = iotsync_server::start(cfg, Arc::new(clock.clone()))
             .await
@@ -264,8 +270,22 @@ impl PeerProc {
                 c
             }
         };
-        cmd.args(args)
-            .current_dir(&root)
+        cmd.args(args);
+        Self::from_command(peer, cmd)
+    }
+
+    /// Runs another Proton script of `tests/peers/amqp/` (same JSON-lines convention).
+    pub fn spawn_python_script(script: &str, args: &[String]) -> Self {
+        let mut cmd = Command::new("python3");
+        cmd.arg("-u")
+            .arg(repo_root().join("tests/peers/amqp").join(script))
+            .args(args);
+        Self::from_command(Peer::Python, cmd)
+    }
+
+    fn from_command(peer: Peer, mut cmd: Command) -> Self {
+        let root = repo_root();
+        cmd.current_dir(&root)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

@@ -1,12 +1,12 @@
-//! SASL PLAIN credential checks (SPEC §6) against a small cache of project secrets.
+//! SASL PLAIN credential checks (SPEC §6) against the registry.
 //!
-//! The cache is filled from the registry on a miss and trusted for [`SECRET_TTL_MS`]; a
-//! password that does not verify against a cached secret is checked once more against a
-//! fresh read, so a rotated secret works (and the old one stops working) at the very next
-//! login, while a flood of logins for one appKey costs one registry read per TTL.
+//! Every login reads the project's current secret from the registry (one indexed read;
+//! logins are rare and rate-limited per group), so a rotated secret is in force at the
+//! very next login in both directions: the new one works and the old one is refused. An
+//! earlier version trusted a cached secret for a few seconds, which let the old secret
+//! log in after a rotation (caught by `tests/amqp_rules.rs`).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use iotsync_core::sign::amqp::{verify, AmqpCredentials, FRESHNESS_WINDOW_MS};
 use iotsync_core::sign::SignError;
@@ -15,9 +15,6 @@ use iotsync_core::{AppKey, ConsumerGroup, ProjectId, SharedClock};
 use iotsync_store::{Registry, StoreError};
 
 use crate::delivery::hub::{AttachError, DeliveryHub};
-
-/// How long a cached secret is trusted without reading the registry again.
-pub const SECRET_TTL_MS: i64 = 10_000;
 
 /// Who logged in.
 #[derive(Debug, Clone)]
@@ -54,60 +51,15 @@ impl AuthError {
     }
 }
 
-#[derive(Clone)]
-struct CachedSecret {
-    project: ProjectId,
-    secret: String,
-    fetched_at_ms: i64,
-}
-
-/// appKey → (project, secret), refreshed from the registry as needed.
-pub struct CredentialCache {
+/// Checks logins against the registry.
+pub struct CredentialChecker {
     registry: Arc<dyn Registry>,
     clock: SharedClock,
-    entries: Mutex<HashMap<AppKey, CachedSecret>>,
 }
 
-impl CredentialCache {
+impl CredentialChecker {
     pub fn new(registry: Arc<dyn Registry>, clock: SharedClock) -> Self {
-        Self {
-            registry,
-            clock,
-            entries: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn cached(&self, app_key: &AppKey) -> Option<CachedSecret> {
-        let now = self.clock.now_ms();
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries
-            .get(app_key)
-            .filter(|c| now - c.fetched_at_ms < SECRET_TTL_MS && c.fetched_at_ms <= now)
-            .cloned()
-    }
-
-    async fn fetch(&self, app_key: &AppKey) -> Result<CachedSecret, AuthError> {
-        let p = match self.registry.project_by_app_key(app_key).await {
-            Ok(p) => p,
-            Err(StoreError::NotFound { .. }) => {
-                self.entries
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(app_key);
-                return Err(AuthError::UnknownAppKey(app_key.clone()));
-            }
-            Err(e) => return Err(AuthError::Registry(e)),
-        };
-        let c = CachedSecret {
-            project: p.project.project_id.clone(),
-            secret: p.app_secret,
-            fetched_at_ms: self.clock.now_ms(),
-        };
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(app_key.clone(), c.clone());
-        Ok(c)
+        Self { registry, clock }
     }
 
     /// Checks a SASL PLAIN login: username form, appKey, rate limit, freshness, signature.
@@ -123,28 +75,28 @@ impl CredentialCache {
         if group.as_str().starts_with('_') {
             return Err(AuthError::ReservedGroup(group));
         }
-        let (entry, from_cache) = match self.cached(&creds.app_key) {
-            Some(c) => (c, true),
-            None => (self.fetch(&creds.app_key).await?, false),
+        let project = match self.registry.project_by_app_key(&creds.app_key).await {
+            Ok(p) => p,
+            Err(StoreError::NotFound { .. }) => {
+                return Err(AuthError::UnknownAppKey(creds.app_key.clone()))
+            }
+            Err(e) => return Err(AuthError::Registry(e)),
         };
+        let project_id = project.project.project_id.clone();
         // Counted before the signature is checked, so bad logins are limited too.
-        hub.note_attempt(&entry.project, &group)
+        hub.note_attempt(&project_id, &group)
             .map_err(AuthError::RateLimited)?;
         let now = self.clock.now_ms();
-        let checked = verify(&creds, password, &entry.secret, now, FRESHNESS_WINDOW_MS);
-        let entry = match checked {
-            Ok(()) => entry,
-            Err(SignError::BadSignature) if from_cache => {
-                // The secret may have been rotated since it was cached.
-                let fresh = self.fetch(&creds.app_key).await?;
-                verify(&creds, password, &fresh.secret, now, FRESHNESS_WINDOW_MS)
-                    .map_err(AuthError::Signature)?;
-                fresh
-            }
-            Err(e) => return Err(AuthError::Signature(e)),
-        };
+        verify(
+            &creds,
+            password,
+            &project.app_secret,
+            now,
+            FRESHNESS_WINDOW_MS,
+        )
+        .map_err(AuthError::Signature)?;
         Ok(Authenticated {
-            project: entry.project,
+            project: project_id,
             app_key: creds.app_key,
             group,
             client_id: creds.client_id,

@@ -23,7 +23,7 @@ use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 
 use iotsync_backlog::LeaseToken;
 
-use super::auth::{split_plain, Authenticated, CredentialCache};
+use super::auth::{split_plain, Authenticated, CredentialChecker};
 use super::io::Coalesced;
 use super::message::to_amqp;
 use super::sasl;
@@ -46,7 +46,7 @@ const TEARDOWN_WAIT: Duration = Duration::from_secs(3);
 /// What every connection shares.
 pub struct Shared {
     pub hub: Arc<DeliveryHub>,
-    pub creds: CredentialCache,
+    pub creds: CredentialChecker,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -322,7 +322,7 @@ async fn pump(
         };
         let mut waited_for_credit = false;
         for d in batch {
-            let msg = to_amqp(&d.message.envelope);
+            let msg = to_amqp(d.message.envelope);
             let send = sender.send_batchable(msg);
             tokio::pin!(send);
             // One poll tells whether the link had credit; either way we keep polling the

@@ -9,7 +9,8 @@
 //! Invariants: bytes go out in the order written; `poll_write` refuses more when
 //! [`HIGH_WATER`] bytes wait (backpressure reaches the engine); `poll_flush` only reports
 //! a failed writer (the bytes are on their way); `poll_shutdown` waits until everything
-//! is written and the write side shut down; a write error fails every later call.
+//! is written and the write side shut down; a write error fails every later call; once
+//! the stream is dropped the writer gets [`DROP_GRACE`] to send what is queued.
 
 use std::fmt;
 use std::io;
@@ -23,9 +24,18 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHa
 /// Bytes waiting for the writer beyond which writes wait.
 pub const HIGH_WATER: usize = 256 * 1024;
 
+/// How long the writer may go on sending after the stream was dropped.
+pub const DROP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Capacity each of the two buffers starts with.
+const BUF_START: usize = 64 * 1024;
+
 #[derive(Default)]
 struct State {
     buf: BytesMut,
+    /// The buffer the writer finished with, kept for reuse (two buffers take turns, so
+    /// a busy connection does not reallocate).
+    spare: Option<BytesMut>,
     /// The engine asked to shut down: write what is left, then shut the write side.
     closing: bool,
     /// The writer task is over (after shutdown, or after an error).
@@ -47,6 +57,7 @@ impl Shared {
 pub struct Coalesced<S> {
     read: ReadHalf<S>,
     shared: Arc<Shared>,
+    writer: tokio::task::AbortHandle,
 }
 
 impl<S> fmt::Debug for Coalesced<S> {
@@ -61,9 +72,16 @@ where
 {
     pub fn new(io: S) -> Self {
         let (read, write) = tokio::io::split(io);
-        let shared = Arc::new(Shared(Mutex::new(State::default())));
-        tokio::spawn(writer(write, shared.clone()));
-        Self { read, shared }
+        let shared = Arc::new(Shared(Mutex::new(State {
+            buf: BytesMut::with_capacity(BUF_START),
+            ..State::default()
+        })));
+        let writer = tokio::spawn(writer(write, shared.clone())).abort_handle();
+        Self {
+            read,
+            shared,
+            writer,
+        }
     }
 }
 
@@ -73,7 +91,11 @@ async fn writer<S: AsyncWrite>(mut io: WriteHalf<S>, shared: Arc<Shared>) {
         let next = std::future::poll_fn(|cx| {
             let mut st = shared.lock();
             if !st.buf.is_empty() {
-                let chunk = st.buf.split();
+                let fresh = st
+                    .spare
+                    .take()
+                    .unwrap_or_else(|| BytesMut::with_capacity(BUF_START));
+                let chunk = std::mem::replace(&mut st.buf, fresh);
                 if let Some(w) = st.producer.take() {
                     w.wake();
                 }
@@ -87,10 +109,15 @@ async fn writer<S: AsyncWrite>(mut io: WriteHalf<S>, shared: Arc<Shared>) {
         })
         .await;
         let result = match next {
-            Some(chunk) => match io.write_all(&chunk).await {
-                Ok(()) => io.flush().await,
-                Err(e) => Err(e),
-            },
+            Some(mut chunk) => {
+                let r = match io.write_all(&chunk).await {
+                    Ok(()) => io.flush().await,
+                    Err(e) => Err(e),
+                };
+                chunk.clear();
+                shared.lock().spare = Some(chunk);
+                r
+            }
             None => {
                 let r = io.shutdown().await;
                 let mut st = shared.lock();
@@ -181,11 +208,21 @@ impl<S> AsyncWrite for Coalesced<S> {
 
 impl<S> Drop for Coalesced<S> {
     fn drop(&mut self) {
-        // Dropped without shutdown: the writer still sends what is queued, then ends.
-        let mut st = self.shared.lock();
-        st.closing = true;
-        if let Some(w) = st.writer.take() {
-            w.wake();
+        // Dropped without shutdown: the writer still sends what is queued, then ends;
+        // a peer that stops reading cannot keep it (and the socket) alive past the grace.
+        {
+            let mut st = self.shared.lock();
+            st.closing = true;
+            if let Some(w) = st.writer.take() {
+                w.wake();
+            }
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let writer = self.writer.clone();
+            rt.spawn(async move {
+                tokio::time::sleep(DROP_GRACE).await;
+                writer.abort();
+            });
         }
     }
 }

@@ -7,7 +7,8 @@ use fe2o3_amqp::types::primitives::{Binary, SimpleValue};
 
 use iotsync_core::Envelope;
 
-pub fn to_amqp(env: &Envelope) -> Message<Data> {
+/// Takes the envelope by value: the payload and topic move into the message uncopied.
+pub fn to_amqp(env: Envelope) -> Message<Data> {
     let id = env.message_id.to_string();
     Message::builder()
         .properties(Properties {
@@ -16,12 +17,12 @@ pub fn to_amqp(env: &Envelope) -> Message<Data> {
         })
         .application_properties(
             ApplicationProperties::builder()
-                .insert("topic", SimpleValue::String(env.topic.clone()))
+                .insert("topic", SimpleValue::String(env.topic))
                 .insert("messageId", SimpleValue::String(id))
                 .insert("generateTime", SimpleValue::Long(env.generate_time))
                 .build(),
         )
-        .data(Binary::from(env.payload.clone()))
+        .data(Binary::from(env.payload))
         .build()
 }
 
@@ -37,7 +38,7 @@ mod tests {
             generate_time: 1_800_000_000_123,
             payload: br#"{"a":1}"#.to_vec(),
         };
-        let m = to_amqp(&env);
+        let m = to_amqp(env.clone());
         let ap = m.application_properties.unwrap();
         assert_eq!(
             ap.get("topic"),

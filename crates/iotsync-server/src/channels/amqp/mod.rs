@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::context::{Context, Listener, Started};
-use auth::CredentialCache;
+use auth::CredentialChecker;
 use connection::Shared;
 
 /// Starts the configured listeners (`amqp.listen` plain, `amqp.tls_listen` TLS); an
@@ -30,7 +30,7 @@ use connection::Shared;
 pub async fn start(ctx: &Context) -> anyhow::Result<Started> {
     let shared = Arc::new(Shared {
         hub: ctx.hub.clone(),
-        creds: CredentialCache::new(ctx.registry.clone(), ctx.clock.clone()),
+        creds: CredentialChecker::new(ctx.registry.clone(), ctx.clock.clone()),
         shutdown: ctx.shutdown.clone(),
     });
     let mut started = Started::default();
