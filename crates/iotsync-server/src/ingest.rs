@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
 
 use iotsync_backlog::{Backlog, BacklogError};
 use iotsync_core::payload::{self, EventReport, EventType, PropertyItem};
@@ -38,6 +39,7 @@ pub struct Ingest {
     registry: Arc<dyn Registry>,
     backlog: Arc<dyn Backlog>,
     clock: SharedClock,
+    props: mpsc::Sender<PropertyOp>,
 }
 
 /// Most properties one report may carry.
@@ -65,12 +67,65 @@ fn item(id: &str, v: &Value, now: i64) -> Result<PropertyItem, IngestError> {
     })
 }
 
+/// Work for the property writer: last values + history of one report, or a barrier that
+/// answers once everything queued before it is written.
+enum PropertyOp {
+    Record(ProjectId, IotId, Vec<PropertyValue>),
+    Barrier(oneshot::Sender<()>),
+}
+
+/// Reports waiting for the property writer, at most (backpressure beyond).
+const PROPERTY_QUEUE: usize = 8192;
+/// Reports written per registry transaction, at most.
+const PROPERTY_BATCH: usize = 1024;
+
+/// Writes reported last values and history behind the report, many reports per registry
+/// transaction. The report's message is what must be durable before the device is
+/// answered, and it is (in the backlog); last values are derived data, so they need not
+/// cost one registry fsync per report. Readers call [`Ingest::settle_properties`] first,
+/// so they see every report answered before their call.
+async fn property_writer(registry: Arc<dyn Registry>, mut rx: mpsc::Receiver<PropertyOp>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = Vec::new();
+        let mut barriers = Vec::new();
+        let mut next = Some(first);
+        while let Some(op) = next.take() {
+            match op {
+                PropertyOp::Record(p, i, v) => batch.push((p, i, v)),
+                PropertyOp::Barrier(b) => barriers.push(b),
+            }
+            // Whatever queued while the last batch was written goes in this one.
+            if batch.len() < PROPERTY_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if let Err(e) = registry.record_properties_batch(&batch).await {
+            tracing::error!(error = %e, reports = batch.len(), "writing reported property values failed");
+        }
+        for b in barriers {
+            let _ = b.send(());
+        }
+    }
+}
+
 impl Ingest {
     pub fn new(registry: Arc<dyn Registry>, backlog: Arc<dyn Backlog>, clock: SharedClock) -> Self {
+        let (props, rx) = mpsc::channel(PROPERTY_QUEUE);
+        tokio::spawn(property_writer(registry.clone(), rx));
         Self {
             registry,
             backlog,
             clock,
+            props,
+        }
+    }
+
+    /// Returns once every property report answered before this call is in the registry
+    /// (last values and history), for readers that must see them.
+    pub async fn settle_properties(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.props.send(PropertyOp::Barrier(tx)).await.is_ok() {
+            let _ = rx.await;
         }
     }
 
@@ -135,9 +190,10 @@ impl Ingest {
                 time: v.time,
             })
             .collect();
-        self.registry
-            .record_properties(project, iot_id, &values)
-            .await?;
+        self.props
+            .send(PropertyOp::Record(project.clone(), iot_id.clone(), values))
+            .await
+            .map_err(|_| IngestError::Backlog(iotsync_backlog::BacklogError::Closed))?;
         let m = payload::property_post(&device.as_ref(), &parsed, now);
         self.produce(m, product.sync_enabled, project).await
     }

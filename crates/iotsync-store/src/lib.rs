@@ -105,6 +105,12 @@ pub trait Registry: Send + Sync + 'static {
         iot_id: &IotId,
         items: &[PropertyValue],
     ) -> StoreResult<()>;
+    /// Many devices' reports in one transaction (the ingest's write-behind batches).
+    /// Devices deleted meanwhile are skipped.
+    async fn record_properties_batch(
+        &self,
+        batch: &[(ProjectId, IotId, Vec<PropertyValue>)],
+    ) -> StoreResult<()>;
     async fn device_properties(
         &self,
         project: &ProjectId,

@@ -1132,6 +1132,39 @@ impl Registry for SqlRegistry {
         Ok(())
     }
 
+    async fn record_properties_batch(
+        &self,
+        batch: &[(ProjectId, IotId, Vec<PropertyValue>)],
+    ) -> StoreResult<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut w = self.write().await?;
+        for (project, iot_id, items) in batch {
+            match fetch_device(&mut w.tx, project, iot_id).await {
+                Ok(_) => {}
+                Err(StoreError::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+            for it in items {
+                sqlx::query(
+                    "INSERT INTO device_properties (iot_id, identifier, value_json, time) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (iot_id, identifier) DO UPDATE SET value_json = excluded.value_json, time = excluded.time \
+                     WHERE excluded.time >= device_properties.time",
+                )
+                .bind(iot_id.as_str())
+                .bind(it.identifier.as_str())
+                .bind(it.value.to_string())
+                .bind(it.time)
+                .execute(&mut *w.tx)
+                .await?;
+                record_history(&mut w.tx, iot_id, it).await?;
+            }
+        }
+        w.tx.commit().await?;
+        Ok(())
+    }
+
     async fn device_properties(
         &self,
         project: &ProjectId,

@@ -856,3 +856,47 @@ async fn futures_join_all<F: std::future::Future>(
     }
     out
 }
+
+both!(
+    batched_property_reports_skip_deleted_devices_and_keep_newest,
+    h,
+    {
+        let p = h.project().await.project.project_id;
+        let prod = h.product(&p, "Lamp").await;
+        let a = h
+            .reg
+            .create_device(&p, &prod.product_key, &"lamp0001".parse().unwrap())
+            .await
+            .unwrap();
+        let b = h
+            .reg
+            .create_device(&p, &prod.product_key, &"lamp0002".parse().unwrap())
+            .await
+            .unwrap();
+        h.reg.delete_device(&p, &b.device.iot_id).await.unwrap();
+        let v = |x: i64, t: i64| {
+            vec![PropertyValue {
+                identifier: "x".into(),
+                value: serde_json::json!(x),
+                time: t,
+            }]
+        };
+        h.reg
+            .record_properties_batch(&[
+                (p.clone(), a.device.iot_id.clone(), v(1, 10)),
+                (p.clone(), b.device.iot_id.clone(), v(2, 10)),
+                (p.clone(), a.device.iot_id.clone(), v(3, 30)),
+                (p.clone(), a.device.iot_id.clone(), v(0, 20)),
+            ])
+            .await
+            .unwrap();
+        let props = h.reg.device_properties(&p, &a.device.iot_id).await.unwrap();
+        assert_eq!(props.len(), 1);
+        assert_eq!(
+            props[0].value,
+            serde_json::json!(3),
+            "the newest report wins"
+        );
+        assert_eq!(props[0].time, 30);
+    }
+);

@@ -193,6 +193,7 @@ pub async fn device_properties(
     Path((pid, iot)): Path<(String, String)>,
 ) -> ApiResult<Json<Vec<PropertyValue>>> {
     let (pid, iot) = device_path(&pid, &iot)?;
+    st.ingest.settle_properties().await;
     Ok(Json(st.registry.device_properties(&pid, &iot).await?))
 }
 

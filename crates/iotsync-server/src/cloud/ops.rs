@@ -39,6 +39,7 @@ pub async fn dispatch(
         }
         "/cloud/thing/properties/get" => {
             let d = device(st, project, p).await?;
+            st.ingest.settle_properties().await;
             let props = st.registry.device_properties(project, &d.iot_id).await?;
             Ok(Value::Array(
                 props
@@ -234,6 +235,7 @@ async fn timeline(
         )));
     }
     let asc = p.get("asc").and_then(Value::as_bool).unwrap_or(false);
+    st.ingest.settle_properties().await;
     let values = st
         .registry
         .property_timeline(
