@@ -8,6 +8,16 @@ use std::sync::Arc;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use iotsync_core::sync_rules::SyncSettings;
+use iotsync_store::Device;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 use iotsync_backlog::{Backlog, BacklogError};
 use iotsync_core::payload::{self, EventReport, EventType, PropertyItem};
 use iotsync_core::{IotId, MessageId, ProjectId, SharedClock, SyncMessage};
@@ -40,6 +50,33 @@ pub struct Ingest {
     backlog: Arc<dyn Backlog>,
     clock: SharedClock,
     props: mpsc::Sender<PropertyOp>,
+    devices: Mutex<HashMap<(ProjectId, IotId), Cached<Arc<DeviceFacts>>>>,
+    settings: Mutex<HashMap<ProjectId, Cached<Arc<SyncSettings>>>>,
+}
+
+/// What a report needs to know of its device.
+struct DeviceFacts {
+    device: Device,
+    /// The device's product is switched on for sync.
+    product_sync: bool,
+}
+
+/// A looked-up value, valid while the registry's change epoch is the same and for at
+/// most [`CACHE_TTL_MS`] (changes made by other nodes of a scale-out are seen by then).
+struct Cached<T> {
+    value: T,
+    epoch: u64,
+    at_ms: i64,
+}
+
+const CACHE_TTL_MS: i64 = 2_000;
+/// Entries kept at most; past it the cache starts over (a flood of made-up ids must not
+/// grow memory).
+const CACHE_MAX: usize = 100_000;
+
+fn fresh<T: Clone>(c: Option<&Cached<T>>, epoch: u64, now: i64) -> Option<T> {
+    c.filter(|c| c.epoch == epoch && now - c.at_ms < CACHE_TTL_MS && now >= c.at_ms)
+        .map(|c| c.value.clone())
 }
 
 /// Most properties one report may carry.
@@ -117,7 +154,67 @@ impl Ingest {
             backlog,
             clock,
             props,
+            devices: Mutex::default(),
+            settings: Mutex::default(),
         }
+    }
+
+    /// The device and its product's switch, from the cache while nothing changed.
+    async fn device_facts(
+        &self,
+        project: &ProjectId,
+        iot_id: &IotId,
+    ) -> Result<Arc<DeviceFacts>, IngestError> {
+        let epoch = self.registry.change_epoch();
+        let now = self.clock.now_ms();
+        let key = (project.clone(), iot_id.clone());
+        if let Some(f) = fresh(lock(&self.devices).get(&key), epoch, now) {
+            return Ok(f);
+        }
+        let device = self.registry.get_device(project, iot_id).await?;
+        let product = self
+            .registry
+            .get_product(project, &device.product_key)
+            .await?;
+        let facts = Arc::new(DeviceFacts {
+            device,
+            product_sync: product.sync_enabled,
+        });
+        let mut map = lock(&self.devices);
+        if map.len() >= CACHE_MAX {
+            map.clear();
+        }
+        map.insert(
+            key,
+            Cached {
+                value: facts.clone(),
+                epoch,
+                at_ms: now,
+            },
+        );
+        Ok(facts)
+    }
+
+    async fn settings(&self, project: &ProjectId) -> Result<Arc<SyncSettings>, IngestError> {
+        let epoch = self.registry.change_epoch();
+        let now = self.clock.now_ms();
+        if let Some(s) = fresh(lock(&self.settings).get(project), epoch, now) {
+            return Ok(s);
+        }
+        let s = Arc::new(self.registry.sync_settings(project).await?);
+        let mut map = lock(&self.settings);
+        if map.len() >= CACHE_MAX {
+            map.clear();
+        }
+        map.insert(
+            project.clone(),
+            Cached {
+                value: s.clone(),
+                epoch,
+                at_ms: now,
+            },
+        );
+        Ok(s)
     }
 
     /// Returns once every property report answered before this call is in the registry
@@ -135,7 +232,7 @@ impl Ingest {
         product_sync: bool,
         project: &ProjectId,
     ) -> Result<ReportOutcome, IngestError> {
-        let settings = self.registry.sync_settings(project).await?;
+        let settings = self.settings(project).await?;
         if !settings.produces_kind(m.kind, Some(product_sync)) {
             return Ok(ReportOutcome {
                 message_id: None,
@@ -174,14 +271,11 @@ impl Ingest {
             })?;
             parsed.insert(id.clone(), item(id, v, now)?);
         }
-        let device = self.registry.get_device(project, iot_id).await?;
+        let facts = self.device_facts(project, iot_id).await?;
+        let device = &facts.device;
         if device.status == DeviceStatus::Disabled {
             return Err(IngestError::DeviceDisabled);
         }
-        let product = self
-            .registry
-            .get_product(project, &device.product_key)
-            .await?;
         let values: Vec<PropertyValue> = parsed
             .iter()
             .map(|(k, v)| PropertyValue {
@@ -195,7 +289,7 @@ impl Ingest {
             .await
             .map_err(|_| IngestError::Backlog(iotsync_backlog::BacklogError::Closed))?;
         let m = payload::property_post(&device.as_ref(), &parsed, now);
-        self.produce(m, product.sync_enabled, project).await
+        self.produce(m, facts.product_sync, project).await
     }
 
     pub async fn report_event(
@@ -240,14 +334,11 @@ impl Ingest {
             });
         }
         let now = self.clock.now_ms();
-        let device = self.registry.get_device(project, iot_id).await?;
+        let facts = self.device_facts(project, iot_id).await?;
+        let device = &facts.device;
         if device.status == DeviceStatus::Disabled {
             return Err(IngestError::DeviceDisabled);
         }
-        let product = self
-            .registry
-            .get_product(project, &device.product_key)
-            .await?;
         let m = payload::event_post(
             &device.as_ref(),
             &EventReport {
@@ -259,7 +350,7 @@ impl Ingest {
             },
             now,
         );
-        self.produce(m, product.sync_enabled, project).await
+        self.produce(m, facts.product_sync, project).await
     }
 
     /// The outcome of a property set or service call sent to a device: the control
@@ -271,12 +362,8 @@ impl Ingest {
         reply: &payload::DownlinkReply<'_>,
     ) -> Result<ReportOutcome, IngestError> {
         let now = self.clock.now_ms();
-        let device = self.registry.get_device(project, iot_id).await?;
-        let product = self
-            .registry
-            .get_product(project, &device.product_key)
-            .await?;
-        let m = payload::downlink_reply(&device.as_ref(), reply, now);
-        self.produce(m, product.sync_enabled, project).await
+        let facts = self.device_facts(project, iot_id).await?;
+        let m = payload::downlink_reply(&facts.device.as_ref(), reply, now);
+        self.produce(m, facts.product_sync, project).await
     }
 }

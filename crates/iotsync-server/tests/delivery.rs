@@ -326,6 +326,12 @@ async fn a_product_switched_off_produces_no_device_data() {
     let mut link = env.consumer(&p.pid, &p.app_key).await;
     let l = take(&mut link, 1).await;
     ack_all(&link, &l).await;
+    // A report while the product is on (ingest now knows the device and its product)...
+    let on = env.report(&p, json!({"LightSwitch": 1})).await;
+    assert_eq!(on["produced"], true);
+    let d = take(&mut link, 1).await;
+    ack_all(&link, &d).await;
+    // ...then the switch takes effect for the very next report.
     env.call(
         reqwest::Method::PUT,
         &format!("/api/v1/projects/{}/sync/products/{}", p.pid, p.pk),
@@ -335,6 +341,22 @@ async fn a_product_switched_off_produces_no_device_data() {
     let out = env.report(&p, json!({"LightSwitch": 0})).await;
     assert_eq!(out["produced"], false);
     nothing(&mut link).await;
+    // Disabling the device is seen at once too.
+    env.post(
+        &format!("/api/v1/projects/{}/devices/{}/disable", p.pid, p.iot),
+        json!({}),
+    )
+    .await;
+    let (s, e) = env
+        .post(
+            &format!("/api/v1/projects/{}/devices/{}/properties", p.pid, p.iot),
+            json!({"items": {"x": 1}}),
+        )
+        .await;
+    assert_eq!(
+        (s, e["code"].clone()),
+        (StatusCode::FORBIDDEN, json!("device.disabled"))
+    );
     env.stop().await;
 }
 

@@ -187,7 +187,8 @@ pub trait Registry: Send + Sync + 'static {
         expires_at: i64,
     ) -> StoreResult<()>;
     async fn cloud_token(&self, project: &ProjectId) -> StoreResult<Option<CloudToken>>;
-    /// Reported values of one property (kept: the newest [`PROPERTY_HISTORY_MAX`]).
+    /// Reported values of one property (kept: the newest [`PROPERTY_HISTORY_MAX`]; batched
+    /// reports trim it every few batches, so it may briefly hold a little more).
     async fn property_timeline(
         &self,
         project: &ProjectId,
@@ -201,6 +202,13 @@ pub trait Registry: Send + Sync + 'static {
         project: &ProjectId,
         page: PageRequest,
     ) -> StoreResult<Page<AuditEntry>>;
+
+    /// A counter bumped after every committed change that can alter what ingest looks
+    /// up per report (sync settings, product switches, device enable/disable/delete,
+    /// project delete). Caches compare it to know their entries are still current.
+    fn change_epoch(&self) -> u64 {
+        0
+    }
 
     // Outbox
     /// The oldest outbox messages, at most `limit`.

@@ -38,6 +38,8 @@ pub struct SqlRegistry {
     backend: StoreBackend,
     write_lock: Mutex<()>,
     clock: SharedClock,
+    epoch: std::sync::atomic::AtomicU64,
+    history_round: std::sync::atomic::AtomicU64,
 }
 
 static DRIVERS: Once = Once::new();
@@ -93,6 +95,8 @@ impl SqlRegistry {
             backend,
             write_lock: Mutex::new(()),
             clock,
+            epoch: std::sync::atomic::AtomicU64::new(1),
+            history_round: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -121,6 +125,11 @@ impl SqlRegistry {
 
     fn now(&self) -> i64 {
         self.clock.now_ms()
+    }
+
+    /// After a committed change that lookups may have cached.
+    fn bump(&self) {
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -484,13 +493,21 @@ async fn record_history(
     .bind(it.time)
     .execute(&mut *conn)
     .await?;
+    trim_history(conn, iot_id.as_str(), &it.identifier).await
+}
+
+/// Batches between two trims of one (device, property)'s history.
+const HISTORY_TRIM_EVERY: u64 = 16;
+
+/// Keeps the newest `PROPERTY_HISTORY_MAX` values of one (device, property).
+async fn trim_history(conn: &mut AnyConnection, iot_id: &str, identifier: &str) -> StoreResult<()> {
     sqlx::query(
         "DELETE FROM property_history WHERE iot_id = $1 AND identifier = $2 AND seq <= \
          (SELECT seq FROM property_history WHERE iot_id = $1 AND identifier = $2 \
           ORDER BY seq DESC LIMIT 1 OFFSET $3)",
     )
-    .bind(iot_id.as_str())
-    .bind(it.identifier.as_str())
+    .bind(iot_id)
+    .bind(identifier)
     .bind(PROPERTY_HISTORY_MAX)
     .execute(&mut *conn)
     .await?;
@@ -772,6 +789,7 @@ impl Registry for SqlRegistry {
         )
         .await?;
         w.tx.commit().await?;
+        self.bump();
         Ok(())
     }
 
@@ -1019,6 +1037,7 @@ impl Registry for SqlRegistry {
         let m = payload::device_lifecycle(&d.device.as_ref(), LifecycleAction::Delete, None, now);
         produce(&mut w.tx, &settings, Some(product_sync), m).await?;
         w.tx.commit().await?;
+        self.bump();
         Ok(())
     }
 
@@ -1058,6 +1077,7 @@ impl Registry for SqlRegistry {
         let m = payload::device_lifecycle(&d.device.as_ref(), action, None, now);
         produce(&mut w.tx, &settings, Some(product_sync), m).await?;
         w.tx.commit().await?;
+        self.bump();
         Ok(Device {
             status,
             status_time: now,
@@ -1139,26 +1159,114 @@ impl Registry for SqlRegistry {
         if batch.is_empty() {
             return Ok(());
         }
+        let round = self
+            .history_round
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut w = self.write().await?;
-        for (project, iot_id, items) in batch {
-            match fetch_device(&mut w.tx, project, iot_id).await {
-                Ok(_) => {}
-                Err(StoreError::NotFound { .. }) => continue,
-                Err(e) => return Err(e),
+        // Which reported devices still exist in their project (one query per chunk).
+        let mut wanted: Vec<(&ProjectId, &IotId)> = batch.iter().map(|(p, i, _)| (p, i)).collect();
+        wanted.sort();
+        wanted.dedup();
+        let mut alive = std::collections::HashSet::new();
+        for chunk in wanted.chunks(400) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
+            let sql = format!(
+                "SELECT iot_id, project_id FROM devices WHERE iot_id IN ({})",
+                placeholders.join(",")
+            );
+            let mut q = sqlx::query(&sql);
+            for (_, iot) in chunk {
+                q = q.bind(iot.as_str());
             }
-            for it in items {
-                sqlx::query(
-                    "INSERT INTO device_properties (iot_id, identifier, value_json, time) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (iot_id, identifier) DO UPDATE SET value_json = excluded.value_json, time = excluded.time \
-                     WHERE excluded.time >= device_properties.time",
-                )
-                .bind(iot_id.as_str())
-                .bind(it.identifier.as_str())
-                .bind(it.value.to_string())
-                .bind(it.time)
-                .execute(&mut *w.tx)
-                .await?;
-                record_history(&mut w.tx, iot_id, it).await?;
+            for row in q.fetch_all(&mut *w.tx).await? {
+                let iot: String = row.try_get("iot_id")?;
+                let proj: String = row.try_get("project_id")?;
+                alive.insert((proj, iot));
+            }
+        }
+        let rows: Vec<(&IotId, &PropertyValue)> = batch
+            .iter()
+            .filter(|(p, i, _)| alive.contains(&(p.to_string(), i.to_string())))
+            .flat_map(|(_, i, items)| items.iter().map(move |it| (i, it)))
+            .collect();
+        // Last values: the newest report of each (device, property) in this batch, one
+        // multi-row upsert per chunk (a row may be named once per statement).
+        let mut latest: std::collections::BTreeMap<(&str, &str), &PropertyValue> =
+            Default::default();
+        for (iot, it) in &rows {
+            let e = latest
+                .entry((iot.as_str(), it.identifier.as_str()))
+                .or_insert(it);
+            if it.time >= e.time {
+                *e = it;
+            }
+        }
+        let latest: Vec<_> = latest.into_iter().collect();
+        for chunk in latest.chunks(250) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|k| {
+                    format!(
+                        "(${}, ${}, ${}, ${})",
+                        4 * k + 1,
+                        4 * k + 2,
+                        4 * k + 3,
+                        4 * k + 4
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO device_properties (iot_id, identifier, value_json, time) VALUES {} \
+                 ON CONFLICT (iot_id, identifier) DO UPDATE SET value_json = excluded.value_json, time = excluded.time \
+                 WHERE excluded.time >= device_properties.time",
+                values.join(",")
+            );
+            let mut q = sqlx::query(&sql);
+            for ((iot, ident), it) in chunk {
+                q = q
+                    .bind(*iot)
+                    .bind(*ident)
+                    .bind(it.value.to_string())
+                    .bind(it.time);
+            }
+            q.execute(&mut *w.tx).await?;
+        }
+        // History: every report, in order, one multi-row insert per chunk.
+        for chunk in rows.chunks(250) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|k| {
+                    format!(
+                        "(${}, ${}, ${}, ${})",
+                        4 * k + 1,
+                        4 * k + 2,
+                        4 * k + 3,
+                        4 * k + 4
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO property_history (iot_id, identifier, value_json, time) VALUES {}",
+                values.join(",")
+            );
+            let mut q = sqlx::query(&sql);
+            for (iot, it) in chunk {
+                q = q
+                    .bind(iot.as_str())
+                    .bind(it.identifier.as_str())
+                    .bind(it.value.to_string())
+                    .bind(it.time);
+            }
+            q.execute(&mut *w.tx).await?;
+        }
+        // Bounding the history costs a statement per (device, property), so each one is
+        // trimmed every HISTORY_TRIM_EVERY batches only: it may hold that many batches'
+        // reports beyond PROPERTY_HISTORY_MAX in between.
+        for ((iot, ident), _) in &latest {
+            let h = iot
+                .bytes()
+                .chain(ident.bytes())
+                .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+            if (h.wrapping_add(round)) % HISTORY_TRIM_EVERY == 0 {
+                trim_history(&mut w.tx, iot, ident).await?;
             }
         }
         w.tx.commit().await?;
@@ -1540,6 +1648,7 @@ impl Registry for SqlRegistry {
         )
         .await?;
         w.tx.commit().await?;
+        self.bump();
         Ok((after, transition))
     }
 
@@ -1581,6 +1690,7 @@ impl Registry for SqlRegistry {
             .await?;
         }
         w.tx.commit().await?;
+        self.bump();
         Ok(Product {
             sync_enabled: enabled,
             ..before
@@ -1795,6 +1905,10 @@ impl Registry for SqlRegistry {
             })
             .collect::<StoreResult<_>>()?;
         Ok(page(items, total, p))
+    }
+
+    fn change_epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     async fn outbox_peek(&self, limit: u32) -> StoreResult<Vec<OutboxEntry>> {
