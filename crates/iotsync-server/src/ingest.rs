@@ -50,9 +50,11 @@ pub struct Ingest {
     backlog: Arc<dyn Backlog>,
     clock: SharedClock,
     props: mpsc::Sender<PropertyOp>,
-    devices: Mutex<HashMap<(ProjectId, IotId), Cached<Arc<DeviceFacts>>>>,
+    devices: Mutex<HashMap<DeviceKey, Cached<Arc<DeviceFacts>>>>,
     settings: Mutex<HashMap<ProjectId, Cached<Arc<SyncSettings>>>>,
 }
+
+type DeviceKey = (ProjectId, IotId);
 
 /// What a report needs to know of its device.
 struct DeviceFacts {
