@@ -230,11 +230,18 @@ impl ConsumerStream {
         deliveries: Vec<Delivery>,
         out: &mpsc::Sender<Result<ConsumeResponse, Status>>,
     ) -> Result<(), End> {
+        let mut gone = false;
         for d in deliveries {
             if !self.routes.sends(d.message.data_class()) {
+                // Routed elsewhere (mixed configuration): settled for this group even if
+                // the client has just gone, so it never waits for the next consumer.
                 self.settle(&d.token, Outcome::Accepted)
                     .await
                     .map_err(End::Status)?;
+                continue;
+            }
+            if gone {
+                // Not sent: `detach` hands it back to the group at once.
                 continue;
             }
             let env = d.message.envelope;
@@ -251,8 +258,11 @@ impl ConsumerStream {
                 })),
             };
             if out.send(Ok(msg)).await.is_err() {
-                return Err(End::ClientGone);
+                gone = true;
             }
+        }
+        if gone {
+            return Err(End::ClientGone);
         }
         Ok(())
     }
