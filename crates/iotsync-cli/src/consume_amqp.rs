@@ -109,5 +109,7 @@ pub async fn run(args: AmqpArgs) -> anyhow::Result<()> {
         }
     }
     drop(held);
+    // Graceful: the last outcomes reach the server before the connection ends.
+    stream.close().await;
     Ok(())
 }

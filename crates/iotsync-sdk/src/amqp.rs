@@ -313,6 +313,16 @@ impl MessageStream {
     pub async fn next(&mut self) -> Option<Result<AmqpMessage, AmqpError>> {
         self.rx.recv().await
     }
+
+    /// Closes gracefully: the outcomes already settled reach the server, then the session
+    /// and connection end. (Dropping the stream instead cuts the connection at once;
+    /// outcomes still on their way are then lost and those messages delivered again.)
+    pub async fn close(mut self) {
+        self.rx.close();
+        while self.rx.try_recv().is_ok() {}
+        let task = std::mem::replace(&mut self.task, tokio::spawn(async {}));
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
 }
 
 impl Drop for MessageStream {
@@ -581,6 +591,15 @@ impl OpenLink {
             }
         };
         if result.is_ok() {
+            // The application closed the stream: send the outcomes it already settled
+            // before ending the session, so none is lost on the way out.
+            while let Ok((info, d)) = settle_rx.try_recv() {
+                let _ = match d {
+                    Disposition::Accept => self.receiver.accept(info).await,
+                    Disposition::Release => self.receiver.release(info).await,
+                    Disposition::Reject => self.receiver.reject(info, None).await,
+                };
+            }
             let _ = tokio::time::timeout(Duration::from_secs(3), async {
                 let _ = self.session.end().await;
                 let _ = self.conn.close().await;
