@@ -165,7 +165,10 @@ impl Env {
             })
             .await
             .unwrap();
-        Consumer { link }
+        Consumer {
+            link,
+            pending: Default::default(),
+        }
     }
 
     pub async fn stop(mut self) {
@@ -178,6 +181,8 @@ impl Env {
 /// An in-process consumer of the project's default group; acknowledges what it reads.
 pub struct Consumer {
     pub link: ConsumerLink,
+    /// Read (and acknowledged) but not yet handed out: a batch may run past the match.
+    pending: std::collections::VecDeque<Msg>,
 }
 
 pub struct Msg {
@@ -191,6 +196,13 @@ impl Consumer {
     /// arrives; returns everything read, in order. Fails after 20 s.
     pub async fn until(&mut self, suffix: &str) -> Vec<Msg> {
         let mut got = Vec::new();
+        while let Some(m) = self.pending.pop_front() {
+            let done = m.topic.ends_with(suffix);
+            got.push(m);
+            if done {
+                return got;
+            }
+        }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             let batch = tokio::time::timeout_at(deadline, self.link.next(16))
@@ -208,7 +220,11 @@ impl Consumer {
             for d in batch {
                 self.link.settle(&d.token, Outcome::Accepted).await.unwrap();
                 let m = msg(&d);
-                done |= m.topic.ends_with(suffix);
+                if done {
+                    self.pending.push_back(m);
+                    continue;
+                }
+                done = m.topic.ends_with(suffix);
                 got.push(m);
             }
             if done {
@@ -219,6 +235,10 @@ impl Consumer {
 
     /// Asserts nothing arrives within a short while.
     pub async fn nothing(&mut self) {
+        if !self.pending.is_empty() {
+            let topics: Vec<_> = self.pending.iter().map(|m| m.topic.clone()).collect();
+            panic!("unexpected messages: {topics:?}");
+        }
         let r = tokio::time::timeout(Duration::from_millis(500), self.link.next(10)).await;
         if let Ok(Ok(batch)) = r {
             let topics: Vec<_> = batch.iter().map(|d| msg(d).topic).collect();
