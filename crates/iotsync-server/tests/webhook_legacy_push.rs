@@ -279,13 +279,18 @@ async fn mixed_projects_push_user_data_to_the_webhook_and_stream_device_data_ove
     }
     assert!(!env.has_consumer(&p.pid, ChannelKind::Webhook).await);
     env.user(&p, "eve").await;
-    let mut g = grpcio(&env, &p, &["--max", "1"]);
-    let m = g.until("message", 60).await;
-    assert!(
-        m["topic"].as_str().unwrap().starts_with("/_account/"),
-        "{m}"
-    );
-    g.until("done", 30).await;
+    // User data left in the default group from before (a delivery in flight when the
+    // earlier client left goes back to the group) may come first: all of it is user data.
+    let mut g = grpcio(&env, &p, &[]);
+    loop {
+        let m = g.until("message", 60).await;
+        let topic = m["topic"].as_str().unwrap();
+        if topic.starts_with("/_account/") {
+            break;
+        }
+        assert!(topic.ends_with("/thing/user/binding"), "{m}");
+    }
+    drop(g);
     quiet(&mut rx, 300).await;
     env.stop().await;
 }
