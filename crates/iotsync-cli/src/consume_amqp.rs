@@ -2,8 +2,6 @@
 //! consumer, prints each as a JSON line (topic, messageId, generateTime, payload) and
 //! settles it (accept by default; release / reject / leave unsettled for testing).
 
-use std::io::Write;
-
 use anyhow::Context;
 use iotsync_sdk::amqp::{AmqpConsumer, Disposition};
 
@@ -74,7 +72,6 @@ pub async fn run(args: AmqpArgs) -> anyhow::Result<()> {
     let mut stream = consumer.stream();
     let mut n = 0u64;
     let mut held = Vec::new();
-    let stdout = std::io::stdout();
     while let Some(item) = stream.next().await {
         let m = match item {
             Ok(m) => m,
@@ -83,21 +80,7 @@ pub async fn run(args: AmqpArgs) -> anyhow::Result<()> {
                 continue;
             }
         };
-        let payload: serde_json::Value = serde_json::from_slice(&m.envelope.payload)
-            .unwrap_or_else(|_| {
-                serde_json::Value::String(String::from_utf8_lossy(&m.envelope.payload).into())
-            });
-        let line = serde_json::json!({
-            "topic": m.envelope.topic,
-            "messageId": m.envelope.message_id.to_string(),
-            "generateTime": m.envelope.generate_time,
-            "payload": payload,
-        });
-        {
-            let mut out = stdout.lock();
-            writeln!(out, "{line}")?;
-            out.flush()?;
-        }
+        crate::consume::print_line(&m.envelope, None)?;
         match disposition {
             Some(d) => m.settle(d).await?,
             // Kept (not dropped) so nothing is settled until we exit.

@@ -2,8 +2,6 @@
 //! SDK consumer, prints each as a JSON line (topic, messageId, generateTime, payload,
 //! attempt) and settles it (commit success by default; failure / unsettled for testing).
 
-use std::io::Write;
-
 use anyhow::Context;
 use iotsync_sdk::http2::{Commit, Http2Consumer};
 
@@ -63,7 +61,6 @@ pub async fn run(args: Http2Args) -> anyhow::Result<()> {
     let mut stream = consumer.stream();
     let mut n = 0u64;
     let mut held = Vec::new();
-    let stdout = std::io::stdout();
     while let Some(item) = stream.next().await {
         let m = match item {
             Ok(m) => m,
@@ -72,22 +69,7 @@ pub async fn run(args: Http2Args) -> anyhow::Result<()> {
                 continue;
             }
         };
-        let payload: serde_json::Value = serde_json::from_slice(&m.envelope.payload)
-            .unwrap_or_else(|_| {
-                serde_json::Value::String(String::from_utf8_lossy(&m.envelope.payload).into())
-            });
-        let line = serde_json::json!({
-            "topic": m.envelope.topic,
-            "messageId": m.envelope.message_id.to_string(),
-            "generateTime": m.envelope.generate_time,
-            "payload": payload,
-            "attempt": m.attempt,
-        });
-        {
-            let mut out = stdout.lock();
-            writeln!(out, "{line}")?;
-            out.flush()?;
-        }
+        crate::consume::print_line(&m.envelope, Some(m.attempt))?;
         match commit {
             Some(c) => {
                 if let Err(e) = m.settle(c).await {

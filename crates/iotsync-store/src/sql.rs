@@ -358,6 +358,24 @@ async fn audit(
     Ok(())
 }
 
+/// A new project's API activation: each group at its default (only the cloud token on).
+async fn insert_default_activation(
+    conn: &mut AnyConnection,
+    project: &ProjectId,
+) -> StoreResult<()> {
+    for g in ApiGroup::ALL {
+        sqlx::query(
+            "INSERT INTO api_activation (project_id, api_group, activated) VALUES ($1, $2, $3)",
+        )
+        .bind(project.as_str())
+        .bind(g.as_str())
+        .bind(b(g.activated_by_default()))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
 /// Writes `m` to the outbox if the project's settings (and the product's switch, for
 /// device data and bindings) say it is produced now. Called inside the change's
 /// transaction, so the change and its message commit together.
@@ -557,16 +575,7 @@ impl Registry for SqlRegistry {
                 Err(e) => return Err(e.into()),
                 Ok(_) => {}
             }
-            for g in ApiGroup::ALL {
-                sqlx::query(
-                    "INSERT INTO api_activation (project_id, api_group, activated) VALUES ($1, $2, $3)",
-                )
-                .bind(p.project_id.as_str())
-                .bind(g.as_str())
-                .bind(b(g.activated_by_default()))
-                .execute(&mut *w.tx)
-                .await?;
-            }
+            insert_default_activation(&mut w.tx, &p.project_id).await?;
             audit(
                 &mut w.tx,
                 Some(&p.project_id),
@@ -626,16 +635,7 @@ impl Registry for SqlRegistry {
             }
         }
         store_settings(&mut w.tx, &p.project_id, &settings).await?;
-        for g in ApiGroup::ALL {
-            sqlx::query(
-                "INSERT INTO api_activation (project_id, api_group, activated) VALUES ($1, $2, $3)",
-            )
-            .bind(p.project_id.as_str())
-            .bind(g.as_str())
-            .bind(b(g.activated_by_default()))
-            .execute(&mut *w.tx)
-            .await?;
-        }
+        insert_default_activation(&mut w.tx, &p.project_id).await?;
         audit(
             &mut w.tx,
             Some(&p.project_id),
