@@ -1,7 +1,41 @@
 //! `iotsync consume …`: a consumer for testing and debugging a project's sync. Prints
 //! each message as one JSON line on stdout and settles it as asked.
 
+use anyhow::Context;
 use clap::Subcommand;
+
+/// What every `consume` command takes besides its endpoint and its settle choice.
+#[derive(Debug, clap::Args)]
+pub struct ConsumerArgs {
+    #[arg(long)]
+    pub app_key: String,
+    #[arg(long, env = "IOTSYNC_APP_SECRET", hide_env_values = true)]
+    pub app_secret: String,
+    /// Consumer group (default: the project's default group, named after the appKey).
+    #[arg(long)]
+    pub group: Option<String>,
+    #[arg(long, default_value = "iotsync-cli")]
+    pub client_id: String,
+    /// Most messages unsettled at once (link credit / max in flight).
+    #[arg(long, default_value_t = 100)]
+    pub credit: u32,
+    /// Extra trusted CA certificate (PEM), e.g. the server's generated development cert.
+    #[arg(long)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Stop after this many messages.
+    #[arg(long)]
+    pub count: Option<u64>,
+}
+
+impl ConsumerArgs {
+    /// The `--ca-file` PEM, if given.
+    pub fn ca_pem(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        self.ca_file
+            .as_ref()
+            .map(|f| std::fs::read(f).with_context(|| format!("reading --ca-file {}", f.display())))
+            .transpose()
+    }
+}
 
 #[derive(Debug, Subcommand)]
 pub enum ConsumeCommand {

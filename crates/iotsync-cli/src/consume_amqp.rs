@@ -2,7 +2,6 @@
 //! consumer, prints each as a JSON line (topic, messageId, generateTime, payload) and
 //! settles it (accept by default; release / reject / leave unsettled for testing).
 
-use anyhow::Context;
 use iotsync_sdk::amqp::{AmqpConsumer, Disposition};
 
 #[derive(Debug, clap::Args)]
@@ -10,21 +9,8 @@ pub struct AmqpArgs {
     /// `amqps://host:port` or `amqp://host:port` (plain, development).
     #[arg(long)]
     pub endpoint: String,
-    #[arg(long)]
-    pub app_key: String,
-    #[arg(long, env = "IOTSYNC_APP_SECRET", hide_env_values = true)]
-    pub app_secret: String,
-    /// Consumer group (default: the project's default group, named after the appKey).
-    #[arg(long)]
-    pub group: Option<String>,
-    #[arg(long, default_value = "iotsync-cli")]
-    pub client_id: String,
-    /// Link credit: most messages unsettled at once.
-    #[arg(long, default_value_t = 100)]
-    pub credit: u32,
-    /// Extra trusted CA certificate (PEM), e.g. the server's generated development cert.
-    #[arg(long)]
-    pub ca_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub common: crate::consume::ConsumerArgs,
     /// TLS server name to verify (default: the endpoint's host).
     #[arg(long)]
     pub server_name: Option<String>,
@@ -37,23 +23,20 @@ pub struct AmqpArgs {
     /// Leave messages unsettled (they come back after the ack time-out or disconnect).
     #[arg(long, conflicts_with_all = ["release", "reject"])]
     pub no_ack: bool,
-    /// Stop after this many messages.
-    #[arg(long)]
-    pub count: Option<u64>,
 }
 
 pub async fn run(args: AmqpArgs) -> anyhow::Result<()> {
+    let c = &args.common;
     let mut b = AmqpConsumer::builder()
         .endpoint(&args.endpoint)
-        .app_key(&args.app_key)
-        .app_secret(&args.app_secret)
-        .client_id(&args.client_id)
-        .credit(args.credit);
-    if let Some(g) = &args.group {
+        .app_key(&c.app_key)
+        .app_secret(&c.app_secret)
+        .client_id(&c.client_id)
+        .credit(c.credit);
+    if let Some(g) = &c.group {
         b = b.group(g);
     }
-    if let Some(f) = &args.ca_file {
-        let pem = std::fs::read(f).with_context(|| format!("reading --ca-file {}", f.display()))?;
+    if let Some(pem) = c.ca_pem()? {
         b = b.ca_pem(pem);
     }
     if let Some(n) = &args.server_name {
@@ -87,7 +70,7 @@ pub async fn run(args: AmqpArgs) -> anyhow::Result<()> {
             None => held.push(m),
         }
         n += 1;
-        if args.count.is_some_and(|c| n >= c) {
+        if args.common.count.is_some_and(|c| n >= c) {
             break;
         }
     }

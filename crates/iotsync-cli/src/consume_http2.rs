@@ -2,7 +2,6 @@
 //! SDK consumer, prints each as a JSON line (topic, messageId, generateTime, payload,
 //! attempt) and settles it (commit success by default; failure / unsettled for testing).
 
-use anyhow::Context;
 use iotsync_sdk::http2::{Commit, Http2Consumer};
 
 #[derive(Debug, clap::Args)]
@@ -10,44 +9,28 @@ pub struct Http2Args {
     /// `http://host:port` (h2c, development) or `https://host:port` (TLS).
     #[arg(long, default_value = "http://127.0.0.1:7881")]
     pub endpoint: String,
-    #[arg(long)]
-    pub app_key: String,
-    #[arg(long, env = "IOTSYNC_APP_SECRET", hide_env_values = true)]
-    pub app_secret: String,
-    /// Consumer group (default: the project's default group, named after the appKey).
-    #[arg(long)]
-    pub group: Option<String>,
-    #[arg(long, default_value = "iotsync-cli")]
-    pub client_id: String,
-    /// Most unacknowledged messages in flight.
-    #[arg(long, default_value_t = 100)]
-    pub credit: u32,
-    /// Extra trusted CA certificate (PEM), e.g. the server's generated development cert.
-    #[arg(long)]
-    pub ca_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub common: crate::consume::ConsumerArgs,
     /// Answer "commit failure" to every message (the platform retries it).
     #[arg(long, conflicts_with = "no_ack")]
     pub fail: bool,
     /// Leave messages unacknowledged (they come back after the ack time-out or disconnect).
     #[arg(long, conflicts_with = "fail")]
     pub no_ack: bool,
-    /// Stop after this many messages.
-    #[arg(long)]
-    pub count: Option<u64>,
 }
 
 pub async fn run(args: Http2Args) -> anyhow::Result<()> {
+    let c = &args.common;
     let mut b = Http2Consumer::builder()
         .endpoint(&args.endpoint)
-        .app_key(&args.app_key)
-        .app_secret(&args.app_secret)
-        .client_id(&args.client_id)
-        .credit(args.credit);
-    if let Some(g) = &args.group {
+        .app_key(&c.app_key)
+        .app_secret(&c.app_secret)
+        .client_id(&c.client_id)
+        .credit(c.credit);
+    if let Some(g) = &c.group {
         b = b.group(g);
     }
-    if let Some(f) = &args.ca_file {
-        let pem = std::fs::read(f).with_context(|| format!("reading --ca-file {}", f.display()))?;
+    if let Some(pem) = c.ca_pem()? {
         b = b.ca_pem(pem);
     }
     let consumer = b.build()?;
@@ -80,7 +63,7 @@ pub async fn run(args: Http2Args) -> anyhow::Result<()> {
             None => held.push(m),
         }
         n += 1;
-        if args.count.is_some_and(|c| n >= c) {
+        if args.common.count.is_some_and(|c| n >= c) {
             break;
         }
     }
