@@ -495,23 +495,117 @@ async fn unbind_all(
     Ok(())
 }
 
-/// Appends a reported value to the timeline and trims it to the newest
-/// [`PROPERTY_HISTORY_MAX`] values of that device property.
-async fn record_history(
-    conn: &mut AnyConnection,
-    iot_id: &IotId,
-    it: &PropertyValue,
+/// Last values (newest per device property) and history of reports, with multi-row
+/// statements; devices no longer in their project are skipped. `trim(key_hash)` says
+/// which (device, property) histories to bound now.
+async fn write_properties(
+    tx: &mut AnyConnection,
+    batch: &[(ProjectId, IotId, Vec<PropertyValue>)],
+    trim: impl Fn(u64) -> bool,
 ) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO property_history (iot_id, identifier, value_json, time) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(iot_id.as_str())
-    .bind(it.identifier.as_str())
-    .bind(it.value.to_string())
-    .bind(it.time)
-    .execute(&mut *conn)
-    .await?;
-    trim_history(conn, iot_id.as_str(), &it.identifier).await
+    // Which reported devices still exist in their project (one query per chunk).
+    let mut wanted: Vec<(&ProjectId, &IotId)> = batch.iter().map(|(p, i, _)| (p, i)).collect();
+    wanted.sort();
+    wanted.dedup();
+    let mut alive = std::collections::HashSet::new();
+    for chunk in wanted.chunks(400) {
+        let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
+        let sql = format!(
+            "SELECT iot_id, project_id FROM devices WHERE iot_id IN ({})",
+            placeholders.join(",")
+        );
+        let mut q = sqlx::query(&sql);
+        for (_, iot) in chunk {
+            q = q.bind(iot.as_str());
+        }
+        for row in q.fetch_all(&mut *tx).await? {
+            let iot: String = row.try_get("iot_id")?;
+            let proj: String = row.try_get("project_id")?;
+            alive.insert((proj, iot));
+        }
+    }
+    let rows: Vec<(&IotId, &PropertyValue)> = batch
+        .iter()
+        .filter(|(p, i, _)| alive.contains(&(p.to_string(), i.to_string())))
+        .flat_map(|(_, i, items)| items.iter().map(move |it| (i, it)))
+        .collect();
+    // Last values: the newest report of each (device, property) in this batch, one
+    // multi-row upsert per chunk (a row may be named once per statement).
+    let mut latest: std::collections::BTreeMap<(&str, &str), &PropertyValue> = Default::default();
+    for (iot, it) in &rows {
+        let e = latest
+            .entry((iot.as_str(), it.identifier.as_str()))
+            .or_insert(it);
+        if it.time >= e.time {
+            *e = it;
+        }
+    }
+    let latest: Vec<_> = latest.into_iter().collect();
+    for chunk in latest.chunks(250) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|k| {
+                format!(
+                    "(${}, ${}, ${}, ${})",
+                    4 * k + 1,
+                    4 * k + 2,
+                    4 * k + 3,
+                    4 * k + 4
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO device_properties (iot_id, identifier, value_json, time) VALUES {} \
+             ON CONFLICT (iot_id, identifier) DO UPDATE SET value_json = excluded.value_json, time = excluded.time \
+             WHERE excluded.time >= device_properties.time",
+            values.join(",")
+        );
+        let mut q = sqlx::query(&sql);
+        for ((iot, ident), it) in chunk {
+            q = q
+                .bind(*iot)
+                .bind(*ident)
+                .bind(it.value.to_string())
+                .bind(it.time);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    // History: every report, in order, one multi-row insert per chunk.
+    for chunk in rows.chunks(250) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|k| {
+                format!(
+                    "(${}, ${}, ${}, ${})",
+                    4 * k + 1,
+                    4 * k + 2,
+                    4 * k + 3,
+                    4 * k + 4
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO property_history (iot_id, identifier, value_json, time) VALUES {}",
+            values.join(",")
+        );
+        let mut q = sqlx::query(&sql);
+        for (iot, it) in chunk {
+            q = q
+                .bind(iot.as_str())
+                .bind(it.identifier.as_str())
+                .bind(it.value.to_string())
+                .bind(it.time);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    for ((iot, ident), _) in &latest {
+        let h = iot
+            .bytes()
+            .chain(ident.bytes())
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        if trim(h) {
+            trim_history(&mut *tx, iot, ident).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Batches between two trims of one (device, property)'s history.
@@ -1134,20 +1228,8 @@ impl Registry for SqlRegistry {
     ) -> StoreResult<()> {
         let mut w = self.write().await?;
         fetch_device(&mut w.tx, project, iot_id).await?;
-        for it in items {
-            sqlx::query(
-                "INSERT INTO device_properties (iot_id, identifier, value_json, time) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (iot_id, identifier) DO UPDATE SET value_json = excluded.value_json, time = excluded.time \
-                 WHERE excluded.time >= device_properties.time",
-            )
-            .bind(iot_id.as_str())
-            .bind(it.identifier.as_str())
-            .bind(it.value.to_string())
-            .bind(it.time)
-            .execute(&mut *w.tx)
-            .await?;
-            record_history(&mut w.tx, iot_id, it).await?;
-        }
+        let batch = [(project.clone(), iot_id.clone(), items.to_vec())];
+        write_properties(&mut w.tx, &batch, |_| true).await?;
         w.tx.commit().await?;
         Ok(())
     }
@@ -1163,112 +1245,13 @@ impl Registry for SqlRegistry {
             .history_round
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut w = self.write().await?;
-        // Which reported devices still exist in their project (one query per chunk).
-        let mut wanted: Vec<(&ProjectId, &IotId)> = batch.iter().map(|(p, i, _)| (p, i)).collect();
-        wanted.sort();
-        wanted.dedup();
-        let mut alive = std::collections::HashSet::new();
-        for chunk in wanted.chunks(400) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
-            let sql = format!(
-                "SELECT iot_id, project_id FROM devices WHERE iot_id IN ({})",
-                placeholders.join(",")
-            );
-            let mut q = sqlx::query(&sql);
-            for (_, iot) in chunk {
-                q = q.bind(iot.as_str());
-            }
-            for row in q.fetch_all(&mut *w.tx).await? {
-                let iot: String = row.try_get("iot_id")?;
-                let proj: String = row.try_get("project_id")?;
-                alive.insert((proj, iot));
-            }
-        }
-        let rows: Vec<(&IotId, &PropertyValue)> = batch
-            .iter()
-            .filter(|(p, i, _)| alive.contains(&(p.to_string(), i.to_string())))
-            .flat_map(|(_, i, items)| items.iter().map(move |it| (i, it)))
-            .collect();
-        // Last values: the newest report of each (device, property) in this batch, one
-        // multi-row upsert per chunk (a row may be named once per statement).
-        let mut latest: std::collections::BTreeMap<(&str, &str), &PropertyValue> =
-            Default::default();
-        for (iot, it) in &rows {
-            let e = latest
-                .entry((iot.as_str(), it.identifier.as_str()))
-                .or_insert(it);
-            if it.time >= e.time {
-                *e = it;
-            }
-        }
-        let latest: Vec<_> = latest.into_iter().collect();
-        for chunk in latest.chunks(250) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|k| {
-                    format!(
-                        "(${}, ${}, ${}, ${})",
-                        4 * k + 1,
-                        4 * k + 2,
-                        4 * k + 3,
-                        4 * k + 4
-                    )
-                })
-                .collect();
-            let sql = format!(
-                "INSERT INTO device_properties (iot_id, identifier, value_json, time) VALUES {} \
-                 ON CONFLICT (iot_id, identifier) DO UPDATE SET value_json = excluded.value_json, time = excluded.time \
-                 WHERE excluded.time >= device_properties.time",
-                values.join(",")
-            );
-            let mut q = sqlx::query(&sql);
-            for ((iot, ident), it) in chunk {
-                q = q
-                    .bind(*iot)
-                    .bind(*ident)
-                    .bind(it.value.to_string())
-                    .bind(it.time);
-            }
-            q.execute(&mut *w.tx).await?;
-        }
-        // History: every report, in order, one multi-row insert per chunk.
-        for chunk in rows.chunks(250) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|k| {
-                    format!(
-                        "(${}, ${}, ${}, ${})",
-                        4 * k + 1,
-                        4 * k + 2,
-                        4 * k + 3,
-                        4 * k + 4
-                    )
-                })
-                .collect();
-            let sql = format!(
-                "INSERT INTO property_history (iot_id, identifier, value_json, time) VALUES {}",
-                values.join(",")
-            );
-            let mut q = sqlx::query(&sql);
-            for (iot, it) in chunk {
-                q = q
-                    .bind(iot.as_str())
-                    .bind(it.identifier.as_str())
-                    .bind(it.value.to_string())
-                    .bind(it.time);
-            }
-            q.execute(&mut *w.tx).await?;
-        }
         // Bounding the history costs a statement per (device, property), so each one is
         // trimmed every HISTORY_TRIM_EVERY batches only: it may hold that many batches'
         // reports beyond PROPERTY_HISTORY_MAX in between.
-        for ((iot, ident), _) in &latest {
-            let h = iot
-                .bytes()
-                .chain(ident.bytes())
-                .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-            if (h.wrapping_add(round)) % HISTORY_TRIM_EVERY == 0 {
-                trim_history(&mut w.tx, iot, ident).await?;
-            }
-        }
+        write_properties(&mut w.tx, batch, |key_hash| {
+            key_hash.wrapping_add(round) % HISTORY_TRIM_EVERY == 0
+        })
+        .await?;
         w.tx.commit().await?;
         Ok(())
     }
