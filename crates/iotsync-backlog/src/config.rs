@@ -66,6 +66,10 @@ pub struct BacklogConfig {
     pub compact_below_live_ratio: f64,
     /// Seed of the jitter generator (tests fix it; `None` derives it from the clock).
     pub jitter_seed: Option<u64>,
+    /// Memory for the index's per-message slots (24 B each); beyond it, the coldest
+    /// chunks of slots go to the spill file `index.spill` in the backlog directory, so
+    /// memory does not grow with the backlog.
+    pub index_memory_bytes: usize,
 }
 
 impl Default for BacklogConfig {
@@ -81,6 +85,7 @@ impl Default for BacklogConfig {
             max_scan_per_lease: 4096,
             compact_below_live_ratio: 0.5,
             jitter_seed: None,
+            index_memory_bytes: 32 * 1024 * 1024,
         }
     }
 }

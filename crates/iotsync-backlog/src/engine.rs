@@ -15,7 +15,10 @@ use tracing::error;
 use crate::codec::decode_message;
 use crate::config::BacklogConfig;
 use crate::error::{BacklogError, CommitError};
-use crate::index::{DeadRef, Index, Pick, TokenOp, MAX_GROUPS_PER_PROJECT};
+use crate::index::{DeadRef, Index, Pick, SpillPool, TokenOp, MAX_GROUPS_PER_PROJECT};
+
+/// The index's spill file in the backlog directory (a cache: removed at open).
+const SPILL_FILE: &str = "index.spill";
 use crate::recovery::recover;
 use crate::segment::{self, HEADER};
 use crate::types::{
@@ -54,7 +57,8 @@ impl EmbeddedBacklog {
         let seed = cfg
             .jitter_seed
             .unwrap_or_else(|| clock.now_ms() as u64 ^ 0x5DEE_CE66);
-        let mut index = Index::new(&cfg, seed);
+        let pool = SpillPool::new(Some(dir.join(SPILL_FILE)), cfg.index_memory_bytes);
+        let mut index = Index::new(&cfg, seed, pool);
         let rec = recover(&dir, &mut index)?;
         let id = rec.last_segment + 1;
         let path = segment::seg_path(&dir, id);
@@ -119,6 +123,11 @@ impl EmbeddedBacklog {
         }
         self.shared.wake.notify_one();
         Self::durable(Some(rx)).await
+    }
+
+    /// Memory held by the index's slots, and what is in the spill file.
+    pub fn index_memory(&self) -> crate::types::IndexMemory {
+        lock(&self.shared.state).index.memory_usage()
     }
 
     /// Checks the index's internal invariants (for tests and debugging).
@@ -649,10 +658,12 @@ impl Backlog for EmbeddedBacklog {
         let now = self.now();
         let (r, _) = self.with_state(|st| {
             let State { index, pending, .. } = st;
-            Ok(TickReport {
+            let r = TickReport {
                 timed_out: index.expire_leases(now),
                 expired: index.expire(now, &mut pending.enc),
-            })
+            };
+            index.trim_memory();
+            Ok(r)
         })?;
         Ok(r)
     }

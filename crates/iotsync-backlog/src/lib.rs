@@ -43,7 +43,7 @@ pub use error::BacklogError;
 pub use index::MAX_GROUPS_PER_PROJECT;
 pub use types::{
     AppendOutcome, AvailabilityWatch, ConsumerId, DamagedRange, DeadLetter, Delivery, GroupStats,
-    LeaseToken, ProjectStats, RecoveryReport, TickReport,
+    IndexMemory, LeaseToken, ProjectStats, RecoveryReport, TickReport,
 };
 
 /// The durable backlog, as the dispatcher and the REST figures see it. Object-safe:

@@ -120,6 +120,14 @@ pub struct TickReport {
     pub expired: u64,
 }
 
+/// Where the index's per-message slots are: in memory (bounded by
+/// `BacklogConfig::index_memory_bytes`) or in the spill file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct IndexMemory {
+    pub resident_bytes: u64,
+    pub spilled_bytes: u64,
+}
+
 /// A damaged stretch of a segment file found at open. The bytes are skipped; everything
 /// before and after that still checks out is served.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -118,7 +118,20 @@ async fn append_all(
     appenders: u64,
     batch: u64,
 ) -> Result<Duration, String> {
-    let next = Arc::new(AtomicU64::new(0));
+    append_all_from(b, project, 0, total, appenders, batch).await
+}
+
+/// Like `append_all`, numbering the messages from `first`.
+async fn append_all_from(
+    b: Arc<EmbeddedBacklog>,
+    project: &ProjectId,
+    first: u64,
+    count: u64,
+    appenders: u64,
+    batch: u64,
+) -> Result<Duration, String> {
+    let total = first + count;
+    let next = Arc::new(AtomicU64::new(first));
     let body = Arc::new(payload());
     let t = Instant::now();
     let mut tasks = Vec::new();
@@ -230,46 +243,97 @@ async fn single_appender_latency(dir: &Path) -> Result<(), String> {
 
 async fn stacked(dir: &Path, a: &Args) -> Result<(), String> {
     let rss0 = rss_kib();
-    let (b, _) = EmbeddedBacklog::open(dir, BacklogConfig::default(), system_clock())
-        .map_err(|e| e.to_string())?;
+    let cfg = BacklogConfig::default();
+    let (b, _) =
+        EmbeddedBacklog::open(dir, cfg.clone(), system_clock()).map_err(|e| e.to_string())?;
     let b = Arc::new(b);
     let p: ProjectId = "stacked".parse().map_err(|e| format!("{e}"))?;
-    b.create_group(&p, &"g".parse().map_err(|e| format!("{e}"))?)
-        .await
-        .map_err(|e| e.to_string())?;
+    let g: ConsumerGroup = "g".parse().map_err(|e| format!("{e}"))?;
+    b.create_group(&p, &g).await.map_err(|e| e.to_string())?;
     let rss_before = rss_kib();
-    let e = append_all(b.clone(), &p, a.stacked, a.appenders, 512).await?;
+    println!(
+        "## {} stacked messages (256-byte payloads, nobody consuming), index budget {} MiB",
+        a.stacked,
+        cfg.index_memory_bytes >> 20
+    );
+    println!("| stacked | RSS | index slots in memory | index slots spilled |");
+    println!("|---:|---:|---:|---:|");
+    // In ten steps, so the RSS can be seen to stay flat as the backlog grows.
+    let step = a.stacked.div_ceil(10);
+    let mut elapsed = Duration::ZERO;
+    let mut done = 0;
+    while done < a.stacked {
+        let n = step.min(a.stacked - done);
+        elapsed += append_all_from(b.clone(), &p, done, n, a.appenders, 512).await?;
+        done += n;
+        let m = b.index_memory();
+        println!(
+            "| {done} | {} MiB | {} MiB | {} MiB |",
+            rss_kib() / 1024,
+            m.resident_bytes >> 20,
+            m.spilled_bytes >> 20
+        );
+    }
     let rss_after = rss_kib();
     let s = b.stats(&p).await.map_err(|e| e.to_string())?;
     b.close().await.map_err(|e| e.to_string())?;
     drop(b);
     let bytes = dir_bytes(dir);
     println!(
-        "## {} stacked messages (256-byte payloads, nobody consuming)",
-        a.stacked
-    );
-    println!(
         "append: {:.0} msg/s ({:.1} s, {} appenders, batch 512)",
-        a.stacked as f64 / e.as_secs_f64(),
-        e.as_secs_f64(),
+        a.stacked as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64(),
         a.appenders
     );
     println!("stacked (engine figure): {}", s.groups[0].stacked);
     println!(
-        "disk: {} MiB, {:.0} bytes per message",
+        "disk: {} MiB, {:.0} bytes per message (segments + index spill file)",
         bytes >> 20,
         bytes as f64 / a.stacked as f64
     );
-    println!("RSS: process start {} MiB, engine open {} MiB, after append {} MiB => {:.1} bytes per stacked message", rss0 / 1024, rss_before / 1024, rss_after / 1024, (rss_after.saturating_sub(rss_before) * 1024) as f64 / a.stacked as f64);
+    println!("RSS: process start {} MiB, engine open {} MiB, after append {} MiB => {:.2} bytes per stacked message", rss0 / 1024, rss_before / 1024, rss_after / 1024, (rss_after.saturating_sub(rss_before) * 1024) as f64 / a.stacked as f64);
     let t = Instant::now();
-    let (b, report) = EmbeddedBacklog::open(dir, BacklogConfig::default(), system_clock())
-        .map_err(|e| e.to_string())?;
+    let (b, report) = EmbeddedBacklog::open(dir, cfg, system_clock()).map_err(|e| e.to_string())?;
     println!(
         "reopen (replay of {} MiB): {:.1} s, {} messages recovered, RSS {} MiB",
         report.bytes >> 20,
         t.elapsed().as_secs_f64(),
         report.messages,
         rss_kib() / 1024
+    );
+    // Drain it all: the index comes back from the spill file chunk by chunk.
+    let t = Instant::now();
+    let mut acked = 0u64;
+    let mut max_rss = 0;
+    let mut watch = b.watch(&p, &g).map_err(|e| e.to_string())?;
+    while acked < a.stacked {
+        let ds = b
+            .lease(&p, &g, ConsumerId(1), 4096)
+            .await
+            .map_err(|e| e.to_string())?;
+        if ds.is_empty() {
+            let _ = tokio::time::timeout(Duration::from_millis(50), watch.changed()).await;
+            if b.stats(&p).await.map_err(|e| e.to_string())?.groups[0].stacked == 0 {
+                break;
+            }
+            continue;
+        }
+        for d in &ds {
+            b.ack(&d.token).await.map_err(|e| e.to_string())?;
+        }
+        acked += ds.len() as u64;
+        if acked % (1 << 20) < ds.len() as u64 {
+            max_rss = max_rss.max(rss_kib());
+        }
+    }
+    let e = t.elapsed();
+    let s = b.stats(&p).await.map_err(|e| e.to_string())?;
+    println!(
+        "drain (lease 4096 + ack each, one consumer): {acked} in {:.1} s = {:.0} msg/s, left stacked {}, max RSS {} MiB",
+        e.as_secs_f64(),
+        acked as f64 / e.as_secs_f64(),
+        s.groups[0].stacked,
+        max_rss / 1024
     );
     b.close().await.map_err(|e| e.to_string())?;
     Ok(())

@@ -27,13 +27,8 @@ impl Index {
         if p.paused || max == 0 {
             return Vec::new();
         }
-        let Project {
-            slots,
-            base,
-            groups,
-            ..
-        } = &mut *p;
-        let base = *base;
+        let Project { slots, groups, .. } = &mut *p;
+        let base = slots.first();
         let Some(g) = groups[slot as usize].as_mut() else {
             return Vec::new();
         };
@@ -81,8 +76,7 @@ impl Index {
                 holds_key: false,
             });
             g.retry_due.remove(&pseq);
-            let s = pseq.checked_sub(base).and_then(|i| slots.get(i as usize));
-            match s {
+            match slots.get(pseq) {
                 Some(s) if s.owners & (1 << slot) != 0 && s.seg != UNWRITTEN => {
                     let s = *s;
                     take(g, pseq, &s, w.attempts + 1, w.holds_key);
@@ -93,10 +87,10 @@ impl Index {
         }
         // Fresh messages from the cursor.
         let mut cursor = g.cursor.max(base);
-        let end = base + slots.len() as u64;
+        let end = slots.next();
         let mut scanned = 0;
         while n < max && cursor < end && scanned < max_scan {
-            let s = slots[(cursor - base) as usize];
+            let Some(&s) = slots.get(cursor) else { break };
             let owed = s.owners & (1 << slot) != 0;
             if owed && s.seg == UNWRITTEN {
                 break; // not durable yet; order forbids skipping past it
@@ -115,6 +109,20 @@ impl Index {
             cursor += 1;
         }
         g.cursor = cursor;
+        // Deadlines of settled leases are skipped lazily by `expire_leases`; drop them
+        // here too, so memory stays bounded by what is in flight even between ticks.
+        if g.deadlines.len() > 2 * g.in_flight.len() + 1024 {
+            let inf = &g.in_flight;
+            g.deadlines
+                .retain(|(d, p)| inf.get(p).is_some_and(|l| l.deadline == *d));
+        }
+        if scanned >= max_scan && cursor < end && n < max {
+            // The scan stopped at its bound (it keeps one call short under the lock),
+            // not at the end: more may be leasable. Without this signal a consumer whose
+            // group has already done a long stretch (e.g. acked before a restart while
+            // another group still owes it) would wait for an append that may not come.
+            g.notify();
+        }
         if !picks.is_empty() {
             let e = self.consumers.entry(consumer).or_default();
             let gen = picks[0].token.gen;
@@ -139,7 +147,7 @@ impl Index {
     pub fn settle(&mut self, t: &LeaseToken, op: TokenOp, now: i64, log: &mut Enc) -> bool {
         let key = match self
             .projects
-            .get(t.proj as usize)
+            .get_mut(t.proj as usize)
             .and_then(|p| p.slot(t.seq))
         {
             Some(s) if s.owners & (1 << t.group) != 0 => s.key,

@@ -1,5 +1,6 @@
-//! The in-memory index: per project a deque of small slots (one per appended message,
-//! 24 bytes), per group its cursor, leases, retry queue, per-key order and dead letters.
+//! The index: per project its slots (one per appended message, 24 bytes, in chunks of
+//! which only a bounded number stays in memory: `slots.rs`), per group its cursor,
+//! leases, retry queue, per-key order and dead letters.
 //! No I/O: every change that must survive a restart is emitted as a record into an
 //! [`Enc`] buffer *under the same lock*, so the log order is the index order.
 //!
@@ -13,6 +14,7 @@
 //!   waiting); later ones of that key wait parked, in append order.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 
 use iotsync_core::{ConsumerGroup, ProjectId, SyncMessage};
 use tokio::sync::watch;
@@ -23,6 +25,7 @@ use crate::types::{ConsumerId, GroupStats, LeaseToken, ProjectStats};
 
 mod delivery;
 mod replay;
+mod slots;
 #[cfg(test)]
 mod tests;
 mod verify;
@@ -30,7 +33,8 @@ mod verify;
 /// Groups per project: owners are a 32-bit mask.
 pub const MAX_GROUPS_PER_PROJECT: usize = 32;
 pub(crate) const UNWRITTEN: u32 = u32::MAX;
-const CHUNK: u64 = 1024;
+pub(crate) use slots::SpillPool;
+use slots::{Slots, CHUNK};
 /// Slot times are seconds since 2020-01-01 (u32 lasts until 2156).
 const EPOCH_S: i64 = 1_577_836_800;
 
@@ -216,8 +220,7 @@ pub(crate) struct Project {
     /// Set once a snapshot record named it (replay may meet records of a project before
     /// its newest snapshot).
     pub named: bool,
-    pub base: u64,
-    pub slots: VecDeque<Slot>,
+    pub slots: Slots,
     /// Lower bound of `gen_s` of owned slots per chunk of `CHUNK` pseqs (retention scan).
     pub chunks: BTreeMap<u64, u32>,
     pub groups: Vec<Option<Group>>,
@@ -233,13 +236,12 @@ pub(crate) struct Project {
 }
 
 impl Project {
-    fn new(idx: u32, id: ProjectId, retention_ms: i64) -> Self {
+    fn new(idx: u32, id: ProjectId, retention_ms: i64, pool: Arc<SpillPool>) -> Self {
         Self {
             idx,
             id,
             named: true,
-            base: 0,
-            slots: VecDeque::new(),
+            slots: Slots::new(pool),
             chunks: BTreeMap::new(),
             groups: (0..MAX_GROUPS_PER_PROJECT).map(|_| None).collect(),
             retention_ms,
@@ -252,17 +254,20 @@ impl Project {
     }
 
     pub fn next_pseq(&self) -> u64 {
-        self.base + self.slots.len() as u64
+        self.slots.next()
     }
 
-    pub fn slot(&self, pseq: u64) -> Option<&Slot> {
-        pseq.checked_sub(self.base)
-            .and_then(|i| self.slots.get(i as usize))
+    /// The oldest pseq still held (everything before it is done).
+    pub fn base(&self) -> u64 {
+        self.slots.first()
+    }
+
+    pub fn slot(&mut self, pseq: u64) -> Option<&Slot> {
+        self.slots.get(pseq)
     }
 
     fn slot_mut(&mut self, pseq: u64) -> Option<&mut Slot> {
-        pseq.checked_sub(self.base)
-            .and_then(|i| self.slots.get_mut(i as usize))
+        self.slots.get_mut(pseq)
     }
 
     pub fn group_slot(&self, name: &ConsumerGroup) -> Option<u8> {
@@ -291,11 +296,8 @@ impl Project {
 
     /// Drops fully-done slots from the front.
     fn pop_front(&mut self) {
-        while self.slots.front().is_some_and(|s| s.owners == 0) {
-            self.slots.pop_front();
-            self.base += 1;
-        }
-        let first_chunk = self.base / CHUNK;
+        self.slots.pop_front_while(|s| s.owners == 0);
+        let first_chunk = self.base() / CHUNK;
         while let Some((&c, _)) = self.chunks.first_key_value() {
             if c >= first_chunk {
                 break;
@@ -361,6 +363,7 @@ pub(crate) struct Index {
     pub by_id: HashMap<ProjectId, u32>,
     pub segs: BTreeMap<u32, SegInfo>,
     pub consumers: HashMap<ConsumerId, Vec<(u32, u8, u32)>>,
+    pool: Arc<SpillPool>,
     rng: u64,
     ack_timeout_ms: i64,
     retry: crate::config::RetryPolicy,
@@ -377,12 +380,13 @@ pub(crate) enum TokenOp {
 }
 
 impl Index {
-    pub fn new(cfg: &BacklogConfig, seed: u64) -> Self {
+    pub fn new(cfg: &BacklogConfig, seed: u64, pool: SpillPool) -> Self {
         Self {
             projects: Vec::new(),
             by_id: HashMap::new(),
             segs: BTreeMap::new(),
             consumers: HashMap::new(),
+            pool: Arc::new(pool),
             rng: seed | 1,
             ack_timeout_ms: cfg.ack_timeout.as_millis() as i64,
             retry: cfg.retry.clone(),
@@ -415,7 +419,12 @@ impl Index {
             return *i;
         }
         let idx = self.projects.len() as u32;
-        let p = Project::new(idx, id.clone(), self.default_retention_ms);
+        let p = Project::new(
+            idx,
+            id.clone(),
+            self.default_retention_ms,
+            self.pool.clone(),
+        );
         log.project_state(&p.snapshot());
         self.projects.push(p);
         self.by_id.insert(id.clone(), idx);
@@ -483,12 +492,10 @@ impl Index {
 
     /// The writer stored a message record at (seg, off).
     pub fn written(&mut self, proj: u32, pseq: u64, seg: u32, off: u32, len: u32) {
-        let Some(s) = self.projects[proj as usize].slot_mut(pseq) else {
+        let p = &mut self.projects[proj as usize];
+        let Some(s) = p.slots.set_location(pseq, seg, off, len) else {
             return;
         };
-        s.seg = seg;
-        s.off = off;
-        s.len = len;
         if s.owners != 0 {
             let si = self.segs.entry(seg).or_default();
             si.live += 1;
@@ -518,16 +525,15 @@ impl Index {
 
     /// A relocated copy of a message was stored: point the slot at it if still live.
     pub fn relocated(&mut self, proj: u32, pseq: u64, old_seg: u32, seg: u32, off: u32, len: u32) {
-        let Some(s) = self.projects[proj as usize].slot_mut(pseq) else {
+        let p = &mut self.projects[proj as usize];
+        let Some(s) = p.slots.peek(pseq) else {
             return;
         };
         if s.owners == 0 || s.seg != old_seg {
             return;
         }
         let old_len = s.len;
-        s.seg = seg;
-        s.off = off;
-        s.len = len;
+        p.slots.set_location(pseq, seg, off, len);
         if let Some(o) = self.segs.get_mut(&old_seg) {
             o.live -= 1;
             o.live_bytes -= old_len as u64;
@@ -566,12 +572,29 @@ impl Index {
     }
 
     fn drop_group(&mut self, proj: u32, slot: u8) {
-        let (base, next) = {
-            let p = &self.projects[proj as usize];
-            (p.base, p.next_pseq())
-        };
-        for pseq in base..next {
-            self.disown(proj, pseq, slot);
+        let mut freed: HashMap<u32, (u64, u64)> = HashMap::new();
+        let mut gone = 0;
+        let p = &mut self.projects[proj as usize];
+        p.slots.for_each_mut(|_, s| {
+            if s.owners & (1 << slot) != 0 {
+                s.owners &= !(1 << slot);
+                if s.owners == 0 {
+                    gone += 1;
+                    if s.seg != UNWRITTEN {
+                        let e = freed.entry(s.seg).or_default();
+                        e.0 += 1;
+                        e.1 += s.len as u64;
+                    }
+                }
+            }
+        });
+        // Saturating: replay does not keep these counts (it recounts at the end).
+        p.live = p.live.saturating_sub(gone);
+        for (seg, (n, bytes)) in freed {
+            if let Some(si) = self.segs.get_mut(&seg) {
+                si.live = si.live.saturating_sub(n);
+                si.live_bytes = si.live_bytes.saturating_sub(bytes);
+            }
         }
         let p = &mut self.projects[proj as usize];
         p.groups[slot as usize] = None;
@@ -607,7 +630,7 @@ impl Index {
         for c in chunks {
             let (base, next) = {
                 let p = &self.projects[proj as usize];
-                (p.base, p.next_pseq())
+                (p.base(), p.next_pseq())
             };
             let mut new_min = u32::MAX;
             for pseq in (c * CHUNK).max(base)..((c + 1) * CHUNK).min(next) {
@@ -657,7 +680,7 @@ impl Index {
             let Some(g) = g else { continue };
             let from = after_seq.map_or(0, |a| a.saturating_add(1));
             for (&seq, info) in g.dead.range(from..).take(limit) {
-                if let Some(s) = p.slot(seq) {
+                if let Some(s) = p.slots.peek(seq) {
                     v.push(DeadRef {
                         group: gi as u8,
                         seq,
@@ -728,23 +751,18 @@ impl Index {
             }
         }
         let p = &mut self.projects[proj as usize];
-        let Project {
-            slots,
-            base,
-            groups,
-            ..
-        } = &mut *p;
-        let base = *base;
+        let Project { slots, groups, .. } = &mut *p;
+        let base = slots.first();
         let mut out = Vec::new();
         for (gi, g) in groups.iter_mut().enumerate() {
             let Some(g) = g else { continue };
             // Advance the hint past done messages (amortised O(1)).
             let mut h = g.oldest_hint.max(base);
-            let end = base + slots.len() as u64;
+            let end = slots.next();
             let mut oldest = None;
             if g.stacked > 0 {
                 while h < end {
-                    let s = &slots[(h - base) as usize];
+                    let Some(s) = slots.get(h) else { break };
                     if s.owners & (1 << gi) != 0 && !g.dead.contains_key(&h) {
                         oldest = Some(s.gen_s);
                         break;
@@ -785,7 +803,7 @@ impl Index {
     pub fn unreadable(&mut self, t: &LeaseToken, log: &mut Enc) {
         let key = match self
             .projects
-            .get(t.proj as usize)
+            .get_mut(t.proj as usize)
             .and_then(|p| p.slot(t.seq))
         {
             Some(s) => s.key,
@@ -819,13 +837,30 @@ impl Index {
     pub fn live_in_segment(&self, seg: u32) -> Vec<(u32, u64, Slot)> {
         let mut v = Vec::new();
         for p in &self.projects {
-            for (i, s) in p.slots.iter().enumerate() {
+            p.slots.for_each_upto_seg(seg, |pseq, s| {
                 if s.seg == seg && s.owners != 0 {
-                    v.push((p.idx, p.base + i as u64, *s));
+                    v.push((p.idx, pseq, *s));
                 }
-            }
+            });
         }
         v
+    }
+
+    /// Lets chunks of the projects holding the most out until the index is within its
+    /// memory budget (a project short of memory only evicts its own).
+    pub fn trim_memory(&mut self) {
+        while self.pool.over_budget() {
+            let Some(p) = self.projects.iter_mut().max_by_key(|p| p.slots.resident()) else {
+                return;
+            };
+            if !p.slots.evict_one() {
+                return;
+            }
+        }
+    }
+
+    pub fn memory_usage(&self) -> crate::types::IndexMemory {
+        self.pool.usage()
     }
 
     /// Dead-letter marks of a message (for its relocated copy).

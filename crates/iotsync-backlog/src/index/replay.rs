@@ -6,8 +6,7 @@
 use iotsync_core::ProjectId;
 
 use super::{
-    gen_s, unreachable_id, DeadInfo, Group, Index, Project, Slot, CHUNK, MAX_GROUPS_PER_PROJECT,
-    TOMBSTONE,
+    gen_s, unreachable_id, DeadInfo, Group, Index, Project, CHUNK, MAX_GROUPS_PER_PROJECT,
 };
 use crate::codec::{DeadMark, MsgHead, ProjectSnapshot};
 
@@ -19,7 +18,12 @@ impl Index {
                 Ok(p) => p,
                 Err(_) => unreachable_id(),
             };
-            let mut p = Project::new(idx, placeholder, self.default_retention_ms);
+            let mut p = Project::new(
+                idx,
+                placeholder,
+                self.default_retention_ms,
+                self.pool.clone(),
+            );
             p.named = false;
             self.projects.push(p);
         }
@@ -29,25 +33,15 @@ impl Index {
     /// Replays a message record found at (seg, off, len).
     pub fn replay_msg(&mut self, h: &MsgHead, dead: Option<&[DeadMark]>, loc: (u32, u32, u32)) {
         let p = self.replay_project(h.proj);
-        if h.pseq < p.base {
-            for _ in h.pseq..p.base {
-                p.slots.push_front(TOMBSTONE);
-            }
-            p.base = h.pseq;
+        if h.pseq < p.base() {
+            p.slots.grow_front_to(h.pseq);
         }
-        while p.next_pseq() <= h.pseq {
-            p.slots.push_back(TOMBSTONE);
-        }
+        p.slots.grow_back_to(h.pseq + 1);
         let g = gen_s(h.generate_time);
-        if let Some(s) = p.slot_mut(h.pseq) {
-            *s = Slot {
-                seg: loc.0,
-                off: loc.1,
-                len: loc.2,
-                key: h.key_hash,
-                gen_s: g,
-                owners: h.owners,
-            };
+        if let Some(s) = p.slots.set_location(h.pseq, loc.0, loc.1, loc.2) {
+            s.key = h.key_hash;
+            s.gen_s = g;
+            s.owners = h.owners;
         }
         p.note_chunk(h.pseq, g);
         match dead {
@@ -156,11 +150,9 @@ impl Index {
         p.named = true;
         if p.next_pseq() < s.next_pseq {
             if p.slots.is_empty() {
-                p.base = s.next_pseq;
+                p.slots.reset(s.next_pseq);
             } else {
-                while p.next_pseq() < s.next_pseq {
-                    p.slots.push_back(TOMBSTONE);
-                }
+                p.slots.grow_back_to(s.next_pseq);
             }
         }
         p.retention_ms = s.retention_ms;
@@ -212,32 +204,33 @@ impl Index {
                     valid[i] = (true, g.start_pseq);
                 }
             }
-            p.live = 0;
             p.chunks.clear();
             let mut stacked = [0u64; MAX_GROUPS_PER_PROJECT];
-            for (i, s) in p.slots.iter_mut().enumerate() {
-                let pseq = p.base + i as u64;
+            let mut live = 0;
+            let (segs, chunks) = (&mut self.segs, &mut p.chunks);
+            p.slots.for_each_mut(|pseq, s| {
                 for (gi, (ok, start)) in valid.iter().enumerate() {
                     if s.owners & (1 << gi) != 0 && (!ok || pseq < *start) {
                         s.owners &= !(1 << gi);
                     }
                 }
                 if s.owners == 0 {
-                    continue;
+                    return;
                 }
-                p.live += 1;
-                let si = self.segs.entry(s.seg).or_default();
+                live += 1;
+                let si = segs.entry(s.seg).or_default();
                 si.live += 1;
                 si.live_bytes += s.len as u64;
-                let e = p.chunks.entry(pseq / CHUNK).or_insert(u32::MAX);
+                let e = chunks.entry(pseq / CHUNK).or_insert(u32::MAX);
                 *e = (*e).min(s.gen_s);
                 for (gi, st) in stacked.iter_mut().enumerate() {
                     if s.owners & (1 << gi) != 0 {
                         *st += 1;
                     }
                 }
-            }
-            let base = p.base;
+            });
+            p.live = live;
+            let base = p.base();
             let next = p.next_pseq();
             for ((gi, pseq), info) in std::mem::take(&mut p.replay_dead) {
                 if let Some(Some(g)) = p.groups.get_mut(gi as usize) {
@@ -247,11 +240,8 @@ impl Index {
             for (gi, g) in p.groups.iter_mut().enumerate() {
                 let Some(g) = g else { continue };
                 let slots = &p.slots;
-                g.dead.retain(|seq, _| {
-                    seq.checked_sub(base)
-                        .and_then(|i| slots.get(i as usize))
-                        .is_some_and(|s| s.owners & (1 << gi) != 0)
-                });
+                g.dead
+                    .retain(|seq, _| slots.peek(*seq).is_some_and(|s| s.owners & (1 << gi) != 0));
                 g.stacked = stacked[gi] - g.dead.len() as u64;
                 g.cursor = g.start_pseq.max(base).min(next);
                 g.oldest_hint = base;

@@ -9,7 +9,7 @@ use iotsync_core::{Envelope, MessageKind};
 const T0: i64 = 1_700_000_000_000;
 
 fn index_with_group() -> (Index, Enc) {
-    let mut ix = Index::new(&BacklogConfig::default(), 1);
+    let mut ix = Index::new(&BacklogConfig::default(), 1, SpillPool::unbounded());
     let mut log = Enc::default();
     let p = ix.ensure_project(&"p".parse().unwrap(), &mut log);
     ix.create_group(p, &"g".parse().unwrap(), &mut log).unwrap();

@@ -13,15 +13,17 @@ impl Index {
             }
         }
         for p in &self.projects {
-            let live = p.slots.iter().filter(|s| s.owners != 0).count() as u64;
+            let mut live = 0u64;
+            p.slots.for_each(|_, s| live += (s.owners != 0) as u64);
             check(live == p.live, || {
                 format!("project {}: live {} != counted {live}", p.id, p.live)
             })?;
             for (gi, g) in p.groups.iter().enumerate() {
                 let Some(g) = g else { continue };
                 let mut owed_not_dead = 0;
-                for (i, s) in p.slots.iter().enumerate() {
-                    let pseq = p.base + i as u64;
+                let mut all = Vec::new();
+                p.slots.for_each(|pseq, s| all.push((pseq, *s)));
+                for (pseq, s) in all {
                     if s.owners & (1 << gi) == 0 {
                         continue;
                     }
