@@ -54,6 +54,41 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+/// A size written for people: "32 MiB", "512KiB", "1 GiB", "4096" (bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanSize(pub u64);
+
+impl std::str::FromStr for HumanSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("{s:?} is not a size (e.g. \"32 MiB\", \"512KiB\")"))?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" | "K" | "KB" => 1 << 10,
+            "MiB" | "M" | "MB" => 1 << 20,
+            "GiB" | "G" | "GB" => 1 << 30,
+            u => return Err(format!("{s:?}: unknown unit {u:?} (B, KiB, MiB or GiB)")),
+        };
+        n.checked_mul(mult)
+            .map(HumanSize)
+            .ok_or_else(|| format!("{s:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryConfig {
@@ -65,6 +100,9 @@ pub struct DeliveryConfig {
     pub retention_amqp: HumanDuration,
     pub retention_http2: HumanDuration,
     pub connects_per_minute: u32,
+    /// Memory for the backlog index's per-message slots; beyond it they go to a spill
+    /// file, so memory does not grow with the backlog.
+    pub index_memory: HumanSize,
 }
 
 impl DeliveryConfig {
@@ -79,6 +117,7 @@ impl DeliveryConfig {
             },
             retention_amqp: self.retention_amqp.0,
             retention_http2: self.retention_http2.0,
+            index_memory_bytes: usize::try_from(self.index_memory.0).unwrap_or(usize::MAX),
             ..Default::default()
         }
     }
@@ -402,6 +441,12 @@ impl ServerConfig {
                 "must be at least 1".into(),
             ));
         }
+        if d.index_memory.0 < 1 << 20 {
+            return Err(invalid(
+                "delivery.index_memory",
+                "must be at least 1 MiB".into(),
+            ));
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(invalid("log.format", "must be \"text\" or \"json\"".into()));
         }
@@ -412,6 +457,26 @@ impl ServerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_are_read_with_binary_units_and_bad_ones_are_named() {
+        assert_eq!("32 MiB".parse::<HumanSize>(), Ok(HumanSize(32 << 20)));
+        assert_eq!("512KiB".parse::<HumanSize>(), Ok(HumanSize(512 << 10)));
+        assert_eq!("1 GiB".parse::<HumanSize>(), Ok(HumanSize(1 << 30)));
+        assert_eq!("4096".parse::<HumanSize>(), Ok(HumanSize(4096)));
+        assert!("12 parsecs"
+            .parse::<HumanSize>()
+            .unwrap_err()
+            .contains("unknown unit"));
+        assert!("MiB"
+            .parse::<HumanSize>()
+            .unwrap_err()
+            .contains("not a size"));
+        assert!("99999999999 GiB"
+            .parse::<HumanSize>()
+            .unwrap_err()
+            .contains("too large"));
+    }
 
     #[test]
     fn built_in_defaults_are_valid_and_avoid_broker_ports() {
