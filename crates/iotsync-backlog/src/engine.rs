@@ -701,6 +701,10 @@ impl Backlog for EmbeddedBacklog {
         Ok(st.index.stats(idx, now))
     }
 
+    fn index_memory(&self) -> Option<crate::types::IndexMemory> {
+        Some(EmbeddedBacklog::index_memory(self))
+    }
+
     fn watch(
         &self,
         project: &ProjectId,

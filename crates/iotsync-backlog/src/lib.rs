@@ -142,4 +142,9 @@ pub trait Backlog: Send + Sync + 'static {
         project: &ProjectId,
         group: &ConsumerGroup,
     ) -> Result<AvailabilityWatch, BacklogError>;
+
+    /// Memory of the engine's index, if it keeps one (figures).
+    fn index_memory(&self) -> Option<IndexMemory> {
+        None
+    }
 }

@@ -598,6 +598,14 @@ async fn expired_messages_are_counted_not_silently_lost() {
         )),
         "{metrics}"
     );
+    let index_bytes = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("iotsync_backlog_index_memory_bytes "))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(
+        index_bytes.is_some_and(|b| b <= (32u64 << 20) as f64),
+        "index memory gauge missing or out of its budget: {metrics}"
+    );
     env.stop().await;
 }
 

@@ -305,6 +305,7 @@ async fn stacked(dir: &Path, a: &Args) -> Result<(), String> {
     let t = Instant::now();
     let mut acked = 0u64;
     let mut max_rss = 0;
+    let mut drain_rss = Vec::new();
     let mut watch = b.watch(&p, &g).map_err(|e| e.to_string())?;
     while acked < a.stacked {
         let ds = b
@@ -321,9 +322,13 @@ async fn stacked(dir: &Path, a: &Args) -> Result<(), String> {
         for d in &ds {
             b.ack(&d.token).await.map_err(|e| e.to_string())?;
         }
+        let before = acked;
         acked += ds.len() as u64;
-        if acked % (1 << 20) < ds.len() as u64 {
-            max_rss = max_rss.max(rss_kib());
+        let quarter = a.stacked.div_ceil(4).max(1);
+        if before / quarter != acked / quarter {
+            let rss = rss_kib();
+            max_rss = max_rss.max(rss);
+            drain_rss.push(format!("{acked}: {} MiB", rss / 1024));
         }
     }
     let e = t.elapsed();
@@ -335,6 +340,7 @@ async fn stacked(dir: &Path, a: &Args) -> Result<(), String> {
         s.groups[0].stacked,
         max_rss / 1024
     );
+    println!("RSS while draining (acked: RSS): {}", drain_rss.join(", "));
     b.close().await.map_err(|e| e.to_string())?;
     Ok(())
 }

@@ -53,6 +53,11 @@ pub(crate) struct SpillPool {
 #[derive(Debug, Default)]
 struct SpillFile {
     file: Option<File>,
+    /// Encoding buffer of one page, reused.
+    scratch: Vec<u8>,
+    /// Chunk buffers let go, kept for the next chunk (fewer large allocations: with
+    /// glibc's per-thread arenas, that churn showed as RSS growth in long drains).
+    spare: Vec<Box<[Slot]>>,
     free: Vec<u32>,
     next: u32,
     /// Pages that could not be written (disk full): counted to stop retrying each time.
@@ -137,7 +142,8 @@ impl SpillPool {
                 }
             }
         }
-        let page = if page != NO_PAGE {
+        let fresh = page == NO_PAGE;
+        let page = if !fresh {
             page
         } else if let Some(p) = f.free.pop() {
             p
@@ -145,13 +151,21 @@ impl SpillPool {
             f.next += 1;
             f.next - 1
         };
-        let mut buf = vec![0u8; self.page_bytes()];
+        let mut buf = std::mem::take(&mut f.scratch);
+        buf.resize(self.page_bytes(), 0);
         encode(data, &mut buf);
-        let file = f.file.as_ref()?;
-        match file.write_all_at(&buf, page as u64 * buf.len() as u64) {
+        let res = match f.file.as_ref() {
+            Some(file) => file.write_all_at(&buf, page as u64 * buf.len() as u64),
+            None => Err(std::io::Error::other("spill file missing")),
+        };
+        f.scratch = buf;
+        match res {
             Ok(()) => Some(page),
             Err(e) => {
-                f.free.push(page);
+                // The chunk stays in memory; a page it already had stays its own.
+                if fresh {
+                    f.free.push(page);
+                }
                 f.write_failures += 1;
                 if f.write_failures.is_power_of_two() {
                     error!(path = %path.display(), error = %e, failures = f.write_failures, "cannot write to the index spill file; keeping chunks in memory");
@@ -161,16 +175,37 @@ impl SpillPool {
         }
     }
 
+    /// A chunk buffer of tombstones (a recycled one if there is).
+    fn buffer(&self) -> Box<[Slot]> {
+        match self.lock().spare.pop() {
+            Some(mut b) => {
+                b.fill(TOMBSTONE);
+                b
+            }
+            None => vec![TOMBSTONE; 1 << self.shift].into_boxed_slice(),
+        }
+    }
+
+    fn recycle(&self, b: Box<[Slot]>) {
+        let mut f = self.lock();
+        if f.spare.len() < 16 {
+            f.spare.push(b);
+        }
+    }
+
     fn read(&self, page: u32) -> Box<[Slot]> {
-        let mut out = vec![TOMBSTONE; 1 << self.shift].into_boxed_slice();
-        let f = self.lock();
-        let mut buf = vec![0u8; self.page_bytes()];
+        let mut out = self.buffer();
+        let mut f = self.lock();
+        let mut buf = std::mem::take(&mut f.scratch);
+        buf.resize(self.page_bytes(), 0);
         let res = match f.file.as_ref() {
             Some(file) => file.read_exact_at(&mut buf, page as u64 * self.page_bytes() as u64),
             None => Err(std::io::Error::other("spill file missing")),
         };
+        let res = res.map(|()| decode(&buf, &mut out));
+        f.scratch = buf;
         match res {
-            Ok(()) => decode(&buf, &mut out),
+            Ok(()) => {}
             // Only a failing disk gets here (the page was written by us and is in the
             // page cache or on disk). The chunk's messages are unavailable until the
             // next open rebuilds the index from the log; said loudly.
@@ -307,8 +342,9 @@ impl Slots {
     /// Drops every slot (keeps `first`).
     pub fn clear(&mut self) {
         for c in self.chunks.drain(..) {
-            if c.data.is_some() {
+            if let Some(d) = c.data {
                 self.pool.resident.fetch_sub(1, Ordering::Relaxed);
+                self.pool.recycle(d);
             }
             self.pool.free(c.page);
         }
@@ -337,7 +373,7 @@ impl Slots {
         if self.chunks[ci].data.is_none() {
             let page = self.chunks[ci].page;
             let data = if page == NO_PAGE {
-                vec![TOMBSTONE; 1 << self.shift].into_boxed_slice()
+                self.pool.buffer()
             } else {
                 self.pool.read(page)
             };
@@ -478,9 +514,10 @@ impl Slots {
             };
             self.c0 += 1;
             self.hand = self.hand.saturating_sub(1);
-            if c.data.is_some() {
+            if let Some(d) = c.data {
                 self.resident -= 1;
                 self.pool.resident.fetch_sub(1, Ordering::Relaxed);
+                self.pool.recycle(d);
             }
             self.pool.free(c.page);
         }
@@ -578,7 +615,9 @@ impl Slots {
                     None => return false,
                 }
             }
-            c.data = None;
+            if let Some(d) = c.data.take() {
+                self.pool.recycle(d);
+            }
             c.dirty = false;
             self.resident -= 1;
             self.pool.resident.fetch_sub(1, Ordering::Relaxed);

@@ -23,6 +23,8 @@ pub mod names {
     pub const EXPIRED: &str = "iotsync_backlog_expired_total";
     pub const REJECTED: &str = "iotsync_backlog_rejected_total";
     pub const PAUSED: &str = "iotsync_project_sync_paused";
+    pub const INDEX_RESIDENT: &str = "iotsync_backlog_index_memory_bytes";
+    pub const INDEX_SPILLED: &str = "iotsync_backlog_index_spilled_bytes";
 }
 
 /// (name, type, help, rows of (labels, value)).
@@ -135,11 +137,29 @@ pub async fn render(State(st): State<ApiState>) -> impl IntoResponse {
             }
         }
     }
+    if let Some(m) = st.hub.backlog().index_memory() {
+        series.push((
+            names::INDEX_RESIDENT,
+            "gauge",
+            "Memory held by the backlog index's per-message slots (bounded by delivery.index_memory).",
+            vec![(String::new(), m.resident_bytes as f64)],
+        ));
+        series.push((
+            names::INDEX_SPILLED,
+            "gauge",
+            "Index slots written out to the spill file.",
+            vec![(String::new(), m.spilled_bytes as f64)],
+        ));
+    }
     for (name, kind, help, rows) in series {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} {kind}");
         for (labels, v) in rows {
-            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+            if labels.is_empty() {
+                let _ = writeln!(out, "{name} {v}");
+            } else {
+                let _ = writeln!(out, "{name}{{{labels}}} {v}");
+            }
         }
     }
     (
