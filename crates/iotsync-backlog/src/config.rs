@@ -61,6 +61,10 @@ pub struct BacklogConfig {
     /// At most this many stacked messages are looked at by one `lease` call while
     /// skipping messages held back by per-key order.
     pub max_scan_per_lease: usize,
+    /// At most this many messages of a group wait parked behind their ordering key (8 B
+    /// each); past it the group's scan stops at the next message of a held key until
+    /// some are released, so one chatty device cannot make memory grow with its backlog.
+    pub max_parked_per_group: usize,
     /// The oldest segment is compacted (its live messages copied to the head) when less
     /// than this fraction of its bytes is still live.
     pub compact_below_live_ratio: f64,
@@ -83,6 +87,7 @@ impl Default for BacklogConfig {
             max_message_bytes: 1024 * 1024,
             max_pending_bytes: 16 * 1024 * 1024,
             max_scan_per_lease: 4096,
+            max_parked_per_group: 65_536,
             compact_below_live_ratio: 0.5,
             jitter_seed: None,
             index_memory_bytes: 32 * 1024 * 1024,

@@ -471,3 +471,44 @@ async fn a_group_behind_another_is_not_stalled_by_the_lease_scan_bound_after_a_r
     assert_eq!(got[0], "m60");
     assert_eq!(got[39], "m99");
 }
+
+#[tokio::test]
+async fn parking_behind_a_busy_key_is_bounded_and_the_rest_follows_when_it_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let cfg = iotsync_backlog::BacklogConfig {
+        max_parked_per_group: 3,
+        ..config()
+    };
+    let (b, _) = open(dir.path(), &clock, cfg);
+    let p = project("p1");
+    b.create_group(&p, &group("g1")).await.unwrap();
+    let mut batch: Vec<_> = (0..10)
+        .map(|i| msg(&p, "chatty", &format!("c{i}"), T0))
+        .collect();
+    batch.push(msg(&p, "quiet", "q0", T0));
+    b.append(batch).await.unwrap();
+    // c0 holds the key, c1..c3 are parked, then parking is full: the scan stops at c4
+    // and does not reach q0 yet.
+    let first = b.lease(&p, &group("g1"), C1, 100).await.unwrap();
+    assert_eq!(ids(&first), ["c0"]);
+    b.verify_invariants().unwrap();
+    let mut order = Vec::new();
+    let mut next = first;
+    while !next.is_empty() {
+        for d in &next {
+            order.push(d.message.envelope.message_id.to_string());
+            b.ack(&d.token).await.unwrap();
+        }
+        b.verify_invariants().unwrap();
+        next = b.lease(&p, &group("g1"), C1, 100).await.unwrap();
+    }
+    let chatty: Vec<String> = order
+        .iter()
+        .filter(|m| m.starts_with('c'))
+        .cloned()
+        .collect();
+    assert_eq!(chatty, (0..10).map(|i| format!("c{i}")).collect::<Vec<_>>());
+    assert!(order.contains(&"q0".to_string()), "{order:?}");
+    assert_eq!(b.stats(&p).await.unwrap().groups[0].stacked, 0);
+}

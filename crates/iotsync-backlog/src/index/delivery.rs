@@ -23,6 +23,7 @@ impl Index {
     ) -> Vec<Pick> {
         let ack_timeout = self.ack_timeout_ms;
         let max_scan = self.max_scan;
+        let max_parked = self.max_parked;
         let p = &mut self.projects[proj as usize];
         if p.paused || max == 0 {
             return Vec::new();
@@ -98,6 +99,11 @@ impl Index {
             scanned += 1;
             if owed && (g.dead.is_empty() || !g.dead.contains_key(&cursor)) {
                 if let Some(q) = g.keys.get_mut(&s.key) {
+                    if g.parked >= max_parked {
+                        // Parking is full: the cursor waits here until a key is
+                        // released (which signals the group).
+                        break;
+                    }
                     q.push_back(cursor);
                     g.parked += 1;
                 } else {

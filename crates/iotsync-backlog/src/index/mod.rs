@@ -369,6 +369,7 @@ pub(crate) struct Index {
     retry: crate::config::RetryPolicy,
     default_retention_ms: i64,
     max_scan: usize,
+    max_parked: usize,
 }
 
 /// Outcome of an operation on a lease token.
@@ -392,6 +393,7 @@ impl Index {
             retry: cfg.retry.clone(),
             default_retention_ms: cfg.retention_amqp.as_millis() as i64,
             max_scan: cfg.max_scan_per_lease.max(1),
+            max_parked: cfg.max_parked_per_group.max(1),
         }
     }
 
