@@ -555,8 +555,8 @@ impl OpenLink {
                         Ok(d) => d,
                         Err(e) => break Err(AmqpError::Lost(format!("{e:?}"))),
                     };
-                    let info = DeliveryInfo::from(&d);
-                    let envelope = match envelope_of(&d) {
+                    let (info, message) = d.into_parts();
+                    let envelope = match envelope_of(message) {
                         Ok(e) => e,
                         Err(e) => {
                             let _ = self.receiver.reject(info, None).await;
@@ -576,13 +576,10 @@ impl OpenLink {
                         break Ok(());
                     }
                 }
-                Some((info, d)) = settle_rx.recv() => {
-                    let r = match d {
-                        Disposition::Accept => self.receiver.accept(info).await,
-                        Disposition::Release => self.receiver.release(info).await,
-                        Disposition::Reject => self.receiver.reject(info, None).await,
-                    };
-                    if let Err(e) = r {
+                Some(first) = settle_rx.recv() => {
+                    // Everything settled by now goes out together: one disposition frame
+                    // per run of consecutive delivery ids and outcome, not one per message.
+                    if let Err(e) = settle_ready(&self.receiver, first, &mut settle_rx).await {
                         break Err(AmqpError::Lost(format!("{e:?}")));
                     }
                 }
@@ -593,12 +590,8 @@ impl OpenLink {
         if result.is_ok() {
             // The application closed the stream: send the outcomes it already settled
             // before ending the session, so none is lost on the way out.
-            while let Ok((info, d)) = settle_rx.try_recv() {
-                let _ = match d {
-                    Disposition::Accept => self.receiver.accept(info).await,
-                    Disposition::Release => self.receiver.release(info).await,
-                    Disposition::Reject => self.receiver.reject(info, None).await,
-                };
+            if let Ok(first) = settle_rx.try_recv() {
+                let _ = settle_ready(&self.receiver, first, &mut settle_rx).await;
             }
             let _ = tokio::time::timeout(Duration::from_secs(3), async {
                 let _ = self.session.end().await;
@@ -617,16 +610,57 @@ impl OpenLink {
     }
 }
 
+/// Most outcomes sent in one go (they are already settled by the application; this only
+/// bounds the work between two polls of the receiver).
+const SETTLE_BATCH: usize = 1024;
+
+/// Sends `first` and every outcome already queued behind it (up to [`SETTLE_BATCH`]),
+/// grouped by outcome: fe2o3 sends one disposition frame per range of consecutive
+/// delivery ids, so a busy consumer settles many messages per frame. Outcomes are the
+/// same as settling one by one; only the number of frames changes.
+async fn settle_ready(
+    receiver: &Receiver,
+    first: (DeliveryInfo, Disposition),
+    queue: &mut mpsc::Receiver<(DeliveryInfo, Disposition)>,
+) -> Result<(), fe2o3_amqp::link::DispositionError> {
+    let (mut accept, mut release, mut reject) = (Vec::new(), Vec::new(), Vec::new());
+    let mut next = Some(first);
+    let mut n = 0;
+    while let Some((info, d)) = next {
+        match d {
+            Disposition::Accept => accept.push(info),
+            Disposition::Release => release.push(info),
+            Disposition::Reject => reject.push(info),
+        }
+        n += 1;
+        next = if n < SETTLE_BATCH {
+            queue.try_recv().ok()
+        } else {
+            None
+        };
+    }
+    if !accept.is_empty() {
+        receiver.accept_all(accept).await?;
+    }
+    if !release.is_empty() {
+        receiver.release_all(release).await?;
+    }
+    if !reject.is_empty() {
+        receiver.reject_all(reject, None).await?;
+    }
+    Ok(())
+}
+
+/// Takes the message apart: payload and topic move into the envelope uncopied.
 fn envelope_of(
-    d: &fe2o3_amqp::link::delivery::Delivery<Body<Value>>,
+    m: fe2o3_amqp::types::messaging::Message<Body<Value>>,
 ) -> Result<Envelope, AmqpError> {
-    let m = d.message();
-    let ap = m
+    let mut ap = m
         .application_properties
-        .as_ref()
-        .ok_or(AmqpError::BadMessage("application-properties"))?;
-    let topic = match ap.get("topic") {
-        Some(SimpleValue::String(s)) => s.clone(),
+        .ok_or(AmqpError::BadMessage("application-properties"))?
+        .0;
+    let topic = match ap.swap_remove("topic") {
+        Some(SimpleValue::String(s)) => s,
         _ => return Err(AmqpError::BadMessage("topic")),
     };
     let message_id = match ap.get("messageId") {
@@ -640,8 +674,19 @@ fn envelope_of(
         Some(SimpleValue::Ulong(v)) => i64::try_from(*v).unwrap_or(i64::MAX),
         _ => return Err(AmqpError::BadMessage("generateTime")),
     };
-    let payload = match &m.body {
-        Body::Data(batch) => batch.iter().flat_map(|d| d.0.iter().copied()).collect(),
+    let payload = match m.body {
+        Body::Data(batch) => {
+            let mut sections = batch.into_inner();
+            if sections.len() == 1 {
+                sections.pop().map(|d| d.0.into_vec()).unwrap_or_default()
+            } else {
+                let mut all = Vec::with_capacity(sections.iter().map(|d| d.0.len()).sum());
+                for d in &sections {
+                    all.extend_from_slice(&d.0);
+                }
+                all
+            }
+        }
         _ => return Err(AmqpError::BadMessage("a Data section")),
     };
     Ok(Envelope {
