@@ -3,27 +3,34 @@
 //! `message-id` = messageId.
 
 use fe2o3_amqp::types::messaging::{ApplicationProperties, Data, Message, MessageId, Properties};
-use fe2o3_amqp::types::primitives::{Binary, SimpleValue};
+use fe2o3_amqp::types::primitives::{Binary, OrderedMap, SimpleValue};
 
 use iotsync_core::Envelope;
 
 /// Takes the envelope by value: the payload and topic move into the message uncopied.
+/// The map is sized up front (the map builder grows it entry by entry).
 pub fn to_amqp(env: Envelope) -> Message<Data> {
     let id = env.message_id.to_string();
-    Message::builder()
-        .properties(Properties {
-            message_id: Some(MessageId::String(id.clone())),
+    let mut ap = OrderedMap::with_capacity(3);
+    ap.insert("topic".to_owned(), SimpleValue::String(env.topic));
+    ap.insert("messageId".to_owned(), SimpleValue::String(id.clone()));
+    ap.insert(
+        "generateTime".to_owned(),
+        SimpleValue::Long(env.generate_time),
+    );
+    // A literal, not the builder: the builder moves the whole message at every step.
+    Message {
+        header: None,
+        delivery_annotations: None,
+        message_annotations: None,
+        properties: Some(Properties {
+            message_id: Some(MessageId::String(id)),
             ..Default::default()
-        })
-        .application_properties(
-            ApplicationProperties::builder()
-                .insert("topic", SimpleValue::String(env.topic))
-                .insert("messageId", SimpleValue::String(id))
-                .insert("generateTime", SimpleValue::Long(env.generate_time))
-                .build(),
-        )
-        .data(Binary::from(env.payload))
-        .build()
+        }),
+        application_properties: Some(ApplicationProperties(ap)),
+        body: Data(Binary::from(env.payload)),
+        footer: None,
+    }
 }
 
 #[cfg(test)]
