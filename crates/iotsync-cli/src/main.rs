@@ -12,6 +12,13 @@ use clap::{Args, Parser, Subcommand};
 
 use iotsync_server::{ConfigOverrides, ServerConfig, TokenSource};
 
+/// mimalloc instead of the system allocator: fe2o3's per-frame buffers, the AMQP messages
+/// and the backlog's leases allocate a few dozen times per delivered message, and glibc's
+/// malloc/free/realloc were ~30 % of the server's instructions per message
+/// (`docs/benchmarks.md`, AMQP channel).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// iotsync keeps enterprise servers in sync with an IoT platform's device data and user
 /// data, over AMQP 1.0 or HTTP/2, with at-least-once delivery and a durable backlog.
 #[derive(Debug, Parser)]

@@ -50,6 +50,11 @@ use iotsync_core::{ConsumerGroup, IotId, ProjectId, SystemClock};
 use iotsync_sdk::amqp::AmqpConsumer;
 use iotsync_server::{ConfigOverrides, RunningServer, ServerConfig};
 
+/// The allocator the `iotsync` binary ships with (the server runs in this process). The
+/// bench clients share it, for iotsync and RabbitMQ alike.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const TOKEN: &str = "bench-operator-token-0123456789";
 const PAYLOAD_BYTES: usize = 256;
 const RABBIT_QUEUE: &str = "iotsync-bench-drain";
@@ -711,11 +716,13 @@ fn main() {
             let rep = tokio::spawn(consume_sdk(sdk, n)).await.unwrap();
             let c1 = cpu_snap(None);
             let cpu = (c1.process - c0.process - (c1.client - c0.client)) as f64 / tck;
+            let client = (c1.client - c0.client) as f64 / tck;
             println!(
-                "iotsync drain (Rust SDK): {:.0} msg/s ({:.2} s), server CPU {:.1} µs/msg",
+                "iotsync drain (Rust SDK): {:.0} msg/s ({:.2} s), server CPU {:.1} µs/msg, client CPU {:.1} µs/msg",
                 rep.rate(),
                 rep.secs,
-                cpu * 1e6 / rep.n as f64
+                cpu * 1e6 / rep.n as f64,
+                client * 1e6 / rep.n as f64
             );
             rows.push(Row {
                 name: "iotsync drain, Rust SDK consumer".into(),
