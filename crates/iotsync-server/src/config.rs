@@ -441,10 +441,10 @@ impl ServerConfig {
                 "must be at least 1".into(),
             ));
         }
-        if d.index_memory.0 < 1 << 20 {
+        if d.index_memory.0 < 64 << 10 {
             return Err(invalid(
                 "delivery.index_memory",
-                "must be at least 1 MiB".into(),
+                "must be at least 64 KiB".into(),
             ));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
