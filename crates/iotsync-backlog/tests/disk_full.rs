@@ -50,6 +50,9 @@ async fn full_disk_fails_appends_clearly_keeps_what_is_stored_and_recovers() {
     let clock = ManualClock::new(T0);
     let cfg = BacklogConfig {
         segment_bytes: 256 * 1024,
+        // A tiny index budget: the index spills to the same full disk and must keep
+        // what it cannot write out in memory.
+        index_memory_bytes: 1,
         ..config()
     };
     let p = project("p1");
