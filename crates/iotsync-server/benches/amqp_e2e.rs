@@ -1,10 +1,11 @@
 //! AMQP 1.0 channel bench (not a timed test): iotsync against RabbitMQ's AMQP 1.0 plugin,
 //! in the same run, with the same consumer code (fe2o3-amqp, credit 1000, one `accepted`
-//! disposition per message).
+//! disposition per message, or with `--accept-batch K` one `accept_all` per K messages in
+//! the drains, for both systems alike).
 //!
 //! ```text
 //! cargo bench -p iotsync-server --bench amqp_e2e -- [--messages N] [--devices N]
-//!     [--credit N] [--rate MSGS_PER_S] [--live-secs S] [--producers N]
+//!     [--credit N] [--accept-batch K] [--rate MSGS_PER_S] [--live-secs S] [--producers N]
 //!     [--ingest-messages N] [--only iotsync|rabbitmq]
 //!     [--rabbit amqp://guest:guest@127.0.0.1:5672/%2f] [--dir DIR]
 //! ```
@@ -64,6 +65,7 @@ struct Args {
     messages: usize,
     devices: usize,
     credit: u32,
+    accept_batch: usize,
     rate: usize,
     live_secs: u64,
     producers: usize,
@@ -78,6 +80,7 @@ fn args() -> Args {
         messages: 200_000,
         devices: 2_000,
         credit: 1_000,
+        accept_batch: 1,
         rate: 500,
         live_secs: 10,
         producers: 64,
@@ -95,6 +98,7 @@ fn args() -> Args {
             "--messages" => a.messages = num(a.messages),
             "--devices" => a.devices = num(a.devices),
             "--credit" => a.credit = num(a.credit as usize) as u32,
+            "--accept-batch" => a.accept_batch = num(a.accept_batch).max(1),
             "--rate" => a.rate = num(a.rate),
             "--live-secs" => a.live_secs = num(a.live_secs as usize) as u64,
             "--producers" => a.producers = num(a.producers),
@@ -228,11 +232,22 @@ fn sent_at_us(payload: &[u8]) -> Option<i64> {
         .or_else(|| v["items"]["t"]["value"].as_i64())
 }
 
-/// Receives `n` messages at `credit`, accepting each; the clock starts at the first.
+fn accepts(batch: usize) -> String {
+    if batch > 1 {
+        format!(", accept_all per {batch}")
+    } else {
+        String::new()
+    }
+}
+
+/// Receives `n` messages at `credit`, accepting each (`accept_batch` 1) or every
+/// `accept_batch` together (fe2o3's `accept_all`: one disposition frame per range of
+/// consecutive ids, as the SDK consumer does); the clock starts at the first.
 async fn consume_raw(
     ep: &Endpoint,
     n: usize,
     credit: u32,
+    accept_batch: usize,
     ready: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Report {
     let tcp = tokio::net::TcpStream::connect(&ep.addr).await.unwrap();
@@ -265,7 +280,8 @@ async fn consume_raw(
     };
     rep.lat_us.reserve(n);
     let mut started = None;
-    for _ in 0..n {
+    let mut pending = Vec::with_capacity(accept_batch);
+    for i in 0..n {
         let d = rx.recv::<Body<AmqpValue>>().await.unwrap();
         let now = now_us();
         started.get_or_insert_with(Instant::now);
@@ -276,7 +292,14 @@ async fn consume_raw(
                 rep.lat_us.push(now - t);
             }
         }
-        rx.accept(&d).await.unwrap();
+        if accept_batch <= 1 {
+            rx.accept(&d).await.unwrap();
+        } else {
+            pending.push(d.into_parts().0);
+            if pending.len() >= accept_batch || i + 1 == n {
+                rx.accept_all(std::mem::take(&mut pending)).await.unwrap();
+            }
+        }
     }
     rep.secs = started.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0);
     let _ = rx.close().await;
@@ -682,8 +705,8 @@ fn main() {
             let ep = iot.endpoint("bench-raw");
             let c0 = cpu_snap(None);
             let rep = tokio::spawn({
-                let (n, c) = (a.messages, a.credit);
-                async move { consume_raw(&ep, n, c, None).await }
+                let (n, c, b) = (a.messages, a.credit, a.accept_batch);
+                async move { consume_raw(&ep, n, c, b, None).await }
             })
             .await
             .unwrap();
@@ -696,7 +719,7 @@ fn main() {
                 cpu * 1e6 / rep.n as f64, client * 1e6 / rep.n as f64
             );
             rows.push(Row {
-                name: "iotsync drain, fe2o3 client".into(),
+                name: format!("iotsync drain, fe2o3 client{}", accepts(a.accept_batch)),
                 rate: rep.rate(),
                 cpu_us: Some(cpu * 1e6 / rep.n as f64),
                 extra: format!("{} B mean payload", rep.payload_bytes / rep.n.max(1)),
@@ -737,7 +760,8 @@ fn main() {
             let ep = iot.endpoint("bench-live");
             let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
             let c = a.credit;
-            let consumer = tokio::spawn(async move { consume_raw(&ep, n, c, Some(ready_tx)).await });
+            let consumer =
+                tokio::spawn(async move { consume_raw(&ep, n, c, 1, Some(ready_tx)).await });
             ready_rx.await.unwrap();
             iot.produce(n, a.producers, a.rate).await;
             let rep = consumer.await.unwrap();
@@ -762,8 +786,8 @@ fn main() {
             );
             let ep = rabbit_endpoint(&a.rabbit, RABBIT_QUEUE);
             let c0 = cpu_snap(rabbit.as_deref());
-            let (n, c) = (a.messages, a.credit);
-            let rep = tokio::spawn(async move { consume_raw(&ep, n, c, None).await })
+            let (n, c, b) = (a.messages, a.credit, a.accept_batch);
+            let rep = tokio::spawn(async move { consume_raw(&ep, n, c, b, None).await })
                 .await
                 .unwrap();
             let c1 = cpu_snap(rabbit.as_deref());
@@ -776,7 +800,10 @@ fn main() {
                 cpu.map(|c| format!("{:.1}", c * 1e6 / rep.n as f64)).unwrap_or("?".into())
             );
             rows.push(Row {
-                name: "RabbitMQ 3.10 drain, fe2o3 client (AMQP 1.0 plugin)".into(),
+                name: format!(
+                    "RabbitMQ 3.10 drain, fe2o3 client{} (AMQP 1.0 plugin)",
+                    accepts(a.accept_batch)
+                ),
                 rate: rep.rate(),
                 cpu_us: cpu.map(|c| c * 1e6 / rep.n as f64),
                 extra: format!("{} B mean payload", rep.payload_bytes / rep.n.max(1)),
@@ -787,7 +814,8 @@ fn main() {
             let ep = rabbit_endpoint(&a.rabbit, RABBIT_LIVE_QUEUE);
             let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
             let c = a.credit;
-            let consumer = tokio::spawn(async move { consume_raw(&ep, n, c, Some(ready_tx)).await });
+            let consumer =
+                tokio::spawn(async move { consume_raw(&ep, n, c, 1, Some(ready_tx)).await });
             ready_rx.await.unwrap();
             rabbit_publish(&ch, RABBIT_LIVE_QUEUE, n, a.rate).await;
             let rep = consumer.await.unwrap();
