@@ -35,12 +35,30 @@ async fn stacked(b: &EmbeddedBacklog, g: &str) -> u64 {
     s.groups.iter().find(|x| x.group == g).unwrap().stacked
 }
 
-/// A consumer that got nothing waits for the availability signal, as the server does.
-async fn signalled(w: &mut iotsync_backlog::AvailabilityWatch) {
-    tokio::time::timeout(std::time::Duration::from_secs(5), w.changed())
-        .await
-        .expect("messages are stacked but no availability signal came")
-        .unwrap();
+/// The next deliveries of group `g` of p1, or `None` once nothing is stacked. A consumer
+/// that got nothing waits for the availability signal, as the server does.
+async fn next_batch(
+    b: &EmbeddedBacklog,
+    w: &mut iotsync_backlog::AvailabilityWatch,
+    g: &str,
+    consumer: ConsumerId,
+) -> Option<Vec<iotsync_backlog::Delivery>> {
+    loop {
+        let ds = b
+            .lease(&project("p1"), &group(g), consumer, 1000)
+            .await
+            .unwrap();
+        if !ds.is_empty() {
+            return Some(ds);
+        }
+        if stacked(b, g).await == 0 {
+            return None;
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(5), w.changed())
+            .await
+            .expect("messages are stacked but no availability signal came")
+            .unwrap();
+    }
 }
 
 fn num(id: &str) -> usize {
@@ -115,18 +133,7 @@ async fn a_backlog_far_bigger_than_the_index_budget_is_delivered_in_order_with_f
     assert_eq!(g1.stacked as usize, N / 2);
     let mut got = vec![false; N];
     let mut w1 = b.watch(&p1, &group("g1")).unwrap();
-    loop {
-        let ds = b
-            .lease(&p1, &group("g1"), ConsumerId(2), 1000)
-            .await
-            .unwrap();
-        if ds.is_empty() {
-            if stacked(&b, "g1").await == 0 {
-                break;
-            }
-            signalled(&mut w1).await;
-            continue;
-        }
+    while let Some(ds) = next_batch(&b, &mut w1, "g1", ConsumerId(2)).await {
         for d in &ds {
             let n = num(d.message.envelope.message_id.as_str());
             assert!(!got[n], "m{n} delivered twice");
@@ -147,18 +154,7 @@ async fn a_backlog_far_bigger_than_the_index_budget_is_delivered_in_order_with_f
     // g2 rejects every 1000th message (dead letters scattered over spilled chunks) and
     // acks the rest.
     let mut w2 = b.watch(&p1, &group("g2")).unwrap();
-    loop {
-        let ds = b
-            .lease(&p1, &group("g2"), ConsumerId(3), 1000)
-            .await
-            .unwrap();
-        if ds.is_empty() {
-            if stacked(&b, "g2").await == 0 {
-                break;
-            }
-            signalled(&mut w2).await;
-            continue;
-        }
+    while let Some(ds) = next_batch(&b, &mut w2, "g2", ConsumerId(3)).await {
         for d in &ds {
             if num(d.message.envelope.message_id.as_str()).is_multiple_of(1000) {
                 b.reject(&d.token).await.unwrap();

@@ -115,13 +115,8 @@ impl Index {
             cursor += 1;
         }
         g.cursor = cursor;
-        // Deadlines of settled leases are skipped lazily by `expire_leases`; drop them
-        // here too, so memory stays bounded by what is in flight even between ticks.
-        if g.deadlines.len() > 2 * g.in_flight.len() + 1024 {
-            let inf = &g.in_flight;
-            g.deadlines
-                .retain(|(d, p)| inf.get(p).is_some_and(|l| l.deadline == *d));
-        }
+        // Here too, not only at ticks: memory stays bounded by what is in flight.
+        g.compact_deadlines();
         if scanned >= max_scan && cursor < end && n < max {
             // The scan stopped at its bound (it keeps one call short under the lock),
             // not at the end: more may be leasable. Without this signal a consumer whose
@@ -281,11 +276,7 @@ impl Index {
                             }
                         }
                     }
-                    if g.deadlines.len() > 2 * g.in_flight.len() + 1024 {
-                        let inf = &g.in_flight;
-                        g.deadlines
-                            .retain(|(d, p)| inf.get(p).is_some_and(|l| l.deadline == *d));
-                    }
+                    g.compact_deadlines();
                 }
                 for pseq in timed_out {
                     let unit = self.unit_random();

@@ -147,6 +147,16 @@ impl Group {
         self.retry.remove(&(due, pseq))
     }
 
+    /// Drops deadlines of settled leases (they are skipped lazily) once they outnumber
+    /// the leases in flight; amortised O(1) per lease.
+    pub(crate) fn compact_deadlines(&mut self) {
+        if self.deadlines.len() > 2 * self.in_flight.len() + 1024 {
+            let inf = &self.in_flight;
+            self.deadlines
+                .retain(|(d, p)| inf.get(p).is_some_and(|l| l.deadline == *d));
+        }
+    }
+
     /// The message holding `key` is done: the next parked one of that key may go.
     fn release_key(&mut self, key: u32) {
         let next = match self.keys.get_mut(&key) {
@@ -528,7 +538,7 @@ impl Index {
     /// A relocated copy of a message was stored: point the slot at it if still live.
     pub fn relocated(&mut self, proj: u32, pseq: u64, old_seg: u32, seg: u32, off: u32, len: u32) {
         let p = &mut self.projects[proj as usize];
-        let Some(s) = p.slots.peek(pseq) else {
+        let Some(&s) = p.slots.get(pseq) else {
             return;
         };
         if s.owners == 0 || s.seg != old_seg {
@@ -574,29 +584,12 @@ impl Index {
     }
 
     fn drop_group(&mut self, proj: u32, slot: u8) {
-        let mut freed: HashMap<u32, (u64, u64)> = HashMap::new();
-        let mut gone = 0;
-        let p = &mut self.projects[proj as usize];
-        p.slots.for_each_mut(|_, s| {
-            if s.owners & (1 << slot) != 0 {
-                s.owners &= !(1 << slot);
-                if s.owners == 0 {
-                    gone += 1;
-                    if s.seg != UNWRITTEN {
-                        let e = freed.entry(s.seg).or_default();
-                        e.0 += 1;
-                        e.1 += s.len as u64;
-                    }
-                }
-            }
-        });
-        // Saturating: replay does not keep these counts (it recounts at the end).
-        p.live = p.live.saturating_sub(gone);
-        for (seg, (n, bytes)) in freed {
-            if let Some(si) = self.segs.get_mut(&seg) {
-                si.live = si.live.saturating_sub(n);
-                si.live_bytes = si.live_bytes.saturating_sub(bytes);
-            }
+        let (base, next) = {
+            let p = &self.projects[proj as usize];
+            (p.base(), p.next_pseq())
+        };
+        for pseq in base..next {
+            self.disown(proj, pseq, slot);
         }
         let p = &mut self.projects[proj as usize];
         p.groups[slot as usize] = None;
