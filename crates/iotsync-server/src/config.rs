@@ -557,5 +557,16 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("api.operator_token"), "{e}");
+        for (value, says) in [("1 KiB", "at least 64 KiB"), ("12 parsecs", "unknown unit")] {
+            let file = format!("[delivery]\nindex_memory = \"{value}\"\n");
+            let e = ServerConfig::layered(
+                Some(("f.toml", &file)),
+                Default::default(),
+                Default::default(),
+            )
+            .unwrap_err();
+            let e = format!("{e:#}");
+            assert!(e.contains("index_memory") && e.contains(says), "{e}");
+        }
     }
 }
