@@ -74,6 +74,13 @@ pub struct BacklogConfig {
     /// chunks of slots go to the spill file `index.spill` in the backlog directory, so
     /// memory does not grow with the backlog.
     pub index_memory_bytes: usize,
+    /// Settlement records (ack, release, reject) alone do not wake the writer at once:
+    /// they are written with the next commit, or after this long, or once
+    /// `settle_flush_bytes` of them wait, whichever comes first. A crash loses at most
+    /// this interval's settlements, whose messages are delivered again (at-least-once).
+    pub settle_flush_interval: Duration,
+    /// Settlement records waiting past this many bytes are written at once.
+    pub settle_flush_bytes: usize,
 }
 
 impl Default for BacklogConfig {
@@ -91,6 +98,8 @@ impl Default for BacklogConfig {
             compact_below_live_ratio: 0.5,
             jitter_seed: None,
             index_memory_bytes: 32 * 1024 * 1024,
+            settle_flush_interval: Duration::from_millis(10),
+            settle_flush_bytes: 256 * 1024,
         }
     }
 }

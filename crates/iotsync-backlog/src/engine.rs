@@ -474,10 +474,12 @@ impl EmbeddedBacklog {
         }
         let State { index, pending, .. } = &mut *st;
         let before = pending.enc.buf.len();
+        let was_empty = pending.is_empty();
         if !index.settle(token, op, now, &mut pending.enc) {
             return Err(BacklogError::UnknownLease { seq: token.seq });
         }
-        if pending.enc.buf.len() != before {
+        let added = pending.enc.buf.len() - before;
+        if pending.settled(added, was_empty, self.shared.cfg.settle_flush_bytes) {
             self.shared.wake.notify_one();
         }
         Ok(())

@@ -14,8 +14,10 @@
 //! Guarantees of the embedded engine:
 //! - `append` returns after the batch is on disk (fdatasync); concurrent appends share
 //!   one sync (group commit).
-//! - Delivery is at-least-once. Acks are written with the next commit (no wait); a crash
-//!   may lose the acks of the last commit interval, whose messages are delivered again.
+//! - Delivery is at-least-once. Settlements (ack, release, reject) are written with the
+//!   next commit, or on their own after `settle_flush_interval` (10 ms) or
+//!   `settle_flush_bytes`; nobody waits for them. A crash may lose the settlements of
+//!   that last interval, whose messages are delivered again.
 //! - Within a group, messages of one ordering key are delivered one at a time in append
 //!   order; a redelivery of an earlier message keeps later ones waiting. A dead letter
 //!   retried through the API is the one exception (it is delivered at once).

@@ -15,6 +15,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 use tracing::{debug, error, warn};
@@ -55,11 +56,41 @@ pub(crate) struct Pending {
     /// Segments to delete once this batch (holding fresh project snapshots) is durable.
     pub drop_segs: Vec<u32>,
     pub compaction: bool,
+    /// Bytes of `enc` that are settlement records (acks…), which may wait for a while.
+    pub settle_len: usize,
+    /// When the first of those was queued into an empty batch.
+    pub settle_since: Option<Instant>,
 }
 
 impl Pending {
     pub fn is_empty(&self) -> bool {
         self.enc.buf.is_empty() && self.waiters.is_empty()
+    }
+
+    /// Holds nothing but settlement records: nobody waits for them.
+    fn settles_only(&self) -> bool {
+        self.enc.buf.len() == self.settle_len
+            && self.waiters.is_empty()
+            && self.msgs.is_empty()
+            && self.relocs.is_empty()
+            && self.drop_segs.is_empty()
+            && !self.compaction
+    }
+
+    /// Accounts `added` bytes just encoded by a settlement; says whether the writer
+    /// must be woken (it sleeps without a deadline on an empty batch, or the
+    /// settlements reached `flush_bytes`).
+    pub fn settled(&mut self, added: usize, was_empty: bool, flush_bytes: usize) -> bool {
+        if added == 0 {
+            return false;
+        }
+        let before = self.settle_len;
+        self.settle_len += added;
+        if was_empty {
+            self.settle_since = Some(Instant::now());
+            return true;
+        }
+        before < flush_bytes && self.settle_len >= flush_bytes
     }
 }
 
@@ -165,7 +196,26 @@ pub(crate) fn run(shared: Arc<Shared>, mut active: Active) {
             let mut st = lock(&shared.state);
             loop {
                 if !st.pending.is_empty() {
-                    break;
+                    // Settlements alone wait for company, a deadline or a size.
+                    let p = &st.pending;
+                    let due = match p.settle_since {
+                        Some(t) if !st.closing && p.settles_only() => {
+                            Some(t + shared.cfg.settle_flush_interval)
+                        }
+                        _ => None,
+                    };
+                    let now = Instant::now();
+                    match due {
+                        Some(due) if now < due && p.settle_len < shared.cfg.settle_flush_bytes => {
+                            st = shared
+                                .wake
+                                .wait_timeout(st, due - now)
+                                .unwrap_or_else(|e| e.into_inner())
+                                .0;
+                            continue;
+                        }
+                        _ => break,
+                    }
                 }
                 if st.closing {
                     if final_snapshot_done {
