@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+/// Most AMQP connection threads (`amqp.io_threads`).
+pub const MAX_IO_THREADS: usize = 64;
+
 pub const DEFAULT_TOML: &str = include_str!("../../../config/iotsync.toml");
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -128,6 +131,8 @@ impl DeliveryConfig {
 pub struct AmqpConfig {
     pub listen: String,
     pub tls_listen: String,
+    /// Threads that run AMQP connections, each its own event loop; 0: one per core.
+    pub io_threads: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -447,6 +452,12 @@ impl ServerConfig {
                 "must be at least 64 KiB".into(),
             ));
         }
+        if self.amqp.io_threads > MAX_IO_THREADS {
+            return Err(invalid(
+                "amqp.io_threads",
+                format!("must be at most {MAX_IO_THREADS} (0: one per CPU core)"),
+            ));
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(invalid("log.format", "must be \"text\" or \"json\"".into()));
         }
@@ -567,6 +578,17 @@ mod tests {
             .unwrap_err();
             let e = format!("{e:#}");
             assert!(e.contains("index_memory") && e.contains(says), "{e}");
+        }
+        for (value, says) in [("65", "at most 64"), ("-1", "invalid value")] {
+            let file = format!("[amqp]\nio_threads = {value}\n");
+            let e = ServerConfig::layered(
+                Some(("f.toml", &file)),
+                Default::default(),
+                Default::default(),
+            )
+            .unwrap_err();
+            let e = format!("{e:#}");
+            assert!(e.contains("io_threads") && e.contains(says), "{e}");
         }
     }
 }

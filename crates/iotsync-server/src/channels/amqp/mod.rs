@@ -7,12 +7,14 @@
 //! - [`connection`]: connection driver, link pump, settle task, teardown.
 //! - [`io`]: write coalescing under fe2o3's engine (one write per burst of frames).
 //! - [`message`]: envelope → AMQP message.
+//! - [`threads`]: the connection threads, one single-threaded runtime each.
 
 pub mod auth;
 pub mod connection;
 pub mod io;
 pub mod message;
 pub mod sasl;
+pub mod threads;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::context::{Context, Listener, Started};
 use auth::CredentialChecker;
 use connection::Shared;
+use threads::ConnThreads;
 
 /// Starts the configured listeners (`amqp.listen` plain, `amqp.tls_listen` TLS); an
 /// empty address turns a listener off.
@@ -34,6 +37,11 @@ pub async fn start(ctx: &Context) -> anyhow::Result<Started> {
         shutdown: ctx.shutdown.clone(),
     });
     let mut started = Started::default();
+    if ctx.cfg.amqp.listen.is_empty() && ctx.cfg.amqp.tls_listen.is_empty() {
+        return Ok(started);
+    }
+    let (threads, finished) = ConnThreads::start(ctx.cfg.amqp.io_threads, shared.clone())
+        .context("starting the AMQP connection threads")?;
     if !ctx.cfg.amqp.listen.is_empty() {
         let l = TcpListener::bind(&ctx.cfg.amqp.listen)
             .await
@@ -44,9 +52,12 @@ pub async fn start(ctx: &Context) -> anyhow::Result<Started> {
             addr,
             url: format!("amqp://{addr}"),
         });
-        started
-            .tasks
-            .push(tokio::spawn(accept_loop(l, None, shared.clone())));
+        started.tasks.push(tokio::spawn(accept_loop(
+            l,
+            None,
+            shared.clone(),
+            threads.clone(),
+        )));
     }
     if !ctx.cfg.amqp.tls_listen.is_empty() {
         let tls = TlsAcceptor::from(
@@ -65,12 +76,21 @@ pub async fn start(ctx: &Context) -> anyhow::Result<Started> {
         });
         started
             .tasks
-            .push(tokio::spawn(accept_loop(l, Some(tls), shared)));
+            .push(tokio::spawn(accept_loop(l, Some(tls), shared, threads)));
+    } else {
+        drop(threads);
     }
+    // Ends once the accept loops dropped the threads' handle and every connection closed.
+    started.tasks.push(tokio::spawn(finished.wait()));
     Ok(started)
 }
 
-async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<Shared>) {
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    threads: Arc<ConnThreads>,
+) {
     let mut shutdown = shared.shutdown.clone();
     loop {
         let (stream, remote) = tokio::select! {
@@ -85,7 +105,7 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Ar
             },
             _ = connection::stopped(&mut shutdown) => return,
         };
-        tokio::spawn(handle(stream, remote, tls.clone(), shared.clone()));
+        threads.dispatch(stream, remote, tls.clone());
     }
 }
 
