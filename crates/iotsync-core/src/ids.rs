@@ -23,6 +23,11 @@ fn check_charset(
     allowed: impl Fn(char) -> bool,
     allowed_desc: &str,
 ) -> Result<(), IdError> {
+    // Every allowed character is ASCII, so one pass over the bytes accepts a valid id
+    // (ids are checked on every read of a stored message); the rest finds the error.
+    if (min..=max).contains(&s.len()) && s.bytes().all(|b| b.is_ascii() && allowed(b as char)) {
+        return Ok(());
+    }
     let n = s.chars().count();
     if n < min || n > max {
         return Err(IdError {

@@ -2,22 +2,36 @@
 //! application-properties `topic`, `messageId`, `generateTime` (long); properties
 //! `message-id` = messageId.
 
+use std::sync::LazyLock;
+
 use fe2o3_amqp::types::messaging::{ApplicationProperties, Data, Message, MessageId, Properties};
 use fe2o3_amqp::types::primitives::{Binary, OrderedMap, SimpleValue};
 
 use iotsync_core::Envelope;
 
+/// The application-properties keys, in wire order, with placeholder values.
+static KEYS: LazyLock<OrderedMap<String, SimpleValue>> = LazyLock::new(|| {
+    let mut m = OrderedMap::with_capacity(3);
+    for k in ["topic", "messageId", "generateTime"] {
+        m.insert(k.to_owned(), SimpleValue::Null);
+    }
+    m
+});
+
 /// Takes the envelope by value: the payload and topic move into the message uncopied.
-/// The map is sized up front (the map builder grows it entry by entry).
+/// The application-properties map is a clone of [`KEYS`] whose values are then set in
+/// place: no key is hashed and no hasher seeded per message.
 pub fn to_amqp(env: Envelope) -> Message<Data> {
     let id = env.message_id.to_string();
-    let mut ap = OrderedMap::with_capacity(3);
-    ap.insert("topic".to_owned(), SimpleValue::String(env.topic));
-    ap.insert("messageId".to_owned(), SimpleValue::String(id.clone()));
-    ap.insert(
-        "generateTime".to_owned(),
+    let mut ap = KEYS.clone();
+    let values = [
+        SimpleValue::String(env.topic),
+        SimpleValue::String(id.clone()),
         SimpleValue::Long(env.generate_time),
-    );
+    ];
+    for (slot, v) in ap.values_mut().zip(values) {
+        *slot = v;
+    }
     // A literal, not the builder: the builder moves the whole message at every step.
     Message {
         header: None,
