@@ -703,6 +703,13 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(500)).await;
 
             let ep = iot.endpoint("bench-raw");
+            let merged = || {
+                iot.server
+                    .channel_counters()
+                    .amqp_dispositions_merged
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            };
+            let m0 = merged();
             let c0 = cpu_snap(None);
             let rep = tokio::spawn({
                 let (n, c, b) = (a.messages, a.credit, a.accept_batch);
@@ -717,6 +724,10 @@ fn main() {
                 "iotsync drain (fe2o3 client): {:.0} msg/s ({:.2} s), mean payload {} B, server CPU {:.1} µs/msg, client CPU {:.1} µs/msg",
                 rep.rate(), rep.secs, rep.payload_bytes / rep.n.max(1),
                 cpu * 1e6 / rep.n as f64, client * 1e6 / rep.n as f64
+            );
+            println!(
+                "  its disposition frames merged into ranges by the server: {}",
+                merged() - m0
             );
             rows.push(Row {
                 name: format!("iotsync drain, fe2o3 client{}", accepts(a.accept_batch)),
@@ -734,6 +745,7 @@ fn main() {
                 .credit(a.credit)
                 .build()
                 .unwrap();
+            let m0 = merged();
             let c0 = cpu_snap(None);
             let n = a.messages;
             let rep = tokio::spawn(consume_sdk(sdk, n)).await.unwrap();
@@ -746,6 +758,10 @@ fn main() {
                 rep.secs,
                 cpu * 1e6 / rep.n as f64,
                 client * 1e6 / rep.n as f64
+            );
+            println!(
+                "  its disposition frames merged into ranges by the server: {}",
+                merged() - m0
             );
             rows.push(Row {
                 name: "iotsync drain, Rust SDK consumer".into(),

@@ -86,6 +86,11 @@ impl RunningServer {
         self.registry.clone()
     }
 
+    /// The channels' own counters (also on `/metrics`).
+    pub fn channel_counters(&self) -> Arc<delivery::hub::ChannelCounters> {
+        self.hub.counters.clone()
+    }
+
     pub fn backlog(&self) -> Arc<dyn Backlog> {
         self.backlog.clone()
     }

@@ -263,7 +263,92 @@ macro_rules! over_every_peer {
     };
 }
 
+/// A stock client settles each message with its own disposition frame; the server merges
+/// runs of them into ranges before its AMQP engine (ADR 0003). Every message of a burst
+/// must come out acknowledged exactly once: none left, none redelivered, none dead.
+async fn a_burst_settled_one_by_one_is_acknowledged_exactly(peer: Peer) {
+    let env = Env::start().await;
+    let p = env.project("Home").await;
+    // One delivery per device is in flight at a time: many devices, many in flight.
+    let mut iots = p.iots.clone();
+    for i in 0..37 {
+        let d = env
+            .ok(
+                reqwest::Method::POST,
+                &format!("/api/v1/projects/{}/products/{}/devices", p.pid, p.pk),
+                Some(json!({ "deviceName": format!("burst{i:03}") })),
+            )
+            .await;
+        iots.push(d["iotId"].as_str().unwrap().to_owned());
+    }
+    let per_device = 5;
+    for round in 0..per_device {
+        for iot in &iots {
+            env.ok(
+                reqwest::Method::POST,
+                &format!("/api/v1/projects/{}/devices/{iot}/properties", p.pid),
+                Some(json!({ "items": { "Counter": round } })),
+            )
+            .await;
+        }
+    }
+    // The reports, and the lifecycle messages of the devices created above.
+    let (_, st) = env
+        .get(&format!("/api/v1/projects/{}/sync/stats", p.pid))
+        .await;
+    let n = st["groups"][0]["appendedTotal"].as_u64().unwrap() as usize;
+    assert!(n >= iots.len() * per_device, "{st}");
+    let args = app_key_args(&env, &p, &["--count", &n.to_string(), "--credit", "100"]);
+    let mut c = PeerProc::spawn(peer, &args);
+    c.next_event("done").await;
+    c.next_event("exit").await;
+    let ids: std::collections::HashSet<String> = c
+        .seen
+        .iter()
+        .filter(|e| e["event"] == "message")
+        .map(|e| e["messageId"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), n, "every message once");
+    // Acknowledged, all of them: nothing stacked, in flight or dead; acked_total = n.
+    let deadline = std::time::Instant::now() + amqp_common::PEER_WAIT;
+    loop {
+        let (_, st) = env
+            .get(&format!("/api/v1/projects/{}/sync/stats", p.pid))
+            .await;
+        let g = &st["groups"][0];
+        if g["ackedTotal"] == n && g["stacked"] == 0 {
+            assert_eq!(g["inFlight"], 0, "{st}");
+            assert_eq!(g["redeliveredTotal"], 0, "{st}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not all acknowledged: {st}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(env.dead_letters(&p).await.is_empty());
+    let metrics = env
+        .http
+        .get(format!("{}/metrics", env.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let merged: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("iotsync_amqp_dispositions_merged_total "))
+        .expect("merged counter on /metrics")
+        .parse()
+        .unwrap();
+    eprintln!("{peer:?}: {n} messages, {merged} disposition frames merged away");
+    env.stop().await;
+}
+
 over_every_peer!(
+    a_burst_settled_one_by_one_is_acknowledged_exactly,
     receives_a_property_message_and_accepts_it,
     released_message_comes_back,
     rejected_message_lands_in_dead_letters,

@@ -406,3 +406,92 @@ async fn disabling_sync_closes_the_connection_with_the_reason() {
     }
     env.stop().await;
 }
+
+/// fe2o3's own receiver, settling every message with its own disposition frame (as JMS
+/// and .NET clients do): runs of them reach the server together and are merged into
+/// ranges before its engine (ADR 0003). Every message must end acknowledged exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_settling_one_by_one_gets_every_message_acknowledged_once() {
+    use fe2o3_amqp::sasl_profile::SaslProfile;
+    use fe2o3_amqp::types::messaging::Body;
+    use fe2o3_amqp::types::primitives::Value as AmqpValue;
+    use fe2o3_amqp::{link::receiver::CreditMode, Connection, Receiver, Session};
+    use iotsync_core::sign::amqp::{sign_password, AmqpAuthMode, AmqpCredentials};
+
+    let env = Env::start().await;
+    let p = env.project("Home").await;
+    let per_device = 40;
+    for round in 0..per_device {
+        for i in 0..p.iots.len() {
+            env.report_on(&p, i, json!({ "Counter": round })).await;
+        }
+    }
+    let n = per_device * p.iots.len();
+    let creds = AmqpCredentials {
+        client_id: "fe2o3-one-by-one".into(),
+        auth: AmqpAuthMode::AppKey {
+            random_ms: env.now(),
+        },
+        app_key: p.app_key.parse().unwrap(),
+        group: None,
+        iot_instance_id: None,
+    };
+    let mut conn = Connection::builder()
+        .container_id("fe2o3-one-by-one")
+        .sasl_profile(SaslProfile::Plain {
+            username: creds.username(),
+            password: sign_password(&creds, &p.app_secret),
+        })
+        .open(env.amqp_url().as_str())
+        .await
+        .unwrap();
+    let mut session = Session::begin(&mut conn).await.unwrap();
+    let mut rx = Receiver::builder()
+        .name("one-by-one")
+        .source("default")
+        .credit_mode(CreditMode::Auto(100))
+        .attach(&mut session)
+        .await
+        .unwrap();
+    let mut ids = HashSet::new();
+    for _ in 0..n {
+        let d = tokio::time::timeout(PEER_WAIT, rx.recv::<Body<AmqpValue>>())
+            .await
+            .expect("a message")
+            .unwrap();
+        let id = d
+            .message()
+            .application_properties
+            .as_ref()
+            .and_then(|ap| ap.get("messageId").cloned());
+        assert!(ids.insert(format!("{id:?}")), "delivered twice: {id:?}");
+        rx.accept(&d).await.unwrap();
+    }
+    // Acknowledged, all of them, before the client leaves.
+    let deadline = std::time::Instant::now() + PEER_WAIT;
+    loop {
+        let (_, st) = env
+            .get(&format!("/api/v1/projects/{}/sync/stats", p.pid))
+            .await;
+        let g = &st["groups"][0];
+        if g["ackedTotal"] == n && g["stacked"] == 0 {
+            assert_eq!(g["redeliveredTotal"], 0, "{st}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not all acknowledged: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let merged = env
+        .server()
+        .channel_counters()
+        .amqp_dispositions_merged
+        .load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("{n} messages settled one by one, {merged} disposition frames merged away");
+    let _ = rx.close().await;
+    let _ = session.end().await;
+    let _ = conn.close().await;
+    env.stop().await;
+}

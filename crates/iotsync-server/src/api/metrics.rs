@@ -25,6 +25,7 @@ pub mod names {
     pub const PAUSED: &str = "iotsync_project_sync_paused";
     pub const INDEX_RESIDENT: &str = "iotsync_backlog_index_memory_bytes";
     pub const INDEX_SPILLED: &str = "iotsync_backlog_index_spilled_bytes";
+    pub const AMQP_MERGED: &str = "iotsync_amqp_dispositions_merged_total";
 }
 
 /// (name, type, help, rows of (labels, value)).
@@ -151,6 +152,18 @@ pub async fn render(State(st): State<ApiState>) -> impl IntoResponse {
             vec![(String::new(), m.spilled_bytes as f64)],
         ));
     }
+    series.push((
+        names::AMQP_MERGED,
+        "counter",
+        "Consumer disposition frames merged into ranges before the AMQP engine (ADR 0003).",
+        vec![(
+            String::new(),
+            st.hub
+                .counters
+                .amqp_dispositions_merged
+                .load(std::sync::atomic::Ordering::Relaxed) as f64,
+        )],
+    ));
     for (name, kind, help, rows) in series {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} {kind}");

@@ -64,12 +64,21 @@ impl Default for HubConfig {
 }
 
 pub struct DeliveryHub {
+    /// The channels' own counters, shown on `/metrics`.
+    pub counters: Arc<ChannelCounters>,
     backlog: Arc<dyn Backlog>,
     clock: SharedClock,
     cfg: HubConfig,
     next_id: AtomicU64,
     consumers: Mutex<HashMap<ProjectId, HashMap<u64, Entry>>>,
     attempts: Mutex<HashMap<(ProjectId, ConsumerGroup), VecDeque<i64>>>,
+}
+
+/// Counters of work the channels do on their own (not backlog state).
+#[derive(Debug, Default)]
+pub struct ChannelCounters {
+    /// Client disposition frames merged into a range before the AMQP engine saw them.
+    pub amqp_dispositions_merged: AtomicU64,
 }
 
 /// Who is attaching, for the consumer list.
@@ -91,6 +100,7 @@ impl DeliveryHub {
             // Unique among this process's live consumers, which is what the engine needs
             // (leases of a previous run are redelivered at open).
             next_id: AtomicU64::new(0),
+            counters: Arc::default(),
             consumers: Mutex::new(HashMap::new()),
             attempts: Mutex::new(HashMap::new()),
         })

@@ -96,7 +96,7 @@ where
         .idle_time_out(LOCAL_IDLE_TIMEOUT_MS)
         .build();
     // fe2o3 flushes every frame; coalescing turns a busy link's transfers into few writes.
-    let io = Coalesced::new(io);
+    let io = Coalesced::new(io).counting_into(shared.hub.counters.clone());
     let mut conn = match timeout_at(deadline, acceptor.accept(io)).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {

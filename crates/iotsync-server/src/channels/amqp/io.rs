@@ -18,7 +18,12 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
+use tokio_util::io::poll_read_buf;
+
+use super::merge::Merger;
+use crate::delivery::hub::ChannelCounters;
+use std::sync::atomic::Ordering;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 
 /// Bytes waiting for the writer beyond which writes wait.
@@ -26,6 +31,9 @@ pub const HIGH_WATER: usize = 256 * 1024;
 
 /// How long the writer may go on sending after the stream was dropped.
 pub const DROP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Room made for each read from the client.
+const READ_CHUNK: usize = 16 * 1024;
 
 /// Capacity each of the two buffers starts with.
 const BUF_START: usize = 64 * 1024;
@@ -53,9 +61,18 @@ impl Shared {
     }
 }
 
-/// A stream whose writes are coalesced by a writer task (spawned on the current runtime).
+/// A stream whose writes are coalesced by a writer task (spawned on the current runtime)
+/// and whose reads have the client's runs of dispositions merged ([`Merger`]).
 pub struct Coalesced<S> {
     read: ReadHalf<S>,
+    merger: Merger,
+    /// Bytes read from the client and not yet through the merger (a partial frame).
+    inbuf: BytesMut,
+    /// Bytes through the merger that fe2o3 has not read yet.
+    outbuf: BytesMut,
+    eof: bool,
+    /// Where merged frames are counted (the hub's counters), if anywhere.
+    merged: Option<Arc<ChannelCounters>>,
     shared: Arc<Shared>,
     writer: tokio::task::AbortHandle,
 }
@@ -79,9 +96,22 @@ where
         let writer = tokio::spawn(writer(write, shared.clone())).abort_handle();
         Self {
             read,
+            merger: Merger::default(),
+            inbuf: BytesMut::with_capacity(READ_CHUNK),
+            outbuf: BytesMut::with_capacity(READ_CHUNK),
+            eof: false,
+            merged: None,
             shared,
             writer,
         }
+    }
+}
+
+impl<S> Coalesced<S> {
+    /// Counts the dispositions merged on this stream into `counters`.
+    pub fn counting_into(mut self, counters: Arc<ChannelCounters>) -> Self {
+        self.merged = Some(counters);
+        self
     }
 }
 
@@ -154,7 +184,33 @@ impl<S: AsyncRead> AsyncRead for Coalesced<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.read).poll_read(cx, buf)
+        let this = &mut *self;
+        loop {
+            if !this.outbuf.is_empty() {
+                let n = this.outbuf.len().min(buf.remaining());
+                buf.put_slice(&this.outbuf[..n]);
+                this.outbuf.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                return Poll::Ready(Ok(()));
+            }
+            this.inbuf.reserve(READ_CHUNK);
+            let n =
+                std::task::ready!(poll_read_buf(Pin::new(&mut this.read), cx, &mut this.inbuf))?;
+            if n == 0 {
+                // The end: a partial frame goes to fe2o3 as it is (it reports it).
+                this.eof = true;
+                let rest = this.inbuf.split();
+                this.outbuf.extend_from_slice(&rest);
+                continue;
+            }
+            let before = this.merger.merged_frames;
+            this.merger.process(&mut this.inbuf, &mut this.outbuf);
+            if let (Some(c), n @ 1..) = (&this.merged, this.merger.merged_frames - before) {
+                c.amqp_dispositions_merged.fetch_add(n, Ordering::Relaxed);
+            }
+        }
     }
 }
 

@@ -6,12 +6,14 @@
 //! - [`auth`]: username forms, signature, freshness, secret cache, rate limit.
 //! - [`connection`]: connection driver, link pump, settle task, teardown.
 //! - [`io`]: write coalescing under fe2o3's engine (one write per burst of frames).
+//! - [`merge`]: runs of the client's accepted dispositions merged into ranges on read.
 //! - [`message`]: envelope → AMQP message.
 //! - [`threads`]: the connection threads, one single-threaded runtime each.
 
 pub mod auth;
 pub mod connection;
 pub mod io;
+pub mod merge;
 pub mod message;
 pub mod sasl;
 pub mod threads;
