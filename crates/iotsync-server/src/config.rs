@@ -568,27 +568,28 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("api.operator_token"), "{e}");
-        for (value, says) in [("1 KiB", "at least 64 KiB"), ("12 parsecs", "unknown unit")] {
-            let file = format!("[delivery]\nindex_memory = \"{value}\"\n");
+        for (file, key, says) in [
+            (
+                "[delivery]\nindex_memory = \"1 KiB\"\n",
+                "index_memory",
+                "at least 64 KiB",
+            ),
+            (
+                "[delivery]\nindex_memory = \"12 parsecs\"\n",
+                "index_memory",
+                "unknown unit",
+            ),
+            ("[amqp]\nio_threads = 65\n", "io_threads", "at most 64"),
+            ("[amqp]\nio_threads = -1\n", "io_threads", "invalid value"),
+        ] {
             let e = ServerConfig::layered(
-                Some(("f.toml", &file)),
+                Some(("f.toml", file)),
                 Default::default(),
                 Default::default(),
             )
             .unwrap_err();
             let e = format!("{e:#}");
-            assert!(e.contains("index_memory") && e.contains(says), "{e}");
-        }
-        for (value, says) in [("65", "at most 64"), ("-1", "invalid value")] {
-            let file = format!("[amqp]\nio_threads = {value}\n");
-            let e = ServerConfig::layered(
-                Some(("f.toml", &file)),
-                Default::default(),
-                Default::default(),
-            )
-            .unwrap_err();
-            let e = format!("{e:#}");
-            assert!(e.contains("io_threads") && e.contains(says), "{e}");
+            assert!(e.contains(key) && e.contains(says), "{e}");
         }
     }
 }

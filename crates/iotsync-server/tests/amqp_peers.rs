@@ -310,39 +310,9 @@ async fn a_burst_settled_one_by_one_is_acknowledged_exactly(peer: Peer) {
         .collect();
     assert_eq!(ids.len(), n, "every message once");
     // Acknowledged, all of them: nothing stacked, in flight or dead; acked_total = n.
-    let deadline = std::time::Instant::now() + amqp_common::PEER_WAIT;
-    loop {
-        let (_, st) = env
-            .get(&format!("/api/v1/projects/{}/sync/stats", p.pid))
-            .await;
-        let g = &st["groups"][0];
-        if g["ackedTotal"] == n && g["stacked"] == 0 {
-            assert_eq!(g["inFlight"], 0, "{st}");
-            assert_eq!(g["redeliveredTotal"], 0, "{st}");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not all acknowledged: {st}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    env.wait_all_acknowledged(&p, n).await;
     assert!(env.dead_letters(&p).await.is_empty());
-    let metrics = env
-        .http
-        .get(format!("{}/metrics", env.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let merged: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("iotsync_amqp_dispositions_merged_total "))
-        .expect("merged counter on /metrics")
-        .parse()
-        .unwrap();
+    let merged = env.metric("iotsync_amqp_dispositions_merged_total").await;
     eprintln!("{peer:?}: {n} messages, {merged} disposition frames merged away");
     env.stop().await;
 }

@@ -468,27 +468,8 @@ async fn a_client_settling_one_by_one_gets_every_message_acknowledged_once() {
         rx.accept(&d).await.unwrap();
     }
     // Acknowledged, all of them, before the client leaves.
-    let deadline = std::time::Instant::now() + PEER_WAIT;
-    loop {
-        let (_, st) = env
-            .get(&format!("/api/v1/projects/{}/sync/stats", p.pid))
-            .await;
-        let g = &st["groups"][0];
-        if g["ackedTotal"] == n && g["stacked"] == 0 {
-            assert_eq!(g["redeliveredTotal"], 0, "{st}");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not all acknowledged: {st}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let merged = env
-        .server()
-        .channel_counters()
-        .amqp_dispositions_merged
-        .load(std::sync::atomic::Ordering::Relaxed);
+    env.wait_all_acknowledged(&p, n).await;
+    let merged = env.metric("iotsync_amqp_dispositions_merged_total").await;
     eprintln!("{n} messages settled one by one, {merged} disposition frames merged away");
     let _ = rx.close().await;
     let _ = session.end().await;

@@ -216,6 +216,47 @@ impl Env {
         v.as_array().cloned().unwrap_or_default()
     }
 
+    /// Waits until the project's (only) group has acknowledged `n` messages and holds
+    /// none; none may have been delivered twice meanwhile.
+    pub async fn wait_all_acknowledged(&self, p: &Project, n: usize) {
+        let deadline = std::time::Instant::now() + PEER_WAIT;
+        loop {
+            let (_, st) = self
+                .get(&format!("/api/v1/projects/{}/sync/stats", p.pid))
+                .await;
+            let g = &st["groups"][0];
+            if g["ackedTotal"] == n && g["stacked"] == 0 {
+                assert_eq!(g["inFlight"], 0, "{st}");
+                assert_eq!(g["redeliveredTotal"], 0, "{st}");
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not all acknowledged: {st}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The value of an unlabelled series on `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let prefix = format!("{name} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("{name} not on /metrics"))
+            .parse()
+            .unwrap()
+    }
+
     /// Advances the manual clock in steps (retry backoff, ack time-outs) until `done`.
     pub async fn advance_until(&self, step_ms: i64, mut done: impl FnMut() -> bool) {
         let deadline = std::time::Instant::now() + PEER_WAIT;
