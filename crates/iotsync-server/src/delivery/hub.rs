@@ -3,8 +3,9 @@
 //! disabled or its method switched.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::watch;
@@ -13,6 +14,35 @@ use iotsync_backlog::{AvailabilityWatch, Backlog, BacklogError, ConsumerId, Deli
 use iotsync_core::{ConsumerGroup, ProjectId, SharedClock};
 
 use super::{ChannelKind, Outcome};
+
+/// How long a consumer that took the group's last lease lets another waiting consumer of
+/// the group go first when new messages arrive (see [`ConsumerLink::next`]).
+const FAIR_TURN: Duration = Duration::from_millis(1);
+
+/// What the consumers of one (project, group) share to take turns when they wait.
+#[derive(Debug, Default)]
+struct GroupTurn {
+    /// Consumers of the group waiting for messages right now.
+    waiting: AtomicUsize,
+    /// The consumer that leased last.
+    last: AtomicU64,
+}
+
+/// Counts a consumer as waiting until dropped (also when `next` is cancelled).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::SeqCst);
+        Self(n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// Why the platform closed a consumer's connection; channels put it in their close frame.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -71,6 +101,7 @@ pub struct DeliveryHub {
     cfg: HubConfig,
     next_id: AtomicU64,
     consumers: Mutex<HashMap<ProjectId, HashMap<u64, Entry>>>,
+    turns: Mutex<HashMap<(ProjectId, ConsumerGroup), Weak<GroupTurn>>>,
     attempts: Mutex<HashMap<(ProjectId, ConsumerGroup), VecDeque<i64>>>,
 }
 
@@ -102,6 +133,7 @@ impl DeliveryHub {
             next_id: AtomicU64::new(0),
             counters: Arc::default(),
             consumers: Mutex::new(HashMap::new()),
+            turns: Mutex::new(HashMap::new()),
             attempts: Mutex::new(HashMap::new()),
         })
     }
@@ -162,7 +194,21 @@ impl DeliveryHub {
             .or_default()
             .insert(id, Entry { info, close: tx });
         tracing::info!(project = %req.project, group = %req.group, consumer = id, channel = ?req.channel, "consumer attached");
+        let turn = {
+            let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
+            turns.retain(|_, t| t.strong_count() > 0);
+            let key = (req.project.clone(), req.group.clone());
+            match turns.get(&key).and_then(Weak::upgrade) {
+                Some(t) => t,
+                None => {
+                    let t = Arc::new(GroupTurn::default());
+                    turns.insert(key, Arc::downgrade(&t));
+                    t
+                }
+            }
+        };
         Ok(ConsumerLink {
+            turn,
             hub: self.clone(),
             project: req.project,
             group: req.group,
@@ -221,6 +267,7 @@ impl DeliveryHub {
 /// Detach (or drop) it when the connection ends: its unsettled deliveries go back to the
 /// group at once.
 pub struct ConsumerLink {
+    turn: Arc<GroupTurn>,
     hub: Arc<DeliveryHub>,
     project: ProjectId,
     group: ConsumerGroup,
@@ -248,6 +295,11 @@ impl ConsumerLink {
 
     /// Waits for up to `max` deliveries (at least one), or returns the close reason.
     /// `max` is the consumer's remaining credit.
+    ///
+    /// Consumers of a group that wait together take turns: new messages wake them all,
+    /// and the one that leased last lets the others try first (for [`FAIR_TURN`]), so a
+    /// trickle of messages is spread over the group's consumers instead of going to
+    /// whichever is woken first. A busy consumer never waits here: it finds messages.
     pub async fn next(&mut self, max: usize) -> Result<Vec<Delivery>, LinkEnd> {
         loop {
             if let Some(r) = self.close_reason() {
@@ -260,11 +312,20 @@ impl ConsumerLink {
                 .await
                 .map_err(LinkEnd::Backlog)?;
             if !got.is_empty() {
+                self.turn.last.store(self.id.0, Ordering::SeqCst);
                 return Ok(got);
             }
-            tokio::select! {
-                r = self.watch.changed() => r.map_err(LinkEnd::Backlog)?,
-                _ = self.closed.changed() => {}
+            {
+                let _waiting = Waiting::new(&self.turn.waiting);
+                tokio::select! {
+                    r = self.watch.changed() => r.map_err(LinkEnd::Backlog)?,
+                    _ = self.closed.changed() => {}
+                }
+            }
+            if self.turn.last.load(Ordering::SeqCst) == self.id.0
+                && self.turn.waiting.load(Ordering::SeqCst) > 0
+            {
+                tokio::time::sleep(FAIR_TURN).await;
             }
         }
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use fe2o3_amqp::acceptor::{
     ConnectionAcceptor, LinkAcceptor, LinkEndpoint, ListenerConnectionHandle, SessionAcceptor,
 };
-use fe2o3_amqp::link::delivery::DeliveryFut;
+use fe2o3_amqp::link::delivery::{DeliveryFut, Sendable};
 use fe2o3_amqp::link::SendError;
 use fe2o3_amqp::types::definitions::{self, AmqpError, ConnectionError, LinkError};
 use fe2o3_amqp::types::messaging::Outcome as AmqpOutcome;
@@ -322,8 +322,9 @@ async fn pump(
         };
         let mut waited_for_credit = false;
         for d in batch {
-            let msg = to_amqp(d.message.envelope);
-            let send = sender.send_batchable(msg);
+            // By reference: the message is not moved into fe2o3's nested send futures.
+            let msg = Sendable::from(to_amqp(d.message.envelope));
+            let send = sender.send_batchable_ref(&msg);
             tokio::pin!(send);
             // One poll tells whether the link had credit; either way we keep polling the
             // same future, so nothing is cancelled.
