@@ -292,12 +292,23 @@ async fn a_burst_settled_one_by_one_is_acknowledged_exactly(peer: Peer) {
             .await;
         }
     }
-    // The reports, and the lifecycle messages of the devices created above.
-    let (_, st) = env
-        .get(&format!("/api/v1/projects/{}/sync/stats", p.pid))
-        .await;
-    let n = st["groups"][0]["appendedTotal"].as_u64().unwrap() as usize;
-    assert!(n >= iots.len() * per_device, "{st}");
+    // The reports, and one lifecycle message per device created above (those come
+    // through the registry's outbox, a moment later).
+    let n = iots.len() * per_device + (iots.len() - p.iots.len());
+    let deadline = std::time::Instant::now() + amqp_common::PEER_WAIT;
+    loop {
+        let (_, st) = env
+            .get(&format!("/api/v1/projects/{}/sync/stats", p.pid))
+            .await;
+        if st["groups"][0]["appendedTotal"] == n {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "want {n} appended: {st}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let args = app_key_args(&env, &p, &["--count", &n.to_string(), "--credit", "100"]);
     let mut c = PeerProc::spawn(peer, &args);
     c.next_event("done").await;

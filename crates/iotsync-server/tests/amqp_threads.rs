@@ -22,10 +22,24 @@ fn threads_named(prefix: &str) -> usize {
         .count()
 }
 
+/// Waits until `n` such threads exist: a thread names itself once it runs, and leaves
+/// `/proc` a moment after it said it finished (a deadline only to fail, not to time).
+async fn until_threads(prefix: &str, n: usize) {
+    let give_up = Instant::now() + PEER_WAIT;
+    while threads_named(prefix) != n {
+        assert!(
+            Instant::now() < give_up,
+            "{} threads named {prefix}*, want {n}",
+            threads_named(prefix)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_share_the_configured_threads_and_the_threads_end_with_the_server() {
     let env = Env::start_with(Some("[amqp]\nio_threads = 3\n")).await;
-    assert_eq!(threads_named("iotsync-amqp-"), 3);
+    until_threads("iotsync-amqp-", 3).await;
     let p = env.project("Home").await;
     let mut consumers = Vec::new();
     for i in 0..3 {
