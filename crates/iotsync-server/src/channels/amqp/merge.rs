@@ -40,7 +40,7 @@ pub struct Merger {
     /// Bytes of a large frame still to stream through unread.
     passthrough_left: usize,
     run: Option<(Run, BytesMut)>,
-    /// Frames merged away (for tests and the bench).
+    /// Frames merged away so far (the stream adds them to the hub's counters).
     pub merged_frames: u64,
 }
 

@@ -79,8 +79,6 @@ pub async fn start(ctx: &Context) -> anyhow::Result<Started> {
         started
             .tasks
             .push(tokio::spawn(accept_loop(l, Some(tls), shared, threads)));
-    } else {
-        drop(threads);
     }
     // Ends once the accept loops dropped the threads' handle and every connection closed.
     started.tasks.push(tokio::spawn(finished.wait()));

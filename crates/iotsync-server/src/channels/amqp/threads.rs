@@ -86,22 +86,6 @@ impl ConnThreads {
         Ok((Arc::new(Self { threads }), Finished(dones)))
     }
 
-    pub fn len(&self) -> usize {
-        self.threads.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.threads.is_empty()
-    }
-
-    /// Live connections per thread, in thread order.
-    pub fn live(&self) -> Vec<usize> {
-        self.threads
-            .iter()
-            .map(|t| t.live.load(Ordering::Relaxed))
-            .collect()
-    }
-
     /// Hands an accepted socket to the thread with the fewest live connections.
     pub fn dispatch(
         &self,
