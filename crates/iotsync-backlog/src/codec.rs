@@ -4,7 +4,9 @@
 //!
 //! The log is the only persistent structure: replaying it in order rebuilds the index.
 
-use iotsync_core::{Envelope, MessageKind, ProjectId, SyncMessage};
+use iotsync_core::{DataClass, Envelope, GroupFilter, MessageKind, ProjectId, SyncMessage};
+
+use crate::types::{GroupRetry, GroupSpec};
 
 /// Frame header: length + checksum.
 pub(crate) const FRAME_HEADER: usize = 8;
@@ -23,6 +25,14 @@ pub(crate) const TAG_PAUSED: u8 = 10;
 pub(crate) const TAG_EXPIRE: u8 = 11;
 pub(crate) const TAG_PROJECT_STATE: u8 = 12;
 pub(crate) const TAG_RELOCATED: u8 = 13;
+/// A project snapshot that also carries each group's spec and the group-delete counter
+/// (written from now on; `TAG_PROJECT_STATE` is still read).
+pub(crate) const TAG_PROJECT_STATE2: u8 = 14;
+/// A group's spec (filter, retry) was set: after its create record, or changed.
+pub(crate) const TAG_GROUP_SPEC: u8 = 15;
+/// A run of consecutive messages was leased to a group with this attempt count (so
+/// attempt counts survive a restart).
+pub(crate) const TAG_LEASED: u8 = 16;
 
 /// Byte offset of the `owners` field inside a message body (tag, proj, pseq).
 pub(crate) const MSG_OWNERS_AT: usize = 1 + 4 + 8;
@@ -47,6 +57,7 @@ pub(crate) struct GroupSnapshot {
     pub start_pseq: u64,
     pub name: String,
     pub counters: GroupCounters,
+    pub spec: GroupSpec,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +69,7 @@ pub(crate) struct ProjectSnapshot {
     pub paused: bool,
     pub next_gen: u32,
     pub discarded: u64,
+    pub dropped_by_group_delete: u64,
     pub groups: Vec<GroupSnapshot>,
 }
 
@@ -119,6 +131,19 @@ pub(crate) enum Record {
     GroupDelete {
         proj: u32,
         group: u8,
+    },
+    GroupSpec {
+        proj: u32,
+        group: u8,
+        gen: u32,
+        spec: GroupSpec,
+    },
+    Leased {
+        proj: u32,
+        group: u8,
+        first: u64,
+        count: u32,
+        attempts: u32,
     },
     Retention {
         proj: u32,
@@ -272,6 +297,70 @@ impl Enc {
         self.str8(name);
         self.end();
     }
+    pub fn group_spec(&mut self, proj: u32, group: u8, gen: u32, spec: &GroupSpec) {
+        self.begin(TAG_GROUP_SPEC);
+        self.u32(proj);
+        self.u8(group);
+        self.u32(gen);
+        self.spec(spec);
+        self.end();
+    }
+    pub fn leased(&mut self, proj: u32, group: u8, first: u64, count: u32, attempts: u32) {
+        self.begin(TAG_LEASED);
+        self.u32(proj);
+        self.u8(group);
+        self.u64(first);
+        self.u32(count);
+        self.u32(attempts);
+        self.end();
+    }
+    fn spec(&mut self, spec: &GroupSpec) {
+        let f = &spec.filter;
+        let flags = f.data_classes.is_some() as u8
+            | (f.kinds.is_some() as u8) << 1
+            | (f.products.is_some() as u8) << 2;
+        self.u8(flags);
+        if let Some(dc) = &f.data_classes {
+            let m = dc.iter().fold(0u8, |m, c| {
+                m | match c {
+                    DataClass::Device => 1,
+                    DataClass::User => 2,
+                }
+            });
+            self.u8(m);
+        }
+        if let Some(kinds) = &f.kinds {
+            let m = kinds.iter().fold(0u32, |m, k| {
+                m | MessageKind::ALL
+                    .iter()
+                    .position(|a| a == k)
+                    .map_or(0, |i| 1 << i)
+            });
+            self.u32(m);
+        }
+        if let Some(products) = &f.products {
+            let n = products.len().min(u16::MAX as usize);
+            self.buf.extend_from_slice(&(n as u16).to_le_bytes());
+            for p in &products[..n] {
+                self.str8(p.as_str());
+            }
+        }
+        match &spec.retry {
+            GroupRetry::Backoff => self.u8(0),
+            GroupRetry::Schedule {
+                delays_ms,
+                max_deliveries,
+            } => {
+                self.u8(1);
+                let n = delays_ms.len().min(u8::MAX as usize);
+                self.u8(n as u8);
+                for d in &delays_ms[..n] {
+                    self.u64(*d);
+                }
+                self.u32(*max_deliveries);
+            }
+        }
+    }
     pub fn group_delete(&mut self, proj: u32, group: u8) {
         self.begin(TAG_GROUP_DELETE);
         self.u32(proj);
@@ -297,7 +386,7 @@ impl Enc {
         self.end();
     }
     pub fn project_state(&mut self, s: &ProjectSnapshot) {
-        self.begin(TAG_PROJECT_STATE);
+        self.begin(TAG_PROJECT_STATE2);
         self.u32(s.proj);
         self.str8(&s.id);
         self.u64(s.next_pseq);
@@ -324,7 +413,9 @@ impl Enc {
             ] {
                 self.u64(v);
             }
+            self.spec(&g.spec);
         }
+        self.u64(s.dropped_by_group_delete);
         self.end();
     }
 }
@@ -382,6 +473,63 @@ impl<'a> Dec<'a> {
             Err(derr("trailing bytes after record"))
         }
     }
+}
+
+fn spec(d: &mut Dec<'_>) -> Result<GroupSpec, DecodeError> {
+    let flags = d.u8()?;
+    let mut filter = GroupFilter::default();
+    if flags & 1 != 0 {
+        let m = d.u8()?;
+        let mut v = Vec::new();
+        if m & 1 != 0 {
+            v.push(DataClass::Device);
+        }
+        if m & 2 != 0 {
+            v.push(DataClass::User);
+        }
+        filter.data_classes = Some(v);
+    }
+    if flags & 2 != 0 {
+        let m = d.u32()?;
+        filter.kinds = Some(
+            MessageKind::ALL
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| m & (1 << i) != 0)
+                .map(|(_, k)| *k)
+                .collect(),
+        );
+    }
+    if flags & 4 != 0 {
+        let mut a = [0u8; 2];
+        a.copy_from_slice(d.take(2)?);
+        let n = u16::from_le_bytes(a) as usize;
+        let mut v = Vec::with_capacity(n.min(1024));
+        for _ in 0..n {
+            v.push(
+                d.str8()?
+                    .parse()
+                    .map_err(|_| derr("group filter has a bad productKey"))?,
+            );
+        }
+        filter.products = Some(v);
+    }
+    let retry = match d.u8()? {
+        0 => GroupRetry::Backoff,
+        1 => {
+            let n = d.u8()? as usize;
+            let mut delays_ms = Vec::with_capacity(n);
+            for _ in 0..n {
+                delays_ms.push(d.u64()?);
+            }
+            GroupRetry::Schedule {
+                delays_ms,
+                max_deliveries: d.u32()?,
+            }
+        }
+        other => return Err(DecodeError(format!("unknown group retry kind {other}"))),
+    };
+    Ok(GroupSpec { filter, retry })
 }
 
 /// The routing facts of a message body (tag included).
@@ -463,6 +611,19 @@ pub(crate) fn decode(body: &[u8]) -> Result<Record, DecodeError> {
                     proj: d.u32()?,
                     group: d.u8()?,
                 },
+                TAG_GROUP_SPEC => Record::GroupSpec {
+                    proj: d.u32()?,
+                    group: d.u8()?,
+                    gen: d.u32()?,
+                    spec: spec(&mut d)?,
+                },
+                TAG_LEASED => Record::Leased {
+                    proj: d.u32()?,
+                    group: d.u8()?,
+                    first: d.u64()?,
+                    count: d.u32()?,
+                    attempts: d.u32()?,
+                },
                 TAG_RETENTION => Record::Retention {
                     proj: d.u32()?,
                     ms: d.i64()?,
@@ -475,7 +636,8 @@ pub(crate) fn decode(body: &[u8]) -> Result<Record, DecodeError> {
                     proj: d.u32()?,
                     cutoff_s: d.u32()?,
                 },
-                TAG_PROJECT_STATE => {
+                TAG_PROJECT_STATE | TAG_PROJECT_STATE2 => {
+                    let v2 = tag == TAG_PROJECT_STATE2;
                     let proj = d.u32()?;
                     let id = d.str8()?.to_owned();
                     let next_pseq = d.u64()?;
@@ -500,14 +662,17 @@ pub(crate) fn decode(body: &[u8]) -> Result<Record, DecodeError> {
                             timed_out: d.u64()?,
                             unreadable: d.u64()?,
                         };
+                        let spec = if v2 { spec(&mut d)? } else { GroupSpec::all() };
                         groups.push(GroupSnapshot {
                             slot,
                             gen,
                             start_pseq,
                             name,
                             counters,
+                            spec,
                         });
                     }
+                    let dropped_by_group_delete = if v2 { d.u64()? } else { 0 };
                     Record::ProjectState(ProjectSnapshot {
                         proj,
                         id,
@@ -516,6 +681,7 @@ pub(crate) fn decode(body: &[u8]) -> Result<Record, DecodeError> {
                         paused,
                         next_gen,
                         discarded,
+                        dropped_by_group_delete,
                         groups,
                     })
                 }
@@ -592,7 +758,7 @@ pub(crate) fn check_frame(b: &[u8]) -> Option<usize> {
         return None;
     }
     let tag = b[FRAME_HEADER];
-    if !(TAG_MSG..=TAG_RELOCATED).contains(&tag) {
+    if !(TAG_MSG..=TAG_LEASED).contains(&tag) {
         return None;
     }
     (crc32fast::hash(&b[FRAME_HEADER..FRAME_HEADER + len]) == crc).then_some(len)
@@ -690,6 +856,7 @@ mod tests {
             paused: true,
             next_gen: 4,
             discarded: 2,
+            dropped_by_group_delete: 11,
             groups: vec![GroupSnapshot {
                 slot: 1,
                 gen: 3,
@@ -705,6 +872,14 @@ mod tests {
                     timed_out: 7,
                     unreadable: 8,
                 },
+                spec: GroupSpec {
+                    filter: GroupFilter {
+                        data_classes: Some(vec![DataClass::User]),
+                        kinds: Some(vec![MessageKind::PropertyPost, MessageKind::EventPost]),
+                        products: Some(vec!["a1prod".parse().unwrap()]),
+                    },
+                    retry: GroupRetry::legacy_http(),
+                },
             }],
         };
         let mut e = Enc::default();
@@ -713,6 +888,43 @@ mod tests {
         assert_eq!(
             decode(&e.buf[FRAME_HEADER..FRAME_HEADER + n]).unwrap(),
             Record::ProjectState(s)
+        );
+    }
+
+    #[test]
+    fn group_spec_and_leased_records_round_trip() {
+        let spec = GroupSpec {
+            filter: GroupFilter {
+                data_classes: None,
+                kinds: Some(vec![MessageKind::DeviceStatus]),
+                products: Some(vec![]),
+            },
+            retry: GroupRetry::Backoff,
+        };
+        let mut e = Enc::default();
+        e.group_spec(2, 5, 9, &spec);
+        e.leased(2, 5, 1000, 64, 3);
+        let n = check_frame(&e.buf).unwrap();
+        assert_eq!(
+            decode(&e.buf[FRAME_HEADER..FRAME_HEADER + n]).unwrap(),
+            Record::GroupSpec {
+                proj: 2,
+                group: 5,
+                gen: 9,
+                spec
+            }
+        );
+        let rest = &e.buf[FRAME_HEADER + n..];
+        let m = check_frame(rest).unwrap();
+        assert_eq!(
+            decode(&rest[FRAME_HEADER..FRAME_HEADER + m]).unwrap(),
+            Record::Leased {
+                proj: 2,
+                group: 5,
+                first: 1000,
+                count: 64,
+                attempts: 3
+            }
         );
     }
 }

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use iotsync_core::sync_rules::SyncMethod;
 use serde::{Deserialize, Serialize};
 
 /// Exponential backoff with jitter for redeliveries (nack, ack timeout).
@@ -50,10 +49,8 @@ pub struct BacklogConfig {
     /// An unacknowledged lease goes to the retry queue after this long.
     pub ack_timeout: Duration,
     pub retry: RetryPolicy,
-    /// Retention of a project on AMQP (and of a project whose retention was never set).
-    pub retention_amqp: Duration,
-    /// Retention of a project on HTTP/2.
-    pub retention_http2: Duration,
+    /// Retention of a project whose retention was never set (`set_retention`).
+    pub default_retention: Duration,
     /// Largest payload accepted by `append`.
     pub max_message_bytes: usize,
     /// Appends wait (backpressure) while this many bytes are queued for the writer.
@@ -89,8 +86,7 @@ impl Default for BacklogConfig {
             segment_bytes: 64 * 1024 * 1024,
             ack_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
-            retention_amqp: Duration::from_secs(24 * 3600),
-            retention_http2: Duration::from_secs(7 * 24 * 3600),
+            default_retention: Duration::from_secs(24 * 3600),
             max_message_bytes: 1024 * 1024,
             max_pending_bytes: 16 * 1024 * 1024,
             max_scan_per_lease: 4096,
@@ -100,16 +96,6 @@ impl Default for BacklogConfig {
             index_memory_bytes: 32 * 1024 * 1024,
             settle_flush_interval: Duration::from_millis(10),
             settle_flush_bytes: 256 * 1024,
-        }
-    }
-}
-
-impl BacklogConfig {
-    /// The retention a project on `method` is held to (SPEC §5).
-    pub fn retention_for(&self, method: SyncMethod) -> Duration {
-        match method {
-            SyncMethod::Amqp => self.retention_amqp,
-            SyncMethod::Http2 => self.retention_http2,
         }
     }
 }
@@ -134,18 +120,5 @@ mod tests {
         assert_eq!(p.delay_ms(1, 0.0), 800);
         assert_eq!(p.delay_ms(1, 0.999_999), 1200);
         assert_eq!(p.delay_ms(30, 0.0), 240_000);
-    }
-
-    #[test]
-    fn retention_follows_the_sync_method() {
-        let c = BacklogConfig::default();
-        assert_eq!(
-            c.retention_for(SyncMethod::Amqp),
-            Duration::from_secs(86_400)
-        );
-        assert_eq!(
-            c.retention_for(SyncMethod::Http2),
-            Duration::from_secs(7 * 86_400)
-        );
     }
 }

@@ -22,8 +22,8 @@ const SPILL_FILE: &str = "index.spill";
 use crate::recovery::recover;
 use crate::segment::{self, HEADER};
 use crate::types::{
-    AppendOutcome, AvailabilityWatch, ConsumerId, DeadLetter, Delivery, LeaseToken, ProjectStats,
-    RecoveryReport, TickReport,
+    AppendOutcome, AvailabilityWatch, ConsumerId, DeadLetter, Delivery, GroupInfo, GroupSpec,
+    LeaseToken, ProjectStats, RecoveryReport, TickReport,
 };
 use crate::writer::{self, lock, Active, Pending, PendingMsg, Shared, State};
 use crate::Backlog;
@@ -540,12 +540,13 @@ impl Backlog for EmbeddedBacklog {
         &self,
         project: &ProjectId,
         group: &ConsumerGroup,
+        spec: &GroupSpec,
     ) -> Result<(), BacklogError> {
         let (_, waiter) = self.with_state(|st| {
             let State { index, pending, .. } = st;
             let idx = index.ensure_project(project, &mut pending.enc);
             index
-                .create_group(idx, group, &mut pending.enc)
+                .create_group(idx, group, spec, &mut pending.enc)
                 .map_err(|_| BacklogError::TooManyGroups {
                     project: project.clone(),
                     max: MAX_GROUPS_PER_PROJECT,
@@ -568,12 +569,21 @@ impl Backlog for EmbeddedBacklog {
         Self::durable(waiter).await
     }
 
-    async fn groups(&self, project: &ProjectId) -> Result<Vec<ConsumerGroup>, BacklogError> {
+    async fn groups(&self, project: &ProjectId) -> Result<Vec<GroupInfo>, BacklogError> {
         let st = lock(&self.shared.state);
         Ok(st
             .index
             .project(project)
-            .map(|p| p.groups.iter().flatten().map(|g| g.name.clone()).collect())
+            .map(|p| {
+                p.groups
+                    .iter()
+                    .flatten()
+                    .map(|g| GroupInfo {
+                        name: g.name.clone(),
+                        spec: g.spec.clone(),
+                    })
+                    .collect()
+            })
             .unwrap_or_default())
     }
 
@@ -629,7 +639,15 @@ impl Backlog for EmbeddedBacklog {
                 return Err(BacklogError::Closed);
             }
             let (idx, slot) = Self::locate(&st, project, group)?;
-            let picks = st.index.lease(idx, slot, consumer, max, now);
+            let State { index, pending, .. } = &mut *st;
+            let before = pending.enc.buf.len();
+            let was_empty = pending.is_empty();
+            let picks = index.lease(idx, slot, consumer, max, now, &mut pending.enc);
+            // Lease records are written lazily, like settlements: nobody waits for them.
+            let added = pending.enc.buf.len() - before;
+            if pending.settled(added, was_empty, self.shared.cfg.settle_flush_bytes) {
+                self.shared.wake.notify_one();
+            }
             let files = Self::files_for(&st, picks.iter().map(|p| p.seg));
             (picks, files)
         };
@@ -661,7 +679,7 @@ impl Backlog for EmbeddedBacklog {
         let (r, _) = self.with_state(|st| {
             let State { index, pending, .. } = st;
             let r = TickReport {
-                timed_out: index.expire_leases(now),
+                timed_out: index.expire_leases(now, &mut pending.enc),
                 expired: index.expire(now, &mut pending.enc),
             };
             index.trim_memory();

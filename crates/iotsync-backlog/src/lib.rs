@@ -44,34 +44,39 @@ pub use engine::{segment_files, EmbeddedBacklog};
 pub use error::BacklogError;
 pub use index::MAX_GROUPS_PER_PROJECT;
 pub use types::{
-    AppendOutcome, AvailabilityWatch, ConsumerId, DamagedRange, DeadLetter, Delivery, GroupStats,
-    IndexMemory, LeaseToken, ProjectStats, RecoveryReport, TickReport,
+    AppendOutcome, AvailabilityWatch, ConsumerId, DamagedRange, DeadLetter, Delivery, GroupInfo,
+    GroupRetry, GroupSpec, GroupStats, IndexMemory, LeaseToken, ProjectStats, RecoveryReport,
+    TickReport,
 };
 
 /// The durable backlog, as the dispatcher and the REST figures see it. Object-safe:
 /// hold it as `Arc<dyn Backlog>`.
 #[async_trait]
 pub trait Backlog: Send + Sync + 'static {
-    /// Stores a batch; durable when it returns. Messages of a project without consumer
-    /// groups are counted and dropped (nobody could receive them).
+    /// Stores a batch; durable when it returns. Each message is stored for the groups of
+    /// its project whose filter takes it (routing at append); a message no group takes
+    /// is counted (`discarded_no_group`) and not stored (nobody could receive it).
     async fn append(&self, batch: Vec<SyncMessage>) -> Result<AppendOutcome, BacklogError>;
 
-    /// Creates a consumer group (idempotent). It receives messages appended from now on.
-    /// The caller creates the default group (named after the appKey) when sync is enabled.
+    /// Declares a consumer group, or changes the spec of an existing one (idempotent).
+    /// It receives every message its filter takes that is appended from now on; a changed
+    /// filter applies to messages appended from now on. Durable when it returns.
     async fn create_group(
         &self,
         project: &ProjectId,
         group: &ConsumerGroup,
+        spec: &GroupSpec,
     ) -> Result<(), BacklogError>;
 
-    /// Deletes a group and everything it still owed.
+    /// Deletes a group; what it still owed is dropped and counted
+    /// (`ProjectStats::dropped_by_group_delete`).
     async fn delete_group(
         &self,
         project: &ProjectId,
         group: &ConsumerGroup,
     ) -> Result<(), BacklogError>;
 
-    async fn groups(&self, project: &ProjectId) -> Result<Vec<ConsumerGroup>, BacklogError>;
+    async fn groups(&self, project: &ProjectId) -> Result<Vec<GroupInfo>, BacklogError>;
 
     /// Retention from generateTime; applies at once to messages already stacked (e.g. the
     /// carry-over when a project switches from HTTP/2 to AMQP).
@@ -86,6 +91,8 @@ pub trait Backlog: Send + Sync + 'static {
 
     /// Up to `max` deliveries for `consumer` (the caller passes its remaining credit).
     /// Empty when nothing is available: await [`Backlog::watch`] and call again.
+    /// Several messages of one ordering key may be in flight at once, all to the same
+    /// consumer and in append order (sticky while any is in flight).
     async fn lease(
         &self,
         project: &ProjectId,
@@ -98,7 +105,8 @@ pub trait Backlog: Send + Sync + 'static {
     async fn ack(&self, token: &LeaseToken) -> Result<(), BacklogError>;
 
     /// Not now (AMQP released/modified, HTTP/2 commit failure): redelivered after the
-    /// retry policy's backoff.
+    /// group's retry policy's delay, or dead-lettered once a `GroupRetry::Schedule`'s
+    /// deliveries are used up.
     async fn nack(&self, token: &LeaseToken) -> Result<(), BacklogError>;
 
     /// Rejected (AMQP rejected): moved to the project's dead-letter list.

@@ -42,7 +42,7 @@ impl LeaseToken {
 pub struct Delivery {
     pub message: SyncMessage,
     /// 1 for the first delivery to this group, 2 for the first redelivery, …
-    /// (counted since the engine was opened: a restart starts again from 1).
+    /// Durable: a message in flight when the engine stopped says 2 (or more) next time.
     pub attempt: u32,
     pub token: LeaseToken,
     /// When the lease times out (ms since the epoch, from the engine's clock).
@@ -54,8 +54,9 @@ pub struct Delivery {
 pub struct AppendOutcome {
     /// Messages now durable in the backlog.
     pub stored: usize,
-    /// Messages of projects that have no consumer group: nobody could ever receive them,
-    /// so they are counted (project figure `discarded_no_group`) and not stored.
+    /// Messages no group of their project takes (no group, or no filter matches): nobody
+    /// could ever receive them, so they are counted (project figure `discarded_no_group`)
+    /// and not stored.
     pub discarded_no_group: usize,
 }
 
@@ -96,6 +97,8 @@ pub struct ProjectStats {
     /// Distinct messages still held for at least one group (or as a dead letter).
     pub stored_messages: u64,
     pub discarded_no_group: u64,
+    /// (message, group) pairs a group still owed when it was deleted.
+    pub dropped_by_group_delete: u64,
     pub groups: Vec<GroupStats>,
 }
 
@@ -181,4 +184,57 @@ impl AvailabilityWatch {
     pub fn from_receiver(rx: watch::Receiver<u64>) -> Self {
         Self { rx }
     }
+}
+
+/// How a group's failed deliveries (released, timed out) are retried.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub enum GroupRetry {
+    /// The engine's [`crate::RetryPolicy`] (exponential backoff with jitter), forever
+    /// (until retention).
+    #[default]
+    Backoff,
+    /// A fixed schedule: the n-th redelivery waits `delays_ms[n-1]` (the last entry
+    /// repeats); after `max_deliveries` deliveries have failed the message is
+    /// dead-lettered (e.g. the legacy HTTP push: 10 s, 30 s, …, 16 pushes).
+    Schedule {
+        delays_ms: Vec<u64>,
+        max_deliveries: u32,
+    },
+}
+
+impl GroupRetry {
+    /// The legacy HTTP push schedule of SPEC §8: first 10 s, then 30 s, 1 min, 2 min, …
+    /// (the classic 16-level table, whose 15 steps separate 16 pushes), then dead letter.
+    pub fn legacy_http() -> Self {
+        GroupRetry::Schedule {
+            delays_ms: [
+                10, 30, 60, 120, 180, 240, 300, 360, 420, 480, 540, 600, 1200, 1800, 3600,
+            ]
+            .iter()
+            .map(|s| s * 1000)
+            .collect(),
+            max_deliveries: 16,
+        }
+    }
+}
+
+/// What a consumer group is: what it takes (applied at append) and how it retries.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct GroupSpec {
+    pub filter: iotsync_core::GroupFilter,
+    pub retry: GroupRetry,
+}
+
+impl GroupSpec {
+    /// Takes everything, default retry policy.
+    pub fn all() -> Self {
+        Self::default()
+    }
+}
+
+/// A group as the engine holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfo {
+    pub name: ConsumerGroup,
+    pub spec: GroupSpec,
 }

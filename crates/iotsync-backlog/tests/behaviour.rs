@@ -20,7 +20,13 @@ async fn setup() -> (
     let clock = ManualClock::new(T0);
     let (b, report) = open(dir.path(), &clock, config());
     assert!(report.is_clean());
-    b.create_group(&project("p1"), &group("g1")).await.unwrap();
+    b.create_group(
+        &project("p1"),
+        &group("g1"),
+        &iotsync_backlog::GroupSpec::all(),
+    )
+    .await
+    .unwrap();
     (dir, clock, b)
 }
 
@@ -52,7 +58,9 @@ async fn each_group_gets_every_message_appended_after_it_was_created() {
     let (_d, _c, b) = setup().await;
     let p = project("p1");
     b.append(vec![msg(&p, "k1", "m1", T0)]).await.unwrap();
-    b.create_group(&p, &group("g2")).await.unwrap();
+    b.create_group(&p, &group("g2"), &iotsync_backlog::GroupSpec::all())
+        .await
+        .unwrap();
     b.append(vec![msg(&p, "k2", "m2", T0)]).await.unwrap();
     assert_eq!(
         ids(&b.lease(&p, &group("g1"), C1, 10).await.unwrap()),
@@ -67,7 +75,7 @@ async fn each_group_gets_every_message_appended_after_it_was_created() {
         .await
         .unwrap()
         .iter()
-        .map(|g| g.to_string())
+        .map(|g| g.name.to_string())
         .collect();
     names.sort();
     assert_eq!(names, ["g1", "g2"]);
@@ -152,7 +160,7 @@ async fn consumer_gone_makes_its_deliveries_available_at_once() {
 }
 
 #[tokio::test]
-async fn messages_of_one_ordering_key_are_delivered_in_order_one_at_a_time() {
+async fn messages_of_one_ordering_key_go_in_order_to_the_consumer_holding_it() {
     let (_d, clock, b) = setup().await;
     let p = project("p1");
     let batch = vec![
@@ -164,20 +172,44 @@ async fn messages_of_one_ordering_key_are_delivered_in_order_one_at_a_time() {
     ];
     b.append(batch).await.unwrap();
     let g = group("g1");
-    let first = b.lease(&p, &g, C1, 10).await.unwrap();
+    let first = b.lease(&p, &g, C1, 2).await.unwrap();
     assert_eq!(ids(&first), ["a1", "b1"]);
-    // a1 goes back for a retry: a2 must still wait behind it.
+    // C1 holds both keys: C2 gets nothing of them (they wait parked for C1).
+    assert!(b.lease(&p, &g, C2, 10).await.unwrap().is_empty());
+    // a1 goes back for a retry; b1 is done, so dev-b is free and b2 goes to C2.
     b.nack(&first[0].token).await.unwrap();
     b.ack(&first[1].token).await.unwrap();
     assert_eq!(ids(&b.lease(&p, &g, C2, 10).await.unwrap()), ["b2"]);
+    // C1 still holds dev-a: its redelivery first, then a2 and a3 pipelined, in order.
     clock.advance_ms(1200);
-    let retry = b.lease(&p, &g, C2, 10).await.unwrap();
-    assert_eq!(ids(&retry), ["a1"]);
-    b.ack(&retry[0].token).await.unwrap();
-    let next = b.lease(&p, &g, C2, 10).await.unwrap();
-    assert_eq!(ids(&next), ["a2"]);
-    b.ack(&next[0].token).await.unwrap();
-    assert_eq!(ids(&b.lease(&p, &g, C2, 10).await.unwrap()), ["a3"]);
+    let next = b.lease(&p, &g, C1, 10).await.unwrap();
+    assert_eq!(ids(&next), ["a1", "a2", "a3"]);
+    assert_eq!(
+        next.iter().map(|d| d.attempt).collect::<Vec<_>>(),
+        [2, 1, 1]
+    );
+    b.verify_invariants().unwrap();
+}
+
+#[tokio::test]
+async fn one_consumer_gets_a_busy_devices_messages_up_to_its_credit() {
+    let (_d, _clock, b) = setup().await;
+    let p = project("p1");
+    let batch: Vec<_> = (0..50)
+        .map(|i| msg(&p, "chatty", &format!("c{i}"), T0))
+        .collect();
+    b.append(batch).await.unwrap();
+    let g = group("g1");
+    let first = b.lease(&p, &g, C1, 20).await.unwrap();
+    assert_eq!(
+        ids(&first),
+        (0..20).map(|i| format!("c{i}")).collect::<Vec<_>>()
+    );
+    let more = b.lease(&p, &g, C1, 100).await.unwrap();
+    assert_eq!(
+        ids(&more),
+        (20..50).map(|i| format!("c{i}")).collect::<Vec<_>>()
+    );
     b.verify_invariants().unwrap();
 }
 
@@ -234,7 +266,9 @@ async fn reject_moves_message_to_dead_letters_which_can_be_retried_or_dropped() 
 async fn expired_messages_are_removed_and_counted_per_group() {
     let (_d, clock, b) = setup().await;
     let p = project("p1");
-    b.create_group(&p, &group("g2")).await.unwrap();
+    b.create_group(&p, &group("g2"), &iotsync_backlog::GroupSpec::all())
+        .await
+        .unwrap();
     b.append(vec![
         msg(&p, "k1", "old", T0 - 3_600_000),
         msg(&p, "k2", "new", T0),
@@ -386,8 +420,12 @@ async fn restart_recovers_unacked_messages_groups_settings_and_dead_letters() {
     let p = project("p1");
     {
         let (b, _) = open(dir.path(), &clock, config());
-        b.create_group(&p, &group("g1")).await.unwrap();
-        b.create_group(&p, &group("g2")).await.unwrap();
+        b.create_group(&p, &group("g1"), &iotsync_backlog::GroupSpec::all())
+            .await
+            .unwrap();
+        b.create_group(&p, &group("g2"), &iotsync_backlog::GroupSpec::all())
+            .await
+            .unwrap();
         b.set_retention(&p, Duration::from_secs(7 * 86_400))
             .await
             .unwrap();
@@ -437,8 +475,12 @@ async fn a_group_behind_another_is_not_stalled_by_the_lease_scan_bound_after_a_r
     let p = project("p1");
     {
         let (b, _) = open(dir.path(), &clock, cfg.clone());
-        b.create_group(&p, &group("g1")).await.unwrap();
-        b.create_group(&p, &group("g2")).await.unwrap();
+        b.create_group(&p, &group("g1"), &iotsync_backlog::GroupSpec::all())
+            .await
+            .unwrap();
+        b.create_group(&p, &group("g2"), &iotsync_backlog::GroupSpec::all())
+            .await
+            .unwrap();
         let batch = (0..100)
             .map(|i| msg(&p, &format!("k{i}"), &format!("m{i}"), T0))
             .collect();
@@ -482,16 +524,20 @@ async fn parking_behind_a_busy_key_is_bounded_and_the_rest_follows_when_it_drain
     };
     let (b, _) = open(dir.path(), &clock, cfg);
     let p = project("p1");
-    b.create_group(&p, &group("g1")).await.unwrap();
+    b.create_group(&p, &group("g1"), &iotsync_backlog::GroupSpec::all())
+        .await
+        .unwrap();
     let mut batch: Vec<_> = (0..10)
         .map(|i| msg(&p, "chatty", &format!("c{i}"), T0))
         .collect();
     batch.push(msg(&p, "quiet", "q0", T0));
     b.append(batch).await.unwrap();
-    // c0 holds the key, c1..c3 are parked, then parking is full: the scan stops at c4
-    // and does not reach q0 yet.
-    let first = b.lease(&p, &group("g1"), C1, 100).await.unwrap();
+    // C1 holds the key with c0; C2 meets c1..c3 and parks them, then parking is full:
+    // the scan stops at c4 and does not reach q0 yet.
+    let first = b.lease(&p, &group("g1"), C1, 1).await.unwrap();
     assert_eq!(ids(&first), ["c0"]);
+    assert!(b.lease(&p, &group("g1"), C2, 100).await.unwrap().is_empty());
+    assert_eq!(b.stats(&p).await.unwrap().groups[0].in_flight, 1);
     b.verify_invariants().unwrap();
     let mut order = Vec::new();
     let mut next = first;

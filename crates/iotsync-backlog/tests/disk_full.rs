@@ -58,7 +58,9 @@ async fn full_disk_fails_appends_clearly_keeps_what_is_stored_and_recovers() {
     let p = project("p1");
     let g = group("g1");
     let (b, _) = open(&data, &clock, cfg.clone());
-    b.create_group(&p, &g).await.unwrap();
+    b.create_group(&p, &g, &iotsync_backlog::GroupSpec::all())
+        .await
+        .unwrap();
 
     let mut stored = Vec::new();
     let mut n = 0;

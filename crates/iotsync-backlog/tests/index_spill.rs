@@ -84,7 +84,9 @@ async fn a_backlog_far_bigger_than_the_index_budget_is_delivered_in_order_with_f
     let (b, _) = open(dir.path(), &clock, cfg());
     let (p1, p2) = (project("p1"), project("p2"));
     for (p, g) in [(&p1, "g1"), (&p1, "g2"), (&p2, "g1")] {
-        b.create_group(p, &group(g)).await.unwrap();
+        b.create_group(p, &group(g), &iotsync_backlog::GroupSpec::all())
+            .await
+            .unwrap();
     }
     const N: usize = 40_000;
     fill(&b, "p1", N, T0).await;
@@ -191,8 +193,12 @@ async fn expiry_of_a_spilled_backlog_frees_the_spill_file() {
     let clock = ManualClock::new(T0);
     let (b, _) = open(dir.path(), &clock, cfg());
     let p = project("p1");
-    b.create_group(&p, &group("g1")).await.unwrap();
-    b.create_group(&p, &group("g2")).await.unwrap();
+    b.create_group(&p, &group("g1"), &iotsync_backlog::GroupSpec::all())
+        .await
+        .unwrap();
+    b.create_group(&p, &group("g2"), &iotsync_backlog::GroupSpec::all())
+        .await
+        .unwrap();
     fill(&b, "p1", 30_000, T0).await;
     // A few newer ones stay.
     fill(&b, "p1", 10, T0 + 3_600_000).await;

@@ -490,7 +490,9 @@ fn run(ops: Vec<Op>, segment_bytes: u64, index_memory_bytes: usize) {
         let p = project("p1");
         let groups: Vec<ConsumerGroup> = (0..GROUPS).map(|g| group(&format!("g{g}"))).collect();
         for g in &groups {
-            b.create_group(&p, g).await.unwrap();
+            b.create_group(&p, g, &iotsync_backlog::GroupSpec::all())
+                .await
+                .unwrap();
         }
         let mut h = Harness {
             dir,

@@ -37,7 +37,9 @@ async fn setup(cfg: BacklogConfig) -> (tempfile::TempDir, ManualClock, EmbeddedB
     let clock = ManualClock::new(T0);
     let (b, _) = open(dir.path(), &clock, cfg);
     let p = project("p1");
-    b.create_group(&p, &group("g1")).await.unwrap();
+    b.create_group(&p, &group("g1"), &iotsync_backlog::GroupSpec::all())
+        .await
+        .unwrap();
     b.append(vec![msg(&p, "k1", "m1", T0), msg(&p, "k2", "m2", T0)])
         .await
         .unwrap();

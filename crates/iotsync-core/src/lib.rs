@@ -4,6 +4,7 @@
 
 pub mod api_catalog;
 pub mod clock;
+pub mod group;
 pub mod ids;
 pub mod message;
 pub mod payload;
@@ -11,5 +12,6 @@ pub mod sign;
 pub mod sync_rules;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use group::{GroupFilter, GroupFilterDoc};
 pub use ids::*;
 pub use message::*;

@@ -437,7 +437,7 @@ impl Iot {
         let g: ConsumerGroup = g.parse().unwrap();
         self.server
             .backlog()
-            .create_group(&self.pid, &g)
+            .create_group(&self.pid, &g, &iotsync_backlog::GroupSpec::all())
             .await
             .unwrap();
     }

@@ -56,7 +56,7 @@ fn main() -> anyhow::Result<()> {
         server
             .hub()
             .backlog()
-            .create_group(&pid, &iotsync_core::ConsumerGroup::default_for(&p.project.app_key))
+            .create_group(&pid, &iotsync_core::ConsumerGroup::default_for(&p.project.app_key), &iotsync_backlog::GroupSpec::all())
             .await?;
         let prod = reg
             .create_product(

@@ -109,6 +109,13 @@ pub struct DeliveryConfig {
 }
 
 impl DeliveryConfig {
+    pub fn retention(&self) -> crate::delivery::controller::RetentionPolicy {
+        crate::delivery::controller::RetentionPolicy {
+            amqp: self.retention_amqp.0,
+            http2: self.retention_http2.0,
+        }
+    }
+
     pub fn backlog_config(&self) -> iotsync_backlog::BacklogConfig {
         iotsync_backlog::BacklogConfig {
             ack_timeout: self.ack_timeout.0,
@@ -118,8 +125,7 @@ impl DeliveryConfig {
                 max: self.retry_max.0,
                 jitter: self.retry_jitter,
             },
-            retention_amqp: self.retention_amqp.0,
-            retention_http2: self.retention_http2.0,
+            default_retention: self.retention_amqp.0,
             index_memory_bytes: usize::try_from(self.index_memory.0).unwrap_or(usize::MAX),
             ..Default::default()
         }

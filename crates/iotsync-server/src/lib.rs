@@ -187,9 +187,8 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
 
     let backlog_cfg = cfg.delivery.backlog_config();
     let backlog_dir = cfg.data_dir.join("backlog");
-    let (backlog, recovery) =
-        EmbeddedBacklog::open(&backlog_dir, backlog_cfg.clone(), clock.clone())
-            .with_context(|| format!("opening the backlog in {}", backlog_dir.display()))?;
+    let (backlog, recovery) = EmbeddedBacklog::open(&backlog_dir, backlog_cfg, clock.clone())
+        .with_context(|| format!("opening the backlog in {}", backlog_dir.display()))?;
     if !recovery.is_clean() {
         tracing::warn!(
             damaged = recovery.damaged.len(),
@@ -207,7 +206,7 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
     let controller = Arc::new(SyncController {
         registry: registry.clone(),
         hub: hub.clone(),
-        backlog_cfg,
+        retention: cfg.delivery.retention(),
     });
     controller
         .reconcile_all()

@@ -163,7 +163,9 @@ async fn throughput(dir: &Path, a: &Args) -> Result<(), String> {
     let b = Arc::new(b);
     let p: ProjectId = "benchproject".parse().map_err(|e| format!("{e}"))?;
     let g: ConsumerGroup = "benchgroup".parse().map_err(|e| format!("{e}"))?;
-    b.create_group(&p, &g).await.map_err(|e| e.to_string())?;
+    b.create_group(&p, &g, &iotsync_backlog::GroupSpec::all())
+        .await
+        .map_err(|e| e.to_string())?;
     let acked = Arc::new(AtomicU64::new(0));
     let total = a.messages;
     let t = Instant::now();
@@ -219,9 +221,13 @@ async fn single_appender_latency(dir: &Path) -> Result<(), String> {
     let (b, _) = EmbeddedBacklog::open(dir, BacklogConfig::default(), system_clock())
         .map_err(|e| e.to_string())?;
     let p: ProjectId = "latency".parse().map_err(|e| format!("{e}"))?;
-    b.create_group(&p, &"g".parse().map_err(|e| format!("{e}"))?)
-        .await
-        .map_err(|e| e.to_string())?;
+    b.create_group(
+        &p,
+        &"g".parse().map_err(|e| format!("{e}"))?,
+        &iotsync_backlog::GroupSpec::all(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     let body = payload();
     let n = 2000;
     let t = Instant::now();
@@ -249,7 +255,9 @@ async fn stacked(dir: &Path, a: &Args) -> Result<(), String> {
     let b = Arc::new(b);
     let p: ProjectId = "stacked".parse().map_err(|e| format!("{e}"))?;
     let g: ConsumerGroup = "g".parse().map_err(|e| format!("{e}"))?;
-    b.create_group(&p, &g).await.map_err(|e| e.to_string())?;
+    b.create_group(&p, &g, &iotsync_backlog::GroupSpec::all())
+        .await
+        .map_err(|e| e.to_string())?;
     let rss_before = rss_kib();
     println!(
         "## {} stacked messages (256-byte payloads, nobody consuming), index budget {} MiB",

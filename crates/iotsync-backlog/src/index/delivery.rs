@@ -4,15 +4,18 @@
 use std::collections::VecDeque;
 
 use super::{
-    DeadInfo, Group, Index, Lease, Pick, Project, Slot, TokenOp, Waiting, MAX_GROUPS_PER_PROJECT,
-    UNWRITTEN,
+    DeadInfo, Group, Index, KeyHold, Lease, Pick, Project, Slot, TokenOp, Waiting,
+    MAX_GROUPS_PER_PROJECT, UNWRITTEN,
 };
 use crate::codec::Enc;
 use crate::types::{ConsumerId, LeaseToken};
 
 impl Index {
-    /// Picks up to `max` messages for a consumer: due redeliveries first, then fresh
-    /// messages in append order, skipping (parking) those whose key is held.
+    /// Picks up to `max` messages for a consumer: due redeliveries first, then parked
+    /// messages of keys it holds, then fresh messages in append order. A fresh message
+    /// of a key held by another consumer (or with earlier ones parked) is parked.
+    /// Lease records (runs of consecutive seqs with one attempt count) go to `log`, so
+    /// attempt counts survive a restart.
     pub fn lease(
         &mut self,
         proj: u32,
@@ -20,6 +23,7 @@ impl Index {
         consumer: ConsumerId,
         max: usize,
         now: i64,
+        log: &mut Enc,
     ) -> Vec<Pick> {
         let ack_timeout = self.ack_timeout_ms;
         let max_scan = self.max_scan;
@@ -64,7 +68,7 @@ impl Index {
             });
         };
         let mut n = 0;
-        // Redeliveries whose time has come.
+        // Redeliveries whose time has come (and freed keys' next messages).
         while n < max {
             let Some((&(due, pseq), _)) = g.retry.first_key_value() else {
                 break;
@@ -80,10 +84,57 @@ impl Index {
             match slots.get(pseq) {
                 Some(s) if s.owners & (1 << slot) != 0 && s.seg != UNWRITTEN => {
                     let s = *s;
+                    if w.holds_key {
+                        if let Some(h) = g.keys.get_mut(&s.key) {
+                            h.consumer = Some(consumer);
+                            if !h.parked.is_empty() {
+                                g.park_ready.entry(consumer).or_default().push(s.key);
+                            }
+                        }
+                    }
                     take(g, pseq, &s, w.attempts + 1, w.holds_key);
                     n += 1;
                 }
                 _ => {}
+            }
+        }
+        // Parked messages of keys this consumer holds, in order.
+        if n < max && !g.park_ready.is_empty() {
+            if let Some(mut ready) = g.park_ready.remove(&consumer) {
+                let mut i = 0;
+                while i < ready.len() && n < max {
+                    let key = ready[i];
+                    while n < max {
+                        let Some(h) = g.keys.get_mut(&key) else { break };
+                        if h.consumer != Some(consumer) {
+                            break;
+                        }
+                        let Some(&pseq) = h.parked.front() else { break };
+                        let Some(&s) = slots.get(pseq) else {
+                            h.parked.pop_front();
+                            g.parked -= 1;
+                            continue;
+                        };
+                        h.parked.pop_front();
+                        h.active += 1;
+                        g.parked -= 1;
+                        let attempts = g.prior_attempts(pseq) + 1;
+                        take(g, pseq, &s, attempts, true);
+                        n += 1;
+                    }
+                    let done = g
+                        .keys
+                        .get(&key)
+                        .is_none_or(|h| h.consumer != Some(consumer) || h.parked.is_empty());
+                    if done {
+                        ready.swap_remove(i);
+                    } else {
+                        i += 1;
+                    }
+                }
+                if !ready.is_empty() {
+                    g.park_ready.insert(consumer, ready);
+                }
             }
         }
         // Fresh messages from the cursor.
@@ -98,18 +149,45 @@ impl Index {
             }
             scanned += 1;
             if owed && (g.dead.is_empty() || !g.dead.contains_key(&cursor)) {
-                if let Some(q) = g.keys.get_mut(&s.key) {
-                    if g.parked >= max_parked {
-                        // Parking is full: the cursor waits here until a key is
-                        // released (which signals the group).
-                        break;
+                match g.keys.get_mut(&s.key) {
+                    None => {
+                        g.keys.insert(
+                            s.key,
+                            KeyHold {
+                                consumer: Some(consumer),
+                                active: 1,
+                                parked: VecDeque::new(),
+                            },
+                        );
+                        let attempts = g.prior_attempts(cursor) + 1;
+                        take(g, cursor, &s, attempts, true);
+                        n += 1;
                     }
-                    q.push_back(cursor);
-                    g.parked += 1;
-                } else {
-                    g.keys.insert(s.key, VecDeque::new());
-                    take(g, cursor, &s, 1, true);
-                    n += 1;
+                    Some(h) if h.consumer == Some(consumer) && h.parked.is_empty() => {
+                        // Pipelined: the holder gets the key's next message too.
+                        h.active += 1;
+                        let attempts = g.prior_attempts(cursor) + 1;
+                        take(g, cursor, &s, attempts, true);
+                        n += 1;
+                    }
+                    Some(h) => {
+                        if g.parked >= max_parked {
+                            // Parking is full: the cursor waits here until a key is
+                            // released (which signals the group).
+                            break;
+                        }
+                        h.parked.push_back(cursor);
+                        g.parked += 1;
+                        if h.parked.len() == 1 {
+                            if let Some(holder) = h.consumer {
+                                // The holder takes it first on its next lease.
+                                g.park_ready.entry(holder).or_default().push(s.key);
+                                if holder != consumer {
+                                    g.notify();
+                                }
+                            }
+                        }
+                    }
                 }
             }
             cursor += 1;
@@ -125,6 +203,7 @@ impl Index {
             g.notify();
         }
         if !picks.is_empty() {
+            log_lease_runs(log, proj, slot, &picks);
             let e = self.consumers.entry(consumer).or_default();
             let gen = picks[0].token.gen;
             if !e.contains(&(proj, slot, gen)) {
@@ -169,45 +248,50 @@ impl Index {
         } else {
             return false;
         };
-        match op {
-            TokenOp::Ack => {
-                g.stacked -= 1;
-                g.counters.acked += 1;
-                if holds_key {
-                    g.release_key(key);
+        let op = if op == TokenOp::Nack {
+            debug_assert!(was_leased);
+            g.counters.nacked += 1;
+            match g.next_try(attempts, now, backoff_unit, &retry) {
+                Some(due) => {
+                    g.wait(
+                        t.seq,
+                        due,
+                        Waiting {
+                            attempts,
+                            holds_key,
+                        },
+                    );
+                    return true;
                 }
-                log.ack(t.proj, t.group, t.seq);
-                self.disown(t.proj, t.seq, t.group);
-                self.projects[t.proj as usize].pop_front();
+                // The group's schedule is used up: dead letter.
+                None => TokenOp::Reject,
             }
-            TokenOp::Nack => {
-                debug_assert!(was_leased);
-                g.counters.nacked += 1;
-                let due = now.saturating_add(retry.delay_ms(attempts, backoff_unit));
-                g.wait(
-                    t.seq,
-                    due,
-                    Waiting {
-                        attempts,
-                        holds_key,
-                    },
-                );
+        } else {
+            op
+        };
+        if op == TokenOp::Ack {
+            g.stacked -= 1;
+            g.counters.acked += 1;
+            if holds_key {
+                g.release_key(key);
             }
-            TokenOp::Reject => {
-                g.stacked -= 1;
-                g.counters.rejected += 1;
-                g.dead.insert(
-                    t.seq,
-                    DeadInfo {
-                        attempts,
-                        at_ms: now,
-                    },
-                );
-                if holds_key {
-                    g.release_key(key);
-                }
-                log.reject(t.proj, t.group, t.seq, attempts, now);
+            log.ack(t.proj, t.group, t.seq);
+            self.disown(t.proj, t.seq, t.group);
+            self.projects[t.proj as usize].pop_front();
+        } else {
+            g.stacked -= 1;
+            g.counters.rejected += 1;
+            g.dead.insert(
+                t.seq,
+                DeadInfo {
+                    attempts,
+                    at_ms: now,
+                },
+            );
+            if holds_key {
+                g.release_key(key);
             }
+            log.reject(t.proj, t.group, t.seq, attempts, now);
         }
         true
     }
@@ -246,6 +330,13 @@ impl Index {
                     );
                 }
             }
+            // Its keys are free for whoever leases their redeliveries first.
+            g.park_ready.remove(&c);
+            for h in g.keys.values_mut() {
+                if h.consumer == Some(c) {
+                    h.consumer = None;
+                }
+            }
             if !mine.is_empty() {
                 n += mine.len();
                 g.notify();
@@ -254,9 +345,10 @@ impl Index {
         n
     }
 
-    /// Leases past their deadline go to the retry queue with backoff. Groups with
-    /// redeliveries due are signalled.
-    pub fn expire_leases(&mut self, now: i64) -> u64 {
+    /// Leases past their deadline go to the retry queue with backoff (or to the dead
+    /// letters once the group's schedule is used up). Groups with redeliveries due are
+    /// signalled.
+    pub fn expire_leases(&mut self, now: i64, log: &mut Enc) -> u64 {
         let mut n = 0;
         for pi in 0..self.projects.len() {
             for gi in 0..MAX_GROUPS_PER_PROJECT {
@@ -287,16 +379,36 @@ impl Index {
                         continue;
                     };
                     g.counters.timed_out += 1;
-                    let due = now.saturating_add(self.retry.delay_ms(l.attempts, unit));
-                    g.wait(
-                        pseq,
-                        due,
-                        Waiting {
-                            attempts: l.attempts,
-                            holds_key: l.holds_key,
-                        },
-                    );
                     n += 1;
+                    match g.next_try(l.attempts, now, unit, &self.retry) {
+                        Some(due) => g.wait(
+                            pseq,
+                            due,
+                            Waiting {
+                                attempts: l.attempts,
+                                holds_key: l.holds_key,
+                            },
+                        ),
+                        None => {
+                            g.stacked -= 1;
+                            g.counters.rejected += 1;
+                            g.dead.insert(
+                                pseq,
+                                DeadInfo {
+                                    attempts: l.attempts,
+                                    at_ms: now,
+                                },
+                            );
+                            if l.holds_key {
+                                if let Some(key) = self.projects[pi].slot(pseq).map(|s| s.key) {
+                                    if let Some(g) = self.projects[pi].groups[gi].as_mut() {
+                                        g.release_key(key);
+                                    }
+                                }
+                            }
+                            log.reject(pi as u32, gi as u8, pseq, l.attempts, now);
+                        }
+                    }
                 }
                 if let Some(g) = self.projects[pi].groups[gi].as_ref() {
                     if g.retry
@@ -310,5 +422,25 @@ impl Index {
             }
         }
         n
+    }
+}
+
+/// One lease record per run of picks with consecutive seqs and one attempt count (a
+/// lease of fresh messages is usually one run).
+fn log_lease_runs(log: &mut Enc, proj: u32, slot: u8, picks: &[Pick]) {
+    let mut i = 0;
+    while i < picks.len() {
+        let first = picks[i].token.seq;
+        let attempts = picks[i].attempts;
+        let mut j = i + 1;
+        while j < picks.len()
+            && picks[j].attempts == attempts
+            && picks[j].token.seq == first + (j - i) as u64
+            && j - i < u32::MAX as usize
+        {
+            j += 1;
+        }
+        log.leased(proj, slot, first, (j - i) as u32, attempts);
+        i = j;
     }
 }

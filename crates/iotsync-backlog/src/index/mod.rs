@@ -10,8 +10,12 @@
 //! - every owed message of a group with `pseq < cursor` is in exactly one of
 //!   `in_flight`, `retry`, a `keys` park queue, or `dead`; owed messages at or past the
 //!   cursor are "fresh" (never delivered since open);
-//! - per group and ordering key at most one message holds the key (in flight or
-//!   waiting); later ones of that key wait parked, in append order.
+//! - per group and ordering key, the messages holding the key (in flight or waiting)
+//!   are counted by the key's [`KeyHold`]; a hold exists iff that count is > 0. Fresh
+//!   messages of a held key go only to the hold's consumer (several in flight at once,
+//!   in append order) while nothing of the key is parked; otherwise they wait parked,
+//!   in append order, and go to the holder (or, once the key is free, to whoever
+//!   leases next) before anything later of that key.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -21,7 +25,7 @@ use tokio::sync::watch;
 
 use crate::codec::{key_hash, DeadMark, Enc, GroupCounters, GroupSnapshot, ProjectSnapshot};
 use crate::config::BacklogConfig;
-use crate::types::{ConsumerId, GroupStats, LeaseToken, ProjectStats};
+use crate::types::{ConsumerId, GroupSpec, GroupStats, LeaseToken, ProjectStats};
 
 mod delivery;
 mod replay;
@@ -33,6 +37,7 @@ mod verify;
 /// Groups per project: owners are a 32-bit mask.
 pub const MAX_GROUPS_PER_PROJECT: usize = 32;
 pub(crate) const UNWRITTEN: u32 = u32::MAX;
+use crate::types::GroupRetry;
 pub(crate) use slots::SpillPool;
 use slots::{Slots, CHUNK};
 /// Slot times are seconds since 2020-01-01 (u32 lasts until 2156).
@@ -89,9 +94,25 @@ pub(crate) struct DeadInfo {
     pub at_ms: i64,
 }
 
+/// Per-key delivery state of a group while any message of the key is in flight or
+/// waiting for redelivery.
+#[derive(Debug, Default)]
+pub(crate) struct KeyHold {
+    /// Where the key's next messages go (sticky while any is in flight); `None` while
+    /// the key's next message waits in the retry queue for whoever leases first.
+    pub consumer: Option<ConsumerId>,
+    /// Messages of the key in flight or waiting that hold it (≥ 1 while the hold exists).
+    pub active: u32,
+    /// Later messages of the key met by the cursor while it could not give them to the
+    /// holder, in append order.
+    pub parked: VecDeque<u64>,
+}
+
 #[derive(Debug)]
 pub(crate) struct Group {
     pub name: ConsumerGroup,
+    /// What the group takes (applied at append) and how it retries.
+    pub spec: GroupSpec,
     pub gen: u32,
     pub start_pseq: u64,
     pub cursor: u64,
@@ -101,9 +122,15 @@ pub(crate) struct Group {
     /// Waiting redeliveries by (due time, pseq); due 0 = at once.
     pub retry: BTreeMap<(i64, u64), Waiting>,
     pub retry_due: HashMap<u64, i64>,
-    /// Keys held by a message of this group → later messages of that key, parked.
-    pub keys: HashMap<u32, VecDeque<u64>>,
+    /// Keys held by messages of this group.
+    pub keys: HashMap<u32, KeyHold>,
     pub parked: usize,
+    /// Keys held by a consumer that have parked messages for it to take first (entries
+    /// may be stale: checked when used).
+    pub park_ready: HashMap<ConsumerId, Vec<u32>>,
+    /// Deliveries made before the engine was opened, of messages still owed (from the
+    /// log's lease records): the next delivery's attempt count continues from them.
+    pub prior: HashMap<u64, u32>,
     pub dead: BTreeMap<u64, DeadInfo>,
     pub stacked: u64,
     /// No owed, non-dead message of this group has a smaller pseq.
@@ -113,9 +140,10 @@ pub(crate) struct Group {
 }
 
 impl Group {
-    fn new(name: ConsumerGroup, gen: u32, start_pseq: u64) -> Self {
+    fn new(name: ConsumerGroup, spec: GroupSpec, gen: u32, start_pseq: u64) -> Self {
         Self {
             name,
+            spec,
             gen,
             start_pseq,
             cursor: start_pseq,
@@ -125,6 +153,8 @@ impl Group {
             retry_due: HashMap::new(),
             keys: HashMap::new(),
             parked: 0,
+            park_ready: HashMap::new(),
+            prior: HashMap::new(),
             dead: BTreeMap::new(),
             stacked: 0,
             oldest_hint: start_pseq,
@@ -157,34 +187,76 @@ impl Group {
         }
     }
 
-    /// The message holding `key` is done: the next parked one of that key may go.
-    fn release_key(&mut self, key: u32) {
-        let next = match self.keys.get_mut(&key) {
-            Some(q) => q.pop_front(),
-            None => return,
-        };
-        match next {
-            Some(pseq) => {
-                self.parked -= 1;
-                self.wait(
-                    pseq,
-                    0,
-                    Waiting {
-                        attempts: 0,
-                        holds_key: true,
-                    },
-                );
-                self.notify();
-            }
-            None => {
-                self.keys.remove(&key);
+    /// When a message whose delivery failed for the `attempts`-th time is tried again,
+    /// or `None` when the group's retry schedule is used up (dead letter).
+    pub(crate) fn next_try(
+        &self,
+        attempts: u32,
+        now: i64,
+        unit: f64,
+        backoff: &crate::config::RetryPolicy,
+    ) -> Option<i64> {
+        match &self.spec.retry {
+            GroupRetry::Backoff => Some(now.saturating_add(backoff.delay_ms(attempts, unit))),
+            GroupRetry::Schedule {
+                delays_ms,
+                max_deliveries,
+            } => {
+                if attempts >= *max_deliveries {
+                    return None;
+                }
+                let i = (attempts.max(1) as usize - 1).min(delays_ms.len().saturating_sub(1));
+                let d = delays_ms.get(i).copied().unwrap_or(0);
+                Some(now.saturating_add(d.min(i64::MAX as u64) as i64))
             }
         }
+    }
+
+    /// Attempts made so far of a message about to be delivered for the first time since
+    /// the engine was opened (0 unless a previous run delivered it).
+    pub(crate) fn prior_attempts(&mut self, pseq: u64) -> u32 {
+        if self.prior.is_empty() {
+            0
+        } else {
+            self.prior.remove(&pseq).unwrap_or(0)
+        }
+    }
+
+    /// A message holding `key` is done (acked, rejected, dropped): once none holds it,
+    /// the key is free and its first parked message waits for whoever leases next.
+    fn release_key(&mut self, key: u32) {
+        let Some(h) = self.keys.get_mut(&key) else {
+            return;
+        };
+        h.active = h.active.saturating_sub(1);
+        if h.active > 0 {
+            return;
+        }
+        let Some(pseq) = h.parked.pop_front() else {
+            self.keys.remove(&key);
+            return;
+        };
+        h.active = 1;
+        h.consumer = None;
+        self.parked -= 1;
+        let attempts = self.prior_attempts(pseq);
+        self.wait(
+            pseq,
+            0,
+            Waiting {
+                attempts,
+                holds_key: true,
+            },
+        );
+        self.notify();
     }
 
     /// Removes every trace of an owed message from the group's delivery state (it was
     /// acked elsewhere, expired or dropped). Returns whether it was a dead letter.
     fn forget(&mut self, pseq: u64, key: u32) -> bool {
+        if !self.prior.is_empty() {
+            self.prior.remove(&pseq);
+        }
         if self.dead.remove(&pseq).is_some() {
             return true;
         }
@@ -203,9 +275,9 @@ impl Group {
             }
             return false;
         }
-        if let Some(q) = self.keys.get_mut(&key) {
-            if let Some(i) = q.iter().position(|p| *p == pseq) {
-                q.remove(i);
+        if let Some(h) = self.keys.get_mut(&key) {
+            if let Some(i) = h.parked.iter().position(|p| *p == pseq) {
+                h.parked.remove(i);
                 self.parked -= 1;
             }
         }
@@ -219,6 +291,7 @@ impl Group {
             start_pseq: self.start_pseq,
             name: self.name.as_str().to_owned(),
             counters: self.counters,
+            spec: self.spec.clone(),
         }
     }
 }
@@ -238,6 +311,8 @@ pub(crate) struct Project {
     pub paused: bool,
     pub next_gen: u32,
     pub discarded: u64,
+    /// (message, group) pairs owed by groups when they were deleted.
+    pub dropped_by_group_delete: u64,
     /// Slots with at least one owner.
     pub live: u64,
     /// Dead-letter marks met during replay, by (group slot, pseq): kept apart because a
@@ -258,6 +333,7 @@ impl Project {
             paused: false,
             next_gen: 1,
             discarded: 0,
+            dropped_by_group_delete: 0,
             live: 0,
             replay_dead: BTreeMap::new(),
         }
@@ -291,11 +367,15 @@ impl Project {
         self.groups.get(slot as usize).and_then(|g| g.as_ref())
     }
 
-    fn group_mask(&self) -> u32 {
+    /// The groups whose filter takes `m` (routing at append).
+    fn owners_of(&self, m: &SyncMessage) -> u32 {
         self.groups
             .iter()
             .enumerate()
-            .filter(|(_, g)| g.is_some())
+            .filter(|(_, g)| {
+                g.as_ref()
+                    .is_some_and(|g| g.spec.filter.is_all() || g.spec.filter.takes(m))
+            })
             .fold(0, |m, (i, _)| m | (1 << i))
     }
 
@@ -325,6 +405,7 @@ impl Project {
             paused: self.paused,
             next_gen: self.next_gen,
             discarded: self.discarded,
+            dropped_by_group_delete: self.dropped_by_group_delete,
             groups: self
                 .groups
                 .iter()
@@ -401,7 +482,7 @@ impl Index {
             rng: seed | 1,
             ack_timeout_ms: cfg.ack_timeout.as_millis() as i64,
             retry: cfg.retry.clone(),
-            default_retention_ms: cfg.retention_amqp.as_millis() as i64,
+            default_retention_ms: cfg.default_retention.as_millis() as i64,
             max_scan: cfg.max_scan_per_lease.max(1),
             max_parked: cfg.max_parked_per_group.max(1),
         }
@@ -477,7 +558,7 @@ impl Index {
         log: &mut Enc,
     ) -> Option<(u64, usize, usize)> {
         let p = &mut self.projects[proj as usize];
-        let owners = p.group_mask();
+        let owners = p.owners_of(m);
         if owners == 0 {
             p.discarded += 1;
             return None;
@@ -494,9 +575,13 @@ impl Index {
         });
         p.live += 1;
         p.note_chunk(pseq, g);
-        for gr in p.groups.iter_mut().flatten() {
-            gr.stacked += 1;
-            gr.counters.appended += 1;
+        for (i, gr) in p.groups.iter_mut().enumerate() {
+            if let Some(gr) = gr {
+                if owners & (1 << i) != 0 {
+                    gr.stacked += 1;
+                    gr.counters.appended += 1;
+                }
+            }
         }
         let (off, len) = log.msg(proj, pseq, owners, m);
         Some((pseq, off, len))
@@ -557,14 +642,24 @@ impl Index {
 
     // ---- groups and settings -----------------------------------------------------------
 
+    /// Declares a group, or changes an existing group's spec. `Ok(true)` if it is new.
     pub fn create_group(
         &mut self,
         proj: u32,
         name: &ConsumerGroup,
+        spec: &GroupSpec,
         log: &mut Enc,
     ) -> Result<bool, ()> {
         let p = &mut self.projects[proj as usize];
-        if p.group_slot(name).is_some() {
+        if let Some(slot) = p.group_slot(name) {
+            if let Some(g) = p.groups[slot as usize].as_mut() {
+                if &g.spec != spec {
+                    log.group_spec(proj, slot, g.gen, spec);
+                    g.spec = spec.clone();
+                    // A new retry policy applies to what is waiting from its next failure.
+                    g.notify();
+                }
+            }
             return Ok(false);
         }
         let Some(slot) = p.groups.iter().position(|g| g.is_none()) else {
@@ -574,12 +669,21 @@ impl Index {
         p.next_gen += 1;
         let start = p.next_pseq();
         log.group_create(proj, slot as u8, gen, start, name.as_str());
-        p.groups[slot] = Some(Group::new(name.clone(), gen, start));
+        if spec != &GroupSpec::all() {
+            log.group_spec(proj, slot as u8, gen, spec);
+        }
+        p.groups[slot] = Some(Group::new(name.clone(), spec.clone(), gen, start));
         Ok(true)
     }
 
     pub fn delete_group(&mut self, proj: u32, slot: u8, log: &mut Enc) {
         log.group_delete(proj, slot);
+        let p = &mut self.projects[proj as usize];
+        if let Some(g) = p.groups[slot as usize].as_ref() {
+            // What it still owed (dead letters included) is dropped: counted here, and
+            // kept across restarts by the project snapshot.
+            p.dropped_by_group_delete += g.stacked + g.dead.len() as u64;
+        }
         self.drop_group(proj, slot);
     }
 
@@ -790,6 +894,7 @@ impl Index {
             retention_ms: p.retention_ms,
             stored_messages: p.live,
             discarded_no_group: p.discarded,
+            dropped_by_group_delete: p.dropped_by_group_delete,
             groups: out,
         }
     }

@@ -9,6 +9,7 @@ use super::{
     gen_s, unreachable_id, DeadInfo, Group, Index, Project, CHUNK, MAX_GROUPS_PER_PROJECT,
 };
 use crate::codec::{DeadMark, MsgHead, ProjectSnapshot};
+use crate::types::GroupSpec;
 
 impl Index {
     fn replay_project(&mut self, proj: u32) -> &mut Project {
@@ -82,7 +83,24 @@ impl Index {
         }
     }
 
+    /// Attempt counts of a run of leases (kept while the message is owed).
+    pub fn replay_leased(&mut self, proj: u32, slot: u8, first: u64, count: u32, attempts: u32) {
+        let p = self.replay_project(proj);
+        if let Some(Some(g)) = p.groups.get_mut(slot as usize) {
+            for pseq in first..first.saturating_add(count as u64) {
+                g.prior.insert(pseq, attempts);
+            }
+        }
+    }
+
+    fn replay_settled(&mut self, proj: u32, slot: u8, pseq: u64) {
+        if let Some(Some(g)) = self.replay_project(proj).groups.get_mut(slot as usize) {
+            g.prior.remove(&pseq);
+        }
+    }
+
     pub fn replay_ack(&mut self, proj: u32, slot: u8, pseq: u64) {
+        self.replay_settled(proj, slot, pseq);
         if self.replay_clear(proj, slot, pseq) {
             let p = &mut self.projects[proj as usize];
             p.replay_dead.remove(&(slot, pseq));
@@ -93,6 +111,7 @@ impl Index {
     }
 
     pub fn replay_reject(&mut self, proj: u32, slot: u8, pseq: u64, info: DeadInfo) {
+        self.replay_settled(proj, slot, pseq);
         let p = self.replay_project(proj);
         if p.slot(pseq).is_some_and(|s| s.owners & (1 << slot) != 0) {
             p.replay_dead.insert((slot, pseq), info);
@@ -114,8 +133,17 @@ impl Index {
     pub fn replay_group_create(&mut self, proj: u32, slot: u8, gen: u32, start: u64, name: &str) {
         let p = self.replay_project(proj);
         if let (Some(s), Ok(name)) = (p.groups.get_mut(slot as usize), name.parse()) {
-            *s = Some(Group::new(name, gen, start));
+            *s = Some(Group::new(name, GroupSpec::all(), gen, start));
             p.next_gen = p.next_gen.max(gen + 1);
+        }
+    }
+
+    pub fn replay_group_spec(&mut self, proj: u32, slot: u8, gen: u32, spec: GroupSpec) {
+        let p = self.replay_project(proj);
+        if let Some(Some(g)) = p.groups.get_mut(slot as usize) {
+            if g.gen == gen {
+                g.spec = spec;
+            }
         }
     }
 
@@ -159,6 +187,7 @@ impl Index {
         p.paused = s.paused;
         p.next_gen = p.next_gen.max(s.next_gen);
         p.discarded = s.discarded;
+        p.dropped_by_group_delete = s.dropped_by_group_delete;
         let mut keep = [false; MAX_GROUPS_PER_PROJECT];
         for gs in &s.groups {
             let Some(slot) = p.groups.get_mut(gs.slot as usize) else {
@@ -166,10 +195,13 @@ impl Index {
             };
             keep[gs.slot as usize] = true;
             match slot {
-                Some(g) if g.gen == gs.gen => g.counters = gs.counters,
+                Some(g) if g.gen == gs.gen => {
+                    g.counters = gs.counters;
+                    g.spec = gs.spec.clone();
+                }
                 _ => {
                     if let Ok(name) = gs.name.parse() {
-                        let mut g = Group::new(name, gs.gen, gs.start_pseq);
+                        let mut g = Group::new(name, gs.spec.clone(), gs.gen, gs.start_pseq);
                         g.counters = gs.counters;
                         *slot = Some(g);
                     }
@@ -242,6 +274,11 @@ impl Index {
                 let slots = &p.slots;
                 g.dead
                     .retain(|seq, _| slots.peek(*seq).is_some_and(|s| s.owners & (1 << gi) != 0));
+                let dead = &g.dead;
+                g.prior.retain(|seq, _| {
+                    !dead.contains_key(seq)
+                        && slots.peek(*seq).is_some_and(|s| s.owners & (1 << gi) != 0)
+                });
                 g.stacked = stacked[gi] - g.dead.len() as u64;
                 g.cursor = g.start_pseq.max(base).min(next);
                 g.oldest_hint = base;

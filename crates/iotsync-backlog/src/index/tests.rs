@@ -2,7 +2,7 @@
 use super::*;
 use crate::codec::Enc;
 use crate::config::BacklogConfig;
-use crate::types::ConsumerId;
+use crate::types::{ConsumerId, GroupSpec};
 use iotsync_core::SyncMessage;
 use iotsync_core::{Envelope, MessageKind};
 
@@ -12,7 +12,8 @@ fn index_with_group() -> (Index, Enc) {
     let mut ix = Index::new(&BacklogConfig::default(), 1, SpillPool::unbounded());
     let mut log = Enc::default();
     let p = ix.ensure_project(&"p".parse().unwrap(), &mut log);
-    ix.create_group(p, &"g".parse().unwrap(), &mut log).unwrap();
+    ix.create_group(p, &"g".parse().unwrap(), &GroupSpec::all(), &mut log)
+        .unwrap();
     (ix, log)
 }
 
@@ -45,9 +46,9 @@ fn a_message_is_not_leased_before_it_is_durable() {
     let (mut ix, mut log) = index_with_group();
     let a = append(&mut ix, &mut log, "k1", true);
     let b = append(&mut ix, &mut log, "k2", false);
-    assert_eq!(seqs(&ix.lease(0, 0, ConsumerId(1), 10, T0)), [a]);
+    assert_eq!(seqs(&ix.lease(0, 0, ConsumerId(1), 10, T0, &mut log)), [a]);
     ix.written(0, b, 1, 0, 10);
-    assert_eq!(seqs(&ix.lease(0, 0, ConsumerId(1), 10, T0)), [b]);
+    assert_eq!(seqs(&ix.lease(0, 0, ConsumerId(1), 10, T0, &mut log)), [b]);
     ix.verify().unwrap();
 }
 
@@ -56,12 +57,13 @@ fn parked_message_is_released_when_the_key_holder_is_acked() {
     let (mut ix, mut log) = index_with_group();
     let a = append(&mut ix, &mut log, "dev", true);
     let b = append(&mut ix, &mut log, "dev", true);
-    let first = ix.lease(0, 0, ConsumerId(1), 10, T0);
+    let first = ix.lease(0, 0, ConsumerId(1), 1, T0, &mut log);
     assert_eq!(seqs(&first), [a]);
+    // Another consumer meets b while consumer 1 holds the key: parked.
+    assert!(ix.lease(0, 0, ConsumerId(2), 10, T0, &mut log).is_empty());
     assert_eq!(ix.projects[0].groups[0].as_ref().unwrap().parked, 1);
-    assert!(ix.lease(0, 0, ConsumerId(2), 10, T0).is_empty());
     assert!(ix.settle(&first[0].token, TokenOp::Ack, T0, &mut log));
-    assert_eq!(seqs(&ix.lease(0, 0, ConsumerId(2), 10, T0)), [b]);
+    assert_eq!(seqs(&ix.lease(0, 0, ConsumerId(2), 10, T0, &mut log)), [b]);
     ix.verify().unwrap();
 }
 
@@ -72,7 +74,7 @@ fn failed_write_removes_the_message_from_the_index() {
     ix.unwritten(0, a);
     assert_eq!(ix.projects[0].live, 0);
     assert_eq!(ix.projects[0].groups[0].as_ref().unwrap().stacked, 0);
-    assert!(ix.lease(0, 0, ConsumerId(1), 10, T0).is_empty());
+    assert!(ix.lease(0, 0, ConsumerId(1), 10, T0, &mut log).is_empty());
     ix.verify().unwrap();
 }
 
@@ -83,4 +85,95 @@ fn expiry_is_never_early_and_at_most_a_second_late() {
     assert!(gen_s(gen) >= cutoff_s(gen + day - 1, day));
     assert!(gen_s(gen) >= cutoff_s(gen + day, day));
     assert!(gen_s(gen) < cutoff_s(gen + day + 1000, day));
+}
+
+#[test]
+fn the_key_holder_gets_a_devices_next_messages_pipelined_in_order() {
+    let (mut ix, mut log) = index_with_group();
+    let m: Vec<u64> = (0..5)
+        .map(|_| append(&mut ix, &mut log, "dev", true))
+        .collect();
+    let other = append(&mut ix, &mut log, "dev2", true);
+    assert_eq!(
+        seqs(&ix.lease(0, 0, ConsumerId(1), 3, T0, &mut log)),
+        m[..3]
+    );
+    // Consumer 2 cannot take the held key's messages, but takes the other key.
+    assert_eq!(
+        seqs(&ix.lease(0, 0, ConsumerId(2), 10, T0, &mut log)),
+        [other]
+    );
+    // The holder takes what was parked for it, in order, before anything else.
+    assert_eq!(
+        seqs(&ix.lease(0, 0, ConsumerId(1), 10, T0, &mut log)),
+        m[3..]
+    );
+    ix.verify().unwrap();
+}
+
+#[test]
+fn a_freed_key_goes_to_the_next_consumer_with_all_its_parked_messages() {
+    let (mut ix, mut log) = index_with_group();
+    let m: Vec<u64> = (0..4)
+        .map(|_| append(&mut ix, &mut log, "dev", true))
+        .collect();
+    let first = ix.lease(0, 0, ConsumerId(1), 1, T0, &mut log);
+    assert!(ix.lease(0, 0, ConsumerId(2), 10, T0, &mut log).is_empty());
+    assert!(ix.settle(&first[0].token, TokenOp::Ack, T0, &mut log));
+    assert_eq!(
+        seqs(&ix.lease(0, 0, ConsumerId(2), 10, T0, &mut log)),
+        m[1..]
+    );
+    ix.verify().unwrap();
+}
+
+#[test]
+fn a_schedule_dead_letters_after_its_last_delivery() {
+    let (mut ix, mut log) = index_with_group();
+    let spec = GroupSpec {
+        filter: Default::default(),
+        retry: crate::types::GroupRetry::Schedule {
+            delays_ms: vec![10, 30],
+            max_deliveries: 3,
+        },
+    };
+    ix.create_group(0, &"g".parse().unwrap(), &spec, &mut log)
+        .unwrap();
+    let a = append(&mut ix, &mut log, "dev", true);
+    let mut now = T0;
+    for (attempt, delay) in [(1, 10), (2, 30)] {
+        let l = ix.lease(0, 0, ConsumerId(1), 10, now, &mut log);
+        assert_eq!(seqs(&l), [a]);
+        assert_eq!(l[0].attempts, attempt);
+        assert!(ix.settle(&l[0].token, TokenOp::Nack, now, &mut log));
+        assert!(ix
+            .lease(0, 0, ConsumerId(1), 10, now + delay - 1, &mut log)
+            .is_empty());
+        now += delay;
+    }
+    let l = ix.lease(0, 0, ConsumerId(1), 10, now, &mut log);
+    assert_eq!(l[0].attempts, 3);
+    assert!(ix.settle(&l[0].token, TokenOp::Nack, now, &mut log));
+    let g = ix.projects[0].groups[0].as_ref().unwrap();
+    assert_eq!(g.dead.get(&a).map(|d| d.attempts), Some(3));
+    assert_eq!(g.stacked, 0);
+    ix.verify().unwrap();
+}
+
+#[test]
+fn a_filter_routes_at_append() {
+    let (mut ix, mut log) = index_with_group();
+    let spec = GroupSpec {
+        filter: iotsync_core::GroupFilter::data_class(iotsync_core::DataClass::User),
+        retry: Default::default(),
+    };
+    ix.create_group(0, &"users".parse().unwrap(), &spec, &mut log)
+        .unwrap();
+    // An event is device data: only group "g" takes it.
+    append(&mut ix, &mut log, "dev", true);
+    let p = &ix.projects[0];
+    assert_eq!(p.groups[0].as_ref().unwrap().stacked, 1);
+    assert_eq!(p.groups[1].as_ref().unwrap().stacked, 0);
+    assert_eq!(p.groups[1].as_ref().unwrap().counters.appended, 0);
+    ix.verify().unwrap();
 }

@@ -35,7 +35,7 @@ impl Index {
                         let places = g.in_flight.contains_key(&pseq) as u32
                             + g.retry_due.contains_key(&pseq) as u32
                             + dead as u32
-                            + g.keys.get(&s.key).is_some_and(|q| q.contains(&pseq)) as u32;
+                            + g.keys.get(&s.key).is_some_and(|h| h.parked.contains(&pseq)) as u32;
                         check(places == 1, || {
                             format!(
                                 "{}: seq {pseq} of group {} is in {places} places",
@@ -53,15 +53,43 @@ impl Index {
                 check(g.retry.len() == g.retry_due.len(), || {
                     "retry index out of step".into()
                 })?;
-                let parked: usize = g.keys.values().map(|q| q.len()).sum();
+                let parked: usize = g.keys.values().map(|h| h.parked.len()).sum();
                 check(parked == g.parked, || "parked count out of step".into())?;
-                let holders = g.in_flight.values().filter(|l| l.holds_key).count()
-                    + g.retry.values().filter(|w| w.holds_key).count();
-                check(holders == g.keys.len(), || {
+                // Every key hold counts exactly the messages holding it, and exists only
+                // while one does.
+                let mut holders: std::collections::HashMap<u32, u32> = Default::default();
+                let key_of = |pseq: u64| p.slots.peek(pseq).map(|s| s.key);
+                for (pseq, l) in &g.in_flight {
+                    if l.holds_key {
+                        *holders
+                            .entry(key_of(*pseq).unwrap_or(u32::MAX))
+                            .or_default() += 1;
+                    }
+                }
+                for ((_, pseq), w) in &g.retry {
+                    if w.holds_key {
+                        *holders
+                            .entry(key_of(*pseq).unwrap_or(u32::MAX))
+                            .or_default() += 1;
+                    }
+                }
+                for (k, h) in &g.keys {
+                    check(h.active > 0 && holders.get(k) == Some(&h.active), || {
+                        format!(
+                            "{}: group {}: key {k} holds {} but {:?} messages hold it",
+                            p.id,
+                            g.name,
+                            h.active,
+                            holders.get(k)
+                        )
+                    })?;
+                }
+                check(holders.len() == g.keys.len(), || {
                     format!(
-                        "{}: group {}: {holders} key holders for {} held keys",
+                        "{}: group {}: {} keys held by messages, {} holds",
                         p.id,
                         g.name,
+                        holders.len(),
                         g.keys.len()
                     )
                 })?;

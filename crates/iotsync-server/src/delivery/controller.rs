@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use iotsync_backlog::{Backlog, BacklogConfig};
+use std::time::Duration;
+
+use iotsync_backlog::{Backlog, GroupSpec};
 use iotsync_core::sync_rules::{Route, SyncMethod, SyncSettings, Transition};
 use iotsync_core::{ConsumerGroup, ProjectId};
 use iotsync_store::Registry;
@@ -14,10 +16,27 @@ use super::hub::{CloseReason, DeliveryHub};
 use super::ChannelKind;
 use crate::api::SyncListener;
 
+/// How long a project's backlog is kept, by its sync method (SPEC §5: AMQP 1 day,
+/// HTTP/2 7 days). The backlog knows retention, not methods: this is where they meet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    pub amqp: Duration,
+    pub http2: Duration,
+}
+
+impl RetentionPolicy {
+    pub fn for_method(&self, method: SyncMethod) -> Duration {
+        match method {
+            SyncMethod::Amqp => self.amqp,
+            SyncMethod::Http2 => self.http2,
+        }
+    }
+}
+
 pub struct SyncController {
     pub registry: Arc<dyn Registry>,
     pub hub: Arc<DeliveryHub>,
-    pub backlog_cfg: BacklogConfig,
+    pub retention: RetentionPolicy,
 }
 
 /// The method whose retention a project's stack is held to: the single method, or
@@ -39,12 +58,16 @@ impl SyncController {
             // The default group exists from enabling on, so nothing produced before the
             // first consumer connects is lost.
             self.backlog()
-                .create_group(project, &ConsumerGroup::default_for(&p.app_key))
+                .create_group(
+                    project,
+                    &ConsumerGroup::default_for(&p.app_key),
+                    &GroupSpec::all(),
+                )
                 .await?;
         }
         if let Some(m) = retention_method(settings) {
             self.backlog()
-                .set_retention(project, self.backlog_cfg.retention_for(m))
+                .set_retention(project, self.retention.for_method(m))
                 .await?;
         }
         self.backlog()

@@ -175,7 +175,9 @@ impl DeliveryHub {
     /// Attaches a consumer: creates the group if it is new (it receives messages from
     /// now on), registers the consumer for the project's close signals.
     pub async fn attach(self: &Arc<Self>, req: AttachRequest) -> Result<ConsumerLink, AttachError> {
-        self.backlog.create_group(&req.project, &req.group).await?;
+        self.backlog
+            .create_group(&req.project, &req.group, &iotsync_backlog::GroupSpec::all())
+            .await?;
         let watch = self.backlog.watch(&req.project, &req.group)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = watch::channel(None);

@@ -153,7 +153,11 @@ impl WebhookEngine {
                 // device data produced before the first consumer connects is kept.
                 self.ctx
                     .backlog
-                    .create_group(&pid, &ConsumerGroup::default_for(&app_key))
+                    .create_group(
+                        &pid,
+                        &ConsumerGroup::default_for(&app_key),
+                        &iotsync_backlog::GroupSpec::all(),
+                    )
                     .await?;
             }
             if let Some(group) = pusher_group(&app_key, &s) {
