@@ -33,6 +33,9 @@ pub(crate) const TAG_GROUP_SPEC: u8 = 15;
 /// A run of consecutive messages was leased to a group with this attempt count (so
 /// attempt counts survive a restart).
 pub(crate) const TAG_LEASED: u8 = 16;
+/// A relocated message that also carries each group's attempt count (written from now
+/// on; `TAG_RELOCATED` is still read).
+pub(crate) const TAG_RELOCATED2: u8 = 17;
 
 /// Byte offset of the `owners` field inside a message body (tag, proj, pseq).
 pub(crate) const MSG_OWNERS_AT: usize = 1 + 4 + 8;
@@ -98,6 +101,8 @@ pub(crate) enum Record {
     Relocated {
         head: MsgHead,
         dead: Vec<DeadMark>,
+        /// Attempt counts per group slot at relocation (`None` in the older format).
+        tries: Option<Vec<(u8, u32)>>,
     },
     Ack {
         proj: u32,
@@ -246,13 +251,24 @@ impl Enc {
 
     /// A relocated copy of a message record: current owners and dead-letter marks, then
     /// the original body.
-    pub fn relocated(&mut self, dead: &[DeadMark], owners: u32, original_body: &[u8]) {
-        self.begin(TAG_RELOCATED);
+    pub fn relocated(
+        &mut self,
+        dead: &[DeadMark],
+        tries: &[(u8, u32)],
+        owners: u32,
+        original_body: &[u8],
+    ) {
+        self.begin(TAG_RELOCATED2);
         self.u8(dead.len() as u8);
         for d in dead {
             self.u8(d.group);
             self.u32(d.attempts);
             self.i64(d.at_ms);
+        }
+        self.u8(tries.len() as u8);
+        for (g, a) in tries {
+            self.u8(*g);
+            self.u32(*a);
         }
         let inner = self.buf.len();
         self.buf.extend_from_slice(original_body);
@@ -555,6 +571,30 @@ fn msg_head(d: &mut Dec<'_>) -> Result<MsgHead, DecodeError> {
     })
 }
 
+fn tries_marks(d: &mut Dec<'_>) -> Result<Vec<(u8, u32)>, DecodeError> {
+    let n = d.u8()? as usize;
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push((d.u8()?, d.u32()?));
+    }
+    Ok(v)
+}
+
+/// Skips the marks in front of a relocated record's message body.
+fn relocation_marks(
+    d: &mut Dec<'_>,
+    tag: u8,
+) -> Result<(Vec<DeadMark>, Option<Vec<(u8, u32)>>), DecodeError> {
+    d.u8()?;
+    let dead = dead_marks(d)?;
+    let tries = if tag == TAG_RELOCATED2 {
+        Some(tries_marks(d)?)
+    } else {
+        None
+    };
+    Ok((dead, tries))
+}
+
 fn dead_marks(d: &mut Dec<'_>) -> Result<Vec<DeadMark>, DecodeError> {
     let n = d.u8()? as usize;
     let mut v = Vec::with_capacity(n);
@@ -574,12 +614,12 @@ pub(crate) fn decode(body: &[u8]) -> Result<Record, DecodeError> {
     let tag = *body.first().ok_or_else(|| derr("empty record"))?;
     Ok(match tag {
         TAG_MSG => Record::Msg(msg_head(&mut d)?),
-        TAG_RELOCATED => {
-            d.u8()?;
-            let dead = dead_marks(&mut d)?;
+        TAG_RELOCATED | TAG_RELOCATED2 => {
+            let (dead, tries) = relocation_marks(&mut d, tag)?;
             Record::Relocated {
                 head: msg_head(&mut d)?,
                 dead,
+                tries,
             }
         }
         _ => {
@@ -695,10 +735,9 @@ pub(crate) fn decode(body: &[u8]) -> Result<Record, DecodeError> {
 
 /// The message body inside a message or relocated record body.
 pub(crate) fn message_body(body: &[u8]) -> Result<&[u8], DecodeError> {
-    if body.first() == Some(&TAG_RELOCATED) {
+    if let Some(&tag @ (TAG_RELOCATED | TAG_RELOCATED2)) = body.first() {
         let mut d = Dec::new(body);
-        d.u8()?;
-        dead_marks(&mut d)?;
+        relocation_marks(&mut d, tag)?;
         Ok(&body[d.at..])
     } else {
         Ok(body)
@@ -708,9 +747,8 @@ pub(crate) fn message_body(body: &[u8]) -> Result<&[u8], DecodeError> {
 /// Decodes the full message of a message or relocated body, for delivery.
 pub(crate) fn decode_message(body: &[u8], project: &ProjectId) -> Result<SyncMessage, DecodeError> {
     let mut d = Dec::new(body);
-    if body.first() == Some(&TAG_RELOCATED) {
-        d.u8()?;
-        dead_marks(&mut d)?;
+    if let Some(&tag @ (TAG_RELOCATED | TAG_RELOCATED2)) = body.first() {
+        relocation_marks(&mut d, tag)?;
     }
     if d.u8()? != TAG_MSG {
         return Err(derr("not a message record"));
@@ -758,7 +796,7 @@ pub(crate) fn check_frame(b: &[u8]) -> Option<usize> {
         return None;
     }
     let tag = b[FRAME_HEADER];
-    if !(TAG_MSG..=TAG_LEASED).contains(&tag) {
+    if !(TAG_MSG..=TAG_RELOCATED2).contains(&tag) {
         return None;
     }
     (crc32fast::hash(&b[FRAME_HEADER..FRAME_HEADER + len]) == crc).then_some(len)
@@ -819,11 +857,12 @@ mod tests {
             attempts: 3,
             at_ms: 9,
         }];
-        r.relocated(&marks, 0b10, &body);
+        r.relocated(&marks, &[(0, 4)], 0b10, &body);
         let n = check_frame(&r.buf).unwrap();
         let rbody = &r.buf[FRAME_HEADER..FRAME_HEADER + n];
         match decode(rbody).unwrap() {
-            Record::Relocated { head, dead } => {
+            Record::Relocated { head, dead, tries } => {
+                assert_eq!(tries, Some(vec![(0, 4)]));
                 assert_eq!(head.owners, 0b10);
                 assert_eq!(head.pseq, 5);
                 assert_eq!(dead, marks);

@@ -23,8 +23,10 @@ pub(crate) struct Recovered {
 
 fn apply(index: &mut Index, rec: Record, loc: (u32, u32, u32)) {
     match rec {
-        Record::Msg(h) => index.replay_msg(&h, None, loc),
-        Record::Relocated { head, dead } => index.replay_msg(&head, Some(&dead), loc),
+        Record::Msg(h) => index.replay_msg(&h, None, None, loc),
+        Record::Relocated { head, dead, tries } => {
+            index.replay_msg(&head, Some(&dead), tries.as_deref(), loc)
+        }
         Record::Ack { proj, group, pseq } => index.replay_ack(proj, group, pseq),
         Record::Reject {
             proj,

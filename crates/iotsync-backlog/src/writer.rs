@@ -425,8 +425,9 @@ fn maintain(shared: &Shared, st: &mut State) {
             }
         };
         let marks = st.index.dead_marks(proj, pseq);
+        let tries = st.index.attempt_marks(proj, pseq);
         let start = st.pending.enc.buf.len();
-        st.pending.enc.relocated(&marks, s.owners, inner);
+        st.pending.enc.relocated(&marks, &tries, s.owners, inner);
         let len = st.pending.enc.buf.len() - start;
         st.pending.relocs.push(PendingReloc {
             proj,

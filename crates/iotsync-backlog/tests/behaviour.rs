@@ -558,3 +558,79 @@ async fn parking_behind_a_busy_key_is_bounded_and_the_rest_follows_when_it_drain
     assert!(order.contains(&"q0".to_string()), "{order:?}");
     assert_eq!(b.stats(&p).await.unwrap().groups[0].stacked, 0);
 }
+
+#[tokio::test]
+async fn attempt_counts_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let p = project("p1");
+    let g = group("g1");
+    {
+        let (b, _) = open(dir.path(), &clock, config());
+        b.create_group(&p, &g, &iotsync_backlog::GroupSpec::all())
+            .await
+            .unwrap();
+        b.append(vec![msg(&p, "k1", "m1", T0), msg(&p, "k2", "m2", T0)])
+            .await
+            .unwrap();
+        let first = b.lease(&p, &g, C1, 10).await.unwrap();
+        assert_eq!(first.iter().map(|d| d.attempt).collect::<Vec<_>>(), [1, 1]);
+        // m2 is released and delivered again: its second attempt.
+        b.nack(&first[1].token).await.unwrap();
+        clock.advance_ms(2_000);
+        b.tick().await.unwrap();
+        let again = b.lease(&p, &g, C2, 10).await.unwrap();
+        assert_eq!(ids(&again), ["m2"]);
+        assert_eq!(again[0].attempt, 2);
+        b.close().await.unwrap();
+    }
+    // In flight when the engine stopped: the first delivery after the restart says so.
+    let (b, _) = open(dir.path(), &clock, config());
+    let ds = b.lease(&p, &g, C1, 10).await.unwrap();
+    assert_eq!(ids(&ds), ["m1", "m2"]);
+    assert_eq!(ds.iter().map(|d| d.attempt).collect::<Vec<_>>(), [2, 3]);
+    b.verify_invariants().unwrap();
+}
+
+#[tokio::test]
+async fn attempt_counts_survive_restarts_after_old_segments_are_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let p = project("p1");
+    let g0 = group("g0");
+    let g1 = group("g1");
+    let spec1 = iotsync_backlog::GroupSpec {
+        filter: iotsync_core::GroupFilter::data_class(iotsync_core::DataClass::Device),
+        retry: Default::default(),
+    };
+    {
+        let (b, _) = open(dir.path(), &clock, config());
+        b.create_group(&p, &g0, &iotsync_backlog::GroupSpec::all())
+            .await
+            .unwrap();
+        b.create_group(&p, &g1, &spec1).await.unwrap();
+        b.append(vec![msg(&p, "k0", "m0", T0), user_msg(&p, "k0", "m1", T0)])
+            .await
+            .unwrap();
+        let d = b.lease(&p, &g0, C1, 1).await.unwrap();
+        b.ack(&d[0].token).await.unwrap();
+        b.close().await.unwrap();
+    }
+    {
+        let (b, _) = open(dir.path(), &clock, config());
+        let d = b.lease(&p, &g1, C1, 1).await.unwrap();
+        assert_eq!(ids(&d), ["m0"]);
+        b.ack(&d[0].token).await.unwrap();
+        b.append(vec![msg(&p, "k0", "m2", T0)]).await.unwrap();
+        let d = b.lease(&p, &g0, C1, 1).await.unwrap();
+        assert_eq!(ids(&d), ["m1"]);
+        b.ack(&d[0].token).await.unwrap();
+        let d = b.lease(&p, &g0, C1, 1).await.unwrap();
+        assert_eq!(ids(&d), ["m2"]);
+        b.close().await.unwrap();
+    }
+    let (b, _) = open(dir.path(), &clock, config());
+    let d = b.lease(&p, &g0, C1, 10).await.unwrap();
+    assert_eq!(ids(&d), ["m2"]);
+    assert_eq!(d[0].attempt, 2);
+}

@@ -3,11 +3,17 @@
 //! restarts. After every step the engine's answers and figures must agree with the model;
 //! at the end a drain must deliver every message the model still owes.
 //!
+//! Group 0 takes everything and retries with backoff; group 1's filter takes device data
+//! only (routing at append) and its retry schedule dead-letters after 3 deliveries.
+//!
 //! Properties checked:
 //! - nothing acked, dead-lettered, dropped or expired is delivered (also after restart);
+//! - a group gets exactly the messages its filter takes;
 //! - a message is at most once in flight per group;
-//! - per group and ordering key, a delivery never overtakes an earlier message that is not
-//!   done (dead letters retried through the API are exempt, as documented);
+//! - per group and ordering key, a first delivery never overtakes an earlier message that
+//!   is not done, unless that one is in flight to the same consumer (pipelining) or was
+//!   redelivered (dead letters retried through the API are exempt, as documented);
+//! - attempt counts go up by one per delivery, across restarts and crashes too;
 //! - nothing unacked and unexpired is lost (the final drain delivers all of it);
 //! - counters (stacked, in flight, dead letters, appended, acked, expired, timed out,
 //!   consumer loss) match the model, across restarts too.
@@ -32,6 +38,7 @@ enum Op {
         n: usize,
         key: u8,
         age_ms: i64,
+        user: bool,
     },
     Lease {
         group: usize,
@@ -55,8 +62,8 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (1usize..4, 0u8..3, prop_oneof![Just(0i64), 0..DAY, DAY - 60_000..DAY + 60_000])
-            .prop_map(|(n, key, age_ms)| Op::Append { n, key, age_ms }),
+        4 => (1usize..4, 0u8..3, prop_oneof![Just(0i64), 0..DAY, DAY - 60_000..DAY + 60_000], prop::bool::weighted(0.25))
+            .prop_map(|(n, key, age_ms, user)| Op::Append { n, key, age_ms, user }),
         5 => (0..GROUPS, 0u64..3, 1usize..5).prop_map(|(group, consumer, max)| Op::Lease { group, consumer, max }),
         4 => any::<usize>().prop_map(Op::Ack),
         2 => any::<usize>().prop_map(Op::Nack),
@@ -87,6 +94,8 @@ enum St {
     Dead,
     Dropped,
     Expired,
+    /// The group's filter does not take it.
+    NotTaken,
 }
 
 impl St {
@@ -106,11 +115,31 @@ struct Counters {
     rejected: u64,
 }
 
+/// Group 1's schedule: dead letter after this many deliveries.
+const MAX_DELIVERIES: u32 = 3;
+
+fn spec(g: usize) -> iotsync_backlog::GroupSpec {
+    if g == 0 {
+        return iotsync_backlog::GroupSpec::all();
+    }
+    iotsync_backlog::GroupSpec {
+        filter: iotsync_core::GroupFilter::data_class(iotsync_core::DataClass::Device),
+        retry: iotsync_backlog::GroupRetry::Schedule {
+            delays_ms: vec![1_000, 4_000],
+            max_deliveries: MAX_DELIVERIES,
+        },
+    }
+}
+
 struct Model {
-    /// (id, key, generate_time)
-    msgs: Vec<(String, u8, i64)>,
+    /// (id, key, generate_time, user data)
+    msgs: Vec<(String, u8, i64, bool)>,
     st: Vec<[St; GROUPS]>,
     exempt: Vec<[bool; GROUPS]>,
+    /// Deliveries so far (what the next delivery's attempt continues from).
+    attempts: Vec<[u32; GROUPS]>,
+    /// Went back for a redelivery since the last restart: may be overtaken.
+    redelivered: Vec<[bool; GROUPS]>,
     counters: [Counters; GROUPS],
     retention: i64,
 }
@@ -119,7 +148,7 @@ impl Model {
     fn expire(&mut self, now: i64) -> u64 {
         let mut n = 0;
         let cutoff = (now - self.retention).div_euclid(1000);
-        for (i, (_, _, gen)) in self.msgs.iter().enumerate() {
+        for (i, (_, _, gen, _)) in self.msgs.iter().enumerate() {
             if gen.div_euclid(1000) >= cutoff {
                 continue;
             }
@@ -139,15 +168,29 @@ impl Model {
 
     fn timeouts(&mut self, now: i64) -> u64 {
         let mut n = 0;
-        for s in self.st.iter_mut().flat_map(|a| a.iter_mut()) {
-            if let St::InFlight { deadline, .. } = *s {
-                if deadline <= now {
-                    *s = St::Waiting;
-                    n += 1;
+        for i in 0..self.msgs.len() {
+            for g in 0..GROUPS {
+                if let St::InFlight { deadline, .. } = self.st[i][g] {
+                    if deadline <= now {
+                        self.retry_or_dead(i, g);
+                        n += 1;
+                    }
                 }
             }
         }
         n
+    }
+
+    /// A delivery failed (nack, time-out): retried, or dead once group 1's schedule is
+    /// used up.
+    fn retry_or_dead(&mut self, i: usize, g: usize) {
+        if g == 1 && self.attempts[i][g] >= MAX_DELIVERIES {
+            self.st[i][g] = St::Dead;
+            self.counters[g].rejected += 1;
+        } else {
+            self.st[i][g] = St::Waiting;
+            self.redelivered[i][g] = true;
+        }
     }
 }
 
@@ -169,7 +212,7 @@ impl Harness {
     }
 
     fn idx_of(&self, id: &str) -> usize {
-        self.m.msgs.iter().position(|(m, _, _)| m == id).unwrap()
+        self.m.msgs.iter().position(|(m, _, _, _)| m == id).unwrap()
     }
 
     async fn tick(&mut self) {
@@ -198,10 +241,11 @@ impl Harness {
         for d in ds {
             let id = d.message.envelope.message_id.to_string();
             let i = self.idx_of(&id);
-            let (_, key, gen) = self.m.msgs[i].clone();
+            let (_, key, gen, user) = self.m.msgs[i].clone();
+            let make = if user { user_msg } else { msg };
             assert_eq!(
                 d.message,
-                msg(&self.p, &format!("k{key}"), &id, gen),
+                make(&self.p, &format!("k{key}"), &id, gen),
                 "body of {id}"
             );
             let s = self.m.st[i][g];
@@ -209,19 +253,30 @@ impl Harness {
                 matches!(s, St::Pending | St::Waiting),
                 "{id} delivered to group {g} while {s:?}"
             );
-            if !self.m.exempt[i][g] {
+            if !self.m.exempt[i][g] && !self.m.redelivered[i][g] {
                 for j in 0..i {
-                    if self.m.msgs[j].1 == key && !self.m.exempt[j][g] {
-                        assert!(
-                            self.m.st[j][g].done(),
-                            "{id} overtook {} of the same key in group {g} ({:?})",
-                            self.m.msgs[j].0,
-                            self.m.st[j][g]
-                        );
+                    if self.m.msgs[j].1 != key || self.m.exempt[j][g] || self.m.redelivered[j][g] {
+                        continue;
                     }
+                    let sj = self.m.st[j][g];
+                    let pipelined = matches!(sj, St::InFlight { consumer: c, .. } if c == consumer);
+                    assert!(
+                        sj.done() || pipelined,
+                        "{id} (to consumer {consumer}) overtook {} of the same key in group {g} ({sj:?})",
+                        self.m.msgs[j].0,
+                    );
                 }
             }
-            assert!(d.attempt >= 1);
+            eprintln!(
+                "DBG lease g{g} c{consumer} {id} attempt {} model {}",
+                d.attempt, self.m.attempts[i][g]
+            );
+            assert_eq!(
+                d.attempt,
+                self.m.attempts[i][g] + 1,
+                "attempt of {id} in group {g}"
+            );
+            self.m.attempts[i][g] += 1;
             assert_eq!(d.ack_deadline_ms, now + 30_000);
             self.m.st[i][g] = St::InFlight {
                 deadline: d.ack_deadline_ms,
@@ -256,17 +311,17 @@ impl Harness {
                 self.m.msgs[i].0
             ),
         }
-        self.m.st[i][g] = match what {
+        match what {
             "ack" => {
                 self.m.counters[g].acked += 1;
-                St::Acked
+                self.m.st[i][g] = St::Acked;
             }
-            "nack" => St::Waiting,
+            "nack" => self.m.retry_or_dead(i, g),
             _ => {
                 self.m.counters[g].rejected += 1;
-                St::Dead
+                self.m.st[i][g] = St::Dead;
             }
-        };
+        }
     }
 
     async fn dead(&mut self, pick: usize, retry: bool) {
@@ -290,6 +345,8 @@ impl Harness {
                 self.m.st[i][g] = if retry { St::Pending } else { St::Dropped };
                 if retry {
                     self.m.exempt[i][g] = true;
+                    // A retried dead letter starts again as a fresh delivery.
+                    self.m.attempts[i][g] = 0;
                 }
             }
         }
@@ -308,6 +365,10 @@ impl Harness {
             if matches!(s, St::InFlight { .. } | St::Waiting) {
                 *s = St::Pending;
             }
+        }
+        // After a restart everything owed goes out fresh, in order again.
+        for r in self.m.redelivered.iter_mut().flat_map(|a| a.iter_mut()) {
+            *r = false;
         }
     }
 
@@ -349,17 +410,30 @@ impl Harness {
 
     async fn apply(&mut self, op: Op) {
         match op {
-            Op::Append { n, key, age_ms } => {
+            Op::Append {
+                n,
+                key,
+                age_ms,
+                user,
+            } => {
                 let now = self.clock_now();
                 let mut batch = Vec::new();
+                let make = if user { user_msg } else { msg };
                 for _ in 0..n {
                     let id = format!("m{}", self.next_id);
                     self.next_id += 1;
-                    batch.push(msg(&self.p, &format!("k{key}"), &id, now - age_ms));
-                    self.m.msgs.push((id, key, now - age_ms));
-                    self.m.st.push([St::Pending; GROUPS]);
+                    batch.push(make(&self.p, &format!("k{key}"), &id, now - age_ms));
+                    self.m.msgs.push((id, key, now - age_ms, user));
+                    // Group 1 takes device data only.
+                    let st1 = if user { St::NotTaken } else { St::Pending };
+                    self.m.st.push([St::Pending, st1]);
                     self.m.exempt.push([false; GROUPS]);
-                    self.m.counters.iter_mut().for_each(|c| c.appended += 1);
+                    self.m.attempts.push([0; GROUPS]);
+                    self.m.redelivered.push([false; GROUPS]);
+                    self.m.counters[0].appended += 1;
+                    if !user {
+                        self.m.counters[1].appended += 1;
+                    }
                 }
                 assert_eq!(self.b().append(batch).await.unwrap().stored, n);
             }
@@ -376,10 +450,15 @@ impl Harness {
             Op::Gone(c) => {
                 let n = self.b().consumer_gone(ConsumerId(c)).await.unwrap();
                 let mut expect = 0;
-                for s in self.m.st.iter_mut().flat_map(|a| a.iter_mut()) {
-                    if matches!(*s, St::InFlight { consumer, .. } if consumer == c) {
-                        *s = St::Waiting;
-                        expect += 1;
+                for i in 0..self.m.msgs.len() {
+                    for g in 0..GROUPS {
+                        if matches!(self.m.st[i][g], St::InFlight { consumer, .. } if consumer == c)
+                        {
+                            // Not the message's fault: back at once, no schedule step.
+                            self.m.st[i][g] = St::Waiting;
+                            self.m.redelivered[i][g] = true;
+                            expect += 1;
+                        }
                     }
                 }
                 assert_eq!(n, expect, "released by consumer {c}");
@@ -489,10 +568,8 @@ fn run(ops: Vec<Op>, segment_bytes: u64, index_memory_bytes: usize) {
         let (b, _) = open(dir.path(), &clock, cfg.clone());
         let p = project("p1");
         let groups: Vec<ConsumerGroup> = (0..GROUPS).map(|g| group(&format!("g{g}"))).collect();
-        for g in &groups {
-            b.create_group(&p, g, &iotsync_backlog::GroupSpec::all())
-                .await
-                .unwrap();
+        for (i, g) in groups.iter().enumerate() {
+            b.create_group(&p, g, &spec(i)).await.unwrap();
         }
         let mut h = Harness {
             dir,
@@ -503,6 +580,8 @@ fn run(ops: Vec<Op>, segment_bytes: u64, index_memory_bytes: usize) {
                 msgs: Vec::new(),
                 st: Vec::new(),
                 exempt: Vec::new(),
+                attempts: Vec::new(),
+                redelivered: Vec::new(),
                 counters: Default::default(),
                 retention: DAY,
             },

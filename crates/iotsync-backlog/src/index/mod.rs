@@ -318,6 +318,9 @@ pub(crate) struct Project {
     /// Dead-letter marks met during replay, by (group slot, pseq): kept apart because a
     /// record may name a group before the snapshot that defines it.
     replay_dead: BTreeMap<(u8, u64), DeadInfo>,
+    /// Attempt counts from lease records met during replay, by (group slot, pseq): kept
+    /// apart for the same reason.
+    replay_prior: HashMap<(u8, u64), u32>,
 }
 
 impl Project {
@@ -336,6 +339,7 @@ impl Project {
             dropped_by_group_delete: 0,
             live: 0,
             replay_dead: BTreeMap::new(),
+            replay_prior: HashMap::new(),
         }
     }
 
@@ -961,6 +965,27 @@ impl Index {
 
     pub fn memory_usage(&self) -> crate::types::IndexMemory {
         self.pool.usage()
+    }
+
+    /// Each group's attempt count of a message (for its relocated copy: the lease records
+    /// that said so may be in the segment being dropped).
+    pub fn attempt_marks(&self, proj: u32, pseq: u64) -> Vec<(u8, u32)> {
+        let p = &self.projects[proj as usize];
+        p.groups
+            .iter()
+            .enumerate()
+            .filter_map(|(i, g)| {
+                let g = g.as_ref()?;
+                let a = if let Some(l) = g.in_flight.get(&pseq) {
+                    l.attempts
+                } else if let Some(due) = g.retry_due.get(&pseq) {
+                    g.retry.get(&(*due, pseq)).map_or(0, |w| w.attempts)
+                } else {
+                    g.prior.get(&pseq).copied().unwrap_or(0)
+                };
+                (a > 0).then_some((i as u8, a))
+            })
+            .collect()
     }
 
     /// Dead-letter marks of a message (for its relocated copy).

@@ -32,8 +32,23 @@ impl Index {
     }
 
     /// Replays a message record found at (seg, off, len).
-    pub fn replay_msg(&mut self, h: &MsgHead, dead: Option<&[DeadMark]>, loc: (u32, u32, u32)) {
+    pub fn replay_msg(
+        &mut self,
+        h: &MsgHead,
+        dead: Option<&[DeadMark]>,
+        tries: Option<&[(u8, u32)]>,
+        loc: (u32, u32, u32),
+    ) {
         let p = self.replay_project(h.proj);
+        if let Some(tries) = tries {
+            // A relocated copy says where every group's attempt count stood.
+            for gi in 0..MAX_GROUPS_PER_PROJECT as u8 {
+                p.replay_prior.remove(&(gi, h.pseq));
+            }
+            for (gi, a) in tries {
+                p.replay_prior.insert((*gi, h.pseq), *a);
+            }
+        }
         if h.pseq < p.base() {
             p.slots.grow_front_to(h.pseq);
         }
@@ -86,17 +101,13 @@ impl Index {
     /// Attempt counts of a run of leases (kept while the message is owed).
     pub fn replay_leased(&mut self, proj: u32, slot: u8, first: u64, count: u32, attempts: u32) {
         let p = self.replay_project(proj);
-        if let Some(Some(g)) = p.groups.get_mut(slot as usize) {
-            for pseq in first..first.saturating_add(count as u64) {
-                g.prior.insert(pseq, attempts);
-            }
+        for pseq in first..first.saturating_add(count as u64) {
+            p.replay_prior.insert((slot, pseq), attempts);
         }
     }
 
     fn replay_settled(&mut self, proj: u32, slot: u8, pseq: u64) {
-        if let Some(Some(g)) = self.replay_project(proj).groups.get_mut(slot as usize) {
-            g.prior.remove(&pseq);
-        }
+        self.replay_project(proj).replay_prior.remove(&(slot, pseq));
     }
 
     pub fn replay_ack(&mut self, proj: u32, slot: u8, pseq: u64) {
@@ -132,6 +143,7 @@ impl Index {
 
     pub fn replay_group_create(&mut self, proj: u32, slot: u8, gen: u32, start: u64, name: &str) {
         let p = self.replay_project(proj);
+        p.replay_prior.retain(|(g, _), _| *g != slot);
         if let (Some(s), Ok(name)) = (p.groups.get_mut(slot as usize), name.parse()) {
             *s = Some(Group::new(name, GroupSpec::all(), gen, start));
             p.next_gen = p.next_gen.max(gen + 1);
@@ -148,9 +160,9 @@ impl Index {
     }
 
     pub fn replay_group_delete(&mut self, proj: u32, slot: u8) {
-        self.replay_project(proj)
-            .replay_dead
-            .retain(|(g, _), _| *g != slot);
+        let p = self.replay_project(proj);
+        p.replay_dead.retain(|(g, _), _| *g != slot);
+        p.replay_prior.retain(|(g, _), _| *g != slot);
         if (slot as usize) < MAX_GROUPS_PER_PROJECT {
             self.drop_group(proj, slot);
         }
@@ -267,6 +279,11 @@ impl Index {
             for ((gi, pseq), info) in std::mem::take(&mut p.replay_dead) {
                 if let Some(Some(g)) = p.groups.get_mut(gi as usize) {
                     g.dead.insert(pseq, info);
+                }
+            }
+            for ((gi, pseq), attempts) in std::mem::take(&mut p.replay_prior) {
+                if let Some(Some(g)) = p.groups.get_mut(gi as usize) {
+                    g.prior.insert(pseq, attempts);
                 }
             }
             for (gi, g) in p.groups.iter_mut().enumerate() {

@@ -52,3 +52,11 @@ pub fn ids(ds: &[iotsync_backlog::Delivery]) -> Vec<String> {
         .map(|d| d.message.envelope.message_id.to_string())
         .collect()
 }
+
+/// A user-data message (a binding) of the device `key`.
+pub fn user_msg(project: &ProjectId, key: &str, id: &str, generate_time: i64) -> SyncMessage {
+    let mut m = msg(project, key, id, generate_time);
+    m.kind = MessageKind::Binding(iotsync_core::BindingOperation::Bind);
+    m.envelope.topic = format!("/a1prod/{key}/thing/user/binding");
+    m
+}
