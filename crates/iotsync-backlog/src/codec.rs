@@ -580,11 +580,14 @@ fn tries_marks(d: &mut Dec<'_>) -> Result<Vec<(u8, u32)>, DecodeError> {
     Ok(v)
 }
 
-/// Skips the marks in front of a relocated record's message body.
+/// (group slot, attempts) of a relocated message.
+pub(crate) type AttemptMarks = Vec<(u8, u32)>;
+
+/// Reads the marks in front of a relocated record's message body.
 fn relocation_marks(
     d: &mut Dec<'_>,
     tag: u8,
-) -> Result<(Vec<DeadMark>, Option<Vec<(u8, u32)>>), DecodeError> {
+) -> Result<(Vec<DeadMark>, Option<AttemptMarks>), DecodeError> {
     d.u8()?;
     let dead = dead_marks(d)?;
     let tries = if tag == TAG_RELOCATED2 {

@@ -267,10 +267,6 @@ impl Harness {
                     );
                 }
             }
-            eprintln!(
-                "DBG lease g{g} c{consumer} {id} attempt {} model {}",
-                d.attempt, self.m.attempts[i][g]
-            );
             assert_eq!(
                 d.attempt,
                 self.m.attempts[i][g] + 1,
