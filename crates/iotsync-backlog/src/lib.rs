@@ -1,11 +1,13 @@
 //! iotsync-backlog: the durable backlog between ingest and delivery (SPEC §5).
 //!
 //! Producers `append` batches of [`SyncMessage`]s; each consumer group of the message's
-//! project receives every message appended after the group was created; consumers
-//! `lease` deliveries within their credit and settle each with `ack`, `nack` (retry with
-//! backoff) or `reject` (dead letter). Leases not settled within the ack timeout, and
-//! messages whose consumer disconnected, are delivered again. Messages older than the
-//! project's retention are expired and counted. The backlog knows nothing of channels.
+//! project whose filter takes it (routing at append: [`GroupSpec`]) receives it, if it
+//! was appended after the group was declared; consumers `lease` deliveries within their
+//! credit and settle each with `ack`, `nack` (retry by the group's [`GroupRetry`]) or
+//! `reject` (dead letter). Leases not settled within the ack timeout, and messages whose
+//! consumer disconnected, are delivered again. Messages older than the project's
+//! retention are expired and counted. The backlog knows nothing of channels or sync
+//! methods.
 //!
 //! The [`Backlog`] trait is what the dispatcher uses; [`EmbeddedBacklog`] implements it
 //! on a segmented append-only log with group commit (see `docs/adr/0002-backlog.md`). A
@@ -18,9 +20,13 @@
 //!   next commit, or on their own after `settle_flush_interval` (10 ms) or
 //!   `settle_flush_bytes`; nobody waits for them. A crash may lose the settlements of
 //!   that last interval, whose messages are delivered again.
-//! - Within a group, messages of one ordering key are delivered one at a time in append
-//!   order; a redelivery of an earlier message keeps later ones waiting. A dead letter
-//!   retried through the API is the one exception (it is delivered at once).
+//! - Within a group, messages of one ordering key go to one consumer at a time (sticky
+//!   while any is in flight), several at once up to its credit, in append order; another
+//!   consumer gets the key once everything the first had of it is settled. Only a
+//!   redelivery (nack, time-out, lost connection, a dead letter retried) may overtake.
+//! - Attempt counts are durable: lease records (one per run of consecutive messages)
+//!   are written lazily like settlements, so a message in flight at a clean stop says 2
+//!   on its next delivery (a crash may lose the last flush interval's lease records).
 //! - Memory per stacked message: a 24-byte slot, plus 8 bytes while parked behind its
 //!   ordering key; bodies stay on disk.
 
