@@ -86,9 +86,16 @@ impl Index {
                     let s = *s;
                     if w.holds_key {
                         if let Some(h) = g.keys.get_mut(&s.key) {
-                            h.consumer = Some(consumer);
-                            if !h.parked.is_empty() {
-                                g.park_ready.entry(consumer).or_default().push(s.key);
+                            if h.active == 1 || h.consumer == Some(consumer) {
+                                // Nothing else of the key is out, or it is all ours.
+                                h.consumer = Some(consumer);
+                                if !h.parked.is_empty() {
+                                    g.park_ready.entry(consumer).or_default().push(s.key);
+                                }
+                            } else {
+                                // Later messages of the key are out to another consumer:
+                                // nobody gets more of it until they are settled.
+                                h.consumer = None;
                             }
                         }
                     }

@@ -177,3 +177,26 @@ fn a_filter_routes_at_append() {
     assert_eq!(p.groups[1].as_ref().unwrap().counters.appended, 0);
     ix.verify().unwrap();
 }
+
+#[test]
+fn a_redelivery_to_another_consumer_does_not_let_later_messages_overtake() {
+    let (mut ix, mut log) = index_with_group();
+    let m: Vec<u64> = (0..4)
+        .map(|_| append(&mut ix, &mut log, "dev", true))
+        .collect();
+    let first = ix.lease(0, 0, ConsumerId(2), 1, T0, &mut log);
+    assert!(ix.settle(&first[0].token, TokenOp::Nack, T0, &mut log));
+    // Consumer 2 still holds the key: m1 goes to it, pipelined past the waiting m0.
+    assert_eq!(
+        seqs(&ix.lease(0, 0, ConsumerId(2), 1, T0, &mut log)),
+        [m[1]]
+    );
+    // Consumer 1 takes m0's redelivery; m2 must not go to it while m1 is out to 2.
+    let later = T0 + 10_000;
+    assert_eq!(
+        seqs(&ix.lease(0, 0, ConsumerId(1), 5, later, &mut log)),
+        [m[0]]
+    );
+    assert!(ix.lease(0, 0, ConsumerId(2), 5, later, &mut log).is_empty());
+    ix.verify().unwrap();
+}
