@@ -105,22 +105,17 @@ impl MessageKind {
     pub fn data_class(self) -> DataClass {
         match self {
             MessageKind::AccountLifecycle(_) | MessageKind::Binding(_) => DataClass::User,
-            _ => DataClass::Device,
+            MessageKind::DeviceStatus
+            | MessageKind::PropertyPost
+            | MessageKind::EventPost
+            | MessageKind::DownlinkReply
+            | MessageKind::DeviceLifecycle(_) => DataClass::Device,
         }
     }
 
     /// The legacy HTTP push's `msgCode` (SPEC §8): only user data has one.
     pub fn legacy_msg_code(self) -> Option<&'static str> {
-        Some(match self {
-            MessageKind::AccountLifecycle(AccountAction::Create) => "account.create",
-            MessageKind::AccountLifecycle(AccountAction::Update) => "account.update",
-            MessageKind::AccountLifecycle(AccountAction::Delete) => "account.delete",
-            MessageKind::Binding(BindingOperation::Bind) => "user.binding.bind",
-            MessageKind::Binding(BindingOperation::Unbind) => "user.binding.unbind",
-            MessageKind::Binding(BindingOperation::Share) => "user.binding.share",
-            MessageKind::Binding(BindingOperation::Reset) => "user.binding.reset",
-            _ => return None,
-        })
+        (self.data_class() == DataClass::User).then(|| self.code())
     }
 
     /// Stable code stored with the message (outbox, backlog).
@@ -134,7 +129,13 @@ impl MessageKind {
             MessageKind::DeviceLifecycle(LifecycleAction::Delete) => "device.lifecycle.delete",
             MessageKind::DeviceLifecycle(LifecycleAction::Enable) => "device.lifecycle.enable",
             MessageKind::DeviceLifecycle(LifecycleAction::Disable) => "device.lifecycle.disable",
-            other => other.legacy_msg_code().unwrap_or("unknown"),
+            MessageKind::AccountLifecycle(AccountAction::Create) => "account.create",
+            MessageKind::AccountLifecycle(AccountAction::Update) => "account.update",
+            MessageKind::AccountLifecycle(AccountAction::Delete) => "account.delete",
+            MessageKind::Binding(BindingOperation::Bind) => "user.binding.bind",
+            MessageKind::Binding(BindingOperation::Unbind) => "user.binding.unbind",
+            MessageKind::Binding(BindingOperation::Share) => "user.binding.share",
+            MessageKind::Binding(BindingOperation::Reset) => "user.binding.reset",
         }
     }
 }
@@ -188,8 +189,10 @@ mod tests {
 
     #[test]
     fn every_kind_code_round_trips() {
+        let mut codes = std::collections::HashSet::new();
         for k in MessageKind::ALL {
             assert_eq!(k.code().parse::<MessageKind>().unwrap(), k);
+            assert!(codes.insert(k.code()), "{k} shares its code");
         }
         assert!("nope".parse::<MessageKind>().is_err());
     }
