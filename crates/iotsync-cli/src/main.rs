@@ -1,5 +1,6 @@
 //! The `iotsync` binary.
 
+mod admin;
 mod consume;
 mod consume_amqp;
 mod consume_http2;
@@ -41,6 +42,10 @@ enum Command {
     Consume(consume::ConsumeCommand),
     /// Print the built-in default configuration, every key commented.
     ConfigDefaults,
+    /// Operate a running server over its REST API (projects, products, devices, sync,
+    /// consumer groups, stats, dead letters, import). Exit codes: 1 unreachable,
+    /// 2 usage, 3 unauthorized, 4 not found, 5 refused, 6 server error, 7 bad input.
+    Admin(admin::AdminArgs),
 }
 
 #[derive(Debug, Args)]
@@ -198,27 +203,38 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn run() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Command::ConfigDefaults => {
             print!("{}", iotsync_server::config::DEFAULT_TOML);
-            Ok(())
         }
-        Command::Consume(cmd) => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
+        Command::Consume(cmd) => runtime()?.block_on(consume::run(cmd))?,
+        Command::Serve(args) => runtime()?.block_on(serve(*args))?,
+        Command::Admin(a) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            rt.block_on(consume::run(cmd))
-        }
-        Command::Serve(args) => {
-            let args = *args;
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?;
-            rt.block_on(serve(args))
+            return Ok(rt.block_on(admin::run(a)));
         }
     }
+    Ok(std::process::ExitCode::SUCCESS)
 }
