@@ -24,6 +24,7 @@ pub struct ServerConfig {
     pub http2: Http2Config,
     pub mqtt: MqttConfig,
     pub log: LogConfig,
+    pub limits: LimitsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -168,6 +169,146 @@ pub struct LogConfig {
     pub level: String,
     pub format: String,
 }
+
+// ---- limits: connection caps and time-outs of every listener (docs/security.md) ----
+
+/// `[limits.*]`: one table per listener family, the same keys in each; every cap counts
+/// per listener (a plain and a TLS listener each have their own).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub api: ApiLimits,
+    pub amqp: AmqpLimits,
+    pub http2: Http2Limits,
+    pub mqtt: MqttLimits,
+}
+
+/// `[limits.api]`: the REST API, cloud API and console listener.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiLimits {
+    pub max_connections: usize,
+    pub max_connections_per_source: usize,
+    pub header_read_timeout: HumanDuration,
+    pub body_timeout: HumanDuration,
+    pub idle_timeout: HumanDuration,
+}
+
+/// `[limits.amqp]`: the AMQP listeners (plain and TLS).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpLimits {
+    pub max_connections: usize,
+    pub max_connections_per_source: usize,
+    pub handshake_timeout: HumanDuration,
+    pub max_frame_size: HumanSize,
+}
+
+/// `[limits.http2]`: the gRPC listeners (h2c and TLS).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http2Limits {
+    pub max_connections: usize,
+    pub max_connections_per_source: usize,
+    pub handshake_timeout: HumanDuration,
+    pub idle_timeout: HumanDuration,
+}
+
+/// `[limits.mqtt]`: the device gateway listeners (plain and TLS).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttLimits {
+    pub max_connections: usize,
+    pub max_connections_per_source: usize,
+    pub handshake_timeout: HumanDuration,
+}
+
+/// Smallest frame size AMQP allows a peer to announce (MIN-MAX-FRAME-SIZE).
+pub const AMQP_MIN_MAX_FRAME_SIZE: u64 = 512;
+
+impl LimitsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            key: format!("limits.{key}"),
+            reason,
+        };
+        let caps = [
+            (
+                "api",
+                self.api.max_connections,
+                self.api.max_connections_per_source,
+            ),
+            (
+                "amqp",
+                self.amqp.max_connections,
+                self.amqp.max_connections_per_source,
+            ),
+            (
+                "http2",
+                self.http2.max_connections,
+                self.http2.max_connections_per_source,
+            ),
+            (
+                "mqtt",
+                self.mqtt.max_connections,
+                self.mqtt.max_connections_per_source,
+            ),
+        ];
+        for (l, total, per_source) in caps {
+            if !(1..=1_000_000).contains(&total) {
+                return Err(invalid(
+                    &format!("{l}.max_connections"),
+                    "must be between 1 and 1000000".into(),
+                ));
+            }
+            if per_source == 0 || per_source > total {
+                return Err(invalid(
+                    &format!("{l}.max_connections_per_source"),
+                    format!("must be between 1 and limits.{l}.max_connections ({total})"),
+                ));
+            }
+        }
+        let second = std::time::Duration::from_secs(1);
+        let hour = std::time::Duration::from_secs(3600);
+        for (key, d) in [
+            ("api.header_read_timeout", self.api.header_read_timeout),
+            ("api.body_timeout", self.api.body_timeout),
+            ("api.idle_timeout", self.api.idle_timeout),
+            ("amqp.handshake_timeout", self.amqp.handshake_timeout),
+            ("http2.handshake_timeout", self.http2.handshake_timeout),
+            ("http2.idle_timeout", self.http2.idle_timeout),
+            ("mqtt.handshake_timeout", self.mqtt.handshake_timeout),
+        ] {
+            if d.0 < std::time::Duration::from_millis(100) || d.0 > hour {
+                return Err(invalid(key, "must be between 100ms and 1h".into()));
+            }
+        }
+        // The AMQP spec wants the receiver link within 15 s of connecting (SPEC §6).
+        if self.amqp.handshake_timeout.0 > 15 * second {
+            return Err(invalid(
+                "amqp.handshake_timeout",
+                "must be at most 15s (a receiver link is due within 15 s of connecting)".into(),
+            ));
+        }
+        let f = self.amqp.max_frame_size.0;
+        if !(AMQP_MIN_MAX_FRAME_SIZE..=16 << 20).contains(&f) {
+            return Err(invalid(
+                "amqp.max_frame_size",
+                "must be between 512 B and 16 MiB".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl AmqpLimits {
+    /// The frame-size limit in the form AMQP announces it.
+    pub fn max_frame_size(&self) -> u32 {
+        u32::try_from(self.max_frame_size.0).unwrap_or(u32::MAX)
+    }
+}
+
+// ---- end of limits ----
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -467,6 +608,7 @@ impl ServerConfig {
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(invalid("log.format", "must be \"text\" or \"json\"".into()));
         }
+        self.limits.validate()?;
         Ok(())
     }
 }
@@ -587,6 +729,54 @@ mod tests {
             ),
             ("[amqp]\nio_threads = 65\n", "io_threads", "at most 64"),
             ("[amqp]\nio_threads = -1\n", "io_threads", "invalid value"),
+        ] {
+            let e = ServerConfig::layered(
+                Some(("f.toml", file)),
+                Default::default(),
+                Default::default(),
+            )
+            .unwrap_err();
+            let e = format!("{e:#}");
+            assert!(e.contains(key) && e.contains(says), "{e}");
+        }
+    }
+
+    #[test]
+    fn listener_limits_have_defaults_and_bad_ones_name_their_key() {
+        let c = ServerConfig::defaults();
+        assert_eq!(c.limits.api.max_connections, 1024);
+        assert_eq!(c.limits.amqp.max_frame_size(), 64 * 1024);
+        assert_eq!(
+            c.limits.http2.idle_timeout.0,
+            std::time::Duration::from_secs(120)
+        );
+        for (file, key, says) in [
+            (
+                "[limits.api]\nmax_connections = 0\n",
+                "limits.api.max_connections",
+                "between 1",
+            ),
+            (
+                "[limits.mqtt]\nmax_connections_per_source = 5000\n",
+                "limits.mqtt.max_connections_per_source",
+                "limits.mqtt.max_connections (4096)",
+            ),
+            (
+                "[limits.api]\nbody_timeout = \"0s\"\n",
+                "limits.api.body_timeout",
+                "100ms",
+            ),
+            (
+                "[limits.amqp]\nhandshake_timeout = \"20s\"\n",
+                "limits.amqp.handshake_timeout",
+                "at most 15s",
+            ),
+            (
+                "[limits.amqp]\nmax_frame_size = \"100\"\n",
+                "limits.amqp.max_frame_size",
+                "512 B",
+            ),
+            ("[limits.http2]\nidle = \"1s\"\n", "idle", "unknown field"),
         ] {
             let e = ServerConfig::layered(
                 Some(("f.toml", file)),

@@ -11,6 +11,7 @@ pub mod context;
 pub mod delivery;
 pub mod gateway;
 pub mod ingest;
+pub mod listen;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -278,15 +279,30 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
         .with_context(|| format!("binding api.listen {}", cfg.api.listen))?;
     let api_addr = listener.local_addr()?;
     let dispatcher_task = tokio::spawn(dispatcher.run(shutdown_rx.clone()));
-    let mut rx = shutdown_rx.clone();
-    let api_task = tokio::spawn(async move {
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "api listener failed");
-        }
-    });
+    // Our own accept loop: connection caps and header/body/idle time-outs
+    // (`limits.api`, docs/security.md); axum::serve has none.
+    let lim = &cfg.limits.api;
+    let api_limiter =
+        listen::ConnLimiter::new("api", lim.max_connections, lim.max_connections_per_source);
+    let api_opts = listen::http::HttpOptions {
+        policy: listen::guarded::Policy {
+            preface: 0,
+            handshake: lim.header_read_timeout.0,
+            head: Some(lim.header_read_timeout.0),
+            idle: lim.idle_timeout.0,
+            write_stall: lim.idle_timeout.0,
+        },
+        body_timeout: Some(lim.body_timeout.0),
+        http2_only: false,
+        keep_alive: None,
+    };
+    let api_task = tokio::spawn(listen::http::serve(
+        listener,
+        api_limiter,
+        app,
+        api_opts,
+        shutdown_rx.clone(),
+    ));
     tasks.push(api_task);
     tasks.push(dispatcher_task);
 

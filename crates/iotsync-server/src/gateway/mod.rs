@@ -14,18 +14,15 @@ pub mod sessions;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::context::{Context, Listener, Started};
+use crate::listen::{ConnLimiter, ConnPermit};
 use connection::Gateway;
 
 pub use sessions::{sessions, DeviceReply, DeviceSessions, DownlinkError, DownlinkPublish};
-
-/// How long a new connection may take to send CONNECT (and finish TLS).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds `mqtt.listen` and `mqtt.tls_listen` (either may be empty = off).
 pub async fn start(ctx: &Context) -> anyhow::Result<Started> {
@@ -36,10 +33,13 @@ pub async fn start(ctx: &Context) -> anyhow::Result<Started> {
         clock: ctx.clock.clone(),
         sessions: sessions(ctx),
         max_packet: codec::DEFAULT_MAX_PACKET,
-        connect_timeout: CONNECT_TIMEOUT,
+        connect_timeout: ctx.cfg.limits.mqtt.handshake_timeout.0,
         shutdown: ctx.shutdown.clone(),
     });
     let mut started = Started::default();
+    let lim = &ctx.cfg.limits.mqtt;
+    let limiter =
+        |name| ConnLimiter::new(name, lim.max_connections, lim.max_connections_per_source);
     if !ctx.cfg.mqtt.listen.is_empty() {
         let l = TcpListener::bind(&ctx.cfg.mqtt.listen)
             .await
@@ -53,6 +53,7 @@ pub async fn start(ctx: &Context) -> anyhow::Result<Started> {
         started.tasks.push(tokio::spawn(accept_loop(
             gw.clone(),
             l,
+            limiter("mqtt"),
             None,
             ctx.shutdown.clone(),
         )));
@@ -74,6 +75,7 @@ pub async fn start(ctx: &Context) -> anyhow::Result<Started> {
         started.tasks.push(tokio::spawn(accept_loop(
             gw,
             l,
+            limiter("mqtts"),
             Some(tokio_rustls::TlsAcceptor::from(tls)),
             ctx.shutdown.clone(),
         )));
@@ -87,26 +89,21 @@ pub(crate) async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
+/// Accepts within the listener's caps (`limits.mqtt`); over a cap the socket is closed
+/// at once.
 async fn accept_loop(
     gw: Arc<Gateway>,
     listener: TcpListener,
+    limiter: Arc<ConnLimiter>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
-        let (sock, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(error = %e, "mqtt accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+        let (sock, peer, permit) = tokio::select! {
+            c = limiter.accept(&listener) => c,
             _ = stopped(&mut shutdown) => return,
         };
-        tokio::spawn(handle(gw.clone(), sock, peer, tls.clone()));
+        tokio::spawn(handle(gw.clone(), sock, peer, tls.clone(), permit));
     }
 }
 
@@ -115,13 +112,15 @@ async fn handle(
     sock: TcpStream,
     peer: SocketAddr,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    _permit: ConnPermit,
 ) {
     let _ = sock.set_nodelay(true);
     let peer_s = peer.to_string();
     match tls {
         None => connection::serve(gw, sock, peer_s).await,
         Some(acceptor) => {
-            match tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(sock)).await {
+            // The TLS handshake gets `limits.mqtt.handshake_timeout`, then CONNECT again.
+            match tokio::time::timeout(gw.connect_timeout, acceptor.accept(sock)).await {
                 Ok(Ok(s)) => connection::serve(gw, s, peer_s).await,
                 Ok(Err(e)) => tracing::debug!(peer = %peer_s, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(peer = %peer_s, "TLS handshake timed out"),

@@ -48,24 +48,30 @@ pub struct Shared {
     pub hub: Arc<DeliveryHub>,
     pub creds: CredentialChecker,
     pub shutdown: watch::Receiver<bool>,
+    /// `limits.amqp.max_frame_size`: announced in `open` and enforced on every frame read.
+    pub max_frame_size: u32,
+    /// `limits.amqp.handshake_timeout`: TLS, protocol header and SASL within it.
+    pub handshake_timeout: Duration,
 }
 
 type SendResult = Result<AmqpOutcome, SendError>;
 
-/// Serves one accepted stream (plain TCP or TLS) until it ends.
-pub async fn serve<S>(shared: Arc<Shared>, mut io: S, remote: SocketAddr)
+/// Serves one accepted stream (plain TCP or TLS) until it ends; `accepted`: when the
+/// socket was accepted (the handshake and link deadlines count from it).
+pub async fn serve<S>(shared: Arc<Shared>, mut io: S, remote: SocketAddr, accepted: Instant)
 where
     S: AsyncRead + AsyncWrite + std::fmt::Debug + Send + Unpin + 'static,
 {
-    let deadline = Instant::now() + RECEIVER_LINK_WITHIN;
-    let login = match timeout_at(deadline, sasl::read_login(&mut io)).await {
+    let deadline = accepted + RECEIVER_LINK_WITHIN;
+    let handshake = accepted + shared.handshake_timeout;
+    let login = match timeout_at(handshake, sasl::read_login(&mut io)).await {
         Ok(Ok(l)) => l,
         Ok(Err(e)) => {
             tracing::info!(%remote, error = %e, "amqp: SASL failed");
             return;
         }
         Err(_) => {
-            tracing::info!(%remote, "amqp: no SASL login within 15 s");
+            tracing::info!(%remote, "amqp: no SASL login within limits.amqp.handshake_timeout");
             return;
         }
     };
@@ -94,9 +100,11 @@ where
     let acceptor = ConnectionAcceptor::builder()
         .container_id("iotsync")
         .idle_time_out(LOCAL_IDLE_TIMEOUT_MS)
+        .max_frame_size(shared.max_frame_size)
         .build();
     // fe2o3 flushes every frame; coalescing turns a busy link's transfers into few writes.
-    let io = Coalesced::new(io).counting_into(shared.hub.counters.clone());
+    // Every frame is bounded by the bytes received before fe2o3 decodes it (ADR 0008).
+    let io = Coalesced::new(io, shared.max_frame_size).counting_into(shared.hub.counters.clone());
     let mut conn = match timeout_at(deadline, acceptor.accept(io)).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {

@@ -11,6 +11,11 @@
 //! a failed writer (the bytes are on their way); `poll_shutdown` waits until everything
 //! is written and the write side shut down; a write error fails every later call; once
 //! the stream is dropped the writer gets [`DROP_GRACE`] to send what is queued.
+//!
+//! Reads are bounded ([`FrameGuard`], ADR 0008): what the client sends reaches the
+//! merger and fe2o3 only as whole frames within the frame-size limit whose every
+//! length field fits the bytes received; anything else fails the read with
+//! `InvalidData` (fe2o3 then ends the connection), before any decoder allocates.
 
 use std::fmt;
 use std::io;
@@ -21,6 +26,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::{Buf, BytesMut};
 use tokio_util::io::poll_read_buf;
 
+use super::bounded::FrameGuard;
 use super::merge::Merger;
 use crate::delivery::hub::ChannelCounters;
 use std::sync::atomic::Ordering;
@@ -65,8 +71,9 @@ impl Shared {
 /// and whose reads have the client's runs of dispositions merged ([`Merger`]).
 pub struct Coalesced<S> {
     read: ReadHalf<S>,
+    guard: FrameGuard,
     merger: Merger,
-    /// Bytes read from the client and not yet through the merger (a partial frame).
+    /// Bytes read from the client and not yet checked (a partial frame).
     inbuf: BytesMut,
     /// Bytes through the merger that fe2o3 has not read yet.
     outbuf: BytesMut,
@@ -87,7 +94,9 @@ impl<S> Coalesced<S>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    pub fn new(io: S) -> Self {
+    /// `max_frame_size`: the largest frame the client may send (the `max-frame-size`
+    /// the server's `open` announces); larger ones fail the read.
+    pub fn new(io: S, max_frame_size: u32) -> Self {
         let (read, write) = tokio::io::split(io);
         let shared = Arc::new(Shared(Mutex::new(State {
             buf: BytesMut::with_capacity(BUF_START),
@@ -96,6 +105,7 @@ where
         let writer = tokio::spawn(writer(write, shared.clone())).abort_handle();
         Self {
             read,
+            guard: FrameGuard::new(max_frame_size),
             merger: Merger::default(),
             inbuf: BytesMut::with_capacity(READ_CHUNK),
             outbuf: BytesMut::with_capacity(READ_CHUNK),
@@ -199,14 +209,31 @@ impl<S: AsyncRead> AsyncRead for Coalesced<S> {
             let n =
                 std::task::ready!(poll_read_buf(Pin::new(&mut this.read), cx, &mut this.inbuf))?;
             if n == 0 {
-                // The end: a partial frame goes to fe2o3 as it is (it reports it).
                 this.eof = true;
-                let rest = this.inbuf.split();
-                this.outbuf.extend_from_slice(&rest);
+                if !this.inbuf.is_empty() {
+                    // A partial frame is never handed on unchecked.
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "amqp: the client closed inside a frame",
+                    )));
+                }
                 continue;
             }
+            let mut checked = match this.guard.split_checked(&mut this.inbuf) {
+                Ok(c) => c,
+                Err(e) => {
+                    this.eof = true;
+                    this.inbuf.clear();
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("amqp: frame refused: {e}"),
+                    )));
+                }
+            };
             let before = this.merger.merged_frames;
-            this.merger.process(&mut this.inbuf, &mut this.outbuf);
+            this.merger.process(&mut checked, &mut this.outbuf);
+            // Whole frames only went in, so the merger took them all.
+            this.outbuf.extend_from_slice(&checked);
             if let (Some(c), n @ 1..) = (&this.merged, this.merger.merged_frames - before) {
                 c.amqp_dispositions_merged.fetch_add(n, Ordering::Relaxed);
             }
@@ -291,7 +318,7 @@ mod tests {
     #[tokio::test]
     async fn writes_arrive_in_order_and_shutdown_waits_for_them() {
         let (a, mut b) = tokio::io::duplex(64);
-        let mut c = Coalesced::new(a);
+        let mut c = Coalesced::new(a, 512);
         for i in 0..1000u32 {
             c.write_all(&i.to_be_bytes()).await.unwrap();
             c.flush().await.unwrap();
@@ -312,7 +339,7 @@ mod tests {
     async fn a_gone_peer_fails_later_writes() {
         let (a, b) = tokio::io::duplex(64);
         drop(b);
-        let mut c = Coalesced::new(a);
+        let mut c = Coalesced::new(a, 512);
         let mut failed = false;
         for _ in 0..100 {
             if c.write_all(&[0u8; 1024]).await.is_err() || c.flush().await.is_err() {
@@ -327,7 +354,7 @@ mod tests {
     #[tokio::test]
     async fn reads_pass_through() {
         let (a, mut b) = tokio::io::duplex(64);
-        let mut c = Coalesced::new(a);
+        let mut c = Coalesced::new(a, 512);
         b.write_all(b"hello").await.unwrap();
         let mut got = [0u8; 5];
         c.read_exact(&mut got).await.unwrap();

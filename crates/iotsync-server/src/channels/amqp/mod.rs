@@ -11,6 +11,7 @@
 //! - [`threads`]: the connection threads, one single-threaded runtime each.
 
 pub mod auth;
+pub mod bounded;
 pub mod connection;
 pub mod io;
 pub mod merge;
@@ -26,6 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::context::{Context, Listener, Started};
+use crate::listen::{ConnLimiter, ConnPermit};
 use auth::CredentialChecker;
 use connection::Shared;
 use threads::ConnThreads;
@@ -37,7 +39,10 @@ pub async fn start(ctx: &Context) -> anyhow::Result<Started> {
         hub: ctx.hub.clone(),
         creds: CredentialChecker::new(ctx.registry.clone(), ctx.clock.clone()),
         shutdown: ctx.shutdown.clone(),
+        max_frame_size: ctx.cfg.limits.amqp.max_frame_size(),
+        handshake_timeout: ctx.cfg.limits.amqp.handshake_timeout.0,
     });
+    let lim = &ctx.cfg.limits.amqp;
     let mut started = Started::default();
     if ctx.cfg.amqp.listen.is_empty() && ctx.cfg.amqp.tls_listen.is_empty() {
         return Ok(started);
@@ -54,8 +59,10 @@ pub async fn start(ctx: &Context) -> anyhow::Result<Started> {
             addr,
             url: format!("amqp://{addr}"),
         });
+        let limiter = ConnLimiter::new("amqp", lim.max_connections, lim.max_connections_per_source);
         started.tasks.push(tokio::spawn(accept_loop(
             l,
+            limiter,
             None,
             shared.clone(),
             threads.clone(),
@@ -76,36 +83,37 @@ pub async fn start(ctx: &Context) -> anyhow::Result<Started> {
             addr,
             url: format!("amqps://{addr}"),
         });
-        started
-            .tasks
-            .push(tokio::spawn(accept_loop(l, Some(tls), shared, threads)));
+        let limiter =
+            ConnLimiter::new("amqps", lim.max_connections, lim.max_connections_per_source);
+        started.tasks.push(tokio::spawn(accept_loop(
+            l,
+            limiter,
+            Some(tls),
+            shared,
+            threads,
+        )));
     }
     // Ends once the accept loops dropped the threads' handle and every connection closed.
     started.tasks.push(tokio::spawn(finished.wait()));
     Ok(started)
 }
 
+/// Accepts within the listener's caps (`limits.amqp`); over a cap the socket is closed
+/// at once.
 async fn accept_loop(
     listener: TcpListener,
+    limiter: Arc<ConnLimiter>,
     tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
     threads: Arc<ConnThreads>,
 ) {
     let mut shutdown = shared.shutdown.clone();
     loop {
-        let (stream, remote) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "amqp: accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let (stream, remote, permit) = tokio::select! {
+            c = limiter.accept(&listener) => c,
             _ = connection::stopped(&mut shutdown) => return,
         };
-        threads.dispatch(stream, remote, tls.clone());
+        threads.dispatch(stream, remote, tls.clone(), permit);
     }
 }
 
@@ -114,19 +122,23 @@ async fn handle(
     remote: SocketAddr,
     tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
+    accepted: tokio::time::Instant,
+    _permit: ConnPermit,
 ) {
     // Small messages at low credit: without it Nagle costs an order of magnitude.
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "amqp: TCP_NODELAY");
     }
     match tls {
-        None => connection::serve(shared, stream, remote).await,
+        None => connection::serve(shared, stream, remote, accepted).await,
         Some(acceptor) => {
-            let handshake =
-                tokio::time::timeout(connection::RECEIVER_LINK_WITHIN, acceptor.accept(stream))
-                    .await;
+            let handshake = tokio::time::timeout_at(
+                accepted + shared.handshake_timeout,
+                acceptor.accept(stream),
+            )
+            .await;
             match handshake {
-                Ok(Ok(s)) => connection::serve(shared, s, remote).await,
+                Ok(Ok(s)) => connection::serve(shared, s, remote, accepted).await,
                 Ok(Err(e)) => tracing::info!(%remote, error = %e, "amqps: TLS handshake failed"),
                 Err(_) => tracing::info!(%remote, "amqps: TLS handshake timed out"),
             }

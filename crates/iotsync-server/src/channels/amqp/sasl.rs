@@ -57,7 +57,16 @@ where
     io.write_all(&out).await?;
     io.flush().await?;
 
-    match read_frame(io).await? {
+    let frame = match read_frame(io).await {
+        Ok(f) => f,
+        Err(e @ SaslError::Frame(_)) => {
+            // A malformed or oversized frame: a permanent error, then close.
+            let _ = send_outcome(io, SaslCode::SysPerm).await;
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+    match frame {
         Frame::Init(init) => {
             if init.mechanism.as_str() != "PLAIN" {
                 send_outcome(io, SaslCode::Auth).await?;
@@ -116,21 +125,30 @@ where
     io.read_exact(&mut size).await?;
     let size = u32::from_be_bytes(size);
     if !(8..=MAX_SASL_FRAME).contains(&size) {
-        return Err(SaslError::Frame(format!("frame size {size}")));
+        return Err(SaslError::Frame(format!(
+            "frame size {size} is outside 8..={MAX_SASL_FRAME}"
+        )));
     }
-    let mut buf = BytesMut::zeroed(size as usize - 4);
-    io.read_exact(&mut buf).await?;
-    // An extended header (doff > 2) is legal but never sent by real clients; skip it.
-    let doff = buf[0] as usize;
-    if doff < 2 || doff * 4 > size as usize {
-        return Err(SaslError::Frame(format!("data offset {doff}")));
-    }
-    if doff > 2 {
-        let body = buf.split_off(doff * 4 - 4);
-        buf.truncate(4);
-        buf[0] = 2;
-        buf.unsplit(body);
-    }
+    let mut buf = vec![0u8; size as usize];
+    buf[..4].copy_from_slice(&size.to_be_bytes());
+    io.read_exact(&mut buf[4..]).await?;
+    decode_frame(&buf)
+}
+
+/// Decodes one whole SASL frame (`frame` holds exactly the frame, size field included)
+/// as the server does before login: every length inside is first bounded by the bytes
+/// there ([`super::bounded::check_frame`]; serde_amqp allocates what a length field
+/// claims, ADR 0008), then serde_amqp decodes it. For the fuzz targets too.
+pub fn decode_frame(frame: &[u8]) -> Result<Frame, SaslError> {
+    super::bounded::check_frame(frame, MAX_SASL_FRAME)
+        .map_err(|e| SaslError::Frame(e.to_string()))?;
+    let doff = usize::from(frame[4]);
+    // The codec wants the header after the size with doff 2; an extended header (legal,
+    // never sent by real clients) is skipped.
+    let mut buf = BytesMut::with_capacity(frame.len() - 4);
+    buf.extend_from_slice(&[2]);
+    buf.extend_from_slice(&frame[5..8]);
+    buf.extend_from_slice(&frame[doff * 4..]);
     FrameCodec {}
         .decode(&mut buf)
         .map_err(|e| SaslError::Frame(format!("{e:?}")))?
@@ -178,5 +196,54 @@ mod tests {
         client.read_exact(&mut header).await.unwrap();
         assert_eq!(header, SASL_HEADER);
         assert!(matches!(srv.await.unwrap(), Err(SaslError::NoSasl(_))));
+    }
+
+    /// Issue 15: a 32-byte sasl-init whose mechanism claims 1 GiB is refused from the
+    /// bytes there (nothing of the claim allocated) and answered `sys-perm`.
+    #[tokio::test]
+    async fn a_sasl_init_claiming_more_than_it_holds_is_refused_with_an_outcome() {
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        let srv = tokio::spawn(async move { read_login(&mut server).await.map(|_| ()) });
+        client.write_all(&SASL_HEADER).await.unwrap();
+        let mut header = [0u8; 8];
+        client.read_exact(&mut header).await.unwrap();
+        let _mechanisms = read_frame(&mut client).await.unwrap();
+        client
+            .write_all(&super::super::bounded::tests::BOMB)
+            .await
+            .unwrap();
+        let e = srv.await.unwrap().unwrap_err();
+        assert!(e.to_string().contains("claims 1073741824 bytes"), "{e}");
+        match read_frame(&mut client).await.unwrap() {
+            Frame::Outcome(o) => assert_eq!(o.code, SaslCode::SysPerm),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn decode_frame_skips_an_extended_header_and_refuses_bad_offsets() {
+        let mut out = BytesMut::new();
+        encode(
+            Frame::Init(SaslInit {
+                mechanism: Symbol::from("PLAIN"),
+                initial_response: None,
+                hostname: None,
+            }),
+            &mut out,
+        )
+        .unwrap();
+        assert!(matches!(decode_frame(&out).unwrap(), Frame::Init(_)));
+        // The same with a 4-byte extended header.
+        let mut ext = out[..8].to_vec();
+        ext[4] = 3;
+        ext.extend_from_slice(&[9, 9, 9, 9]);
+        ext.extend_from_slice(&out[8..]);
+        let len = ext.len() as u32;
+        ext[..4].copy_from_slice(&len.to_be_bytes());
+        assert!(matches!(decode_frame(&ext).unwrap(), Frame::Init(_)));
+        ext[4] = 200;
+        assert!(decode_frame(&ext).is_err());
+        assert!(decode_frame(&[0, 0, 0, 4]).is_err());
+        assert!(decode_frame(&[]).is_err());
     }
 }

@@ -23,12 +23,16 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use super::connection::Shared;
+use crate::listen::ConnPermit;
 
 /// One accepted socket for a connection thread.
 struct Job {
     stream: std::net::TcpStream,
     remote: SocketAddr,
     tls: Option<TlsAcceptor>,
+    /// Its place in the listener's caps, held for the connection's life.
+    permit: ConnPermit,
+    accepted: tokio::time::Instant,
 }
 
 struct Thread {
@@ -92,7 +96,9 @@ impl ConnThreads {
         stream: tokio::net::TcpStream,
         remote: SocketAddr,
         tls: Option<TlsAcceptor>,
+        permit: ConnPermit,
     ) {
+        let accepted = tokio::time::Instant::now();
         let stream = match stream.into_std() {
             Ok(s) => s,
             Err(e) => {
@@ -114,6 +120,8 @@ impl ConnThreads {
                 stream,
                 remote,
                 tls,
+                permit,
+                accepted,
             })
             .is_err()
         {
@@ -154,9 +162,11 @@ async fn serve(job: Job, shared: Arc<Shared>, _live: LiveGuard) {
         stream,
         remote,
         tls,
+        permit,
+        accepted,
     } = job;
     match tokio::net::TcpStream::from_std(stream) {
-        Ok(s) => super::handle(s, remote, tls, shared).await,
+        Ok(s) => super::handle(s, remote, tls, shared, accepted, permit).await,
         Err(e) => tracing::info!(%remote, error = %e, "amqp: could not register the socket"),
     }
 }

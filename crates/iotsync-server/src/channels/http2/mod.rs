@@ -9,15 +9,22 @@ mod service;
 mod stream;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::service::Routes;
+use tonic::transport::server::Connected;
 
 use crate::context::{Context, Listener, Started};
+use crate::listen::guarded::{Activity, Guarded, Policy};
+use crate::listen::http::{self, HttpOptions, KeepAlive};
+use crate::listen::ConnLimiter;
 
 pub use service::Http2Service;
 
@@ -31,20 +38,8 @@ pub mod pb {
 /// after at most interval + timeout, and its in-flight messages go back to its group.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A TLS handshake that takes longer than this is dropped.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn server_builder() -> tonic::transport::Server {
-    tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .tcp_keepalive(Some(Duration::from_secs(30)))
-        .tcp_nodelay(true)
-}
-
-async fn shutdown_signal(mut rx: watch::Receiver<bool>) {
-    stopped(&mut rx).await
-}
+/// The HTTP/2 connection preface every client sends first (RFC 9113 §3.4).
+const PREFACE_LEN: usize = 24;
 
 /// Resolves once `rx` turns true (or its sender is gone). Holds no borrow of the value
 /// across an await, so the future stays `Send`.
@@ -52,10 +47,36 @@ pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-/// Binds the configured listeners (an empty address turns one off) and serves.
+/// How each gRPC connection is served (`limits.http2`): TLS handshake and preface
+/// within `handshake_timeout` of connecting; closed after `idle_timeout` without an
+/// open stream; PINGs find dead peers of open streams.
+fn options(ctx: &Context) -> HttpOptions {
+    let lim = &ctx.cfg.limits.http2;
+    HttpOptions {
+        policy: Policy {
+            preface: PREFACE_LEN,
+            handshake: lim.handshake_timeout.0,
+            head: None,
+            idle: lim.idle_timeout.0,
+            write_stall: lim.idle_timeout.0,
+        },
+        body_timeout: None,
+        http2_only: true,
+        keep_alive: Some(KeepAlive {
+            interval: KEEPALIVE_INTERVAL,
+            timeout: KEEPALIVE_TIMEOUT,
+        }),
+    }
+}
+
+/// Binds the configured listeners (an empty address turns one off) and serves, each
+/// from its own accept loop within the caps of `limits.http2`.
 pub async fn start(ctx: &Context) -> anyhow::Result<Started> {
     let mut started = Started::default();
     let svc = Http2Service::new(ctx);
+    let routes = Routes::new(svc.into_server()).prepare();
+    let lim = &ctx.cfg.limits.http2;
+    let opts = options(ctx);
 
     let plain = ctx.cfg.http2.listen.trim();
     if !plain.is_empty() {
@@ -63,14 +84,15 @@ pub async fn start(ctx: &Context) -> anyhow::Result<Started> {
             .await
             .with_context(|| format!("binding http2.listen {plain}"))?;
         let addr = listener.local_addr()?;
-        let server = server_builder().add_service(svc.clone().into_server());
-        let stop = shutdown_signal(ctx.shutdown.clone());
-        started.tasks.push(tokio::spawn(async move {
-            let incoming = TcpListenerStream::new(listener);
-            if let Err(e) = server.serve_with_incoming_shutdown(incoming, stop).await {
-                tracing::error!(error = %e, "http2 listener failed");
-            }
-        }));
+        let limiter =
+            ConnLimiter::new("http2", lim.max_connections, lim.max_connections_per_source);
+        started.tasks.push(tokio::spawn(http::serve(
+            listener,
+            limiter,
+            routes.clone(),
+            opts,
+            ctx.shutdown.clone(),
+        )));
         started.listeners.push(Listener {
             name: "http2",
             addr,
@@ -89,22 +111,19 @@ pub async fn start(ctx: &Context) -> anyhow::Result<Started> {
                 .server_config(&[b"h2"])
                 .context("TLS configuration for http2.tls_listen")?,
         );
-        // Handshakes run beside the accept loop, so a slow client never holds others up.
-        let (tx, rx) = mpsc::channel(64);
-        started.tasks.push(tokio::spawn(accept_tls(
+        let limiter = ConnLimiter::new(
+            "http2-tls",
+            lim.max_connections,
+            lim.max_connections_per_source,
+        );
+        started.tasks.push(tokio::spawn(serve_tls(
             listener,
+            limiter,
             acceptor,
-            tx,
+            routes,
+            opts,
             ctx.shutdown.clone(),
         )));
-        let server = server_builder().add_service(svc.into_server());
-        let stop = shutdown_signal(ctx.shutdown.clone());
-        started.tasks.push(tokio::spawn(async move {
-            let incoming = ReceiverStream::new(rx);
-            if let Err(e) = server.serve_with_incoming_shutdown(incoming, stop).await {
-                tracing::error!(error = %e, "http2 TLS listener failed");
-            }
-        }));
         started.listeners.push(Listener {
             name: "http2-tls",
             addr,
@@ -114,37 +133,47 @@ pub async fn start(ctx: &Context) -> anyhow::Result<Started> {
     Ok(started)
 }
 
-type TlsConn = tokio_rustls::server::TlsStream<TcpStream>;
-
-async fn accept_tls(
+/// The TLS listener's accept loop: handshakes run beside it (a slow client never holds
+/// others up), each within the handshake time-out counted from accept.
+async fn serve_tls(
     listener: TcpListener,
+    limiter: Arc<ConnLimiter>,
     acceptor: TlsAcceptor,
-    tx: mpsc::Sender<Result<TlsConn, std::io::Error>>,
-    mut shutdown: watch::Receiver<bool>,
+    routes: Routes,
+    opts: HttpOptions,
+    shutdown: watch::Receiver<bool>,
 ) {
+    let mut conns = JoinSet::new();
+    let mut stop = shutdown.clone();
     loop {
-        let (sock, remote): (TcpStream, SocketAddr) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "http2 TLS accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stopped(&mut shutdown) => return,
+        let (sock, remote, permit): (TcpStream, SocketAddr, _) = tokio::select! {
+            c = limiter.accept(&listener) => c,
+            _ = stopped(&mut stop) => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
         };
         let _ = sock.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
-                Ok(Ok(conn)) => {
-                    let _ = tx.send(Ok(conn)).await;
+        let (acceptor, routes, shutdown) = (acceptor.clone(), routes.clone(), shutdown.clone());
+        conns.spawn(async move {
+            let now = Instant::now();
+            let deadline = now + opts.policy.handshake;
+            let tls = match tokio::time::timeout_at(deadline, acceptor.accept(sock)).await {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => {
+                    tracing::debug!(%remote, error = %e, "http2 TLS handshake failed");
+                    return;
                 }
-                Ok(Err(e)) => tracing::debug!(%remote, error = %e, "http2 TLS handshake failed"),
-                Err(_) => tracing::debug!(%remote, "http2 TLS handshake timed out"),
-            }
+                Err(_) => {
+                    tracing::debug!(%remote, "http2 TLS handshake timed out");
+                    return;
+                }
+            };
+            let mut ext = axum::http::Extensions::new();
+            ext.insert(tls.connect_info());
+            let act = Activity::new(now);
+            let io = Guarded::new(tls, act.clone(), opts.policy, now, Some(permit));
+            http::serve_connection(io, act, routes, opts, ext, shutdown).await;
         });
     }
+    drop(listener);
+    while conns.join_next().await.is_some() {}
 }
