@@ -40,6 +40,9 @@ pub mod code {
     pub const NOT_FOUND: i64 = 404;
     pub const BAD_PARAMETER: i64 = 460;
     pub const INTERNAL: i64 = 500;
+    /// The server's disk is full (registry or backlog): nothing was stored; retry later.
+    /// The message starts with the REST code (`store.disk_full` or `backlog.disk_full`).
+    pub const DISK_FULL: i64 = 507;
     pub const DEVICE_OFFLINE: i64 = 9201;
     /// The device is online but did not reply in time.
     pub const DEVICE_TIMEOUT: i64 = 9202;
@@ -70,6 +73,16 @@ impl From<StoreError> for CloudError {
             StoreError::NotFound { .. } => CloudError::new(code::NOT_FOUND, e.to_string()),
             StoreError::Invalid { .. } | StoreError::Conflict { .. } | StoreError::Rule(_) => {
                 CloudError::bad(e.to_string())
+            }
+            StoreError::DiskFull(_) => {
+                tracing::error!(error = %e, "cloud API: registry disk full");
+                CloudError::new(
+                    code::DISK_FULL,
+                    format!(
+                        "store.disk_full: {}",
+                        crate::api::error::STORE_DISK_FULL_MESSAGE
+                    ),
+                )
             }
             _ => {
                 tracing::error!(error = %e, "cloud API store error");
@@ -285,5 +298,20 @@ async fn check_token(
             code::SIGNATURE,
             "cloudToken is not valid for this project (replaced by a newer token, or never issued)",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_disk_full_answers_the_cloud_disk_full_code() {
+        let full = StoreError::from(sqlx::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::StorageFull,
+        )));
+        let e = CloudError::from(full);
+        assert_eq!(e.code, code::DISK_FULL);
+        assert!(e.message.starts_with("store.disk_full"), "{}", e.message);
     }
 }
