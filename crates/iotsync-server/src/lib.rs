@@ -8,6 +8,7 @@ pub mod cloud;
 pub mod config;
 pub mod console;
 pub mod context;
+pub mod data_dir;
 pub mod delivery;
 pub mod gateway;
 pub mod ingest;
@@ -145,12 +146,15 @@ fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
 /// processes never open the same backlog and registry files.
 fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
     let path = dir.join("LOCK");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
+    let f = std::os::unix::fs::OpenOptionsExt::mode(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true),
+        data_dir::FILE_MODE,
+    )
+    .open(&path)
+    .with_context(|| format!("opening {}", path.display()))?;
     match f.try_lock() {
         Ok(()) => Ok(f),
         Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
@@ -166,8 +170,8 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
 
 /// Starts every part of the server on the configured addresses.
 pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<RunningServer> {
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    data_dir::prepare(&cfg.data_dir)
+        .with_context(|| format!("preparing data dir {}", cfg.data_dir.display()))?;
     let data_lock = lock_data_dir(&cfg.data_dir)?;
     let (token, token_source) = operator_token(&cfg)?;
 

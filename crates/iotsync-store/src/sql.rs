@@ -188,8 +188,11 @@ impl SqlRegistry {
         })
     }
 
-    /// The embedded default: a SQLite file, created if missing.
+    /// The embedded default: a SQLite file, created if missing. It holds every secret, so
+    /// it is created owner-only (0600) here before SQLite opens it; SQLite gives its
+    /// `-wal` and `-shm` files the database file's mode.
     pub async fn open_sqlite(path: &Path, clock: SharedClock) -> StoreResult<Self> {
+        create_private(path).map_err(sqlx::Error::Io)?;
         let url = format!("sqlite://{}?mode=rwc", path.display());
         Self::connect(&url, clock).await
     }
@@ -220,6 +223,15 @@ impl SqlRegistry {
     fn bump(&self) {
         self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
+}
+
+/// Creates `path` empty with mode 0600 if it does not exist (an existing file is kept).
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts.open(path).map(drop)
 }
 
 /// Versioned migrations, embedded in the binary; one SQL dialect per backend.
