@@ -61,7 +61,8 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
-    /// Stops accepting, lets in-flight requests finish (up to `drain`), closes the store.
+    /// Stops accepting, lets in-flight requests finish (up to `drain`), writes the queued
+    /// property last values (up to `drain`), closes the backlog and the store.
     pub async fn shutdown(self, drain: std::time::Duration) {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
@@ -69,6 +70,8 @@ impl RunningServer {
                 tracing::warn!("a task did not stop within the drain time-out");
             }
         }
+        // Last values reported before the stop are written before the store closes.
+        self.ingest.drain(drain).await;
         if let Err(e) = self.backlog.close().await {
             tracing::warn!(error = %e, "closing the backlog");
         }
