@@ -43,6 +43,8 @@ pub mod code {
     /// The server's disk is full (registry or backlog): nothing was stored; retry later.
     /// The message starts with the REST code (`store.disk_full` or `backlog.disk_full`).
     pub const DISK_FULL: i64 = 507;
+    /// The request body is over the cloud API's limit.
+    pub const PAYLOAD_TOO_LARGE: i64 = 413;
     pub const DEVICE_OFFLINE: i64 = 9201;
     /// The device is online but did not reply in time.
     pub const DEVICE_TIMEOUT: i64 = 9202;
@@ -137,8 +139,23 @@ async fn handle(
     State(st): State<CloudState>,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Json<Value> {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            let code = if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                code::PAYLOAD_TOO_LARGE
+            } else {
+                code::BAD_PARAMETER
+            };
+            tracing::info!(path = uri.path(), code, error = %e, "cloud API body refused");
+            return answer(
+                &Value::Null,
+                Err(CloudError::new(code, format!("request body refused: {e}"))),
+            );
+        }
+    };
     let envelope: Option<Value> = serde_json::from_slice(&body).ok();
     let id = envelope
         .as_ref()
