@@ -53,7 +53,9 @@ impl EmbeddedBacklog {
         clock: SharedClock,
     ) -> Result<(Self, RecoveryReport), BacklogError> {
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(|e| BacklogError::io("create", &dir, e))?;
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&dir)
+            .map_err(|e| BacklogError::io("create", &dir, e))?;
         let seed = cfg
             .jitter_seed
             .unwrap_or_else(|| clock.now_ms() as u64 ^ 0x5DEE_CE66);

@@ -5,6 +5,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::codec::{check_frame, FRAME_HEADER, MAX_BODY};
@@ -42,10 +43,12 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
 /// Creates a new empty segment, durable (file and directory entry) when it returns.
 pub(crate) fn create(dir: &Path, id: u32) -> io::Result<File> {
     let path = seg_path(dir, id);
+    // Owner only: messages can hold device secrets (issue 15).
     let f = OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(&path)?;
     let mut h = [0u8; HEADER as usize];
     h[..8].copy_from_slice(MAGIC);

@@ -50,6 +50,8 @@ pub struct Ingest {
     backlog: Arc<dyn Backlog>,
     clock: SharedClock,
     props: mpsc::Sender<PropertyOp>,
+    /// The property writer, awaited by [`Ingest::drain`] at shutdown.
+    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     devices: Mutex<HashMap<DeviceKey, Cached<Arc<DeviceFacts>>>>,
     settings: Mutex<HashMap<ProjectId, Cached<Arc<SyncSettings>>>>,
 }
@@ -111,6 +113,8 @@ fn item(id: &str, v: &Value, now: i64) -> Result<PropertyItem, IngestError> {
 enum PropertyOp {
     Record(ProjectId, IotId, Vec<PropertyValue>),
     Barrier(oneshot::Sender<()>),
+    /// Clean shutdown: write everything queued before it, then stop.
+    Stop,
 }
 
 /// Reports waiting for the property writer, at most (backpressure beyond).
@@ -124,7 +128,9 @@ const PROPERTY_BATCH: usize = 1024;
 /// cost one registry fsync per report. Readers call [`Ingest::settle_properties`] first,
 /// so they see every report answered before their call.
 async fn property_writer(registry: Arc<dyn Registry>, mut rx: mpsc::Receiver<PropertyOp>) {
-    while let Some(first) = rx.recv().await {
+    let mut stop = false;
+    while !stop {
+        let Some(first) = rx.recv().await else { break };
         let mut batch = Vec::new();
         let mut barriers = Vec::new();
         let mut next = Some(first);
@@ -132,6 +138,10 @@ async fn property_writer(registry: Arc<dyn Registry>, mut rx: mpsc::Receiver<Pro
             match op {
                 PropertyOp::Record(p, i, v) => batch.push((p, i, v)),
                 PropertyOp::Barrier(b) => barriers.push(b),
+                PropertyOp::Stop => {
+                    stop = true;
+                    break;
+                }
             }
             // Whatever queued while the last batch was written goes in this one.
             if batch.len() < PROPERTY_BATCH {
@@ -150,12 +160,13 @@ async fn property_writer(registry: Arc<dyn Registry>, mut rx: mpsc::Receiver<Pro
 impl Ingest {
     pub fn new(registry: Arc<dyn Registry>, backlog: Arc<dyn Backlog>, clock: SharedClock) -> Self {
         let (props, rx) = mpsc::channel(PROPERTY_QUEUE);
-        tokio::spawn(property_writer(registry.clone(), rx));
+        let writer = tokio::spawn(property_writer(registry.clone(), rx));
         Self {
             registry,
             backlog,
             clock,
             props,
+            writer: Mutex::new(Some(writer)),
             devices: Mutex::default(),
             settings: Mutex::default(),
         }
@@ -217,6 +228,22 @@ impl Ingest {
             },
         );
         Ok(s)
+    }
+
+    /// Clean shutdown: writes every property report queued so far to the registry and
+    /// stops the writer (reports after this answer `Closed`). Waits at most `timeout`.
+    pub async fn drain(&self, timeout: std::time::Duration) {
+        let Some(writer) = lock(&self.writer).take() else {
+            return;
+        };
+        let stopped = async {
+            if self.props.send(PropertyOp::Stop).await.is_ok() {
+                let _ = writer.await;
+            }
+        };
+        if tokio::time::timeout(timeout, stopped).await.is_err() {
+            tracing::warn!("the property writer did not drain within the time-out");
+        }
     }
 
     /// Returns once every property report answered before this call is in the registry

@@ -8,6 +8,7 @@ pub mod cloud;
 pub mod config;
 pub mod console;
 pub mod context;
+pub mod data_dir;
 pub mod delivery;
 pub mod gateway;
 pub mod ingest;
@@ -61,7 +62,8 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
-    /// Stops accepting, lets in-flight requests finish (up to `drain`), closes the store.
+    /// Stops accepting, lets in-flight requests finish (up to `drain`), writes the queued
+    /// property last values (up to `drain`), closes the backlog and the store.
     pub async fn shutdown(self, drain: std::time::Duration) {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
@@ -69,6 +71,8 @@ impl RunningServer {
                 tracing::warn!("a task did not stop within the drain time-out");
             }
         }
+        // Last values reported before the stop are written before the store closes.
+        self.ingest.drain(drain).await;
         if let Err(e) = self.backlog.close().await {
             tracing::warn!(error = %e, "closing the backlog");
         }
@@ -146,12 +150,15 @@ fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
 /// processes never open the same backlog and registry files.
 fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
     let path = dir.join("LOCK");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
+    let f = std::os::unix::fs::OpenOptionsExt::mode(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true),
+        data_dir::FILE_MODE,
+    )
+    .open(&path)
+    .with_context(|| format!("opening {}", path.display()))?;
     match f.try_lock() {
         Ok(()) => Ok(f),
         Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
@@ -167,8 +174,8 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
 
 /// Starts every part of the server on the configured addresses.
 pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<RunningServer> {
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    data_dir::prepare(&cfg.data_dir)
+        .with_context(|| format!("preparing data dir {}", cfg.data_dir.display()))?;
     let data_lock = lock_data_dir(&cfg.data_dir)?;
     let (token, token_source) = operator_token(&cfg)?;
 

@@ -32,14 +32,19 @@ impl TlsMaterial {
         let cert_file = dir.join("cert.pem");
         let key_file = dir.join("key.pem");
         if !(cert_file.exists() && key_file.exists()) {
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::os::unix::fs::DirBuilderExt::mode(
+                std::fs::DirBuilder::new().recursive(true),
+                crate::data_dir::DIR_MODE,
+            )
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
             let ck = rcgen::generate_simple_self_signed(vec![
                 "localhost".to_string(),
                 "127.0.0.1".to_string(),
                 "::1".to_string(),
             ])
             .context("generating the development certificate")?;
-            std::fs::write(&cert_file, ck.cert.pem())
+            write_private(&cert_file, &ck.cert.pem())
                 .with_context(|| format!("writing {}", cert_file.display()))?;
             write_private(&key_file, &ck.key_pair.serialize_pem())
                 .with_context(|| format!("writing {}", key_file.display()))?;

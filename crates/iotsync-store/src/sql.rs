@@ -4,6 +4,15 @@
 //!
 //! SQLite allows one writer: write transactions take `write_lock` there so concurrent
 //! writers queue in the process instead of failing with `SQLITE_BUSY`.
+//!
+//! Write transactions are begun and ended here ([`TxConn`]), not by sqlx's
+//! `Transaction`: after `SQLITE_FULL` SQLite may roll a transaction back by itself, sqlx's
+//! `ROLLBACK` then fails, and its depth counter is left at 1 on a pooled connection. The
+//! next writer on that connection gets a `SAVEPOINT` instead of `BEGIN`, its "commit"
+//! releases the savepoint inside a transaction that never ends: it answers success, holds
+//! the write lock (everyone else: `database is locked`) and is lost at restart. A
+//! [`TxConn`] that did not commit goes back to the pool only after its own `ROLLBACK`
+//! succeeded, and is closed otherwise.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -13,7 +22,7 @@ use async_trait::async_trait;
 use serde_json::json;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyConnection, AnyPool, Executor, Row};
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use iotsync_core::api_catalog::ApiGroup;
 use iotsync_core::message::{AccountAction, BindingOperation, LifecycleAction};
@@ -36,7 +45,7 @@ pub enum StoreBackend {
 pub struct SqlRegistry {
     pool: AnyPool,
     backend: StoreBackend,
-    write_lock: Mutex<()>,
+    write_lock: std::sync::Arc<Mutex<()>>,
     clock: SharedClock,
     epoch: std::sync::atomic::AtomicU64,
     history_round: std::sync::atomic::AtomicU64,
@@ -44,11 +53,90 @@ pub struct SqlRegistry {
 
 static DRIVERS: Once = Once::new();
 
-type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
+/// A write transaction on one pooled connection, holding the SQLite write lock.
+struct WriteTx {
+    tx: TxConn,
+}
 
-struct WriteTx<'a> {
-    _guard: Option<MutexGuard<'a, ()>>,
-    tx: Tx<'a>,
+/// A pooled connection inside a transaction this module began. Dropped without
+/// [`TxConn::commit`] (an error, a cancelled request), it rolls back in a task that keeps
+/// the write lock until then, and the connection returns to the pool only if that
+/// `ROLLBACK` succeeded: a connection in an unknown transaction state is closed.
+struct TxConn {
+    conn: Option<sqlx::pool::PoolConnection<sqlx::Any>>,
+    guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl TxConn {
+    async fn begin(
+        mut conn: sqlx::pool::PoolConnection<sqlx::Any>,
+        backend: StoreBackend,
+        guard: Option<OwnedMutexGuard<()>>,
+    ) -> StoreResult<Self> {
+        let begin = match backend {
+            // Takes the write lock now rather than at the first write.
+            StoreBackend::Sqlite => "BEGIN IMMEDIATE",
+            StoreBackend::Postgres => "BEGIN",
+        };
+        if let Err(e) = conn.execute(begin).await {
+            // The connection's state is unknown: never hand it out again.
+            conn.close_on_drop();
+            return Err(e.into());
+        }
+        Ok(Self {
+            conn: Some(conn),
+            guard,
+        })
+    }
+
+    /// Commits; `Ok` only once the database reported the commit done.
+    async fn commit(mut self) -> StoreResult<()> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(StoreError::Corrupt("transaction already ended".into()));
+        };
+        conn.execute("COMMIT").await?;
+        // Committed: the connection goes back to the pool as it is.
+        self.conn = None;
+        Ok(())
+    }
+}
+
+impl Drop for TxConn {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        let guard = self.guard.take();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    if let Err(e) = conn.execute("ROLLBACK").await {
+                        tracing::debug!(error = %e, "rollback failed; closing the connection");
+                        let _ = conn.close().await;
+                    }
+                    drop(guard);
+                });
+            }
+            Err(_) => {
+                // No runtime left to roll back on: closing the connection rolls back.
+                conn.close_on_drop();
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for TxConn {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        // `conn` is only `None` after commit (which consumes self) or in drop.
+        self.conn.as_deref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl std::ops::DerefMut for TxConn {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        self.conn.as_deref_mut().unwrap_or_else(|| unreachable!())
+    }
 }
 
 impl SqlRegistry {
@@ -93,15 +181,18 @@ impl SqlRegistry {
         Ok(Self {
             pool,
             backend,
-            write_lock: Mutex::new(()),
+            write_lock: std::sync::Arc::new(Mutex::new(())),
             clock,
             epoch: std::sync::atomic::AtomicU64::new(1),
             history_round: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
-    /// The embedded default: a SQLite file, created if missing.
+    /// The embedded default: a SQLite file, created if missing. It holds every secret, so
+    /// it is created owner-only (0600) here before SQLite opens it; SQLite gives its
+    /// `-wal` and `-shm` files the database file's mode.
     pub async fn open_sqlite(path: &Path, clock: SharedClock) -> StoreResult<Self> {
+        create_private(path).map_err(sqlx::Error::Io)?;
         let url = format!("sqlite://{}?mode=rwc", path.display());
         Self::connect(&url, clock).await
     }
@@ -114,13 +205,14 @@ impl SqlRegistry {
         self.pool.close().await;
     }
 
-    async fn write(&self) -> StoreResult<WriteTx<'_>> {
+    async fn write(&self) -> StoreResult<WriteTx> {
         let guard = match self.backend {
-            StoreBackend::Sqlite => Some(self.write_lock.lock().await),
+            StoreBackend::Sqlite => Some(self.write_lock.clone().lock_owned().await),
             StoreBackend::Postgres => None,
         };
-        let tx = self.pool.begin().await?;
-        Ok(WriteTx { _guard: guard, tx })
+        let conn = self.pool.acquire().await?;
+        let tx = TxConn::begin(conn, self.backend, guard).await?;
+        Ok(WriteTx { tx })
     }
 
     fn now(&self) -> i64 {
@@ -131,6 +223,15 @@ impl SqlRegistry {
     fn bump(&self) {
         self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
+}
+
+/// Creates `path` empty with mode 0600 if it does not exist (an existing file is kept).
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts.open(path).map(drop)
 }
 
 /// Versioned migrations, embedded in the binary; one SQL dialect per backend.

@@ -17,6 +17,7 @@
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -132,6 +133,7 @@ impl SpillPool {
                 .write(true)
                 .create(true)
                 .truncate(true)
+                .mode(0o600)
                 .open(path)
             {
                 Ok(file) => f.file = Some(file),

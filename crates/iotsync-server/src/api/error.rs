@@ -61,6 +61,10 @@ impl ApiError {
     }
 }
 
+/// The message of `store.disk_full` (REST, cloud API, the device's `_reply`).
+pub const STORE_DISK_FULL_MESSAGE: &str =
+    "the registry's disk is full; nothing of this request was stored, retry when space returns";
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let status = match &e {
@@ -69,6 +73,14 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid { .. } => StatusCode::BAD_REQUEST,
             StoreError::Rule(r) if r.code() == "invalid_argument" => StatusCode::BAD_REQUEST,
             StoreError::Rule(_) => StatusCode::CONFLICT,
+            StoreError::DiskFull(_) => {
+                tracing::error!(error = %e, "registry disk full");
+                return ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "store.disk_full",
+                    STORE_DISK_FULL_MESSAGE,
+                );
+            }
             StoreError::Db(_) | StoreError::Migrate(_) | StoreError::Corrupt(_) => {
                 tracing::error!(error = %e, "registry error");
                 return ApiError::new(
@@ -157,5 +169,27 @@ impl From<crate::ingest::IngestError> for ApiError {
             I::Store(s) => s.into(),
             I::Backlog(b) => b.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_disk_full_is_507_store_disk_full() {
+        let full = StoreError::from(sqlx::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::StorageFull,
+        )));
+        let e = ApiError::from(full);
+        assert_eq!(e.status, StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(e.body.code, "store.disk_full");
+    }
+
+    #[test]
+    fn other_database_errors_stay_internal() {
+        let e = ApiError::from(StoreError::from(sqlx::Error::PoolClosed));
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(e.body.code, "internal");
     }
 }

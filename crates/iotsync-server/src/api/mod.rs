@@ -89,6 +89,56 @@ async fn kick_dispatcher(State(st): State<ApiState>, req: Request, next: Next) -
     resp
 }
 
+/// Errors answered outside the API's own handlers (axum's rejections: a path that is not
+/// UTF-8, a method the route lacks, a body over the limit) come as text or empty; this
+/// gives them the API's JSON error shape with a stable code.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    let status = res.status();
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let (code, default) = match status {
+        axum::http::StatusCode::METHOD_NOT_ALLOWED => (
+            "http.method_not_allowed",
+            "this route does not take that method; see /api/v1/openapi.json",
+        ),
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE => (
+            "http.payload_too_large",
+            "the request body is over the limit (api.max_body_bytes)",
+        ),
+        axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ("http.unsupported_media_type", "send application/json")
+        }
+        axum::http::StatusCode::NOT_FOUND => ("not_found", "not found"),
+        s if s.is_client_error() => ("invalid_argument", "the request is not valid"),
+        _ => ("internal", "internal error; see the server log"),
+    };
+    let message = if text.is_empty() || status.is_server_error() {
+        default.to_owned()
+    } else {
+        text
+    };
+    let mut out = axum::response::IntoResponse::into_response(ApiError::new(status, code, message));
+    // Keep what the client needs of the original (e.g. `Allow` on a 405).
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
 async fn fallback() -> ApiError {
     ApiError::not_found("no such API route")
 }
@@ -200,4 +250,5 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
         .merge(metrics)
         .nest("/api/v1", v1)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn(json_errors))
 }

@@ -40,6 +40,11 @@ pub mod code {
     pub const NOT_FOUND: i64 = 404;
     pub const BAD_PARAMETER: i64 = 460;
     pub const INTERNAL: i64 = 500;
+    /// The server's disk is full (registry or backlog): nothing was stored; retry later.
+    /// The message starts with the REST code (`store.disk_full` or `backlog.disk_full`).
+    pub const DISK_FULL: i64 = 507;
+    /// The request body is over the cloud API's limit.
+    pub const PAYLOAD_TOO_LARGE: i64 = 413;
     pub const DEVICE_OFFLINE: i64 = 9201;
     /// The device is online but did not reply in time.
     pub const DEVICE_TIMEOUT: i64 = 9202;
@@ -70,6 +75,16 @@ impl From<StoreError> for CloudError {
             StoreError::NotFound { .. } => CloudError::new(code::NOT_FOUND, e.to_string()),
             StoreError::Invalid { .. } | StoreError::Conflict { .. } | StoreError::Rule(_) => {
                 CloudError::bad(e.to_string())
+            }
+            StoreError::DiskFull(_) => {
+                tracing::error!(error = %e, "cloud API: registry disk full");
+                CloudError::new(
+                    code::DISK_FULL,
+                    format!(
+                        "store.disk_full: {}",
+                        crate::api::error::STORE_DISK_FULL_MESSAGE
+                    ),
+                )
             }
             _ => {
                 tracing::error!(error = %e, "cloud API store error");
@@ -124,8 +139,23 @@ async fn handle(
     State(st): State<CloudState>,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Json<Value> {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            let code = if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                code::PAYLOAD_TOO_LARGE
+            } else {
+                code::BAD_PARAMETER
+            };
+            tracing::info!(path = uri.path(), code, error = %e, "cloud API body refused");
+            return answer(
+                &Value::Null,
+                Err(CloudError::new(code, format!("request body refused: {e}"))),
+            );
+        }
+    };
     let envelope: Option<Value> = serde_json::from_slice(&body).ok();
     let id = envelope
         .as_ref()
@@ -285,5 +315,20 @@ async fn check_token(
             code::SIGNATURE,
             "cloudToken is not valid for this project (replaced by a newer token, or never issued)",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_disk_full_answers_the_cloud_disk_full_code() {
+        let full = StoreError::from(sqlx::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::StorageFull,
+        )));
+        let e = CloudError::from(full);
+        assert_eq!(e.code, code::DISK_FULL);
+        assert!(e.message.starts_with("store.disk_full"), "{}", e.message);
     }
 }

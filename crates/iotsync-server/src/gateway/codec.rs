@@ -115,6 +115,13 @@ impl<'a> Reader<'a> {
     fn u16(&mut self) -> Result<u16, CodecError> {
         Ok(u16::from_be_bytes([self.u8()?, self.u8()?]))
     }
+    /// A packet identifier: MQTT 3.1.1 §2.3.1 requires it non-zero.
+    fn packet_id(&mut self) -> Result<u16, CodecError> {
+        match self.u16()? {
+            0 => Err(CodecError::Malformed("packet identifier 0")),
+            id => Ok(id),
+        }
+    }
     fn bytes(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
         let end = self
             .pos
@@ -214,7 +221,7 @@ fn decode_body(first: u8, body: &[u8]) -> Result<Packet, CodecError> {
                 return Err(CodecError::Malformed("QoS 3"));
             }
             let topic = r.string()?;
-            let packet_id = if qos > 0 { Some(r.u16()?) } else { None };
+            let packet_id = if qos > 0 { Some(r.packet_id()?) } else { None };
             Packet::Publish(Publish {
                 dup: first & 0x08 != 0,
                 qos,
@@ -230,7 +237,7 @@ fn decode_body(first: u8, body: &[u8]) -> Result<Packet, CodecError> {
         7 => Packet::PubComp(r.u16()?),
         8 => {
             expect_flags(first, 0x02)?;
-            let packet_id = r.u16()?;
+            let packet_id = r.packet_id()?;
             let mut filters = Vec::new();
             while !r.done() {
                 let f = r.string()?;
@@ -254,7 +261,7 @@ fn decode_body(first: u8, body: &[u8]) -> Result<Packet, CodecError> {
         }
         10 => {
             expect_flags(first, 0x02)?;
-            let packet_id = r.u16()?;
+            let packet_id = r.packet_id()?;
             let mut filters = Vec::new();
             while !r.done() {
                 filters.push(r.string()?);
@@ -450,6 +457,27 @@ mod tests {
                 "cut {cut}"
             );
         }
+    }
+
+    #[test]
+    fn packet_identifier_zero_is_malformed() {
+        // QoS 1 PUBLISH "a/b", packet id 0, payload "x".
+        let publish = [0x32, 8, 0, 3, b'a', b'/', b'b', 0, 0, b'x'];
+        assert_eq!(
+            decode(&publish[..], DEFAULT_MAX_PACKET),
+            Err(CodecError::Malformed("packet identifier 0"))
+        );
+        let mut ok = publish;
+        ok[8] = 1;
+        assert!(matches!(
+            decode(&ok[..], DEFAULT_MAX_PACKET),
+            Ok(Some((Packet::Publish(_), 10)))
+        ));
+        // SUBSCRIBE and UNSUBSCRIBE with packet id 0.
+        let subscribe = [0x82, 8, 0, 0, 0, 3, b'a', b'/', b'b', 1];
+        assert!(decode(&subscribe[..], DEFAULT_MAX_PACKET).is_err());
+        let unsubscribe = [0xa2, 7, 0, 0, 0, 3, b'a', b'/', b'b'];
+        assert!(decode(&unsubscribe[..], DEFAULT_MAX_PACKET).is_err());
     }
 
     #[test]

@@ -511,6 +511,17 @@ impl Connection {
                 Step::Close(End::Refused("device deleted".into()))
             }
             // Not durable: no PUBACK; closing makes the device send it again.
+            Err(e) if disk_full_code(&e).is_some() => {
+                let rest = disk_full_code(&e).unwrap_or("store.disk_full");
+                tracing::error!(iot_id = %self.iot_id, error = %e, "uplink not stored: disk full");
+                self.reply(
+                    topic,
+                    &req.id,
+                    code::DISK_FULL,
+                    &format!("{rest}: the server's disk is full; nothing was stored, retry when space returns"),
+                );
+                Step::Close(End::Internal(e.to_string()))
+            }
             Err(e) => {
                 tracing::error!(iot_id = %self.iot_id, error = %e, "uplink not stored");
                 self.reply(topic, &req.id, code::INTERNAL, "internal error");
@@ -523,6 +534,17 @@ impl Connection {
         tracing::debug!(iot_id = %self.iot_id, code = e.code, message = %e.message, "uplink refused");
         self.reply(topic, &e.id, e.code, &e.message);
         Step::Continue
+    }
+}
+
+/// The stable code of a disk-full failure (`store.disk_full` / `backlog.disk_full`).
+fn disk_full_code(e: &IngestError) -> Option<&'static str> {
+    match e {
+        IngestError::Store(s) if s.is_disk_full() => Some("store.disk_full"),
+        IngestError::Backlog(iotsync_backlog::BacklogError::DiskFull { .. }) => {
+            Some("backlog.disk_full")
+        }
+        _ => None,
     }
 }
 

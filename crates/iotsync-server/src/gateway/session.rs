@@ -13,6 +13,9 @@ pub mod code {
     pub const NOT_FOUND: i64 = 404;
     pub const BAD_PARAMS: i64 = 460;
     pub const INTERNAL: i64 = 500;
+    /// The server's disk is full: nothing was stored (no PUBACK); the message starts with
+    /// the REST code (`store.disk_full` or `backlog.disk_full`).
+    pub const DISK_FULL: i64 = 507;
 }
 
 /// What an uplink PUBLISH on one of the device's own topics is.

@@ -53,9 +53,14 @@ pub fn repo_root() -> PathBuf {
 
 impl Env {
     pub async fn start() -> Self {
+        Self::start_in(None).await
+    }
+
+    /// Starts on `data_dir` (e.g. a small tmpfs), or on a fresh temporary dir.
+    pub async fn start_in(data_dir: Option<PathBuf>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let flags = ConfigOverrides {
-            data_dir: Some(dir.path().to_owned()),
+            data_dir: Some(data_dir.unwrap_or_else(|| dir.path().to_owned())),
             operator_token: Some(TOKEN.into()),
             ..Default::default()
         }
@@ -252,6 +257,94 @@ fn msg(d: &Delivery) -> Msg {
         topic: d.message.envelope.topic.clone(),
         message_id: d.message.envelope.message_id.to_string(),
         payload: serde_json::from_slice(&d.message.envelope.payload).unwrap(),
+    }
+}
+
+/// A device speaking MQTT 3.1.1 through the gateway's own codec, for tests that need
+/// packets no client library sends (or many of them quickly).
+pub struct RawDevice {
+    s: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawDevice {
+    /// Connects and signs in as `dev`; returns the CONNACK return code with the device.
+    pub async fn connect(env: &Env, pk: &str, dev: &Dev) -> (u8, Self) {
+        use iotsync_core::sign::device::{sign_password, DeviceClientId, DeviceUsername};
+        use iotsync_server::gateway::codec::{self, Connect, Packet};
+        let ts = SystemClock.now_ms();
+        let client_id: DeviceClientId = format!(
+            "raw-{}|securemode=3,signmethod=hmacsha256,timestamp={ts}|",
+            dev.dn
+        )
+        .parse()
+        .unwrap();
+        let username: DeviceUsername = format!("{}&{pk}", dev.dn).parse().unwrap();
+        let mut out = Vec::new();
+        codec::encode(
+            &Packet::Connect(Box::new(Connect {
+                protocol_name: "MQTT".into(),
+                protocol_level: 4,
+                clean_session: true,
+                keep_alive_s: 60,
+                client_id: client_id.to_string(),
+                will: None,
+                username: Some(username.to_string()),
+                password: Some(sign_password(&client_id, &username, &dev.secret).into_bytes()),
+            })),
+            &mut out,
+        );
+        let s = tokio::net::TcpStream::connect(("127.0.0.1", env.mqtt_port()))
+            .await
+            .unwrap();
+        let mut d = Self { s, buf: Vec::new() };
+        d.s.write_all(&out).await.unwrap();
+        match d.recv().await {
+            Some(Packet::ConnAck { code, .. }) => (code, d),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    pub async fn send(&mut self, p: &iotsync_server::gateway::codec::Packet) -> bool {
+        let mut out = Vec::new();
+        iotsync_server::gateway::codec::encode(p, &mut out);
+        self.s.write_all(&out).await.is_ok()
+    }
+
+    /// A QoS 1 property post of `items` with packet id `pid`.
+    pub async fn post_properties(&mut self, pk: &str, dn: &str, pid: u16, items: Value) -> bool {
+        let body = json!({"id": pid.to_string(), "version": "1.0",
+            "method": "thing.event.property.post", "params": items});
+        self.send(&iotsync_server::gateway::codec::Packet::Publish(
+            iotsync_server::gateway::codec::Publish {
+                dup: false,
+                qos: 1,
+                retain: false,
+                topic: format!("/sys/{pk}/{dn}/thing/event/property/post"),
+                packet_id: Some(pid),
+                payload: serde_json::to_vec(&body).unwrap(),
+            },
+        ))
+        .await
+    }
+
+    /// The next packet from the gateway; `None` once it closed the connection (or after
+    /// 30 s of silence).
+    pub async fn recv(&mut self) -> Option<iotsync_server::gateway::codec::Packet> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some((p, used)) =
+                iotsync_server::gateway::codec::decode(&self.buf, 16 * 1024 * 1024).unwrap()
+            {
+                self.buf.drain(..used);
+                return Some(p);
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match tokio::time::timeout(Duration::from_secs(30), self.s.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
     }
 }
 
