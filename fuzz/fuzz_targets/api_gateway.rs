@@ -135,4 +135,3 @@ fuzz_target!(|data: &[u8]| {
         .verify(&req, body, secret, ts, FRESHNESS_WINDOW_MS)
         .unwrap_or_else(|e| panic!("client-signed request refused: {e}"));
 });
-

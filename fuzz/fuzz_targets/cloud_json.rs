@@ -48,7 +48,11 @@ fuzz_target!(|data: &[u8]| {
         .ok()
         .and_then(|b| b.get("id").cloned())
         .filter(|id| id.is_string() || id.is_number());
-    assert_eq!(v["id"], sent_id.unwrap_or(Value::Null), "{path}: id: {text}");
+    assert_eq!(
+        v["id"],
+        sent_id.unwrap_or(Value::Null),
+        "{path}: id: {text}"
+    );
     if path == "/cloud/token" && c == code::SUCCESS {
         if let Some(t) = v["data"]["cloudToken"].as_str() {
             *h.token() = t.to_owned();

@@ -25,7 +25,8 @@ fuzz_target!(|data: &[u8]| {
         _ => panic!("loading the same text twice gave different outcomes"),
     }
     if let Ok(cfg) = first {
-        cfg.validate().expect("layered() returned a config validate() refuses");
+        cfg.validate()
+            .expect("layered() returned a config validate() refuses");
         let _ = cfg.delivery.backlog_config();
     }
 });

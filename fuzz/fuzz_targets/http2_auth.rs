@@ -10,8 +10,8 @@
 #![no_main]
 
 use iotsync_core::sign::http2::{
-    Http2AuthParams, HEADER_APP_KEY, HEADER_AUTH_NAME, HEADER_GROUP, HEADER_RANDOM,
-    HEADER_SIGN, HEADER_SIGN_METHOD,
+    Http2AuthParams, HEADER_APP_KEY, HEADER_AUTH_NAME, HEADER_GROUP, HEADER_RANDOM, HEADER_SIGN,
+    HEADER_SIGN_METHOD,
 };
 use iotsync_core::sign::FRESHNESS_WINDOW_MS;
 use libfuzzer_sys::fuzz_target;
@@ -38,9 +38,9 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     let secret = lines.get(NAMES.len()).copied().unwrap_or("");
 
-    let Ok(params) = Http2AuthParams::from_headers(|n| {
-        headers.iter().find(|(h, _)| *h == n).map(|(_, v)| *v)
-    }) else {
+    let Ok(params) =
+        Http2AuthParams::from_headers(|n| headers.iter().find(|(h, _)| *h == n).map(|(_, v)| *v))
+    else {
         return;
     };
     let sent = params.to_headers();

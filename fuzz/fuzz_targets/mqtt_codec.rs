@@ -12,7 +12,11 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let mut rest = data;
     while let Ok(Some((packet, used))) = decode(rest, DEFAULT_MAX_PACKET) {
-        assert!(used > 0 && used <= rest.len(), "used {used} of {}", rest.len());
+        assert!(
+            used > 0 && used <= rest.len(),
+            "used {used} of {}",
+            rest.len()
+        );
         let mut enc = Vec::new();
         encode(&packet, &mut enc);
         match decode(&enc, DEFAULT_MAX_PACKET) {
@@ -25,7 +29,11 @@ fuzz_target!(|data: &[u8]| {
         // Short packets only: the check is quadratic in the length.
         if enc.len() <= 256 {
             for cut in 0..enc.len() {
-                assert_eq!(decode(&enc[..cut], DEFAULT_MAX_PACKET), Ok(None), "cut {cut}");
+                assert_eq!(
+                    decode(&enc[..cut], DEFAULT_MAX_PACKET),
+                    Ok(None),
+                    "cut {cut}"
+                );
             }
         }
         rest = &rest[used..];

@@ -51,10 +51,18 @@ fuzz_target!(|data: &[u8]| {
         let v: Value = serde_json::from_slice(&a.body)
             .unwrap_or_else(|_| panic!("{method} {path}: {} not JSON: {text}", a.status));
         let code = v["code"].as_str().unwrap_or("");
-        assert!(!code.is_empty(), "{method} {path}: {} without a code: {text}", a.status);
-        assert!(v["message"].is_string(), "{method} {path}: no message: {text}");
         assert!(
-            code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.'),
+            !code.is_empty(),
+            "{method} {path}: {} without a code: {text}",
+            a.status
+        );
+        assert!(
+            v["message"].is_string(),
+            "{method} {path}: no message: {text}"
+        );
+        assert!(
+            code.bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.'),
             "{method} {path}: code {code:?} is not a stable code"
         );
     }

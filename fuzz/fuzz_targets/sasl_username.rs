@@ -48,4 +48,3 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 });
-

@@ -27,7 +27,10 @@ fuzz_target!(|data: &[u8]| {
 
     // 1. As received.
     if let Ok(push) = verify_form(body, app_key, secret) {
-        let key: AppKey = push.app_key.parse().expect("verified push with a bad appKey");
+        let key: AppKey = push
+            .app_key
+            .parse()
+            .expect("verified push with a bad appKey");
         let want = sign(
             &WebhookFields {
                 app_key: &key,

@@ -66,7 +66,9 @@ impl AsyncWrite for MemStream<'_> {
 /// A received Base64 MAC as the server decodes it (trimmed, standard alphabet), to
 /// compare two encodings of one MAC.
 pub fn base64(s: &str) -> Option<Vec<u8>> {
-    base64::engine::general_purpose::STANDARD.decode(s.trim()).ok()
+    base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .ok()
 }
 
 /// A real server in this process (fresh data dir under `$TMPDIR`, every listener on
@@ -151,7 +153,12 @@ pub mod server {
         }
 
         fn json(&self, method: &str, path: &str, body: Value) -> Value {
-            let a = self.rest(method, path, "application/json", body.to_string().as_bytes());
+            let a = self.rest(
+                method,
+                path,
+                "application/json",
+                body.to_string().as_bytes(),
+            );
             assert!(
                 a.status < 300,
                 "set-up {method} {path}: {} {}",
@@ -167,7 +174,11 @@ pub mod server {
             self.app_key = p["appKey"].as_str().expect("appKey").to_owned();
             self.app_secret = p["appSecret"].as_str().expect("appSecret").to_owned();
             let pp = format!("/api/v1/projects/{}", self.pid);
-            self.json("POST", &format!("{pp}/sync/enable"), json!({"method": "amqp"}));
+            self.json(
+                "POST",
+                &format!("{pp}/sync/enable"),
+                json!({"method": "amqp"}),
+            );
             for g in [
                 ApiGroup::CloudToken,
                 ApiGroup::ThingModel,
