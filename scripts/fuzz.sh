@@ -22,6 +22,10 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked --version 0.13.2
 fi
 
+# The same dependency versions as the main workspace (its lock, plus what only the fuzz
+# crate uses, resolved here); fuzz/Cargo.lock is not tracked.
+cp ../Cargo.lock Cargo.lock
+
 # The in-process servers of rest_json / cloud_json put their data dirs under TMPDIR.
 work="$(mktemp -d -t iotsync-fuzz.XXXXXX)"
 trap 'rm -rf "$work"' EXIT
