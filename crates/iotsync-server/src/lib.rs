@@ -287,6 +287,8 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
     let dispatcher_task = tokio::spawn(dispatcher.run(shutdown_rx.clone()));
     let mut rx = shutdown_rx.clone();
     let api_task = tokio::spawn(async move {
+        // ConnectInfo: the sign-in throttles count failures per peer address.
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = rx.wait_for(|stop| *stop).await;
         });

@@ -1,5 +1,6 @@
 //! Extractors whose failures are API errors naming the field: JSON bodies (with the
-//! path of the offending field), query strings and path identifiers.
+//! path of the offending field), query strings and path identifiers; and the caller's
+//! address for the sign-in throttles.
 
 use std::str::FromStr;
 
@@ -137,4 +138,30 @@ where
 /// Parses a path or body identifier into its newtype.
 pub fn id<T: FromStr<Err = IdError>>(field: &str, s: &str) -> Result<T, ApiError> {
     s.parse::<T>().map_err(|e| ApiError::bad_id(field, e))
+}
+
+/// The address a request came from (the TCP peer), for the sign-in throttles. The API
+/// listener is served with `ConnectInfo<SocketAddr>`; a router served without it (an
+/// in-process test) counts every caller as the unspecified address. Forwarded-for
+/// headers are not trusted: anyone can write them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerIp(pub std::net::IpAddr);
+
+impl PeerIp {
+    pub fn of(ext: &axum::http::Extensions) -> Self {
+        use axum::extract::ConnectInfo;
+        PeerIp(
+            ext.get::<ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip())
+                .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+        )
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for PeerIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(PeerIp::of(&parts.extensions))
+    }
 }
