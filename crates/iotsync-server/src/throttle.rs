@@ -92,7 +92,7 @@ pub struct ThrottleConfig {
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     failures: u32,
-    /// No attempt is looked at before this (ms).
+    /// No attempt is looked at before this (ms); `i64::MIN` within the allowance.
     blocked_until: i64,
     /// Forgotten from this time on (ms).
     forget_at: i64,
@@ -145,8 +145,9 @@ impl FailureThrottle {
         let now = self.clock.now_ms();
         let s = self.lock();
         match s.map.get(&h) {
+            // Never longer than the cap, even when the clock stepped back.
             Some(e) if e.blocked_until > now => Err(RetryAfter(Duration::from_millis(
-                (e.blocked_until - now) as u64,
+                (e.blocked_until - now).min(ms(self.cfg.max)) as u64,
             ))),
             _ => Ok(()),
         }
@@ -168,15 +169,15 @@ impl FailureThrottle {
         }
         let e = s.map.entry(h).or_insert(Entry {
             failures: 0,
-            blocked_until: now,
+            blocked_until: i64::MIN,
             forget_at: now,
         });
         if e.forget_at <= now {
             // Idle long enough to be forgotten but not swept yet: start over.
             e.failures = 0;
+            e.blocked_until = i64::MIN;
         }
         e.failures = e.failures.saturating_add(1);
-        e.blocked_until = now.max(e.blocked_until);
         if e.failures > self.cfg.free_failures {
             let over = e.failures - self.cfg.free_failures - 1;
             let wait = self
@@ -186,7 +187,7 @@ impl FailureThrottle {
                 .min(self.cfg.max);
             e.blocked_until = now.saturating_add(ms(wait));
         }
-        e.forget_at = e.blocked_until.saturating_add(ms(self.cfg.max));
+        e.forget_at = now.max(e.blocked_until).saturating_add(ms(self.cfg.max));
     }
 
     /// Forgets `key`'s failures.
@@ -403,6 +404,21 @@ mod tests {
         assert_eq!(t.len(), 50);
         // The newest key is always kept.
         assert!(t.check(&9_999).is_err());
+    }
+
+    #[test]
+    fn a_clock_stepping_back_never_makes_a_wait_longer_than_the_cap() {
+        let (t, clock) = throttle(1, 100);
+        t.note_failure("free");
+        t.note_failure("k");
+        t.note_failure("k");
+        clock.advance_ms(-3_600_000);
+        assert_eq!(
+            t.check("free"),
+            Ok(()),
+            "within the allowance nothing waits"
+        );
+        assert_eq!(t.check("k").unwrap_err().seconds(), 60);
     }
 
     #[test]
