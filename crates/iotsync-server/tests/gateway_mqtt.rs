@@ -312,9 +312,12 @@ async fn silent_device_is_dropped_after_its_keep_alive() {
     let dev = &p.devices[0];
     let mut c = env.consumer(&p).await;
     c.until("/thing/lifecycle").await;
-    let client_id: DeviceClientId = "raw1|securemode=3,signmethod=hmacsha256,timestamp=5|"
-        .parse()
-        .unwrap();
+    // A fresh timestamp: one outside auth.device_timestamp_window is refused.
+    let ts = iotsync_core::Clock::now_ms(&env.clock);
+    let client_id: DeviceClientId =
+        format!("raw1|securemode=3,signmethod=hmacsha256,timestamp={ts}|")
+            .parse()
+            .unwrap();
     let username: DeviceUsername = format!("{}&{}", dev.dn, p.pk).parse().unwrap();
     let mut out = Vec::new();
     codec::encode(

@@ -187,6 +187,18 @@ pub trait Registry: Send + Sync + 'static {
         expires_at: i64,
     ) -> StoreResult<()>;
     async fn cloud_token(&self, project: &ProjectId) -> StoreResult<Option<CloudToken>>;
+    /// Records a used `X-Ca-Nonce` until `expires_at`: true the first time; false while
+    /// it is recorded and unexpired at `now`. One statement, so nodes sharing the
+    /// registry never both get true for one nonce.
+    async fn use_nonce(
+        &self,
+        project: &ProjectId,
+        nonce: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> StoreResult<bool>;
+    /// Forgets nonces expired at `now`; how many.
+    async fn purge_nonces(&self, now: i64) -> StoreResult<u64>;
     /// Reported values of one property (kept: the newest [`PROPERTY_HISTORY_MAX`]; batched
     /// reports trim it every few batches, so it may briefly hold a little more).
     async fn property_timeline(

@@ -248,6 +248,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0002_cloud_api.sql"),
         include_str!("../migrations/postgres/0002_cloud_api.sql"),
     ),
+    (
+        3,
+        "cloud_nonces",
+        include_str!("../migrations/sqlite/0003_cloud_nonces.sql"),
+        include_str!("../migrations/postgres/0003_cloud_nonces.sql"),
+    ),
 ];
 
 fn migrator(backend: StoreBackend) -> sqlx::migrate::Migrator {
@@ -1915,6 +1921,49 @@ impl Registry for SqlRegistry {
             })
         })
         .transpose()
+    }
+
+    // Cloud API nonces (one block: `use_nonce`, `purge_nonces`).
+    async fn use_nonce(
+        &self,
+        project: &ProjectId,
+        nonce: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> StoreResult<bool> {
+        // One statement decides: the insert, or the take-over of a row whose window has
+        // passed. On PostgreSQL two nodes racing on one nonce serialize on the key and
+        // exactly one sees a row written; SQLite has a single writer anyway.
+        let mut w = self.write().await?;
+        let done = sqlx::query(
+            "INSERT INTO cloud_nonces (project_id, nonce, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (project_id, nonce) DO UPDATE SET expires_at = excluded.expires_at \
+             WHERE cloud_nonces.expires_at <= $4",
+        )
+        .bind(project.as_str())
+        .bind(nonce)
+        .bind(expires_at)
+        .bind(now)
+        .execute(&mut *w.tx)
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::Database(d) if d.is_foreign_key_violation() => {
+                StoreError::not_found("project", project)
+            }
+            e => e.into(),
+        })?;
+        w.tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn purge_nonces(&self, now: i64) -> StoreResult<u64> {
+        let mut w = self.write().await?;
+        let done = sqlx::query("DELETE FROM cloud_nonces WHERE expires_at <= $1")
+            .bind(now)
+            .execute(&mut *w.tx)
+            .await?;
+        w.tx.commit().await?;
+        Ok(done.rows_affected())
     }
 
     async fn property_timeline(

@@ -11,6 +11,8 @@ const T0: i64 = 1_700_000_000_000;
 
 struct Harness {
     reg: SqlRegistry,
+    /// Where `reg` lives, for a second registry on the same database (another node).
+    url: String,
     _dir: Option<tempfile::TempDir>,
     pg_schema: Option<String>,
 }
@@ -22,14 +24,16 @@ fn pg_base_url() -> String {
 
 async fn sqlite() -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let reg = SqlRegistry::open_sqlite(
-        &dir.path().join("registry.db"),
-        Arc::new(ManualClock::new(T0)),
-    )
-    .await
-    .unwrap();
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("registry.db").display()
+    );
+    let reg = SqlRegistry::connect(&url, Arc::new(ManualClock::new(T0)))
+        .await
+        .unwrap();
     Harness {
         reg,
+        url,
         _dir: Some(dir),
         pg_schema: None,
     }
@@ -57,6 +61,7 @@ async fn postgres() -> Harness {
         .unwrap();
     Harness {
         reg,
+        url,
         _dir: None,
         pg_schema: Some(schema),
     }
@@ -243,4 +248,92 @@ both!(the_timeline_keeps_only_the_newest_values, h, {
     };
     let oldest = h.reg.property_timeline(&pid, &d.iot_id, &q).await.unwrap();
     assert_eq!(oldest[0].time, T0 + 5, "the 5 oldest values were trimmed");
+});
+
+both!(
+    a_nonce_is_accepted_once_until_it_expires_and_purged_after,
+    h,
+    {
+        let (pid, _) = h.device().await;
+        let other = h
+            .reg
+            .create_project("Other", "test")
+            .await
+            .unwrap()
+            .project
+            .project_id;
+        assert!(h
+            .reg
+            .use_nonce(&pid, "n-1", T0, T0 + 900_000)
+            .await
+            .unwrap());
+        assert!(!h
+            .reg
+            .use_nonce(&pid, "n-1", T0 + 1, T0 + 900_001)
+            .await
+            .unwrap());
+        assert!(
+            h.reg
+                .use_nonce(&other, "n-1", T0, T0 + 900_000)
+                .await
+                .unwrap(),
+            "nonces are per project"
+        );
+        // Once its window has passed the row no longer blocks a new use (even unpurged).
+        assert!(!h
+            .reg
+            .use_nonce(&pid, "n-1", T0 + 899_999, T0 + 1_800_000)
+            .await
+            .unwrap());
+        assert!(h
+            .reg
+            .use_nonce(&pid, "n-1", T0 + 900_000, T0 + 1_800_000)
+            .await
+            .unwrap());
+        assert!(h.reg.use_nonce(&pid, "n-2", T0, T0 + 10).await.unwrap());
+        assert_eq!(h.reg.purge_nonces(T0 + 10).await.unwrap(), 1, "n-2 only");
+        assert_eq!(
+            h.reg.purge_nonces(T0 + 900_000).await.unwrap(),
+            1,
+            "other's n-1"
+        );
+        assert!(!h
+            .reg
+            .use_nonce(&pid, "n-1", T0 + 900_001, T0 + 1_800_000)
+            .await
+            .unwrap());
+        let ghost: ProjectId = "nosuchproject".parse().unwrap();
+        assert!(matches!(
+            h.reg.use_nonce(&ghost, "n", T0, T0 + 1).await,
+            Err(StoreError::NotFound { .. })
+        ));
+        // Deleting the project takes its nonces with it: only pid's n-1 is left to purge.
+        assert!(h
+            .reg
+            .use_nonce(&other, "n-3", T0, T0 + 900_000)
+            .await
+            .unwrap());
+        h.reg.delete_project(&other, "test").await.unwrap();
+        assert_eq!(h.reg.purge_nonces(i64::MAX).await.unwrap(), 1);
+    }
+);
+
+both!(two_nodes_racing_on_one_nonce_accept_it_once, h, {
+    let (pid, _) = h.device().await;
+    let node2 = SqlRegistry::connect(&h.url, Arc::new(ManualClock::new(T0)))
+        .await
+        .unwrap();
+    for i in 0..40 {
+        let n = format!("race-{i}");
+        let (a, b) = tokio::join!(
+            h.reg.use_nonce(&pid, &n, T0, T0 + 900_000),
+            node2.use_nonce(&pid, &n, T0, T0 + 900_000)
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(
+            a != b,
+            "{n}: node 1 {a}, node 2 {b}: exactly one must accept"
+        );
+    }
+    node2.close().await;
 });

@@ -9,15 +9,18 @@
 //!   `clientId${anyId}deviceName${dn}productKey${pk}timestamp${ms}`), the `timestamp` part
 //!   left out when the client id has none. Either hex case is accepted.
 //!
-//! The timestamp is signed but not checked for freshness: devices often have no
-//! real-time clock, and the platform does not refuse old ones either.
+//! The timestamp is signed, so it cannot be stripped or changed without the secret;
+//! [`check_timestamp`] refuses one outside a window (the gateway's
+//! `auth.device_timestamp_window`, 15 minutes like every other channel), so a captured
+//! password stops working. A client id without a timestamp (SDKs for devices without a
+//! real-time clock leave it out) passes unless the gateway requires one.
 
 use std::fmt;
 use std::str::FromStr;
 
 use super::{
-    check_client_id, echo, hex_decode, mac_matches, parse_ms, split_framed, split_pairs,
-    HmacMethod, SignError,
+    check_client_id, check_fresh, echo, hex_decode, mac_matches, parse_ms, split_framed,
+    split_pairs, HmacMethod, SignError,
 };
 use crate::ids::{DeviceName, ProductKey};
 
@@ -205,6 +208,30 @@ pub fn verify(
         &mac(client_id, username, device_secret),
         &hex_decode(password)?,
     )
+}
+
+/// How the gateway checks a client id's timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimestampPolicy {
+    /// Allowed distance from server time either way, ms; 0: not checked.
+    pub window_ms: i64,
+    /// Refuse a client id without a timestamp.
+    pub required: bool,
+}
+
+/// Refuses a client id whose timestamp is further than the window from `now_ms`
+/// (`Stale`), or that has none when one is required (`MissingField`).
+pub fn check_timestamp(
+    client_id: &DeviceClientId,
+    policy: TimestampPolicy,
+    now_ms: i64,
+) -> Result<(), SignError> {
+    match client_id.timestamp_ms {
+        None if policy.required => Err(SignError::MissingField { field: "timestamp" }),
+        None => Ok(()),
+        Some(_) if policy.window_ms == 0 => Ok(()),
+        Some(ts) => check_fresh("timestamp", ts, now_ms, policy.window_ms),
+    }
 }
 
 #[cfg(test)]
@@ -448,6 +475,52 @@ mod tests {
         assert_eq!(
             verify(&c, &username(), "not-hex", SECRET),
             Err(SignError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn timestamps_outside_the_window_are_stale_and_missing_ones_pass_unless_required() {
+        const WINDOW: i64 = 15 * 60 * 1000;
+        const NOW: i64 = 1_700_000_000_000;
+        let policy = TimestampPolicy {
+            window_ms: WINDOW,
+            required: false,
+        };
+        let at = |ts: i64| -> DeviceClientId {
+            format!("d1|securemode=3,signmethod=hmacsha256,timestamp={ts}|")
+                .parse()
+                .unwrap()
+        };
+        assert_eq!(check_timestamp(&at(NOW), policy, NOW), Ok(()));
+        assert_eq!(check_timestamp(&at(NOW - WINDOW), policy, NOW), Ok(()));
+        assert_eq!(check_timestamp(&at(NOW + WINDOW), policy, NOW), Ok(()));
+        let year_old = NOW - 365 * 86_400_000;
+        let e = check_timestamp(&at(year_old), policy, NOW).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                SignError::Stale {
+                    field: "timestamp",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(check_timestamp(&at(NOW + WINDOW + 1), policy, NOW).is_err());
+        let off = TimestampPolicy {
+            window_ms: 0,
+            ..policy
+        };
+        assert_eq!(check_timestamp(&at(year_old), off, NOW), Ok(()));
+        let none: DeviceClientId = "d1|securemode=3,signmethod=hmacsha256|".parse().unwrap();
+        assert_eq!(check_timestamp(&none, policy, NOW), Ok(()));
+        let required = TimestampPolicy {
+            required: true,
+            ..policy
+        };
+        assert_eq!(
+            check_timestamp(&none, required, NOW),
+            Err(SignError::MissingField { field: "timestamp" })
         );
     }
 }

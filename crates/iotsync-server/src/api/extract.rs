@@ -1,5 +1,6 @@
 //! Extractors whose failures are API errors naming the field: JSON bodies (with the
-//! path of the offending field), query strings and path identifiers.
+//! path of the offending field), query strings and path identifiers; and the caller's
+//! address for the sign-in throttles.
 
 use std::str::FromStr;
 
@@ -137,4 +138,65 @@ where
 /// Parses a path or body identifier into its newtype.
 pub fn id<T: FromStr<Err = IdError>>(field: &str, s: &str) -> Result<T, ApiError> {
     s.parse::<T>().map_err(|e| ApiError::bad_id(field, e))
+}
+
+/// The address a request came from (the TCP peer), for the sign-in throttles: from
+/// axum's `ConnectInfo<SocketAddr>` or tonic's `TcpConnectInfo`, whichever the listener
+/// puts in the request's extensions. A listener giving neither would make every caller
+/// one address (an attacker could then slow the real operator down), so that is logged
+/// as an error. Forwarded-for headers are not trusted: anyone can write them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerIp(pub std::net::IpAddr);
+
+impl PeerIp {
+    pub fn of(ext: &axum::http::Extensions) -> Self {
+        use axum::extract::ConnectInfo;
+        let ip = ext
+            .get::<ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip())
+            .or_else(|| {
+                ext.get::<tonic::transport::server::TcpConnectInfo>()
+                    .and_then(|c| c.remote_addr)
+                    .map(|a| a.ip())
+            });
+        PeerIp(ip.unwrap_or_else(|| {
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| {
+                tracing::error!(
+                    "the API listener gives no peer address: sign-in throttles count every caller as one"
+                )
+            });
+            std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+        }))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for PeerIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(PeerIp::of(&parts.extensions))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_peer_address_comes_from_axum_or_tonic_connect_info() {
+        let addr: std::net::SocketAddr = "192.0.2.9:4242".parse().unwrap();
+        let mut a = axum::http::Extensions::new();
+        a.insert(axum::extract::ConnectInfo(addr));
+        assert_eq!(PeerIp::of(&a).0, addr.ip());
+        let mut t = axum::http::Extensions::new();
+        t.insert(tonic::transport::server::TcpConnectInfo {
+            local_addr: None,
+            remote_addr: Some(addr),
+        });
+        assert_eq!(PeerIp::of(&t).0, addr.ip());
+        assert!(PeerIp::of(&axum::http::Extensions::new())
+            .0
+            .is_unspecified());
+    }
 }

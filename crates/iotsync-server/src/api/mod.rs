@@ -47,6 +47,8 @@ pub struct ApiState {
     pub ingest: Arc<crate::ingest::Ingest>,
     pub dispatcher: crate::delivery::dispatcher::DispatcherHandle,
     pub rates: Arc<crate::delivery::rates::RateSampler>,
+    /// `operator` throttles wrong bearer tokens and console sign-ins.
+    pub throttles: Arc<crate::throttle::Throttles>,
 }
 
 /// The actor recorded in the audit log for operator-token calls.
@@ -72,12 +74,29 @@ async fn require_operator(
                 "missing Authorization: Bearer <operator token>",
             )),
         },
-        Some(t) if bool::from(t.as_bytes().ct_eq(st.operator_token.as_bytes())) => {
-            Ok(next.run(req).await)
+        Some(t) => {
+            // Wrong tokens slow down their address (docs/security.md); the check comes
+            // first, so a throttled address learns nothing of its guess.
+            let ip = extract::PeerIp::of(req.extensions()).0;
+            let throttle = &st.throttles.operator;
+            if let Err(wait) = throttle.check(ip, OPERATOR_CREDENTIAL) {
+                tracing::info!(peer = %ip, retry_after_s = wait.seconds(), "operator token throttled");
+                return Ok(axum::response::IntoResponse::into_response(wait));
+            }
+            if bool::from(t.as_bytes().ct_eq(st.operator_token.as_bytes())) {
+                throttle.note_success(ip, OPERATOR_CREDENTIAL);
+                Ok(next.run(req).await)
+            } else {
+                throttle.note_failure(ip, OPERATOR_CREDENTIAL);
+                tracing::info!(peer = %ip, "wrong operator token");
+                Err(ApiError::unauthorized("the operator token is not valid"))
+            }
         }
-        Some(_) => Err(ApiError::unauthorized("the operator token is not valid")),
     }
 }
+
+/// The throttle's credential name for the operator token (REST and console share it).
+pub(crate) const OPERATOR_CREDENTIAL: &str = "operator-token";
 
 /// After a successful write, wakes the dispatcher so outbox messages move at once.
 async fn kick_dispatcher(State(st): State<ApiState>, req: Request, next: Next) -> Response {

@@ -1,7 +1,7 @@
 //! The signed cloud API under `/cloud/*` (SPEC §9, ADR 0005).
 //!
 //! Every call, in order: API-gateway signature (15-minute window, Content-MD5) →
-//! single-use nonce → envelope `{id, version, request: {apiVer, cloudToken}, params}` →
+//! single-use nonce (recorded in the registry) → envelope `{id, version, request: {apiVer, cloudToken}, params}` →
 //! the operation from the catalogue → its group's activation → the cloud token → the
 //! operation, scoped to the signing project. Every answer is HTTP 200 with
 //! `{id, code, message, data}`.
@@ -117,7 +117,7 @@ pub fn router(ctx: &crate::context::Context) -> Router {
         backlog: ctx.backlog.clone(),
         hub: ctx.hub.clone(),
         sessions: crate::gateway::sessions(ctx),
-        nonces: Arc::new(NonceCache::new(FRESHNESS_WINDOW_MS)),
+        nonces: Arc::new(NonceCache::new(ctx.registry.clone(), FRESHNESS_WINDOW_MS)),
     };
     Router::new()
         .route("/cloud/{*path}", post(handle))
@@ -258,12 +258,14 @@ async fn authenticate(
     creds
         .verify(&req, body, &project.app_secret, now, FRESHNESS_WINDOW_MS)
         .map_err(|e| unauthorized(format!("signature refused: {e}")))?;
-    if !st.nonces.use_once(
-        creds.app_key.as_str(),
-        &creds.nonce,
-        creds.timestamp_ms,
-        now,
-    ) {
+    // Durable before the operation runs: a replay after a restart, or on another node
+    // sharing the registry, is refused too.
+    let project_id = &project.project.project_id;
+    if !st
+        .nonces
+        .use_once(project_id, &creds.nonce, creds.timestamp_ms, now)
+        .await?
+    {
         return Err(unauthorized(
             "signature refused: X-Ca-Nonce was already used".into(),
         ));

@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use crate::api::error::ApiError;
-use crate::api::extract::ApiJson;
-use crate::api::ApiState;
+use crate::api::extract::{ApiJson, PeerIp};
+use crate::api::{ApiState, OPERATOR_CREDENTIAL};
 
 /// The cookie holding the session id.
 pub const COOKIE: &str = "iotsync_session";
@@ -150,8 +150,12 @@ fn cookie(headers: &HeaderMap, value: &str, max_age_s: i64) -> Option<HeaderValu
 
 /// `POST /console/session {token}`: signs in. JSON only, so a plain cross-site form
 /// cannot post it.
+///
+/// Wrong tokens are throttled per address, shared with the REST bearer check (the same
+/// secret): 429 `auth.throttled` with `Retry-After` while the address waits.
 pub async fn sign_in(
     State(st): State<ApiState>,
+    PeerIp(ip): PeerIp,
     headers: HeaderMap,
     ApiJson(body): ApiJson<SignIn>,
 ) -> Result<Response, ApiError> {
@@ -159,9 +163,17 @@ pub async fn sign_in(
     if given.is_empty() {
         return Err(ApiError::invalid("token", "enter the operator token"));
     }
+    let throttle = &st.throttles.operator;
+    if let Err(wait) = throttle.check(ip, OPERATOR_CREDENTIAL) {
+        tracing::info!(peer = %ip, retry_after_s = wait.seconds(), "console sign-in throttled");
+        return Ok(wait.into_response());
+    }
     if !bool::from(given.as_bytes().ct_eq(st.operator_token.as_bytes())) {
+        throttle.note_failure(ip, OPERATOR_CREDENTIAL);
+        tracing::info!(peer = %ip, "console sign-in with a wrong token");
         return Err(ApiError::unauthorized("the operator token is not valid").with_field("token"));
     }
+    throttle.note_success(ip, OPERATOR_CREDENTIAL);
     let now = st.clock.now_ms();
     let id = random_hex(32);
     let csrf = random_hex(32);

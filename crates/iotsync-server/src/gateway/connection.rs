@@ -43,6 +43,10 @@ pub struct Gateway {
     pub max_packet: usize,
     pub connect_timeout: Duration,
     pub shutdown: watch::Receiver<bool>,
+    /// The password's timestamp window (`auth.device_timestamp_*`).
+    pub timestamps: device::TimestampPolicy,
+    /// Wrong passwords slow down their address (`throttles.device`).
+    pub throttles: Arc<crate::throttle::Throttles>,
 }
 
 /// Why a session ended.
@@ -91,7 +95,7 @@ async fn read_packet<R: AsyncRead + Unpin>(
 }
 
 impl Gateway {
-    async fn authenticate(&self, c: &Connect) -> Result<(Authed, u16), u8> {
+    async fn authenticate(&self, c: &Connect, peer: &str) -> Result<(Authed, u16), u8> {
         if c.protocol_name != "MQTT" || c.protocol_level != 4 {
             return Err(connack::UNACCEPTABLE_PROTOCOL);
         }
@@ -99,31 +103,48 @@ impl Gateway {
             .client_id
             .parse()
             .map_err(|_| connack::IDENTIFIER_REJECTED)?;
-        let username: DeviceUsername = c
-            .username
-            .as_deref()
-            .unwrap_or("")
+        let user = c.username.as_deref().unwrap_or("");
+        let username: DeviceUsername = user
             .parse()
             .map_err(|_| connack::BAD_USERNAME_OR_PASSWORD)?;
+        // Throttled before anything is looked up: a waiting address learns nothing.
+        let ip = peer
+            .parse::<std::net::SocketAddr>()
+            .map(|a| a.ip())
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let throttle = &self.throttles.device;
+        if let Err(wait) = throttle.check(ip, user) {
+            tracing::info!(%peer, retry_after_s = wait.seconds(), "device sign-in throttled");
+            return Err(connack::NOT_AUTHORIZED);
+        }
+        let refused = |why: &str| {
+            throttle.note_failure(ip, user);
+            tracing::debug!(%peer, why, "device password refused");
+            connack::BAD_USERNAME_OR_PASSWORD
+        };
+        if let Err(e) = device::check_timestamp(&client_id, self.timestamps, self.clock.now_ms()) {
+            return Err(refused(&e.to_string()));
+        }
         let password = c
             .password
             .as_deref()
             .and_then(|p| std::str::from_utf8(p).ok())
-            .ok_or(connack::BAD_USERNAME_OR_PASSWORD)?;
+            .ok_or_else(|| refused("no password"))?;
         let d = match self
             .registry
             .device_credentials(&username.product_key, &username.device_name)
             .await
         {
             Ok(d) => d,
-            Err(StoreError::NotFound { .. }) => return Err(connack::BAD_USERNAME_OR_PASSWORD),
+            Err(StoreError::NotFound { .. }) => return Err(refused("unknown device")),
             Err(e) => {
                 tracing::error!(error = %e, "device credentials lookup failed");
                 return Err(connack::SERVER_UNAVAILABLE);
             }
         };
         device::verify(&client_id, &username, password, &d.device_secret)
-            .map_err(|_| connack::BAD_USERNAME_OR_PASSWORD)?;
+            .map_err(|_| refused("wrong password"))?;
+        throttle.note_success(ip, user);
         if d.device.status == DeviceStatus::Disabled {
             return Err(connack::NOT_AUTHORIZED);
         }
@@ -166,7 +187,7 @@ where
             return;
         }
     };
-    let (authed, keep_alive_s) = match gw.authenticate(&connect).await {
+    let (authed, keep_alive_s) = match gw.authenticate(&connect, &peer).await {
         Ok(a) => a,
         Err(code) => {
             tracing::info!(%peer, code, client_id = %connect.client_id, "device refused");

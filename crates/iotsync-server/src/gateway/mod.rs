@@ -35,6 +35,12 @@ pub async fn start(ctx: &Context) -> anyhow::Result<Started> {
         max_packet: codec::DEFAULT_MAX_PACKET,
         connect_timeout: ctx.cfg.limits.mqtt.handshake_timeout.0,
         shutdown: ctx.shutdown.clone(),
+        timestamps: iotsync_core::sign::device::TimestampPolicy {
+            window_ms: i64::try_from(ctx.cfg.auth.device_timestamp_window.0.as_millis())
+                .unwrap_or(i64::MAX),
+            required: ctx.cfg.auth.device_timestamp_required,
+        },
+        throttles: ctx.throttles.clone(),
     });
     let mut started = Started::default();
     let lim = &ctx.cfg.limits.mqtt;
