@@ -204,8 +204,10 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
         );
     }
     let backlog = Arc::new(backlog);
+    let groups = delivery::groups::GroupDirectory::new(registry.clone(), backlog.clone());
     let hub = DeliveryHub::new(
         backlog.clone(),
+        groups.clone(),
         clock.clone(),
         HubConfig {
             connects_per_minute: cfg.delivery.connects_per_minute,
@@ -213,7 +215,9 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
     );
     let controller = Arc::new(SyncController {
         registry: registry.clone(),
+        backlog: backlog.clone(),
         hub: hub.clone(),
+        groups: groups.clone(),
         retention: cfg.delivery.retention(),
     });
     controller
@@ -252,6 +256,7 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
         clock: clock.clone(),
         sync_listener: controller,
         hub: hub.clone(),
+        groups: groups.clone(),
         ingest: ingest.clone(),
         dispatcher: dispatcher_handle,
         rates: Arc::new(delivery::rates::RateSampler::default()),

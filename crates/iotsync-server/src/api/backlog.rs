@@ -116,6 +116,10 @@ pub struct SyncFigures {
     pub paused: bool,
     pub retention_ms: i64,
     pub stored_messages: u64,
+    /// Messages no group of the project takes (routing at append): never stored.
+    pub discarded_no_group: u64,
+    /// (message, group) pairs a group still owed when it was deleted.
+    pub dropped_by_group_delete: u64,
     pub groups: Vec<GroupFigures>,
 }
 
@@ -139,6 +143,8 @@ pub async fn figures(st: &ApiState, pid: &iotsync_core::ProjectId) -> ApiResult<
         paused: stats.paused,
         retention_ms: stats.retention_ms,
         stored_messages: stats.stored_messages,
+        discarded_no_group: stats.discarded_no_group,
+        dropped_by_group_delete: stats.dropped_by_group_delete,
         groups: stats
             .groups
             .into_iter()

@@ -60,6 +60,8 @@ pub enum AttachError {
     SyncDisabled,
     #[error(transparent)]
     Backlog(#[from] BacklogError),
+    #[error("declaring the consumer group failed: {0}")]
+    Group(#[from] super::groups::GroupError),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -97,6 +99,7 @@ pub struct DeliveryHub {
     /// The channels' own counters, shown on `/metrics`.
     pub counters: Arc<ChannelCounters>,
     backlog: Arc<dyn Backlog>,
+    groups: Arc<super::groups::GroupDirectory>,
     clock: SharedClock,
     cfg: HubConfig,
     next_id: AtomicU64,
@@ -123,9 +126,15 @@ pub struct AttachRequest {
 }
 
 impl DeliveryHub {
-    pub fn new(backlog: Arc<dyn Backlog>, clock: SharedClock, cfg: HubConfig) -> Arc<Self> {
+    pub fn new(
+        backlog: Arc<dyn Backlog>,
+        groups: Arc<super::groups::GroupDirectory>,
+        clock: SharedClock,
+        cfg: HubConfig,
+    ) -> Arc<Self> {
         Arc::new(Self {
             backlog,
+            groups,
             clock,
             cfg,
             // Unique among this process's live consumers, which is what the engine needs
@@ -172,12 +181,16 @@ impl DeliveryHub {
         Ok(())
     }
 
-    /// Attaches a consumer: creates the group if it is new (it receives messages from
-    /// now on), registers the consumer for the project's close signals.
+    /// Attaches a consumer: declares the group if this is its first connect (it takes
+    /// everything and receives messages from now on), registers the consumer for the
+    /// project's close signals.
     pub async fn attach(self: &Arc<Self>, req: AttachRequest) -> Result<ConsumerLink, AttachError> {
-        self.backlog
-            .create_group(&req.project, &req.group, &iotsync_backlog::GroupSpec::all())
-            .await?;
+        let actor = match req.channel {
+            ChannelKind::Amqp => "consumer:amqp",
+            ChannelKind::Http2 => "consumer:http2",
+            ChannelKind::Webhook => "consumer:webhook",
+        };
+        self.groups.ensure(&req.project, &req.group, actor).await?;
         let watch = self.backlog.watch(&req.project, &req.group)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = watch::channel(None);

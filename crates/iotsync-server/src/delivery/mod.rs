@@ -10,8 +10,22 @@
 
 pub mod controller;
 pub mod dispatcher;
+pub mod groups;
 pub mod hub;
 pub mod rates;
+
+/// Reacts to accepted sync transitions (declaring the project's groups in the backlog,
+/// closing consumer connections on disable, moving consumers on a switch). Delivery
+/// implements it; the API calls it after the registry committed the change.
+#[async_trait::async_trait]
+pub trait SyncListener: Send + Sync + 'static {
+    async fn on_transition(
+        &self,
+        project: &iotsync_core::ProjectId,
+        settings: &iotsync_core::sync_rules::SyncSettings,
+        transition: iotsync_core::sync_rules::Transition,
+    );
+}
 
 /// What a consumer said about one delivery, classified once for every channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

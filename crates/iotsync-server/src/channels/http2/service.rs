@@ -153,8 +153,8 @@ impl SyncService for Http2Service {
                 AttachError::SyncDisabled => {
                     Status::failed_precondition(format!("sync.not_enabled: {e}"))
                 }
-                AttachError::Backlog(b) => {
-                    tracing::error!(project = %pid, error = %b, "http2: attach failed");
+                AttachError::Backlog(_) | AttachError::Group(_) => {
+                    tracing::error!(project = %pid, error = %e, "http2: attach failed");
                     Status::unavailable("the platform cannot serve this consumer right now")
                 }
             })?;

@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use iotsync_core::sync_rules::{Route, SyncMode, SyncSettings};
+use iotsync_core::sync_rules::SyncSettings;
 use iotsync_core::{AppKey, ConsumerGroup, ProjectId};
 
 use crate::context::{Context, Started};
@@ -26,7 +26,7 @@ use crate::delivery::ChannelKind;
 
 /// The internal consumer group of a mixed project's pusher. HTTP/2 clients may not use
 /// group names starting with `_`.
-pub const LEGACY_GROUP: &str = "_legacy_http";
+pub const LEGACY_GROUP: &str = iotsync_core::subscription::LEGACY_GROUP;
 
 /// The delays between pushes: after the 1st failed push 10 s, then 30 s, 1 min, 2 min …
 /// (the classic 16-level retry table, whose first 15 steps separate 16 pushes).
@@ -90,7 +90,6 @@ struct Running {
     url: watch::Sender<String>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
-    group: ConsumerGroup,
 }
 
 pub struct WebhookEngine {
@@ -105,11 +104,10 @@ fn pusher_group(app_key: &AppKey, s: &SyncSettings) -> Option<ConsumerGroup> {
     if !s.legacy_active() || s.legacy_http_url.as_deref().is_none_or(str::is_empty) {
         return None;
     }
-    match s.mode() {
-        SyncMode::LegacyOnly => Some(ConsumerGroup::default_for(app_key)),
-        // A valid group name by construction (letters and '_').
-        _ => LEGACY_GROUP.parse().ok(),
-    }
+    // Declared with the import (filter: user data, retry: the legacy schedule), in the
+    // legacy-only and the mixed configuration alike.
+    let _ = app_key;
+    LEGACY_GROUP.parse().ok()
 }
 
 impl WebhookEngine {
@@ -148,18 +146,6 @@ impl WebhookEngine {
         let all = self.ctx.registry.all_sync_settings().await?;
         let mut wanted: HashMap<ProjectId, (AppKey, ConsumerGroup, String)> = HashMap::new();
         for (pid, app_key, s) in all {
-            if s.enabled && s.device_data == Route::Http2 && s.user_data == Route::LegacyHttp {
-                // Imported mixed projects: the HTTP/2 default group exists from now on, so
-                // device data produced before the first consumer connects is kept.
-                self.ctx
-                    .backlog
-                    .create_group(
-                        &pid,
-                        &ConsumerGroup::default_for(&app_key),
-                        &iotsync_backlog::GroupSpec::all(),
-                    )
-                    .await?;
-            }
             if let Some(group) = pusher_group(&app_key, &s) {
                 let url = s.legacy_http_url.clone().unwrap_or_default();
                 wanted.insert(pid, (app_key, group, url));
@@ -177,9 +163,6 @@ impl WebhookEngine {
             if let Some(r) = self.pushers.remove(&pid) {
                 let _ = r.stop.send(true);
                 let _ = r.task.await;
-                if r.group.as_str() == LEGACY_GROUP {
-                    self.ctx.backlog.delete_group(&pid, &r.group).await?;
-                }
                 tracing::info!(project = %pid, "legacy push stopped");
             }
         }
@@ -250,7 +233,6 @@ impl WebhookEngine {
                 url: url_tx,
                 stop: stop_tx,
                 task,
-                group,
             },
         );
         Ok(())
@@ -260,6 +242,7 @@ impl WebhookEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use iotsync_core::sync_rules::Route;
 
     #[test]
     fn sixteen_pushes_are_separated_by_the_legacy_schedule() {
@@ -273,7 +256,7 @@ mod tests {
     }
 
     #[test]
-    fn legacy_only_pushes_from_the_default_group_and_mixed_from_its_own() {
+    fn legacy_pushes_come_from_the_internal_group() {
         let k: AppKey = "12345678".parse().unwrap();
         let mut s = SyncSettings {
             enabled: true,
@@ -282,7 +265,7 @@ mod tests {
             legacy_http_url: Some("http://127.0.0.1:1/push".into()),
             ..SyncSettings::default()
         };
-        assert_eq!(pusher_group(&k, &s).unwrap().as_str(), "12345678");
+        assert_eq!(pusher_group(&k, &s).unwrap().as_str(), LEGACY_GROUP);
         s.device_data = Route::Http2;
         assert_eq!(pusher_group(&k, &s).unwrap().as_str(), LEGACY_GROUP);
         s.enabled = false;
