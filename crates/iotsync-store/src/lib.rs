@@ -212,12 +212,13 @@ pub trait Registry: Send + Sync + 'static {
         max_groups: usize,
         actor: Actor<'_>,
     ) -> StoreResult<DeclaredGroup>;
-    /// The group, declared (taking everything) if it was not: a consumer connecting with
-    /// an undeclared group name. Returns whether it was declared now.
+    /// The group, declared with `filter` if it was not: a consumer connecting with an
+    /// undeclared group name. Returns whether it was declared now.
     async fn ensure_group(
         &self,
         project: &ProjectId,
         name: &ConsumerGroup,
+        filter: &GroupFilterDoc,
         max_groups: usize,
         actor: Actor<'_>,
     ) -> StoreResult<(DeclaredGroup, bool)>;

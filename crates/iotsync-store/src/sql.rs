@@ -2197,6 +2197,7 @@ impl Registry for SqlRegistry {
         &self,
         project: &ProjectId,
         name: &ConsumerGroup,
+        filter: &GroupFilterDoc,
         max_groups: usize,
         actor: Actor<'_>,
     ) -> StoreResult<(DeclaredGroup, bool)> {
@@ -2216,7 +2217,7 @@ impl Registry for SqlRegistry {
         let g = DeclaredGroup {
             project_id: project.clone(),
             name: name.clone(),
-            filter: GroupFilterDoc::default(),
+            filter: filter.clone(),
             retry: GroupRetryKind::Backoff,
             internal: name
                 .as_str()

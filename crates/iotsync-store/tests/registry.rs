@@ -950,10 +950,18 @@ both!(
         assert_eq!(all[0].filter, GroupFilterDoc::default());
         // A first connect with an undeclared name declares it, once.
         let ops: ConsumerGroup = "ops-1".parse().unwrap();
-        let (g, new) = h.reg.ensure_group(&pid, &ops, 8, "amqp").await.unwrap();
+        let (g, new) = h
+            .reg
+            .ensure_group(&pid, &ops, &GroupFilterDoc::default(), 8, "amqp")
+            .await
+            .unwrap();
         assert!(new);
         assert_eq!(g.filter, GroupFilterDoc::default());
-        let (_, new) = h.reg.ensure_group(&pid, &ops, 8, "amqp").await.unwrap();
+        let (_, new) = h
+            .reg
+            .ensure_group(&pid, &ops, &GroupFilterDoc::default(), 8, "amqp")
+            .await
+            .unwrap();
         assert!(!new);
         // The limit counts every group of the project.
         let e = h

@@ -85,17 +85,21 @@ impl GroupDirectory {
         Ok(g)
     }
 
-    /// A consumer connects with `name`: declared now (taking everything) if it was not,
-    /// and present in the backlog either way.
+    /// A consumer connects with `name`: declared now if it was not, taking what the
+    /// project routes to consumers (everything; device data only in the mixed
+    /// configuration, whose user data goes to the legacy push), and present in the
+    /// backlog either way.
     pub async fn ensure(
         &self,
         project: &ProjectId,
         name: &ConsumerGroup,
         actor: &str,
     ) -> Result<(), GroupError> {
+        let settings = self.registry.sync_settings(project).await?;
+        let filter = iotsync_core::subscription::default_group_filter_doc(&settings);
         let (g, new) = self
             .registry
-            .ensure_group(project, name, MAX_GROUPS_PER_PROJECT, actor)
+            .ensure_group(project, name, &filter, MAX_GROUPS_PER_PROJECT, actor)
             .await?;
         let in_backlog = !new
             && self

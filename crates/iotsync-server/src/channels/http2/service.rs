@@ -15,7 +15,7 @@ use iotsync_store::StoreError;
 
 use super::pb::sync_service_server::{SyncService, SyncServiceServer};
 use super::pb::{ConsumeRequest, ConsumeResponse};
-use super::stream::{ConsumerStream, Routes};
+use super::stream::ConsumerStream;
 use crate::context::Context;
 use crate::delivery::hub::{AttachError, AttachRequest};
 use crate::delivery::ChannelKind;
@@ -45,6 +45,14 @@ impl Http2Service {
             .max_decoding_message_size(64 * 1024)
             .max_encoding_message_size(2 * 1024 * 1024)
     }
+}
+
+/// Which data classes a project sends over HTTP/2 (both, or device data only in the
+/// mixed configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Routes {
+    device: bool,
+    user: bool,
 }
 
 /// The routes of a project as a consumer of HTTP/2 sees them, or why it may not connect.
@@ -166,8 +174,8 @@ impl SyncService for Http2Service {
             .sync_settings(&pid)
             .await
             .map_err(store_status)?;
-        let routes = match routes(&settings) {
-            Ok(r) => r,
+        match routes(&settings) {
+            Ok(_) => {}
             Err(s) => {
                 link.detach().await;
                 return Err(s);
@@ -175,12 +183,8 @@ impl SyncService for Http2Service {
         };
 
         let (tx, rx) = mpsc::channel(256);
-        let consumer = ConsumerStream::new(
-            link,
-            routes,
-            Arc::clone(&self.ctx.clock),
-            self.ctx.shutdown.clone(),
-        );
+        let consumer =
+            ConsumerStream::new(link, Arc::clone(&self.ctx.clock), self.ctx.shutdown.clone());
         tokio::spawn(consumer.run(req.into_inner(), tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }

@@ -1,11 +1,11 @@
 //! Legacy HTTP push (SPEC §8) for imported projects: user data POSTed as a signed form
 //! to the project's URL, retried 10 s, 30 s, 1 min, … at most 16 pushes, then
-//! dead-lettered. See `docs/adr/0004-http2-and-legacy-push.md`.
+//! dead-lettered. See `docs/adr/0004-http2-and-legacy-push.md` and ADR 0009.
 //!
-//! [`WebhookEngine`] follows the registry: one [`pusher::Pusher`] per project whose user
-//! data goes to legacy HTTP. A legacy-only project's pusher consumes the default group;
-//! a mixed project's pusher consumes the internal group [`LEGACY_GROUP`], so it never
-//! competes with the HTTP/2 consumers of the default group.
+//! [`WebhookEngine`] runs one [`pusher::Pusher`] per project whose user data goes to
+//! legacy HTTP. Every pusher consumes the internal group [`LEGACY_GROUP`], declared with
+//! the import (filter: user data; retry: the legacy schedule), so it never competes with
+//! the consumers of the default group and only ever receives what it pushes.
 
 pub mod push;
 pub mod pusher;
@@ -28,52 +28,32 @@ use crate::delivery::ChannelKind;
 /// group names starting with `_`.
 pub const LEGACY_GROUP: &str = iotsync_core::subscription::LEGACY_GROUP;
 
-/// The delays between pushes: after the 1st failed push 10 s, then 30 s, 1 min, 2 min …
-/// (the classic 16-level retry table, whose first 15 steps separate 16 pushes).
+/// The delays between pushes (after the 1st failed push 10 s, then 30 s, 1 min, …), as
+/// the `_legacy_http` group's retry policy holds them (`GroupRetry::legacy_http`).
 pub const LEGACY_SCHEDULE_SECS: [u64; 15] = [
     10, 30, 60, 120, 180, 240, 300, 360, 420, 480, 540, 600, 1200, 1800, 3600,
 ];
 
-/// At most this many pushes of one message; then it is dead-lettered.
+/// At most this many pushes of one message; then the backlog dead-letters it.
 pub const MAX_PUSHES: u32 = 16;
 
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
-    /// Delays between pushes (by the injected clock).
-    pub schedule: Vec<Duration>,
-    pub max_pushes: u32,
     /// A push without an answer within this long failed.
     pub request_timeout: Duration,
     /// Requests in flight per project.
     pub concurrency: usize,
-    /// Messages a project's pusher holds at once (pushing or waiting for a retry).
-    pub max_held: usize,
-    /// How often the registry is looked at for legacy projects and URL changes.
+    /// How often legacy projects and URL changes are looked for.
     pub reconcile_every: Duration,
-    /// How often (real time) due retries are looked for.
-    pub check_every: Duration,
 }
 
 impl Default for WebhookConfig {
     fn default() -> Self {
         Self {
-            schedule: LEGACY_SCHEDULE_SECS
-                .iter()
-                .map(|s| Duration::from_secs(*s))
-                .collect(),
-            max_pushes: MAX_PUSHES,
             request_timeout: Duration::from_secs(10),
             concurrency: 16,
-            max_held: 256,
             reconcile_every: Duration::from_millis(500),
-            check_every: Duration::from_millis(50),
         }
-    }
-}
-
-impl WebhookConfig {
-    pub fn delay_after(&self, failed_pushes: u32) -> Duration {
-        pusher::delay_after(&self.schedule, failed_pushes)
     }
 }
 
@@ -221,7 +201,6 @@ impl WebhookEngine {
             app_secret: secret.app_secret,
             url: url_rx,
             http: self.http.clone(),
-            clock: self.ctx.clock.clone(),
             cfg: self.cfg.clone(),
             stop: stop_rx,
         };
@@ -245,14 +224,17 @@ mod tests {
     use iotsync_core::sync_rules::Route;
 
     #[test]
-    fn sixteen_pushes_are_separated_by_the_legacy_schedule() {
-        let c = WebhookConfig::default();
-        assert_eq!(c.max_pushes, 16);
-        assert_eq!(c.schedule.len() as u32, c.max_pushes - 1);
-        assert_eq!(c.delay_after(1), Duration::from_secs(10));
-        assert_eq!(c.delay_after(2), Duration::from_secs(30));
-        assert_eq!(c.delay_after(15), Duration::from_secs(3600));
-        assert_eq!(c.delay_after(40), Duration::from_secs(3600));
+    fn the_legacy_schedule_is_the_groups_retry_policy() {
+        let iotsync_backlog::GroupRetry::Schedule {
+            delays_ms,
+            max_deliveries,
+        } = iotsync_backlog::GroupRetry::legacy_http()
+        else {
+            panic!("not a schedule");
+        };
+        assert_eq!(max_deliveries, MAX_PUSHES);
+        let secs: Vec<u64> = delays_ms.iter().map(|d| d / 1000).collect();
+        assert_eq!(secs, LEGACY_SCHEDULE_SECS);
     }
 
     #[test]
