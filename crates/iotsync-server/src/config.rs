@@ -25,6 +25,7 @@ pub struct ServerConfig {
     pub mqtt: MqttConfig,
     pub log: LogConfig,
     pub limits: LimitsConfig,
+    pub auth: AuthConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -310,6 +311,131 @@ impl AmqpLimits {
 
 // ---- end of limits ----
 
+/// `[auth]`: sign-in throttles and the device password's timestamp window
+/// (docs/security.md).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub failures_per_credential: u32,
+    pub failures_per_source: u32,
+    pub backoff_initial: HumanDuration,
+    pub backoff_max: HumanDuration,
+    pub throttle_max_entries: usize,
+    /// Zero: device timestamps are not checked.
+    pub device_timestamp_window: HumanDuration,
+    pub device_timestamp_required: bool,
+}
+
+/// `IOTSYNC_AUTH_*`: each names the `[auth]` key it sets.
+#[derive(Debug, Clone, Default)]
+pub struct AuthOverrides {
+    pub values: Vec<(&'static str, String)>,
+}
+
+/// `[auth]` keys and their environment variables.
+const AUTH_ENV: &[(&str, &str)] = &[
+    (
+        "failures_per_credential",
+        "IOTSYNC_AUTH_FAILURES_PER_CREDENTIAL",
+    ),
+    ("failures_per_source", "IOTSYNC_AUTH_FAILURES_PER_SOURCE"),
+    ("backoff_initial", "IOTSYNC_AUTH_BACKOFF_INITIAL"),
+    ("backoff_max", "IOTSYNC_AUTH_BACKOFF_MAX"),
+    ("throttle_max_entries", "IOTSYNC_AUTH_THROTTLE_MAX_ENTRIES"),
+    (
+        "device_timestamp_window",
+        "IOTSYNC_AUTH_DEVICE_TIMESTAMP_WINDOW",
+    ),
+    (
+        "device_timestamp_required",
+        "IOTSYNC_AUTH_DEVICE_TIMESTAMP_REQUIRED",
+    ),
+];
+
+impl AuthOverrides {
+    fn from_env(get: &impl Fn(&str) -> Option<String>) -> Self {
+        Self {
+            values: AUTH_ENV
+                .iter()
+                .filter_map(|(key, var)| get(var).map(|v| (*key, v)))
+                .collect(),
+        }
+    }
+
+    fn apply(self, c: &mut AuthConfig) -> Result<(), ConfigError> {
+        fn parse<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            v.trim().parse().map_err(|e| ConfigError::Invalid {
+                key: format!("auth.{key}"),
+                reason: format!("{v:?} (from IOTSYNC_AUTH_{}): {e}", key.to_uppercase()),
+            })
+        }
+        let dur = |key: &str, v: &str| {
+            humantime::parse_duration(v.trim())
+                .map(HumanDuration)
+                .map_err(|e| ConfigError::Invalid {
+                    key: format!("auth.{key}"),
+                    reason: format!("{v:?} is not a duration (e.g. \"30s\", \"15m\"): {e}"),
+                })
+        };
+        for (key, v) in self.values {
+            match key {
+                "failures_per_credential" => c.failures_per_credential = parse(key, &v)?,
+                "failures_per_source" => c.failures_per_source = parse(key, &v)?,
+                "backoff_initial" => c.backoff_initial = dur(key, &v)?,
+                "backoff_max" => c.backoff_max = dur(key, &v)?,
+                "throttle_max_entries" => c.throttle_max_entries = parse(key, &v)?,
+                "device_timestamp_window" => c.device_timestamp_window = dur(key, &v)?,
+                "device_timestamp_required" => c.device_timestamp_required = parse(key, &v)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+impl AuthConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: &str| ConfigError::Invalid {
+            key: format!("auth.{key}"),
+            reason: reason.to_owned(),
+        };
+        if self.failures_per_source < self.failures_per_credential {
+            return Err(invalid(
+                "failures_per_source",
+                "must be at least auth.failures_per_credential",
+            ));
+        }
+        if self.backoff_initial.0 < std::time::Duration::from_millis(10)
+            || self.backoff_max.0 < self.backoff_initial.0
+        {
+            return Err(invalid(
+                "backoff_max",
+                "must be at least auth.backoff_initial, which must be at least 10ms",
+            ));
+        }
+        if self.backoff_max.0 > std::time::Duration::from_secs(86_400) {
+            return Err(invalid("backoff_max", "must be at most 1day"));
+        }
+        if !(100..=10_000_000).contains(&self.throttle_max_entries) {
+            return Err(invalid(
+                "throttle_max_entries",
+                "must be between 100 and 10000000",
+            ));
+        }
+        let w = self.device_timestamp_window.0;
+        if !w.is_zero() && w < std::time::Duration::from_secs(1) {
+            return Err(invalid(
+                "device_timestamp_window",
+                "must be at least 1s (or \"0s\": not checked)",
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("config {source_name}: {message}")]
@@ -340,6 +466,7 @@ pub struct ConfigOverrides {
     pub mqtts_listen: Option<String>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
+    pub auth: AuthOverrides,
 }
 
 /// The environment variables read, and the override each one sets.
@@ -358,6 +485,13 @@ pub const ENV_VARS: &[&str] = &[
     "IOTSYNC_MQTTS_LISTEN",
     "IOTSYNC_LOG_LEVEL",
     "IOTSYNC_LOG_FORMAT",
+    "IOTSYNC_AUTH_FAILURES_PER_CREDENTIAL",
+    "IOTSYNC_AUTH_FAILURES_PER_SOURCE",
+    "IOTSYNC_AUTH_BACKOFF_INITIAL",
+    "IOTSYNC_AUTH_BACKOFF_MAX",
+    "IOTSYNC_AUTH_THROTTLE_MAX_ENTRIES",
+    "IOTSYNC_AUTH_DEVICE_TIMESTAMP_WINDOW",
+    "IOTSYNC_AUTH_DEVICE_TIMESTAMP_REQUIRED",
 ];
 
 impl ConfigOverrides {
@@ -378,6 +512,7 @@ impl ConfigOverrides {
             mqtts_listen: get("IOTSYNC_MQTTS_LISTEN"),
             log_level: get("IOTSYNC_LOG_LEVEL"),
             log_format: get("IOTSYNC_LOG_FORMAT"),
+            auth: AuthOverrides::from_env(&get),
         }
     }
 
@@ -395,7 +530,7 @@ impl ConfigOverrides {
         self
     }
 
-    fn apply(self, c: &mut ServerConfig) {
+    fn apply(self, c: &mut ServerConfig) -> Result<(), ConfigError> {
         macro_rules! set {
             ($src:expr, $dst:expr) => {
                 if let Some(v) = $src {
@@ -417,6 +552,7 @@ impl ConfigOverrides {
         set!(self.mqtts_listen, c.mqtt.tls_listen);
         set!(self.log_level, c.log.level);
         set!(self.log_format, c.log.format);
+        self.auth.apply(&mut c.auth)
     }
 }
 
@@ -471,8 +607,8 @@ impl ServerConfig {
                     source_name: source.to_owned(),
                     message: e.to_string(),
                 })?;
-        env.apply(&mut c);
-        flags.apply(&mut c);
+        env.apply(&mut c)?;
+        flags.apply(&mut c)?;
         c.validate()?;
         Ok(c)
     }
@@ -609,6 +745,7 @@ impl ServerConfig {
             return Err(invalid("log.format", "must be \"text\" or \"json\"".into()));
         }
         self.limits.validate()?;
+        self.auth.validate()?;
         Ok(())
     }
 }
@@ -786,6 +923,64 @@ mod tests {
             .unwrap_err();
             let e = format!("{e:#}");
             assert!(e.contains(key) && e.contains(says), "{e}");
+        }
+    }
+
+    #[test]
+    fn auth_keys_come_from_the_environment_and_bad_ones_are_named() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            ConfigOverrides::from_env(|k| {
+                pairs
+                    .iter()
+                    .find(|(name, _)| *name == k)
+                    .map(|(_, v)| v.to_string())
+            })
+        };
+        let c = ServerConfig::layered(
+            None,
+            env(&[
+                ("IOTSYNC_AUTH_FAILURES_PER_CREDENTIAL", "3"),
+                ("IOTSYNC_AUTH_BACKOFF_MAX", "2m"),
+                ("IOTSYNC_AUTH_DEVICE_TIMESTAMP_WINDOW", "0s"),
+                ("IOTSYNC_AUTH_DEVICE_TIMESTAMP_REQUIRED", "true"),
+            ]),
+            Default::default(),
+        )
+        .unwrap();
+        assert_eq!(c.auth.failures_per_credential, 3);
+        assert_eq!(c.auth.failures_per_source, 50);
+        assert_eq!(c.auth.backoff_max.0, std::time::Duration::from_secs(120));
+        assert!(c.auth.device_timestamp_window.0.is_zero());
+        assert!(c.auth.device_timestamp_required);
+        let d = ServerConfig::defaults();
+        assert_eq!(
+            d.auth.device_timestamp_window.0,
+            std::time::Duration::from_secs(15 * 60)
+        );
+        for (pairs, key) in [
+            (
+                &[("IOTSYNC_AUTH_BACKOFF_INITIAL", "soon")][..],
+                "auth.backoff_initial",
+            ),
+            (
+                &[("IOTSYNC_AUTH_FAILURES_PER_SOURCE", "-1")][..],
+                "auth.failures_per_source",
+            ),
+            (
+                &[("IOTSYNC_AUTH_FAILURES_PER_SOURCE", "2")][..],
+                "auth.failures_per_source",
+            ),
+            (
+                &[("IOTSYNC_AUTH_DEVICE_TIMESTAMP_WINDOW", "10ms")][..],
+                "auth.device_timestamp_window",
+            ),
+            (
+                &[("IOTSYNC_AUTH_THROTTLE_MAX_ENTRIES", "1")][..],
+                "auth.throttle_max_entries",
+            ),
+        ] {
+            let e = ServerConfig::layered(None, env(pairs), Default::default()).unwrap_err();
+            assert!(e.to_string().contains(key), "{e}");
         }
     }
 }

@@ -31,6 +31,8 @@ pub struct Context {
     pub device_sessions: Arc<crate::gateway::sessions::DeviceSessions>,
     /// Turns true when the server is shutting down; listeners stop accepting and drain.
     pub shutdown: watch::Receiver<bool>,
+    /// Failed sign-in throttles, per path (operator token, devices, consumers).
+    pub throttles: Arc<crate::throttle::Throttles>,
 }
 
 /// A listener a component bound, for the banner and for tests (port 0 → real port).

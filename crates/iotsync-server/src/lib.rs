@@ -13,6 +13,7 @@ pub mod delivery;
 pub mod gateway;
 pub mod ingest;
 pub mod listen;
+pub mod throttle;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -237,6 +238,10 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let tls = tls::TlsMaterial::resolve(&cfg)?;
+    let throttles = Arc::new(throttle::Throttles::new(
+        throttle::AuthThrottleConfig::from_config(&cfg.auth),
+        clock.clone(),
+    ));
     let ctx = context::Context {
         cfg: Arc::new(cfg.clone()),
         registry: registry.clone(),
@@ -248,6 +253,7 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
         tls: tls.clone(),
         device_sessions: Arc::default(),
         shutdown: shutdown_rx.clone(),
+        throttles: throttles.clone(),
     };
 
     let state = api::ApiState {
@@ -260,6 +266,7 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
         ingest: ingest.clone(),
         dispatcher: dispatcher_handle,
         rates: Arc::new(delivery::rates::RateSampler::default()),
+        throttles,
     };
     let app = api::router(state.clone(), cfg.api.max_body_bytes)
         .merge(cloud::router(&ctx))

@@ -40,6 +40,8 @@ pub struct ApiState {
     pub ingest: Arc<crate::ingest::Ingest>,
     pub dispatcher: crate::delivery::dispatcher::DispatcherHandle,
     pub rates: Arc<crate::delivery::rates::RateSampler>,
+    /// `operator` throttles wrong bearer tokens and console sign-ins.
+    pub throttles: Arc<crate::throttle::Throttles>,
 }
 
 /// The actor recorded in the audit log for operator-token calls.
