@@ -150,6 +150,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         mqtts_listen: args.mqtts_listen,
         log_level: args.log_level,
         log_format: args.log_format,
+        ..Default::default()
     };
     let env = ConfigOverrides::from_env(|k| std::env::var(k).ok());
     let cfg = ServerConfig::load(args.config.as_deref(), env, flags)?;

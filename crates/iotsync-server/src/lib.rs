@@ -31,7 +31,7 @@ use iotsync_store::{Registry, SqlRegistry};
 
 use delivery::controller::SyncController;
 use delivery::dispatcher::{DispatcherConfig, DispatcherEngine};
-use delivery::hub::{DeliveryHub, HubConfig};
+use delivery::hub::DeliveryHub;
 
 pub use config::{ConfigOverrides, ServerConfig};
 
@@ -206,14 +206,7 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
     }
     let backlog = Arc::new(backlog);
     let groups = delivery::groups::GroupDirectory::new(registry.clone(), backlog.clone());
-    let hub = DeliveryHub::new(
-        backlog.clone(),
-        groups.clone(),
-        clock.clone(),
-        HubConfig {
-            connects_per_minute: cfg.delivery.connects_per_minute,
-        },
-    );
+    let hub = DeliveryHub::new(backlog.clone(), groups.clone(), clock.clone());
     let controller = Arc::new(SyncController {
         registry: registry.clone(),
         backlog: backlog.clone(),
@@ -256,8 +249,25 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
         throttles: throttles.clone(),
     };
 
+    let admission = delivery::admission::Admission::new(
+        registry.clone(),
+        hub.clone(),
+        groups.clone(),
+        clock.clone(),
+        throttles.clone(),
+        cfg.delivery.connects_per_minute,
+    );
+    let channel_ctx = channels::ChannelContext {
+        cfg: ctx.cfg.clone(),
+        admission,
+        clock: clock.clone(),
+        tls: tls.clone(),
+        shutdown: shutdown_rx.clone(),
+    };
+
     let state = api::ApiState {
         registry: registry.clone(),
+        backlog: backlog.clone(),
         operator_token: Arc::from(token.as_str()),
         clock: clock.clone(),
         sync_listener: controller,
@@ -275,20 +285,13 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
 
     let mut tasks = Vec::new();
     let mut listeners = Vec::new();
-    for started in [
-        channels::amqp::start(&ctx)
-            .await
-            .context("starting the AMQP channel")?,
-        channels::http2::start(&ctx)
-            .await
-            .context("starting the HTTP/2 channel")?,
-        channels::webhook::start(&ctx)
-            .await
-            .context("starting the legacy HTTP push")?,
+    let mut all = channels::start_all(&channel_ctx).await?;
+    all.push(
         gateway::start(&ctx)
             .await
             .context("starting the device gateway")?,
-    ] {
+    );
+    for started in all {
         listeners.extend(started.listeners);
         tasks.extend(started.tasks);
     }

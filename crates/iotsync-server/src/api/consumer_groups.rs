@@ -169,7 +169,7 @@ async fn views(
     groups: &[DeclaredGroup],
 ) -> ApiResult<Vec<ConsumerGroupView>> {
     let project = st.registry.get_project(pid).await?;
-    let stats = st.hub.backlog().stats(pid).await.ok();
+    let stats = st.backlog.stats(pid).await.ok();
     Ok(groups
         .iter()
         .map(|g| {

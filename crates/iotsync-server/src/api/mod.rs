@@ -31,6 +31,9 @@ pub use crate::delivery::SyncListener;
 #[derive(Clone)]
 pub struct ApiState {
     pub registry: Arc<dyn Registry>,
+    /// The REST figures and dead-letter operations read the backlog directly (the API
+    /// is not a channel).
+    pub backlog: Arc<dyn iotsync_backlog::Backlog>,
     pub operator_token: Arc<str>,
     pub clock: SharedClock,
     pub sync_listener: Arc<dyn SyncListener>,

@@ -8,6 +8,7 @@
 //! - [`controller`] turns accepted sync-setting transitions into backlog and consumer
 //!   actions (default group, retention, pause, closing connections).
 
+pub mod admission;
 pub mod controller;
 pub mod dispatcher;
 pub mod groups;

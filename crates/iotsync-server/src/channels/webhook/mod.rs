@@ -17,15 +17,14 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use iotsync_core::sync_rules::SyncSettings;
-use iotsync_core::{AppKey, ConsumerGroup, ProjectId};
+use iotsync_core::ProjectId;
 
-use crate::context::{Context, Started};
-use crate::delivery::hub::AttachRequest;
-use crate::delivery::ChannelKind;
+use super::ChannelContext;
+use crate::context::Started;
+use crate::delivery::admission::{LegacyTarget, Refusal};
 
-/// The internal consumer group of a mixed project's pusher. HTTP/2 clients may not use
-/// group names starting with `_`.
+/// The internal consumer group every pusher consumes. Consumers may not use group names
+/// starting with `_`.
 pub const LEGACY_GROUP: &str = iotsync_core::subscription::LEGACY_GROUP;
 
 /// The delays between pushes (after the 1st failed push 10 s, then 30 s, 1 min, …), as
@@ -58,7 +57,7 @@ impl Default for WebhookConfig {
 }
 
 /// Starts the legacy push engine.
-pub async fn start(ctx: &Context) -> anyhow::Result<Started> {
+pub async fn start(ctx: &ChannelContext) -> anyhow::Result<Started> {
     let engine = WebhookEngine::new(ctx.clone(), WebhookConfig::default())?;
     Ok(Started {
         listeners: Vec::new(),
@@ -73,25 +72,14 @@ struct Running {
 }
 
 pub struct WebhookEngine {
-    ctx: Context,
+    ctx: ChannelContext,
     cfg: Arc<WebhookConfig>,
     http: reqwest::Client,
     pushers: HashMap<ProjectId, Running>,
 }
 
-/// The group a project's pusher consumes, if its user data goes to legacy HTTP.
-fn pusher_group(app_key: &AppKey, s: &SyncSettings) -> Option<ConsumerGroup> {
-    if !s.legacy_active() || s.legacy_http_url.as_deref().is_none_or(str::is_empty) {
-        return None;
-    }
-    // Declared with the import (filter: user data, retry: the legacy schedule), in the
-    // legacy-only and the mixed configuration alike.
-    let _ = app_key;
-    LEGACY_GROUP.parse().ok()
-}
-
 impl WebhookEngine {
-    pub fn new(ctx: Context, cfg: WebhookConfig) -> anyhow::Result<Self> {
+    pub fn new(ctx: ChannelContext, cfg: WebhookConfig) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(cfg.request_timeout)
             .timeout(cfg.request_timeout)
@@ -109,7 +97,7 @@ impl WebhookEngine {
         let mut shutdown = self.ctx.shutdown.clone();
         loop {
             if let Err(e) = self.reconcile().await {
-                tracing::warn!(error = %e, "legacy push: reconciling with the registry failed");
+                tracing::warn!(error = %e, "legacy push: looking for legacy projects failed");
             }
             tokio::select! {
                 _ = crate::channels::http2::stopped(&mut shutdown) => break,
@@ -122,15 +110,15 @@ impl WebhookEngine {
         }
     }
 
-    async fn reconcile(&mut self) -> anyhow::Result<()> {
-        let all = self.ctx.registry.all_sync_settings().await?;
-        let mut wanted: HashMap<ProjectId, (AppKey, ConsumerGroup, String)> = HashMap::new();
-        for (pid, app_key, s) in all {
-            if let Some(group) = pusher_group(&app_key, &s) {
-                let url = s.legacy_http_url.clone().unwrap_or_default();
-                wanted.insert(pid, (app_key, group, url));
-            }
-        }
+    async fn reconcile(&mut self) -> Result<(), Refusal> {
+        let wanted: HashMap<ProjectId, LegacyTarget> = self
+            .ctx
+            .admission
+            .legacy_targets()
+            .await?
+            .into_iter()
+            .map(|t| (t.project.clone(), t))
+            .collect();
 
         // Stop pushers of projects that left legacy HTTP (it can never come back).
         let gone: Vec<ProjectId> = self
@@ -147,13 +135,13 @@ impl WebhookEngine {
             }
         }
 
-        for (pid, (app_key, group, url)) in wanted {
+        for (pid, t) in wanted {
             if let Some(r) = self.pushers.get(&pid) {
                 if !r.task.is_finished() {
                     r.url.send_if_modified(|u| {
-                        if *u != url {
+                        if *u != t.url {
                             tracing::info!(project = %pid, "legacy push URL changed");
-                            *u = url.clone();
+                            *u = t.url.clone();
                             true
                         } else {
                             false
@@ -162,66 +150,46 @@ impl WebhookEngine {
                     continue;
                 }
             }
-            self.spawn(pid, app_key, group, url).await?;
+            self.spawn(t).await;
         }
         Ok(())
     }
 
-    async fn spawn(
-        &mut self,
-        pid: ProjectId,
-        app_key: AppKey,
-        group: ConsumerGroup,
-        url: String,
-    ) -> anyhow::Result<()> {
-        let secret = self.ctx.registry.project_by_app_key(&app_key).await?;
-        let link = match self
-            .ctx
-            .hub
-            .attach(AttachRequest {
-                project: pid.clone(),
-                group: group.clone(),
-                channel: ChannelKind::Webhook,
-                remote: url.clone(),
-                client_id: "legacy-http-push".into(),
-            })
-            .await
-        {
-            Ok(l) => l,
+    async fn spawn(&mut self, t: LegacyTarget) {
+        let (link, app_secret) = match self.ctx.admission.attach_legacy(&t).await {
+            Ok(x) => x,
             Err(e) => {
-                tracing::warn!(project = %pid, error = %e, "legacy push: attach failed");
-                return Ok(());
+                tracing::warn!(project = %t.project, error = %e, "legacy push: attach failed");
+                return;
             }
         };
-        let (url_tx, url_rx) = watch::channel(url);
+        let (url_tx, url_rx) = watch::channel(t.url);
         let (stop_tx, stop_rx) = watch::channel(false);
         let p = pusher::Pusher {
             link,
-            app_key,
-            app_secret: secret.app_secret,
+            app_key: t.app_key,
+            app_secret,
             url: url_rx,
             http: self.http.clone(),
             cfg: self.cfg.clone(),
             stop: stop_rx,
         };
-        tracing::info!(project = %pid, group = %group, "legacy push started");
+        tracing::info!(project = %t.project, group = LEGACY_GROUP, "legacy push started");
         let task = tokio::spawn(p.run());
         self.pushers.insert(
-            pid,
+            t.project,
             Running {
                 url: url_tx,
                 stop: stop_tx,
                 task,
             },
         );
-        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use iotsync_core::sync_rules::Route;
 
     #[test]
     fn the_legacy_schedule_is_the_groups_retry_policy() {
@@ -235,22 +203,5 @@ mod tests {
         assert_eq!(max_deliveries, MAX_PUSHES);
         let secs: Vec<u64> = delays_ms.iter().map(|d| d / 1000).collect();
         assert_eq!(secs, LEGACY_SCHEDULE_SECS);
-    }
-
-    #[test]
-    fn legacy_pushes_come_from_the_internal_group() {
-        let k: AppKey = "12345678".parse().unwrap();
-        let mut s = SyncSettings {
-            enabled: true,
-            device_data: Route::None,
-            user_data: Route::LegacyHttp,
-            legacy_http_url: Some("http://127.0.0.1:1/push".into()),
-            ..SyncSettings::default()
-        };
-        assert_eq!(pusher_group(&k, &s).unwrap().as_str(), LEGACY_GROUP);
-        s.device_data = Route::Http2;
-        assert_eq!(pusher_group(&k, &s).unwrap().as_str(), LEGACY_GROUP);
-        s.enabled = false;
-        assert_eq!(pusher_group(&k, &s), None);
     }
 }
