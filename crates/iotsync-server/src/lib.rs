@@ -1,5 +1,7 @@
-//! iotsync-server: wires the pipeline. Ingest (REST, device gateway, cloud API) →
-//! registry + outbox → durable backlog → delivery → channels (AMQP, HTTP/2, webhook).
+//! iotsync-server: wires the pipeline. Ingest (sources: the REST API in `api/`, the
+//! device gateway in `gateway/`, the cloud API in `cloud/`; `ingest/` with the outbox
+//! relay) → durable backlog (routing each message to the groups that take it) →
+//! `delivery/` (admission, groups, hub) → `channels/` (AMQP, HTTP/2, webhook).
 //! Only this crate knows all the parts.
 
 pub mod api;
@@ -30,8 +32,8 @@ use iotsync_core::SharedClock;
 use iotsync_store::{Registry, SqlRegistry};
 
 use delivery::controller::SyncController;
-use delivery::dispatcher::{DispatcherConfig, DispatcherEngine};
 use delivery::hub::DeliveryHub;
+use ingest::outbox_relay::{DispatcherConfig, DispatcherEngine};
 
 pub use config::{ConfigOverrides, ServerConfig};
 

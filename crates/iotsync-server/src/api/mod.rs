@@ -41,7 +41,7 @@ pub struct ApiState {
     /// Declared consumer groups (registry + backlog).
     pub groups: Arc<crate::delivery::groups::GroupDirectory>,
     pub ingest: Arc<crate::ingest::Ingest>,
-    pub dispatcher: crate::delivery::dispatcher::DispatcherHandle,
+    pub dispatcher: crate::ingest::outbox_relay::DispatcherHandle,
     pub rates: Arc<crate::delivery::rates::RateSampler>,
     /// `operator` throttles wrong bearer tokens and console sign-ins.
     pub throttles: Arc<crate::throttle::Throttles>,

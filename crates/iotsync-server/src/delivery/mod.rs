@@ -1,16 +1,20 @@
-//! Delivery: between the durable backlog and the channels.
+//! Delivery: between the durable backlog and the channels; it owns the consumer
+//! contract.
 //!
-//! - [`dispatcher`] drains the registry's outbox into the backlog and drives the
-//!   backlog's timers (ack time-outs, retries due, retention expiry).
+//! - [`admission`] is the one way in for every channel: credentials → project, group,
+//!   what it may receive (with the failed-login throttle and the group's connection
+//!   rate) → a [`hub::ConsumerLink`].
+//! - [`groups`] keeps the declared consumer groups of the registry and the backlog's
+//!   groups in step (declare, first-connect declaration, delete, reconcile at start).
 //! - [`hub`] hands consumers of a group their deliveries within their credit and takes
 //!   back their outcomes; a channel (AMQP link, gRPC stream, webhook pusher) only ever
-//!   sees a [`hub::ConsumerLink`], never the backlog.
+//!   sees a [`hub::ConsumerLink`] (lease, settle, close reason), never the backlog.
 //! - [`controller`] turns accepted sync-setting transitions into backlog and consumer
-//!   actions (default group, retention, pause, closing connections).
+//!   actions (groups, retention, pause, closing connections), through [`SyncListener`],
+//!   which the API calls.
 
 pub mod admission;
 pub mod controller;
-pub mod dispatcher;
 pub mod groups;
 pub mod hub;
 pub mod rates;
