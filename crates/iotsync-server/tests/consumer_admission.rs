@@ -197,3 +197,115 @@ async fn a_declared_group_collects_before_its_first_consumer_connects_over_amqp(
     peer.kill();
     env.stop().await;
 }
+
+mod grpc {
+    use super::*;
+    use iotsync_core::sign::http2::Http2AuthParams;
+    use iotsync_sdk::http2::pb::sync_service_client::SyncServiceClient;
+    use iotsync_sdk::http2::pb::{consume_request, consume_response, ConsumeRequest, Credit};
+    use tonic::metadata::{MetadataKey, MetadataValue};
+
+    async fn channel_from(env: &Env, source: Ipv4Addr) -> tonic::transport::Channel {
+        let addr = env.server().addr("http2").expect("http2 listener");
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .local_address(Some(IpAddr::V4(source)))
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// One Consume call signed with `secret`; Ok(first message topic) or the status.
+    async fn consume(
+        ch: &tonic::transport::Channel,
+        env: &Env,
+        p: &Project,
+        secret: &str,
+    ) -> Result<String, tonic::Status> {
+        let mut client = SyncServiceClient::new(ch.clone());
+        let (tx, rx) = tokio::sync::mpsc::channel::<ConsumeRequest>(4);
+        tx.send(ConsumeRequest {
+            kind: Some(consume_request::Kind::Credit(Credit { max_in_flight: 1 })),
+        })
+        .await
+        .unwrap();
+        let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let auth = Http2AuthParams::signed(
+            p.app_key.parse().unwrap(),
+            Some("ops".parse().unwrap()),
+            secret,
+            env.now(),
+        );
+        for (k, v) in auth.to_headers() {
+            req.metadata_mut().insert(
+                MetadataKey::from_static(k),
+                MetadataValue::try_from(v.as_str()).unwrap(),
+            );
+        }
+        let mut stream = client.consume(req).await?.into_inner();
+        let first = tokio::time::timeout(PEER_WAIT, stream.message())
+            .await
+            .expect("no message for the real consumer")?
+            .expect("the stream ended");
+        drop(tx);
+        match first.kind {
+            Some(consume_response::Kind::Message(m)) => Ok(m.topic),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_hundred_bad_signatures_do_not_lock_the_real_grpc_consumer_out() {
+        let env = Env::start_with(Some(
+            "[auth]\nbackoff_initial = \"1s\"\nbackoff_max = \"4s\"\n",
+        ))
+        .await;
+        let p = env.project("Home").await;
+        for (path, body) in [
+            ("sync/disable", json!({})),
+            ("sync/enable", json!({"method": "http2"})),
+            ("consumer-groups", json!({"name": "ops"})),
+        ] {
+            let (s, v) = env
+                .post(&format!("/api/v1/projects/{}/{path}", p.pid), body)
+                .await;
+            assert!(s.is_success(), "{path}: {v}");
+        }
+        let attacker = Ipv4Addr::new(127, 0, 0, 1);
+        let bad = channel_from(&env, attacker).await;
+        let (mut unauth, mut throttled) = (0, 0);
+        for i in 0..200 {
+            match consume(&bad, &env, &p, "not-the-secret").await {
+                Err(s) if s.code() == tonic::Code::Unauthenticated => unauth += 1,
+                Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                    assert!(s.message().starts_with("auth.throttled"), "{s:?}");
+                    throttled += 1
+                }
+                other => panic!("unexpected: {other:?}"),
+            }
+            if i % 20 == 19 {
+                env.clock.advance_ms(1_100);
+            }
+        }
+        assert!(
+            unauth >= 5 && throttled > 100,
+            "unauthenticated {unauth}, throttled {throttled}"
+        );
+
+        env.report(&p, json!({"LightSwitch": 1})).await;
+        let good = channel_from(&env, Ipv4Addr::new(127, 0, 0, 2)).await;
+        let topic = consume(&good, &env, &p, &p.app_secret)
+            .await
+            .expect("the real consumer from another address");
+        assert!(topic.ends_with("/thing/event/property/post"), "{topic}");
+
+        // From the attacker's address: throttled until the back-off has passed.
+        let s = consume(&bad, &env, &p, &p.app_secret).await.unwrap_err();
+        assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+        env.clock.advance_ms(4_100);
+        consume(&bad, &env, &p, &p.app_secret)
+            .await
+            .expect("the real consumer after the back-off");
+        env.stop().await;
+    }
+}
