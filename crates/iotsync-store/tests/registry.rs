@@ -1062,3 +1062,76 @@ both!(an_import_declares_its_groups_in_the_same_change, h, {
     h.reg.delete_project(&mixed.project_id, "t").await.unwrap();
     assert!(h.reg.all_groups().await.unwrap().is_empty());
 });
+
+/// An older registry (before declared groups) gets its platform groups declared by the
+/// migration: the default group of every project that had sync on, and `_legacy_http`.
+#[tokio::test]
+async fn the_migration_declares_the_groups_of_projects_that_had_sync_on() {
+    use iotsync_core::{DataClass, GroupFilterDoc};
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.db");
+    let clock = ManualClock::new(T0);
+    let (single, mixed, off) = {
+        let reg = SqlRegistry::open_sqlite(&path, Arc::new(clock.clone()))
+            .await
+            .unwrap();
+        let single = reg.create_project("One", "t").await.unwrap().project;
+        reg.apply_sync(
+            &single.project_id,
+            &SyncCommand::Enable {
+                method: "amqp".into(),
+            },
+            "t",
+        )
+        .await
+        .unwrap();
+        let mixed = reg
+            .import_project(
+                &ProjectImport {
+                    name: "Old".into(),
+                    app_key: "24681360".parse().unwrap(),
+                    app_secret: "oldsecret0001".into(),
+                    sync: ImportedSync {
+                        enabled: true,
+                        device_data: Route::Http2,
+                        user_data: Route::LegacyHttp,
+                        legacy_http_url: Some("http://127.0.0.1:9/push".into()),
+                    },
+                },
+                "operator",
+            )
+            .await
+            .unwrap();
+        let off = reg.create_project("Off", "t").await.unwrap().project;
+        reg.close().await;
+        (single, mixed, off)
+    };
+    // Back to the schema before migration 3, as an older version left it.
+    let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    sqlx::query("DROP TABLE consumer_groups")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 3")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    c.close().await.unwrap();
+
+    let reg = SqlRegistry::open_sqlite(&path, Arc::new(clock.clone()))
+        .await
+        .unwrap();
+    let g = reg.list_groups(&single.project_id).await.unwrap();
+    assert_eq!(group_names(&g), vec![single.app_key.to_string()]);
+    assert_eq!(g[0].filter, GroupFilterDoc::default());
+    let g = reg.list_groups(&mixed.project_id).await.unwrap();
+    assert_eq!(group_names(&g), vec!["24681360", "_legacy_http"]);
+    assert_eq!(g[0].filter.data_classes, Some(vec![DataClass::Device]));
+    assert_eq!(g[1].retry, GroupRetryKind::LegacyHttp);
+    assert!(g[1].internal);
+    assert!(reg.list_groups(&off.project_id).await.unwrap().is_empty());
+    reg.close().await;
+}
