@@ -336,7 +336,14 @@ fn build(cmd: AdminCommand) -> Result<Call, (Exit, String)> {
         AdminCommand::Groups(c) => match c {
             GroupsCmd::List { project } => table(
                 call(M::GET, format!("{}/consumer-groups", p(&project)), None),
-                &["name", "dataClasses", "topics", "products", "createdAt"],
+                &[
+                    "name",
+                    "dataClasses",
+                    "kinds",
+                    "products",
+                    "stacked",
+                    "consumers",
+                ],
             ),
             GroupsCmd::Create {
                 project,

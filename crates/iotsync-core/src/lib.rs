@@ -9,6 +9,7 @@ pub mod ids;
 pub mod message;
 pub mod payload;
 pub mod sign;
+pub mod subscription;
 pub mod sync_rules;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};

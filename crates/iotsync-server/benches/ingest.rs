@@ -54,7 +54,6 @@ fn main() -> anyhow::Result<()> {
         )
         .await?;
         server
-            .hub()
             .backlog()
             .create_group(&pid, &iotsync_core::ConsumerGroup::default_for(&p.project.app_key), &iotsync_backlog::GroupSpec::all())
             .await?;

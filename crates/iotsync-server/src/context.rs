@@ -11,8 +11,8 @@ use iotsync_core::SharedClock;
 use iotsync_store::Registry;
 
 use crate::config::ServerConfig;
-use crate::delivery::dispatcher::DispatcherHandle;
 use crate::delivery::hub::DeliveryHub;
+use crate::ingest::outbox_relay::DispatcherHandle;
 use crate::ingest::Ingest;
 use crate::tls::TlsMaterial;
 

@@ -1,5 +1,7 @@
-//! iotsync-server: wires the pipeline. Ingest (REST, device gateway, cloud API) →
-//! registry + outbox → durable backlog → delivery → channels (AMQP, HTTP/2, webhook).
+//! iotsync-server: wires the pipeline. Ingest (sources: the REST API in `api/`, the
+//! device gateway in `gateway/`, the cloud API in `cloud/`; `ingest/` with the outbox
+//! relay) → durable backlog (routing each message to the groups that take it) →
+//! `delivery/` (admission, groups, hub) → `channels/` (AMQP, HTTP/2, webhook).
 //! Only this crate knows all the parts.
 
 pub mod api;
@@ -30,8 +32,8 @@ use iotsync_core::SharedClock;
 use iotsync_store::{Registry, SqlRegistry};
 
 use delivery::controller::SyncController;
-use delivery::dispatcher::{DispatcherConfig, DispatcherEngine};
-use delivery::hub::{DeliveryHub, HubConfig};
+use delivery::hub::DeliveryHub;
+use ingest::outbox_relay::{DispatcherConfig, DispatcherEngine};
 
 pub use config::{ConfigOverrides, ServerConfig};
 
@@ -205,16 +207,13 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
         );
     }
     let backlog = Arc::new(backlog);
-    let hub = DeliveryHub::new(
-        backlog.clone(),
-        clock.clone(),
-        HubConfig {
-            connects_per_minute: cfg.delivery.connects_per_minute,
-        },
-    );
+    let groups = delivery::groups::GroupDirectory::new(registry.clone(), backlog.clone());
+    let hub = DeliveryHub::new(backlog.clone(), groups.clone(), clock.clone());
     let controller = Arc::new(SyncController {
         registry: registry.clone(),
+        backlog: backlog.clone(),
         hub: hub.clone(),
+        groups: groups.clone(),
         retention: cfg.delivery.retention(),
     });
     controller
@@ -252,12 +251,30 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
         throttles: throttles.clone(),
     };
 
+    let admission = delivery::admission::Admission::new(
+        registry.clone(),
+        hub.clone(),
+        groups.clone(),
+        clock.clone(),
+        throttles.clone(),
+        cfg.delivery.connects_per_minute,
+    );
+    let channel_ctx = channels::ChannelContext {
+        cfg: ctx.cfg.clone(),
+        admission,
+        clock: clock.clone(),
+        tls: tls.clone(),
+        shutdown: shutdown_rx.clone(),
+    };
+
     let state = api::ApiState {
         registry: registry.clone(),
+        backlog: backlog.clone(),
         operator_token: Arc::from(token.as_str()),
         clock: clock.clone(),
         sync_listener: controller,
         hub: hub.clone(),
+        groups: groups.clone(),
         ingest: ingest.clone(),
         dispatcher: dispatcher_handle,
         rates: Arc::new(delivery::rates::RateSampler::default()),
@@ -270,20 +287,13 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
 
     let mut tasks = Vec::new();
     let mut listeners = Vec::new();
-    for started in [
-        channels::amqp::start(&ctx)
-            .await
-            .context("starting the AMQP channel")?,
-        channels::http2::start(&ctx)
-            .await
-            .context("starting the HTTP/2 channel")?,
-        channels::webhook::start(&ctx)
-            .await
-            .context("starting the legacy HTTP push")?,
+    let mut all = channels::start_all(&channel_ctx).await?;
+    all.push(
         gateway::start(&ctx)
             .await
             .context("starting the device gateway")?,
-    ] {
+    );
+    for started in all {
         listeners.extend(started.listeners);
         tasks.extend(started.tasks);
     }

@@ -589,6 +589,8 @@ async fn every_sync_rule_answers_with_its_clear_error() {
             "sync.disable",
             "sync.product",
             "sync.enable",
+            // The first enable declared the default group in the same change.
+            "consumer_group.create",
             "project.create"
         ]
     );

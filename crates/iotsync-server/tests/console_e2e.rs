@@ -212,6 +212,27 @@ async fn console_drives_projects_sync_settings_api_operations_and_monitoring_in_
     b.step(json!({"cmd": "device_properties_shown"})).await;
 
     b.step(json!({"cmd": "sync_settings"})).await;
+    // Declare and delete a consumer group through the UI; the audit log has both.
+    let g = b.step(json!({"cmd": "consumer_groups"})).await;
+    assert_eq!(g["deleted"], "billing");
+    let audit = rest(
+        &base,
+        reqwest::Method::GET,
+        &format!("/projects/{pid}/audit"),
+        json!(null),
+    )
+    .await;
+    let actions: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        &actions[..2],
+        &["consumer_group.delete", "consumer_group.create"],
+        "{audit}"
+    );
     b.step(json!({"cmd": "api_operations"})).await;
     b.step(json!({"cmd": "monitor", "expect": "zero"})).await;
 

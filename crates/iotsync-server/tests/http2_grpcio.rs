@@ -270,3 +270,34 @@ async fn tls_listener_serves_grpcio_with_the_development_certificate() {
     peer.until("done", 30).await;
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_group_collects_before_its_first_consumer_connects() {
+    let env = Env::start().await;
+    let p = env.project("http2").await;
+    let (s, v) = env
+        .post(
+            &format!("/api/v1/projects/{}/consumer-groups", p.pid),
+            json!({"name": "crm", "dataClasses": ["user"]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    // Produced while nobody of the group has ever connected: a report, an event, an
+    // account and a binding; the group takes the last two.
+    env.produce_each_kind(&p).await;
+    let mut peer = grpcio(&env, &p, &["--group", "crm", "--max", "2"]);
+    let lines = peer.collect("message", 2, 60).await;
+    peer.until("done", 30).await;
+    let mut topics: Vec<&str> = lines
+        .iter()
+        .filter(|v| v["event"] == "message")
+        .map(|v| v["topic"].as_str().unwrap())
+        .collect();
+    topics.sort();
+    assert!(topics[0].starts_with("/_account/"), "{topics:?}");
+    assert!(topics[1].ends_with("/thing/user/binding"), "{topics:?}");
+    env.wait_stat(&p.pid, "crm", "ackedTotal", 2).await;
+    let st = env.group_stats(&p.pid, "crm").await;
+    assert_eq!(st["appendedTotal"], 2, "{st}");
+    env.stop().await;
+}

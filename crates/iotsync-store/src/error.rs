@@ -14,6 +14,9 @@ pub enum StoreError {
     },
     #[error("{field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+    /// A per-project limit was reached (e.g. consumer groups).
+    #[error("{field}: {reason}")]
+    Limit { field: &'static str, reason: String },
     #[error(transparent)]
     Rule(#[from] RuleError),
     /// The database's disk is full (SQLite `SQLITE_FULL`, PostgreSQL `53100`): nothing of
@@ -59,6 +62,7 @@ impl StoreError {
             StoreError::NotFound { .. } => "not_found",
             StoreError::Conflict { .. } => "conflict",
             StoreError::Invalid { .. } => "invalid_argument",
+            StoreError::Limit { .. } => "limit_exceeded",
             StoreError::Rule(r) => r.code(),
             StoreError::DiskFull(_) => "store.disk_full",
             StoreError::Db(_) | StoreError::Migrate(_) | StoreError::Corrupt(_) => "internal",
@@ -67,7 +71,9 @@ impl StoreError {
 
     pub fn field(&self) -> Option<&'static str> {
         match self {
-            StoreError::Conflict { field, .. } | StoreError::Invalid { field, .. } => Some(field),
+            StoreError::Conflict { field, .. }
+            | StoreError::Invalid { field, .. }
+            | StoreError::Limit { field, .. } => Some(field),
             StoreError::Rule(r) => r.field(),
             _ => None,
         }

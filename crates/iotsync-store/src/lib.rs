@@ -18,7 +18,9 @@ pub use sql::{SqlRegistry, StoreBackend};
 use async_trait::async_trait;
 use iotsync_core::api_catalog::ApiGroup;
 use iotsync_core::sync_rules::{SyncCommand, SyncSettings, Transition};
-use iotsync_core::{AppKey, DeviceName, IdentityId, IotId, ProductKey, ProjectId};
+use iotsync_core::{
+    AppKey, ConsumerGroup, DeviceName, GroupFilterDoc, IdentityId, IotId, ProductKey, ProjectId,
+};
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -207,6 +209,42 @@ pub trait Registry: Send + Sync + 'static {
         iot_id: &IotId,
         q: &TimelineQuery,
     ) -> StoreResult<Vec<PropertyValue>>;
+
+    // Declared consumer groups (issue 12). The platform's own groups (the default group
+    // named after the appKey, the internal `_legacy_http`) are declared by
+    // `import_project` and `apply_sync` in the same transaction as the change that needs
+    // them; `apply_sync` also removes `_legacy_http` once legacy push is retired.
+    /// Declares a user group (not internal, backoff retry). `Conflict` if it exists;
+    /// `Limit` once the project has `max_groups` groups.
+    async fn declare_group(
+        &self,
+        project: &ProjectId,
+        name: &ConsumerGroup,
+        filter: &GroupFilterDoc,
+        max_groups: usize,
+        actor: Actor<'_>,
+    ) -> StoreResult<DeclaredGroup>;
+    /// The group, declared with `filter` if it was not: a consumer connecting with an
+    /// undeclared group name. Returns whether it was declared now.
+    async fn ensure_group(
+        &self,
+        project: &ProjectId,
+        name: &ConsumerGroup,
+        filter: &GroupFilterDoc,
+        max_groups: usize,
+        actor: Actor<'_>,
+    ) -> StoreResult<(DeclaredGroup, bool)>;
+    /// Removes a declaration; `NotFound` if there is none.
+    async fn delete_group(
+        &self,
+        project: &ProjectId,
+        name: &ConsumerGroup,
+        actor: Actor<'_>,
+    ) -> StoreResult<DeclaredGroup>;
+    /// The project's groups by name.
+    async fn list_groups(&self, project: &ProjectId) -> StoreResult<Vec<DeclaredGroup>>;
+    /// Every declared group (reconciling the backlog at start).
+    async fn all_groups(&self) -> StoreResult<Vec<DeclaredGroup>>;
 
     // Audit
     async fn audit_log(

@@ -301,3 +301,48 @@ pub struct TimelineQuery {
     pub limit: u32,
     pub newest_first: bool,
 }
+
+/// How a declared consumer group retries failed deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupRetryKind {
+    /// The backlog's exponential backoff with jitter (SPEC §5), until retention.
+    Backoff,
+    /// The legacy HTTP push schedule (SPEC §8): 10 s, 30 s, 1 min, … 16 pushes, then
+    /// dead letter.
+    LegacyHttp,
+}
+
+impl GroupRetryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupRetryKind::Backoff => "backoff",
+            GroupRetryKind::LegacyHttp => "legacy_http",
+        }
+    }
+}
+
+impl FromStr for GroupRetryKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "backoff" => Ok(GroupRetryKind::Backoff),
+            "legacy_http" => Ok(GroupRetryKind::LegacyHttp),
+            other => Err(format!("unknown retry kind {other:?}")),
+        }
+    }
+}
+
+/// A declared consumer group of a project: it collects every message its filter takes
+/// from the moment it is declared, connected or not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeclaredGroup {
+    pub project_id: ProjectId,
+    pub name: iotsync_core::ConsumerGroup,
+    pub filter: iotsync_core::GroupFilterDoc,
+    pub retry: GroupRetryKind,
+    /// The platform's own (names starting with `_`): not declared or deleted by users.
+    pub internal: bool,
+    pub created_at: i64,
+}

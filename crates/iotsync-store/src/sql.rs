@@ -29,8 +29,8 @@ use iotsync_core::message::{AccountAction, BindingOperation, LifecycleAction};
 use iotsync_core::payload::{self, AccountFacts};
 use iotsync_core::sync_rules::{self, Route, SyncCommand, SyncMethod, SyncSettings, Transition};
 use iotsync_core::{
-    generate_secret, AppKey, DeviceName, IdentityId, IotId, ProductKey, ProjectId, SharedClock,
-    SyncMessage,
+    generate_secret, AppKey, ConsumerGroup, DeviceName, GroupFilterDoc, IdentityId, IotId,
+    ProductKey, ProjectId, SharedClock, SyncMessage,
 };
 
 use crate::model::*;
@@ -253,6 +253,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "cloud_nonces",
         include_str!("../migrations/sqlite/0003_cloud_nonces.sql"),
         include_str!("../migrations/postgres/0003_cloud_nonces.sql"),
+    ),
+    (
+        4,
+        "consumer_groups",
+        include_str!("../migrations/sqlite/0004_consumer_groups.sql"),
+        include_str!("../migrations/postgres/0004_consumer_groups.sql"),
     ),
 ];
 
@@ -733,6 +739,187 @@ async fn trim_history(conn: &mut AnyConnection, iot_id: &str, identifier: &str) 
     Ok(())
 }
 
+fn group_from(row: &AnyRow) -> StoreResult<DeclaredGroup> {
+    let filter: String = row.try_get("filter_json")?;
+    let retry: String = row.try_get("retry")?;
+    Ok(DeclaredGroup {
+        project_id: parse(row, "project_id")?,
+        name: parse(row, "name")?,
+        filter: serde_json::from_str(&filter)
+            .map_err(|e| StoreError::Corrupt(format!("consumer_groups.filter_json: {e}")))?,
+        retry: retry.parse().map_err(StoreError::Corrupt)?,
+        internal: row.try_get::<i64, _>("internal")? != 0,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn group_json(g: &DeclaredGroup) -> serde_json::Value {
+    json!({"name": g.name, "filter": g.filter, "retry": g.retry, "internal": g.internal})
+}
+
+async fn fetch_group(
+    conn: &mut AnyConnection,
+    project: &ProjectId,
+    name: &str,
+) -> StoreResult<Option<DeclaredGroup>> {
+    sqlx::query("SELECT * FROM consumer_groups WHERE project_id = $1 AND name = $2")
+        .bind(project.as_str())
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?
+        .as_ref()
+        .map(group_from)
+        .transpose()
+}
+
+/// Inserts a group (the caller checked it is absent) and audits it.
+async fn insert_group(conn: &mut AnyConnection, g: &DeclaredGroup, actor: &str) -> StoreResult<()> {
+    let filter = serde_json::to_string(&g.filter)
+        .map_err(|e| StoreError::Corrupt(format!("filter: {e}")))?;
+    sqlx::query(
+        "INSERT INTO consumer_groups (project_id, name, filter_json, retry, internal, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(g.project_id.as_str())
+    .bind(g.name.as_str())
+    .bind(filter)
+    .bind(g.retry.as_str())
+    .bind(b(g.internal))
+    .bind(g.created_at)
+    .execute(&mut *conn)
+    .await?;
+    audit(
+        conn,
+        Some(&g.project_id),
+        actor,
+        g.created_at,
+        "consumer_group.create",
+        json!(null),
+        group_json(g),
+    )
+    .await
+}
+
+async fn remove_group(
+    conn: &mut AnyConnection,
+    g: &DeclaredGroup,
+    actor: &str,
+    at: i64,
+) -> StoreResult<()> {
+    sqlx::query("DELETE FROM consumer_groups WHERE project_id = $1 AND name = $2")
+        .bind(g.project_id.as_str())
+        .bind(g.name.as_str())
+        .execute(&mut *conn)
+        .await?;
+    audit(
+        conn,
+        Some(&g.project_id),
+        actor,
+        at,
+        "consumer_group.delete",
+        group_json(g),
+        json!(null),
+    )
+    .await
+}
+
+async fn check_group_limit(
+    conn: &mut AnyConnection,
+    project: &ProjectId,
+    max_groups: usize,
+) -> StoreResult<()> {
+    let n = count(
+        conn,
+        "SELECT COUNT(*) FROM consumer_groups WHERE project_id = $1",
+        &[project.as_str()],
+    )
+    .await?;
+    if n as usize >= max_groups {
+        return Err(StoreError::Limit {
+            field: "name",
+            reason: format!("a project has at most {max_groups} consumer groups; delete one first"),
+        });
+    }
+    Ok(())
+}
+
+/// Declares or updates the platform's own groups of a project to match its settings:
+/// the default group (named after the appKey) while sync is on, with the filter its
+/// configuration calls for, and `_legacy_http` while user data goes to legacy HTTP
+/// (removed once legacy push is retired). Runs inside the change's transaction.
+async fn platform_groups(
+    conn: &mut AnyConnection,
+    project: &ProjectId,
+    app_key: &AppKey,
+    s: &SyncSettings,
+    actor: &str,
+    now: i64,
+) -> StoreResult<()> {
+    use iotsync_core::subscription::{
+        default_group_filter_doc, legacy_group_filter, needs_legacy_group, LEGACY_GROUP,
+    };
+    let mut wanted = Vec::new();
+    if s.enabled {
+        wanted.push(DeclaredGroup {
+            project_id: project.clone(),
+            name: ConsumerGroup::default_for(app_key),
+            filter: default_group_filter_doc(s),
+            retry: GroupRetryKind::Backoff,
+            internal: false,
+            created_at: now,
+        });
+    }
+    let legacy: ConsumerGroup = LEGACY_GROUP
+        .parse()
+        .map_err(|e| StoreError::Corrupt(format!("legacy group name: {e}")))?;
+    if needs_legacy_group(s) {
+        wanted.push(DeclaredGroup {
+            project_id: project.clone(),
+            name: legacy.clone(),
+            filter: GroupFilterDoc::from(&legacy_group_filter()),
+            retry: GroupRetryKind::LegacyHttp,
+            internal: true,
+            created_at: now,
+        });
+    } else if let Some(old) = fetch_group(conn, project, legacy.as_str()).await? {
+        remove_group(conn, &old, actor, now).await?;
+    }
+    for g in wanted {
+        match fetch_group(conn, project, g.name.as_str()).await? {
+            None => insert_group(conn, &g, actor).await?,
+            Some(old) if old.filter != g.filter || old.retry != g.retry => {
+                let filter = serde_json::to_string(&g.filter)
+                    .map_err(|e| StoreError::Corrupt(format!("filter: {e}")))?;
+                sqlx::query(
+                    "UPDATE consumer_groups SET filter_json = $1, retry = $2 \
+                     WHERE project_id = $3 AND name = $4",
+                )
+                .bind(filter)
+                .bind(g.retry.as_str())
+                .bind(project.as_str())
+                .bind(g.name.as_str())
+                .execute(&mut *conn)
+                .await?;
+                audit(
+                    conn,
+                    Some(project),
+                    actor,
+                    now,
+                    "consumer_group.update",
+                    group_json(&old),
+                    group_json(&DeclaredGroup {
+                        created_at: old.created_at,
+                        ..g
+                    }),
+                )
+                .await?;
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
 fn page<T>(items: Vec<T>, total: i64, p: PageRequest) -> Page<T> {
     Page {
         items,
@@ -837,6 +1024,7 @@ impl Registry for SqlRegistry {
         }
         store_settings(&mut w.tx, &p.project_id, &settings).await?;
         insert_default_activation(&mut w.tx, &p.project_id).await?;
+        platform_groups(&mut w.tx, &p.project_id, &p.app_key, &settings, actor, now).await?;
         audit(
             &mut w.tx,
             Some(&p.project_id),
@@ -1721,6 +1909,15 @@ impl Registry for SqlRegistry {
                 .execute(&mut *w.tx)
                 .await?;
         }
+        let app_key: String = sqlx::query("SELECT app_key FROM projects WHERE project_id = $1")
+            .bind(project.as_str())
+            .fetch_one(&mut *w.tx)
+            .await?
+            .try_get("app_key")?;
+        let app_key: AppKey = app_key
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("projects.app_key: {e}")))?;
+        platform_groups(&mut w.tx, project, &app_key, &after, actor, now).await?;
         let action = match transition {
             Transition::Enabled { .. } => "sync.enable",
             Transition::Disabled => "sync.disable",
@@ -1998,6 +2195,121 @@ impl Registry for SqlRegistry {
                 })
             })
             .collect()
+    }
+
+    async fn declare_group(
+        &self,
+        project: &ProjectId,
+        name: &ConsumerGroup,
+        filter: &GroupFilterDoc,
+        max_groups: usize,
+        actor: Actor<'_>,
+    ) -> StoreResult<DeclaredGroup> {
+        let now = self.now();
+        let mut w = self.write().await?;
+        load_settings(&mut w.tx, project).await?;
+        if fetch_group(&mut w.tx, project, name.as_str())
+            .await?
+            .is_some()
+        {
+            return Err(StoreError::Conflict {
+                entity: "consumer group",
+                field: "name",
+                value: name.to_string(),
+            });
+        }
+        check_group_limit(&mut w.tx, project, max_groups).await?;
+        let g = DeclaredGroup {
+            project_id: project.clone(),
+            name: name.clone(),
+            filter: filter.clone(),
+            retry: GroupRetryKind::Backoff,
+            internal: false,
+            created_at: now,
+        };
+        let r = insert_group(&mut w.tx, &g, actor).await;
+        match r {
+            Err(StoreError::Db(e)) if is_unique_violation(&e) => {
+                return Err(StoreError::Conflict {
+                    entity: "consumer group",
+                    field: "name",
+                    value: name.to_string(),
+                })
+            }
+            r => r?,
+        }
+        w.tx.commit().await?;
+        Ok(g)
+    }
+
+    async fn ensure_group(
+        &self,
+        project: &ProjectId,
+        name: &ConsumerGroup,
+        filter: &GroupFilterDoc,
+        max_groups: usize,
+        actor: Actor<'_>,
+    ) -> StoreResult<(DeclaredGroup, bool)> {
+        {
+            let mut conn = self.pool.acquire().await?;
+            if let Some(g) = fetch_group(&mut conn, project, name.as_str()).await? {
+                return Ok((g, false));
+            }
+        }
+        let now = self.now();
+        let mut w = self.write().await?;
+        load_settings(&mut w.tx, project).await?;
+        if let Some(g) = fetch_group(&mut w.tx, project, name.as_str()).await? {
+            return Ok((g, false));
+        }
+        check_group_limit(&mut w.tx, project, max_groups).await?;
+        let g = DeclaredGroup {
+            project_id: project.clone(),
+            name: name.clone(),
+            filter: filter.clone(),
+            retry: GroupRetryKind::Backoff,
+            internal: name
+                .as_str()
+                .starts_with(iotsync_core::subscription::RESERVED_PREFIX),
+            created_at: now,
+        };
+        insert_group(&mut w.tx, &g, actor).await?;
+        w.tx.commit().await?;
+        Ok((g, true))
+    }
+
+    async fn delete_group(
+        &self,
+        project: &ProjectId,
+        name: &ConsumerGroup,
+        actor: Actor<'_>,
+    ) -> StoreResult<DeclaredGroup> {
+        let now = self.now();
+        let mut w = self.write().await?;
+        load_settings(&mut w.tx, project).await?;
+        let g = fetch_group(&mut w.tx, project, name.as_str())
+            .await?
+            .ok_or_else(|| StoreError::not_found("consumer group", name))?;
+        remove_group(&mut w.tx, &g, actor, now).await?;
+        w.tx.commit().await?;
+        Ok(g)
+    }
+
+    async fn list_groups(&self, project: &ProjectId) -> StoreResult<Vec<DeclaredGroup>> {
+        let mut conn = self.pool.acquire().await?;
+        load_settings(&mut conn, project).await?;
+        let rows = sqlx::query("SELECT * FROM consumer_groups WHERE project_id = $1 ORDER BY name")
+            .bind(project.as_str())
+            .fetch_all(&mut *conn)
+            .await?;
+        rows.iter().map(group_from).collect()
+    }
+
+    async fn all_groups(&self) -> StoreResult<Vec<DeclaredGroup>> {
+        let rows = sqlx::query("SELECT * FROM consumer_groups ORDER BY project_id, name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(group_from).collect()
     }
 
     async fn audit_log(

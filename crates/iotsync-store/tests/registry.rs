@@ -508,7 +508,13 @@ both!(sync_rules_are_enforced_and_audited, h, {
     let actions: Vec<&str> = log.items.iter().map(|a| a.action.as_str()).collect();
     assert_eq!(
         actions,
-        vec!["sync.switch", "sync.enable", "project.create"]
+        // Enabling declared the default group in the same change.
+        vec![
+            "sync.switch",
+            "sync.enable",
+            "consumer_group.create",
+            "project.create"
+        ]
     );
     assert_eq!(log.items[0].actor, "alice");
     assert_eq!(log.items[0].at, T0 + 1 + 1000);
@@ -533,7 +539,7 @@ both!(sync_rules_are_enforced_and_audited, h, {
             .await
             .unwrap()
             .total,
-        3
+        4
     );
 });
 
@@ -900,3 +906,232 @@ both!(
         assert_eq!(props[0].time, 30);
     }
 );
+
+fn group_names(groups: &[DeclaredGroup]) -> Vec<String> {
+    groups.iter().map(|g| g.name.to_string()).collect()
+}
+
+both!(
+    consumer_groups_are_declared_listed_deleted_and_audited,
+    h,
+    {
+        use iotsync_core::{ConsumerGroup, DataClass, GroupFilterDoc};
+        let p = h.project().await;
+        let pid = p.project.project_id.clone();
+        assert!(h.reg.list_groups(&pid).await.unwrap().is_empty());
+        let billing: ConsumerGroup = "billing".parse().unwrap();
+        let filter = GroupFilterDoc {
+            data_classes: Some(vec![DataClass::Device]),
+            kinds: Some(vec!["device.property.post".into()]),
+            products: None,
+        };
+        let g = h
+            .reg
+            .declare_group(&pid, &billing, &filter, 8, "ops")
+            .await
+            .unwrap();
+        assert_eq!(g.filter, filter);
+        assert!(!g.internal);
+        assert_eq!(g.retry, GroupRetryKind::Backoff);
+        assert_eq!(g.created_at, T0);
+        let e = h
+            .reg
+            .declare_group(&pid, &billing, &filter, 8, "ops")
+            .await
+            .unwrap_err();
+        assert_eq!((e.code(), e.field()), ("conflict", Some("name")));
+        // Enabling declares the default group (named after the appKey) in the same change.
+        h.enable(&pid, "amqp").await;
+        let all = h.reg.list_groups(&pid).await.unwrap();
+        assert_eq!(
+            group_names(&all),
+            vec![p.project.app_key.to_string(), "billing".to_string()]
+        );
+        assert_eq!(all[0].filter, GroupFilterDoc::default());
+        // A first connect with an undeclared name declares it, once.
+        let ops: ConsumerGroup = "ops-1".parse().unwrap();
+        let (g, new) = h
+            .reg
+            .ensure_group(&pid, &ops, &GroupFilterDoc::default(), 8, "amqp")
+            .await
+            .unwrap();
+        assert!(new);
+        assert_eq!(g.filter, GroupFilterDoc::default());
+        let (_, new) = h
+            .reg
+            .ensure_group(&pid, &ops, &GroupFilterDoc::default(), 8, "amqp")
+            .await
+            .unwrap();
+        assert!(!new);
+        // The limit counts every group of the project.
+        let e = h
+            .reg
+            .declare_group(&pid, &"more".parse().unwrap(), &filter, 3, "ops")
+            .await
+            .unwrap_err();
+        assert_eq!((e.code(), e.field()), ("limit_exceeded", Some("name")));
+        let gone = h.reg.delete_group(&pid, &billing, "ops").await.unwrap();
+        assert_eq!(gone.name, billing);
+        let e = h.reg.delete_group(&pid, &billing, "ops").await.unwrap_err();
+        assert_eq!(e.code(), "not_found");
+        let log = h.reg.audit_log(&pid, PageRequest::default()).await.unwrap();
+        let actions: Vec<&str> = log.items.iter().map(|a| a.action.as_str()).collect();
+        assert_eq!(
+            &actions[..5],
+            &[
+                "consumer_group.delete",
+                "consumer_group.create",
+                "sync.enable",
+                "consumer_group.create",
+                "consumer_group.create",
+            ]
+        );
+        assert_eq!(log.items[0].before["name"], "billing");
+        assert_eq!(log.items[0].actor, "ops");
+        // Unknown project.
+        let e = h
+            .reg
+            .declare_group(&"nope".parse().unwrap(), &billing, &filter, 8, "ops")
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), "not_found");
+        let every = h.reg.all_groups().await.unwrap();
+        assert_eq!(every.len(), 2);
+    }
+);
+
+both!(an_import_declares_its_groups_in_the_same_change, h, {
+    use iotsync_core::{DataClass, GroupFilterDoc};
+    let mixed = h
+        .reg
+        .import_project(
+            &ProjectImport {
+                name: "Old".into(),
+                app_key: "24681358".parse().unwrap(),
+                app_secret: "oldsecret0001".into(),
+                sync: ImportedSync {
+                    enabled: true,
+                    device_data: Route::Http2,
+                    user_data: Route::LegacyHttp,
+                    legacy_http_url: Some("http://127.0.0.1:9/push".into()),
+                },
+            },
+            "operator",
+        )
+        .await
+        .unwrap();
+    let groups = h.reg.list_groups(&mixed.project_id).await.unwrap();
+    assert_eq!(group_names(&groups), vec!["24681358", "_legacy_http"]);
+    assert_eq!(groups[0].filter.data_classes, Some(vec![DataClass::Device]));
+    assert!(!groups[0].internal);
+    assert_eq!(groups[1].filter.data_classes, Some(vec![DataClass::User]));
+    assert_eq!(groups[1].retry, GroupRetryKind::LegacyHttp);
+    assert!(groups[1].internal);
+    // Disabling retires legacy push: its group goes with it; re-enabling with one method
+    // makes the default group take everything.
+    h.reg
+        .apply_sync(&mixed.project_id, &SyncCommand::Disable, "t")
+        .await
+        .unwrap();
+    let groups = h.reg.list_groups(&mixed.project_id).await.unwrap();
+    assert_eq!(group_names(&groups), vec!["24681358"]);
+    h.enable(&mixed.project_id, "amqp").await;
+    let groups = h.reg.list_groups(&mixed.project_id).await.unwrap();
+    assert_eq!(groups[0].filter, GroupFilterDoc::default());
+    // A project imported without sync has no groups.
+    let off = h
+        .reg
+        .import_project(
+            &ProjectImport {
+                name: "Off".into(),
+                app_key: "24681359".parse().unwrap(),
+                app_secret: "oldsecret0002".into(),
+                sync: ImportedSync {
+                    enabled: false,
+                    device_data: Route::None,
+                    user_data: Route::None,
+                    legacy_http_url: None,
+                },
+            },
+            "operator",
+        )
+        .await
+        .unwrap();
+    assert!(h.reg.list_groups(&off.project_id).await.unwrap().is_empty());
+    // Deleting a project deletes its groups.
+    h.reg.delete_project(&mixed.project_id, "t").await.unwrap();
+    assert!(h.reg.all_groups().await.unwrap().is_empty());
+});
+
+/// An older registry (before declared groups) gets its platform groups declared by the
+/// migration: the default group of every project that had sync on, and `_legacy_http`.
+#[tokio::test]
+async fn the_migration_declares_the_groups_of_projects_that_had_sync_on() {
+    use iotsync_core::{DataClass, GroupFilterDoc};
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.db");
+    let clock = ManualClock::new(T0);
+    let (single, mixed, off) = {
+        let reg = SqlRegistry::open_sqlite(&path, Arc::new(clock.clone()))
+            .await
+            .unwrap();
+        let single = reg.create_project("One", "t").await.unwrap().project;
+        reg.apply_sync(
+            &single.project_id,
+            &SyncCommand::Enable {
+                method: "amqp".into(),
+            },
+            "t",
+        )
+        .await
+        .unwrap();
+        let mixed = reg
+            .import_project(
+                &ProjectImport {
+                    name: "Old".into(),
+                    app_key: "24681360".parse().unwrap(),
+                    app_secret: "oldsecret0001".into(),
+                    sync: ImportedSync {
+                        enabled: true,
+                        device_data: Route::Http2,
+                        user_data: Route::LegacyHttp,
+                        legacy_http_url: Some("http://127.0.0.1:9/push".into()),
+                    },
+                },
+                "operator",
+            )
+            .await
+            .unwrap();
+        let off = reg.create_project("Off", "t").await.unwrap().project;
+        reg.close().await;
+        (single, mixed, off)
+    };
+    // Back to the schema before migration 4, as an older version left it.
+    let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    sqlx::query("DROP TABLE consumer_groups")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 4")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    c.close().await.unwrap();
+
+    let reg = SqlRegistry::open_sqlite(&path, Arc::new(clock.clone()))
+        .await
+        .unwrap();
+    let g = reg.list_groups(&single.project_id).await.unwrap();
+    assert_eq!(group_names(&g), vec![single.app_key.to_string()]);
+    assert_eq!(g[0].filter, GroupFilterDoc::default());
+    let g = reg.list_groups(&mixed.project_id).await.unwrap();
+    assert_eq!(group_names(&g), vec!["24681360", "_legacy_http"]);
+    assert_eq!(g[0].filter.data_classes, Some(vec![DataClass::Device]));
+    assert_eq!(g[1].retry, GroupRetryKind::LegacyHttp);
+    assert!(g[1].internal);
+    assert!(reg.list_groups(&off.project_id).await.unwrap().is_empty());
+    reg.close().await;
+}

@@ -304,6 +304,40 @@ const steps = {
     return { plugOff: true };
   },
 
+  async consumer_groups() {
+    await page.goto(`${BASE}/#/p/${ctx.projectId}/settings/sync`);
+    await expectVisible(page.locator('#sync-status', { hasText: 'Enabled' }), 'the Enabled status');
+    const sec = page.locator('#consumer-groups');
+    await expectVisible(sec.getByRole('heading', { name: 'Consumer groups' }), 'the Consumer groups section');
+    // The default group was declared when sync was enabled.
+    await expectVisible(sec.locator('td code', { hasText: ctx.appKey }), 'the default group');
+    const form = sec.getByRole('form', { name: 'Declare a consumer group' });
+    // A bad topic is refused naming the field.
+    await form.getByLabel('Group name').fill('billing');
+    await form.getByLabel('Data').selectOption('device');
+    await form.getByLabel('Topics (optional)').fill('/${pk}/${dn}/thing/event/property/post\n/${pk}/${dn}/nope');
+    await form.getByRole('button', { name: 'Declare group' }).click();
+    const err = await until('the topic error', async () => alertText(sec));
+    if (!err.includes('topics[1]') || !err.includes('invalid_argument')) fail(`expected a topics[1] error, got ${err}`);
+    if ((await form.getByLabel('Topics (optional)').getAttribute('aria-invalid')) !== 'true') fail('the topics field is not marked invalid');
+    await form.getByLabel('Topics (optional)').fill('/${pk}/${dn}/thing/event/property/post');
+    await form.getByRole('button', { name: 'Declare group' }).click();
+    const row = page.locator('#consumer-groups tr', { has: page.locator('code', { hasText: /^billing$/ }) });
+    await expectVisible(row, 'the billing row');
+    const takes = await row.textContent();
+    if (!takes.includes('Device data') || !takes.includes('device.property.post')) fail(`billing takes: ${takes}`);
+    let r = await rest('GET', `/projects/${ctx.projectId}/consumer-groups/billing`);
+    if (r.status !== 200 || r.body.kinds[0] !== 'device.property.post') fail(`REST billing: ${JSON.stringify(r)}`);
+    await shot('10b-consumer-groups');
+    // Delete it through the UI.
+    await row.getByRole('button', { name: 'Delete consumer group billing' }).click();
+    await page.getByRole('dialog').getByRole('button', { name: 'Delete' }).click();
+    await until('the billing row gone', async () => (await page.locator('#consumer-groups tr', { has: page.locator('code', { hasText: /^billing$/ }) }).count()) === 0);
+    r = await rest('GET', `/projects/${ctx.projectId}/consumer-groups/billing`);
+    if (r.status !== 404) fail(`billing still there: ${JSON.stringify(r)}`);
+    return { declared: 'billing', deleted: 'billing' };
+  },
+
   async api_operations() {
     await page.getByRole('tab', { name: 'API Operations' }).click();
     await expectVisible(page.getByRole('heading', { name: 'User accounts' }), 'the User accounts group');

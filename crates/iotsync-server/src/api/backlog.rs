@@ -116,13 +116,17 @@ pub struct SyncFigures {
     pub paused: bool,
     pub retention_ms: i64,
     pub stored_messages: u64,
+    /// Messages no group of the project takes (routing at append): never stored.
+    pub discarded_no_group: u64,
+    /// (message, group) pairs a group still owed when it was deleted.
+    pub dropped_by_group_delete: u64,
     pub groups: Vec<GroupFigures>,
 }
 
 pub async fn figures(st: &ApiState, pid: &iotsync_core::ProjectId) -> ApiResult<SyncFigures> {
     // A project that never enabled sync has nothing in the backlog.
     st.registry.get_project(pid).await?;
-    let stats = match st.hub.backlog().stats(pid).await {
+    let stats = match st.backlog.stats(pid).await {
         Ok(s) => s,
         Err(iotsync_backlog::BacklogError::UnknownProject { .. }) => {
             iotsync_backlog::ProjectStats {
@@ -139,6 +143,8 @@ pub async fn figures(st: &ApiState, pid: &iotsync_core::ProjectId) -> ApiResult<
         paused: stats.paused,
         retention_ms: stats.retention_ms,
         stored_messages: stats.stored_messages,
+        discarded_no_group: stats.discarded_no_group,
+        dropped_by_group_delete: stats.dropped_by_group_delete,
         groups: stats
             .groups
             .into_iter()
@@ -228,12 +234,7 @@ pub async fn dead_letters(
             "limit must be between 1 and 200",
         ));
     }
-    let list = match st
-        .hub
-        .backlog()
-        .dead_letters(&pid, q.after_seq, limit)
-        .await
-    {
+    let list = match st.backlog.dead_letters(&pid, q.after_seq, limit).await {
         Ok(l) => l,
         Err(iotsync_backlog::BacklogError::UnknownProject { .. }) => vec![],
         Err(e) => return Err(e.into()),
@@ -273,7 +274,7 @@ pub async fn retry_dead_letter(
     let pid = project_id(&pid)?;
     let mid = id::<MessageId>("messageId", &mid)?;
     st.registry.get_project(&pid).await?;
-    let n = st.hub.backlog().retry_dead_letter(&pid, &mid).await?;
+    let n = st.backlog.retry_dead_letter(&pid, &mid).await?;
     Ok(Json(DeadLetterAction {
         message_id: mid.to_string(),
         groups: n,
@@ -290,6 +291,6 @@ pub async fn drop_dead_letter(
     let pid = project_id(&pid)?;
     let mid = id::<MessageId>("messageId", &mid)?;
     st.registry.get_project(&pid).await?;
-    st.hub.backlog().drop_dead_letter(&pid, &mid).await?;
+    st.backlog.drop_dead_letter(&pid, &mid).await?;
     Ok(StatusCode::NO_CONTENT)
 }

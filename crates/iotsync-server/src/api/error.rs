@@ -72,7 +72,7 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict { .. } => StatusCode::CONFLICT,
             StoreError::Invalid { .. } => StatusCode::BAD_REQUEST,
             StoreError::Rule(r) if r.code() == "invalid_argument" => StatusCode::BAD_REQUEST,
-            StoreError::Rule(_) => StatusCode::CONFLICT,
+            StoreError::Rule(_) | StoreError::Limit { .. } => StatusCode::CONFLICT,
             StoreError::DiskFull(_) => {
                 tracing::error!(error = %e, "registry disk full");
                 return ApiError::new(

@@ -108,7 +108,7 @@ pub async fn render(State(st): State<ApiState>) -> impl IntoResponse {
         if !settings.enabled && settings.last_method.is_none() {
             continue;
         }
-        let Ok(stats) = st.hub.backlog().stats(&pid).await else {
+        let Ok(stats) = st.backlog.stats(&pid).await else {
             continue;
         };
         let live = st.hub.consumers(&pid);
@@ -138,7 +138,7 @@ pub async fn render(State(st): State<ApiState>) -> impl IntoResponse {
             }
         }
     }
-    if let Some(m) = st.hub.backlog().index_memory() {
+    if let Some(m) = st.backlog.index_memory() {
         series.push((
             names::INDEX_RESIDENT,
             "gauge",

@@ -2,6 +2,7 @@
 //! Every route but the OpenAPI document needs `Authorization: Bearer <operator token>`.
 
 mod backlog;
+mod consumer_groups;
 pub mod error;
 pub mod extract;
 mod metrics;
@@ -25,27 +26,22 @@ use iotsync_store::Registry;
 
 use error::ApiError;
 
-/// Reacts to accepted sync transitions (closing consumer connections on disable, moving
-/// consumers on a switch). The delivery layer implements it; the API only reports.
-#[async_trait::async_trait]
-pub trait SyncListener: Send + Sync + 'static {
-    async fn on_transition(
-        &self,
-        project: &iotsync_core::ProjectId,
-        settings: &iotsync_core::sync_rules::SyncSettings,
-        transition: iotsync_core::sync_rules::Transition,
-    );
-}
+pub use crate::delivery::SyncListener;
 
 #[derive(Clone)]
 pub struct ApiState {
     pub registry: Arc<dyn Registry>,
+    /// The REST figures and dead-letter operations read the backlog directly (the API
+    /// is not a channel).
+    pub backlog: Arc<dyn iotsync_backlog::Backlog>,
     pub operator_token: Arc<str>,
     pub clock: SharedClock,
     pub sync_listener: Arc<dyn SyncListener>,
     pub hub: Arc<crate::delivery::hub::DeliveryHub>,
+    /// Declared consumer groups (registry + backlog).
+    pub groups: Arc<crate::delivery::groups::GroupDirectory>,
     pub ingest: Arc<crate::ingest::Ingest>,
-    pub dispatcher: crate::delivery::dispatcher::DispatcherHandle,
+    pub dispatcher: crate::ingest::outbox_relay::DispatcherHandle,
     pub rates: Arc<crate::delivery::rates::RateSampler>,
     /// `operator` throttles wrong bearer tokens and console sign-ins.
     pub throttles: Arc<crate::throttle::Throttles>,
@@ -247,6 +243,14 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
         .route(
             &format!("{p}/api-operations/{{group}}"),
             put(sync::set_api_group),
+        )
+        .route(
+            &format!("{p}/consumer-groups"),
+            post(consumer_groups::create).get(consumer_groups::list),
+        )
+        .route(
+            &format!("{p}/consumer-groups/{{name}}"),
+            get(consumer_groups::get).delete(consumer_groups::delete),
         )
         .route("/admin/import", post(projects::import))
         .route_layer(middleware::from_fn_with_state(

@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{projects, registry, sync};
+use super::{consumer_groups, projects, registry, sync};
 
 struct BearerAuth;
 
@@ -20,7 +20,7 @@ impl Modify for BearerAuth {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "iotsync management API", description = "Projects, registry, data-synchronization settings and API operations. Every call needs Authorization: Bearer <operator token>. Errors are {code, message, field?}."),
+    info(title = "iotsync management API", description = "Projects, registry, data-synchronization settings, consumer groups and API operations. Every call needs Authorization: Bearer <operator token>. Errors are {code, message, field?}."),
     paths(
         projects::create, projects::list, projects::get, projects::delete, projects::rotate_secret,
         projects::audit, projects::import,
@@ -31,6 +31,7 @@ impl Modify for BearerAuth {
         registry::delete_user, registry::bind, registry::list_bindings, registry::unbind,
         sync::get, sync::enable, sync::disable, sync::switch, sync::set_legacy_url, sync::set_product,
         sync::api_operations, sync::set_api_group,
+        consumer_groups::create, consumer_groups::list, consumer_groups::get, consumer_groups::delete,
     ),
     modifiers(&BearerAuth),
     security(("operatorToken" = [])),

@@ -25,9 +25,9 @@ use iotsync_core::sign::FRESHNESS_WINDOW_MS;
 use iotsync_core::{ProjectId, SharedClock};
 use iotsync_store::{Registry, StoreError};
 
-use crate::delivery::dispatcher::DispatcherHandle;
 use crate::delivery::hub::DeliveryHub;
 use crate::gateway::DeviceSessions;
+use crate::ingest::outbox_relay::DispatcherHandle;
 use crate::ingest::Ingest;
 
 pub use nonce::NonceCache;

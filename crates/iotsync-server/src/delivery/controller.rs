@@ -7,14 +7,14 @@ use async_trait::async_trait;
 
 use std::time::Duration;
 
-use iotsync_backlog::{Backlog, GroupSpec};
+use iotsync_backlog::Backlog;
 use iotsync_core::sync_rules::{Route, SyncMethod, SyncSettings, Transition};
-use iotsync_core::{ConsumerGroup, ProjectId};
+use iotsync_core::ProjectId;
 use iotsync_store::Registry;
 
+use super::groups::GroupDirectory;
 use super::hub::{CloseReason, DeliveryHub};
-use super::ChannelKind;
-use crate::api::SyncListener;
+use super::{ChannelKind, SyncListener};
 
 /// How long a project's backlog is kept, by its sync method (SPEC §5: AMQP 1 day,
 /// HTTP/2 7 days). The backlog knows retention, not methods: this is where they meet.
@@ -35,7 +35,9 @@ impl RetentionPolicy {
 
 pub struct SyncController {
     pub registry: Arc<dyn Registry>,
+    pub backlog: Arc<dyn Backlog>,
     pub hub: Arc<DeliveryHub>,
+    pub groups: Arc<GroupDirectory>,
     pub retention: RetentionPolicy,
 }
 
@@ -48,36 +50,23 @@ fn retention_method(s: &SyncSettings) -> Option<SyncMethod> {
 }
 
 impl SyncController {
-    fn backlog(&self) -> &Arc<dyn Backlog> {
-        self.hub.backlog()
-    }
-
+    /// Retention and pause state of one project from its settings.
     async fn prepare(&self, project: &ProjectId, settings: &SyncSettings) -> anyhow::Result<()> {
-        let p = self.registry.get_project(project).await?;
-        if settings.enabled {
-            // The default group exists from enabling on, so nothing produced before the
-            // first consumer connects is lost.
-            self.backlog()
-                .create_group(
-                    project,
-                    &ConsumerGroup::default_for(&p.app_key),
-                    &GroupSpec::all(),
-                )
-                .await?;
-        }
         if let Some(m) = retention_method(settings) {
-            self.backlog()
+            self.backlog
                 .set_retention(project, self.retention.for_method(m))
                 .await?;
         }
-        self.backlog()
-            .set_paused(project, !settings.enabled)
-            .await?;
+        self.backlog.set_paused(project, !settings.enabled).await?;
         Ok(())
     }
 
-    /// Brings the backlog in line with every project's stored settings.
+    /// Brings the backlog in line with the registry at start: every declared group
+    /// (the default group and `_legacy_http` were declared with the enable or import
+    /// that needed them), then every project's retention and pause state. Runs before
+    /// the outbox relay, so nothing is appended before its groups exist.
     pub async fn reconcile_all(&self) -> anyhow::Result<usize> {
+        self.groups.reconcile_all().await?;
         let all = self.registry.all_sync_settings().await?;
         let mut n = 0;
         for (project, _app_key, settings) in all {
@@ -98,6 +87,11 @@ impl SyncListener for SyncController {
         settings: &SyncSettings,
         transition: Transition,
     ) {
+        // The registry declared (or retired) the project's platform groups in the same
+        // transaction as the change: create them in the backlog before answering.
+        if let Err(e) = self.groups.sync_project(project).await {
+            tracing::error!(project = %project, error = %e, "declaring the project's groups in the backlog failed");
+        }
         if let Err(e) = self.prepare(project, settings).await {
             tracing::error!(project = %project, error = %e, "applying sync transition to the backlog failed");
         }

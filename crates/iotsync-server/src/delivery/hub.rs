@@ -2,7 +2,7 @@
 //! their credit, settles outcomes, and closes a project's consumers when its sync is
 //! disabled or its method switched.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -54,12 +54,12 @@ pub struct CloseReason {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
-    #[error("too many connection attempts for group {group}: at most {limit} per minute")]
-    RateLimited { group: String, limit: u32 },
     #[error("data synchronization is not enabled for this project")]
     SyncDisabled,
     #[error(transparent)]
     Backlog(#[from] BacklogError),
+    #[error("declaring the consumer group failed: {0}")]
+    Group(#[from] super::groups::GroupError),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -78,31 +78,15 @@ struct Entry {
     close: watch::Sender<Option<CloseReason>>,
 }
 
-/// Hub settings.
-#[derive(Debug, Clone)]
-pub struct HubConfig {
-    /// Connection attempts allowed per (project, group) per minute.
-    pub connects_per_minute: u32,
-}
-
-impl Default for HubConfig {
-    fn default() -> Self {
-        Self {
-            connects_per_minute: 100,
-        }
-    }
-}
-
 pub struct DeliveryHub {
     /// The channels' own counters, shown on `/metrics`.
     pub counters: Arc<ChannelCounters>,
     backlog: Arc<dyn Backlog>,
+    groups: Arc<super::groups::GroupDirectory>,
     clock: SharedClock,
-    cfg: HubConfig,
     next_id: AtomicU64,
     consumers: Mutex<HashMap<ProjectId, HashMap<u64, Entry>>>,
     turns: Mutex<HashMap<(ProjectId, ConsumerGroup), Weak<GroupTurn>>>,
-    attempts: Mutex<HashMap<(ProjectId, ConsumerGroup), VecDeque<i64>>>,
 }
 
 /// Counters of work the channels do on their own (not backlog state).
@@ -123,61 +107,30 @@ pub struct AttachRequest {
 }
 
 impl DeliveryHub {
-    pub fn new(backlog: Arc<dyn Backlog>, clock: SharedClock, cfg: HubConfig) -> Arc<Self> {
+    pub fn new(
+        backlog: Arc<dyn Backlog>,
+        groups: Arc<super::groups::GroupDirectory>,
+        clock: SharedClock,
+    ) -> Arc<Self> {
         Arc::new(Self {
             backlog,
+            groups,
             clock,
-            cfg,
             // Unique among this process's live consumers, which is what the engine needs
             // (leases of a previous run are redelivered at open).
             next_id: AtomicU64::new(0),
             counters: Arc::default(),
             consumers: Mutex::new(HashMap::new()),
             turns: Mutex::new(HashMap::new()),
-            attempts: Mutex::new(HashMap::new()),
         })
     }
 
-    pub fn backlog(&self) -> &Arc<dyn Backlog> {
-        &self.backlog
-    }
-
-    /// Counts a connection attempt of (project, group) against the rate limit. Channels
-    /// call it before authenticating, so a flood of bad logins is limited too.
-    pub fn note_attempt(
-        &self,
-        project: &ProjectId,
-        group: &ConsumerGroup,
-    ) -> Result<(), AttachError> {
-        let now = self.clock.now_ms();
-        let mut attempts = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
-        // Attempts arrive before authentication, so keys are outside input: forget the
-        // quiet ones once the map grows, so a flood of made-up groups cannot grow memory.
-        if attempts.len() > 10_000 {
-            attempts.retain(|_, q| q.back().is_some_and(|t| now - *t < 60_000));
-        }
-        let q = attempts
-            .entry((project.clone(), group.clone()))
-            .or_default();
-        while q.front().is_some_and(|t| now - *t >= 60_000) {
-            q.pop_front();
-        }
-        if q.len() as u32 >= self.cfg.connects_per_minute {
-            return Err(AttachError::RateLimited {
-                group: group.to_string(),
-                limit: self.cfg.connects_per_minute,
-            });
-        }
-        q.push_back(now);
-        Ok(())
-    }
-
-    /// Attaches a consumer: creates the group if it is new (it receives messages from
-    /// now on), registers the consumer for the project's close signals.
+    /// Attaches a consumer: declares the group if this is its first connect (it takes
+    /// everything and receives messages from now on), registers the consumer for the
+    /// project's close signals.
     pub async fn attach(self: &Arc<Self>, req: AttachRequest) -> Result<ConsumerLink, AttachError> {
-        self.backlog
-            .create_group(&req.project, &req.group, &iotsync_backlog::GroupSpec::all())
-            .await?;
+        let actor = super::admission::consumer_actor(req.channel);
+        self.groups.ensure(&req.project, &req.group, actor).await?;
         let watch = self.backlog.watch(&req.project, &req.group)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = watch::channel(None);

@@ -1,17 +1,36 @@
-//! Delivery: between the durable backlog and the channels.
+//! Delivery: between the durable backlog and the channels; it owns the consumer
+//! contract.
 //!
-//! - [`dispatcher`] drains the registry's outbox into the backlog and drives the
-//!   backlog's timers (ack time-outs, retries due, retention expiry).
+//! - [`admission`] is the one way in for every channel: credentials → project, group,
+//!   what it may receive (with the failed-login throttle and the group's connection
+//!   rate) → a [`hub::ConsumerLink`].
+//! - [`groups`] keeps the declared consumer groups of the registry and the backlog's
+//!   groups in step (declare, first-connect declaration, delete, reconcile at start).
 //! - [`hub`] hands consumers of a group their deliveries within their credit and takes
 //!   back their outcomes; a channel (AMQP link, gRPC stream, webhook pusher) only ever
-//!   sees a [`hub::ConsumerLink`], never the backlog.
+//!   sees a [`hub::ConsumerLink`] (lease, settle, close reason), never the backlog.
 //! - [`controller`] turns accepted sync-setting transitions into backlog and consumer
-//!   actions (default group, retention, pause, closing connections).
+//!   actions (groups, retention, pause, closing connections), through [`SyncListener`],
+//!   which the API calls.
 
+pub mod admission;
 pub mod controller;
-pub mod dispatcher;
+pub mod groups;
 pub mod hub;
 pub mod rates;
+
+/// Reacts to accepted sync transitions (declaring the project's groups in the backlog,
+/// closing consumer connections on disable, moving consumers on a switch). Delivery
+/// implements it; the API calls it after the registry committed the change.
+#[async_trait::async_trait]
+pub trait SyncListener: Send + Sync + 'static {
+    async fn on_transition(
+        &self,
+        project: &iotsync_core::ProjectId,
+        settings: &iotsync_core::sync_rules::SyncSettings,
+        transition: iotsync_core::sync_rules::Transition,
+    );
+}
 
 /// What a consumer said about one delivery, classified once for every channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -23,7 +23,7 @@ use iotsync_store::{DeviceStatus, Registry, StoreError};
 use super::codec::{self, connack, Connect, Packet, Publish};
 use super::session::{self, code, AlinkError, DeviceSession, Uplink};
 use super::sessions::{DeviceKey, DeviceSessions, SessionEntry};
-use crate::delivery::dispatcher::DispatcherHandle;
+use crate::ingest::outbox_relay::DispatcherHandle;
 use crate::ingest::{Ingest, IngestError};
 
 /// How long the registry's view of a connected device (disabled? deleted?) may be stale.

@@ -1,126 +1,105 @@
-//! SASL PLAIN credential checks (SPEC §6) against the registry.
+//! SASL PLAIN logins (SPEC §6), through delivery's admission: the username forms and
+//! signature are checked there (with the per-source throttle of failed logins and the
+//! group's connection rate); this module only unwraps the SASL response and words the
+//! AMQP side of a refusal.
 //!
-//! Every login reads the project's current secret from the registry (one indexed read;
-//! logins are rare and rate-limited per group), so a rotated secret is in force at the
-//! very next login in both directions: the new one works and the old one is refused. An
-//! earlier version trusted a cached secret for a few seconds, which let the old secret
-//! log in after a rotation (caught by `tests/amqp_rules.rs`).
+//! Every login reads the project's current secret from the registry, so a rotated
+//! secret is in force at the very next login in both directions (caught by
+//! `tests/amqp_rules.rs`).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use iotsync_core::sign::amqp::{verify, AmqpCredentials, FRESHNESS_WINDOW_MS};
-use iotsync_core::sign::SignError;
-use iotsync_core::sync_rules::Route;
-use iotsync_core::{AppKey, ConsumerGroup, ProjectId, SharedClock};
-use iotsync_store::{Registry, StoreError};
+use iotsync_core::ProjectId;
 
-use crate::delivery::hub::{AttachError, DeliveryHub};
+use crate::delivery::admission::{Admission, Admitted, Refusal};
+use crate::delivery::hub::{ChannelCounters, ConsumerLink};
+use crate::delivery::ChannelKind;
 
 /// Who logged in.
-#[derive(Debug, Clone)]
-pub struct Authenticated {
-    pub project: ProjectId,
-    pub app_key: AppKey,
-    pub group: ConsumerGroup,
-    pub client_id: String,
-}
+pub type Authenticated = Admitted;
 
 /// Why a login was refused. Shown in the server log only: the client gets a SASL outcome.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("SASL PLAIN response is malformed: {0}")]
     BadPlainResponse(&'static str),
-    #[error("username refused: {0}")]
-    Username(SignError),
-    #[error("unknown appKey {0}")]
-    UnknownAppKey(AppKey),
-    #[error("signature refused: {0}")]
-    Signature(SignError),
     #[error(transparent)]
-    RateLimited(AttachError),
-    #[error("consumer group {0} is reserved for the platform (names starting with '_')")]
-    ReservedGroup(ConsumerGroup),
-    #[error("registry unavailable: {0}")]
-    Registry(StoreError),
+    Refused(#[from] Refusal),
 }
 
 impl AuthError {
     /// Temporary failures get `sys-temp` (try again later), the rest `auth`.
     pub fn is_temporary(&self) -> bool {
-        matches!(self, AuthError::RateLimited(_) | AuthError::Registry(_))
+        matches!(self, AuthError::Refused(r) if r.is_temporary())
     }
 }
 
-/// Checks logins against the registry.
+/// The AMQP channel's port into admission.
 pub struct CredentialChecker {
-    registry: Arc<dyn Registry>,
-    clock: SharedClock,
+    admission: Arc<Admission>,
 }
 
 impl CredentialChecker {
-    pub fn new(registry: Arc<dyn Registry>, clock: SharedClock) -> Self {
-        Self { registry, clock }
+    pub fn new(admission: Arc<Admission>) -> Self {
+        Self { admission }
     }
 
-    /// Checks a SASL PLAIN login: username form, appKey, rate limit, freshness, signature.
+    /// Checks a SASL PLAIN login from `remote`.
     pub async fn authenticate(
         &self,
-        hub: &DeliveryHub,
+        remote: SocketAddr,
         username: &str,
         password: &str,
     ) -> Result<Authenticated, AuthError> {
-        let creds: AmqpCredentials = username.parse().map_err(AuthError::Username)?;
-        let group = creds.effective_group();
-        // Internal groups (e.g. the legacy pusher's `_legacy_http`) are not for consumers.
-        if group.as_str().starts_with('_') {
-            return Err(AuthError::ReservedGroup(group));
-        }
-        let project = match self.registry.project_by_app_key(&creds.app_key).await {
-            Ok(p) => p,
-            Err(StoreError::NotFound { .. }) => {
-                return Err(AuthError::UnknownAppKey(creds.app_key.clone()))
-            }
-            Err(e) => return Err(AuthError::Registry(e)),
-        };
-        let project_id = project.project.project_id.clone();
-        // Counted before the signature is checked, so bad logins are limited too.
-        hub.note_attempt(&project_id, &group)
-            .map_err(AuthError::RateLimited)?;
-        let now = self.clock.now_ms();
-        verify(
-            &creds,
-            password,
-            &project.app_secret,
-            now,
-            FRESHNESS_WINDOW_MS,
-        )
-        .map_err(AuthError::Signature)?;
-        Ok(Authenticated {
-            project: project_id,
-            app_key: creds.app_key,
-            group,
-            client_id: creds.client_id,
-        })
+        Ok(self
+            .admission
+            .login_amqp(remote.ip(), username, password)
+            .await?)
     }
 
     /// Why this project may not consume over AMQP right now, if it may not.
     pub async fn sync_refusal(&self, project: &ProjectId) -> Option<String> {
-        match self.registry.sync_settings(project).await {
-            Ok(s) if !s.enabled => {
-                Some("sync.disabled: data synchronization is not enabled for this project".into())
-            }
-            Ok(s) if s.device_data != Route::Amqp && s.user_data != Route::Amqp => {
-                Some("sync.method: this project's data synchronization does not use AMQP".into())
-            }
-            Ok(_) => None,
-            Err(e) => {
-                tracing::warn!(project = %project, error = %e, "reading sync settings failed");
-                Some(
-                    "server.unavailable: the project's settings cannot be read now; try again"
-                        .into(),
-                )
-            }
+        self.admission
+            .may_receive(project, ChannelKind::Amqp)
+            .await
+            .err()
+            .map(|r| amqp_reason(&r))
+    }
+
+    /// Attaches the connection's receiver link as a consumer of its group.
+    pub async fn attach(
+        &self,
+        who: &Authenticated,
+        remote: SocketAddr,
+    ) -> Result<ConsumerLink, String> {
+        let client_id = if who.client_id.is_empty() {
+            remote.to_string()
+        } else {
+            who.client_id.clone()
+        };
+        self.admission
+            .attach(who, ChannelKind::Amqp, remote.to_string(), client_id)
+            .await
+            .map_err(|r| amqp_reason(&r))
+    }
+
+    /// Where the channel's own counters go.
+    pub fn counters(&self) -> Arc<ChannelCounters> {
+        self.admission.counters()
+    }
+}
+
+/// The close description of a refusal, starting with its stable code.
+fn amqp_reason(r: &Refusal) -> String {
+    match r {
+        Refusal::SyncDisabled => {
+            "sync.disabled: data synchronization is not enabled for this project".into()
         }
+        Refusal::WrongMethod { .. } => {
+            "sync.method: this project's data synchronization does not use AMQP".into()
+        }
+        other => other.client_message(),
     }
 }
 

@@ -27,10 +27,8 @@ use super::auth::{split_plain, Authenticated, CredentialChecker};
 use super::io::Coalesced;
 use super::message::to_amqp;
 use super::sasl;
-use crate::delivery::hub::{
-    AttachRequest, CloseReason, ConsumerLink, DeliveryHub, LinkEnd, LinkSettler,
-};
-use crate::delivery::{ChannelKind, Outcome};
+use crate::delivery::hub::{CloseReason, ConsumerLink, LinkEnd, LinkSettler};
+use crate::delivery::Outcome;
 
 /// A receiver link must be attached within this time of connecting (SPEC §6).
 pub const RECEIVER_LINK_WITHIN: Duration = Duration::from_secs(15);
@@ -45,7 +43,7 @@ const TEARDOWN_WAIT: Duration = Duration::from_secs(3);
 
 /// What every connection shares.
 pub struct Shared {
-    pub hub: Arc<DeliveryHub>,
+    /// The channel's port into delivery's admission (logins, attach, counters).
     pub creds: CredentialChecker,
     pub shutdown: watch::Receiver<bool>,
     /// `limits.amqp.max_frame_size`: announced in `open` and enforced on every frame read.
@@ -76,7 +74,7 @@ where
         }
     };
     let checked = match split_plain(&login.response) {
-        Ok((user, pass)) => shared.creds.authenticate(&shared.hub, &user, &pass).await,
+        Ok((user, pass)) => shared.creds.authenticate(remote, &user, &pass).await,
         Err(e) => Err(e),
     };
     let who = match checked {
@@ -104,7 +102,7 @@ where
         .build();
     // fe2o3 flushes every frame; coalescing turns a busy link's transfers into few writes.
     // Every frame is bounded by the bytes received before fe2o3 decodes it (ADR 0008).
-    let io = Coalesced::new(io, shared.max_frame_size).counting_into(shared.hub.counters.clone());
+    let io = Coalesced::new(io, shared.max_frame_size).counting_into(shared.creds.counters());
     let mut conn = match timeout_at(deadline, acceptor.accept(io)).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
@@ -253,18 +251,7 @@ impl Driver {
     }
 
     async fn start_pump(&self, sender: Sender) -> Result<Pump, String> {
-        let link = self
-            .shared
-            .hub
-            .attach(AttachRequest {
-                project: self.who.project.clone(),
-                group: self.who.group.clone(),
-                channel: ChannelKind::Amqp,
-                remote: self.remote.to_string(),
-                client_id: self.who.client_id.clone(),
-            })
-            .await
-            .map_err(|e| e.to_string())?;
+        let link = self.shared.creds.attach(&self.who, self.remote).await?;
         let (stop, stop_rx) = watch::channel(false);
         let (done_tx, done) = oneshot::channel();
         tokio::spawn(async move {

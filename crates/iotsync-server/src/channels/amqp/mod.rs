@@ -3,7 +3,7 @@
 //! hub within the client's credit, dispositions turned into outcomes. See ADR 0003.
 //!
 //! - [`sasl`]: the SASL exchange, run before fe2o3's acceptor so checks can await.
-//! - [`auth`]: username forms, signature, freshness, secret cache, rate limit.
+//! - [`auth`]: SASL PLAIN through delivery's admission (forms, signature, throttle, rate).
 //! - [`connection`]: connection driver, link pump, settle task, teardown.
 //! - [`io`]: write coalescing under fe2o3's engine (one write per burst of frames).
 //! - [`merge`]: runs of the client's accepted dispositions merged into ranges on read.
@@ -26,7 +26,8 @@ use anyhow::Context as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::context::{Context, Listener, Started};
+use super::ChannelContext;
+use crate::context::{Listener, Started};
 use crate::listen::{ConnLimiter, ConnPermit};
 use auth::CredentialChecker;
 use connection::Shared;
@@ -34,10 +35,9 @@ use threads::ConnThreads;
 
 /// Starts the configured listeners (`amqp.listen` plain, `amqp.tls_listen` TLS); an
 /// empty address turns a listener off.
-pub async fn start(ctx: &Context) -> anyhow::Result<Started> {
+pub async fn start(ctx: &ChannelContext) -> anyhow::Result<Started> {
     let shared = Arc::new(Shared {
-        hub: ctx.hub.clone(),
-        creds: CredentialChecker::new(ctx.registry.clone(), ctx.clock.clone()),
+        creds: CredentialChecker::new(ctx.admission.clone()),
         shutdown: ctx.shutdown.clone(),
         max_frame_size: ctx.cfg.limits.amqp.max_frame_size(),
         handshake_timeout: ctx.cfg.limits.amqp.handshake_timeout.0,

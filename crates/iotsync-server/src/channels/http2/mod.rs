@@ -2,7 +2,7 @@
 //! bidirectional stream per consumer, over h2c (`http2.listen`) and TLS
 //! (`http2.tls_listen`). See `docs/adr/0004-http2-and-legacy-push.md`.
 //!
-//! - [`service`]: metadata auth, the project's routes, attaching to the hub.
+//! - [`service`]: metadata auth and attach through delivery's admission.
 //! - [`stream`]: one consumer's loop (credit, leases, acks, close reasons).
 
 mod service;
@@ -21,7 +21,8 @@ use tokio_rustls::TlsAcceptor;
 use tonic::service::Routes;
 use tonic::transport::server::Connected;
 
-use crate::context::{Context, Listener, Started};
+use super::ChannelContext;
+use crate::context::{Listener, Started};
 use crate::listen::guarded::{Activity, Guarded, Policy};
 use crate::listen::http::{self, HttpOptions, KeepAlive};
 use crate::listen::ConnLimiter;
@@ -50,7 +51,7 @@ pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
 /// How each gRPC connection is served (`limits.http2`): TLS handshake and preface
 /// within `handshake_timeout` of connecting; closed after `idle_timeout` without an
 /// open stream; PINGs find dead peers of open streams.
-fn options(ctx: &Context) -> HttpOptions {
+fn options(ctx: &ChannelContext) -> HttpOptions {
     let lim = &ctx.cfg.limits.http2;
     HttpOptions {
         policy: Policy {
@@ -71,7 +72,7 @@ fn options(ctx: &Context) -> HttpOptions {
 
 /// Binds the configured listeners (an empty address turns one off) and serves, each
 /// from its own accept loop within the caps of `limits.http2`.
-pub async fn start(ctx: &Context) -> anyhow::Result<Started> {
+pub async fn start(ctx: &ChannelContext) -> anyhow::Result<Started> {
     let mut started = Started::default();
     let svc = Http2Service::new(ctx);
     let routes = Routes::new(svc.into_server()).prepare();

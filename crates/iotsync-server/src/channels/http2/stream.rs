@@ -7,7 +7,6 @@ use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
 use iotsync_backlog::{Delivery, LeaseToken};
-use iotsync_core::message::DataClass;
 use iotsync_core::SharedClock;
 
 use super::pb::{consume_request, consume_response, ConsumeRequest, ConsumeResponse, SyncMessage};
@@ -18,23 +17,6 @@ use crate::delivery::Outcome;
 pub const DEFAULT_CREDIT: usize = 32;
 /// The most messages one consumer may have in flight.
 pub const MAX_CREDIT: usize = 10_000;
-
-/// Which data classes this project sends over HTTP/2 (both, or device data only in the
-/// mixed configuration). Deliveries of the other class are acked silently for the group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Routes {
-    pub device: bool,
-    pub user: bool,
-}
-
-impl Routes {
-    fn sends(&self, class: DataClass) -> bool {
-        match class {
-            DataClass::Device => self.device,
-            DataClass::User => self.user,
-        }
-    }
-}
 
 /// The gRPC status a platform close ends the stream with; the message starts with the
 /// stable code.
@@ -93,7 +75,6 @@ impl InFlight {
 
 pub struct ConsumerStream {
     link: ConsumerLink,
-    routes: Routes,
     clock: SharedClock,
     shutdown: watch::Receiver<bool>,
     credit: usize,
@@ -109,15 +90,9 @@ enum End {
 }
 
 impl ConsumerStream {
-    pub fn new(
-        link: ConsumerLink,
-        routes: Routes,
-        clock: SharedClock,
-        shutdown: watch::Receiver<bool>,
-    ) -> Self {
+    pub fn new(link: ConsumerLink, clock: SharedClock, shutdown: watch::Receiver<bool>) -> Self {
         Self {
             link,
-            routes,
             clock,
             shutdown,
             credit: DEFAULT_CREDIT,
@@ -231,15 +206,9 @@ impl ConsumerStream {
         out: &mpsc::Sender<Result<ConsumeResponse, Status>>,
     ) -> Result<(), End> {
         let mut gone = false;
+        // Routing happened at append: the group's filter took only what this project
+        // sends to its consumers, so every delivery is sent.
         for d in deliveries {
-            if !self.routes.sends(d.message.data_class()) {
-                // Routed elsewhere (mixed configuration): settled for this group even if
-                // the client has just gone, so it never waits for the next consumer.
-                self.settle(&d.token, Outcome::Accepted)
-                    .await
-                    .map_err(End::Status)?;
-                continue;
-            }
             if gone {
                 // Not sent: `detach` hands it back to the group at once.
                 continue;
@@ -285,15 +254,5 @@ mod tests {
             message: "off".into(),
         });
         assert_eq!(s.code(), tonic::Code::FailedPrecondition);
-    }
-
-    #[test]
-    fn mixed_routes_send_device_data_only() {
-        let r = Routes {
-            device: true,
-            user: false,
-        };
-        assert!(r.sends(DataClass::Device));
-        assert!(!r.sends(DataClass::User));
     }
 }

@@ -1,11 +1,11 @@
 //! Legacy HTTP push (SPEC §8) for imported projects: user data POSTed as a signed form
 //! to the project's URL, retried 10 s, 30 s, 1 min, … at most 16 pushes, then
-//! dead-lettered. See `docs/adr/0004-http2-and-legacy-push.md`.
+//! dead-lettered. See `docs/adr/0004-http2-and-legacy-push.md` and ADR 0009.
 //!
-//! [`WebhookEngine`] follows the registry: one [`pusher::Pusher`] per project whose user
-//! data goes to legacy HTTP. A legacy-only project's pusher consumes the default group;
-//! a mixed project's pusher consumes the internal group [`LEGACY_GROUP`], so it never
-//! competes with the HTTP/2 consumers of the default group.
+//! [`WebhookEngine`] runs one [`pusher::Pusher`] per project whose user data goes to
+//! legacy HTTP. Every pusher consumes the internal group [`LEGACY_GROUP`], declared with
+//! the import (filter: user data; retry: the legacy schedule), so it never competes with
+//! the consumers of the default group and only ever receives what it pushes.
 
 pub mod push;
 pub mod pusher;
@@ -17,68 +17,47 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use iotsync_core::sync_rules::{Route, SyncMode, SyncSettings};
-use iotsync_core::{AppKey, ConsumerGroup, ProjectId};
+use iotsync_core::ProjectId;
 
-use crate::context::{Context, Started};
-use crate::delivery::hub::AttachRequest;
-use crate::delivery::ChannelKind;
+use super::ChannelContext;
+use crate::context::Started;
+use crate::delivery::admission::{LegacyTarget, Refusal};
 
-/// The internal consumer group of a mixed project's pusher. HTTP/2 clients may not use
-/// group names starting with `_`.
-pub const LEGACY_GROUP: &str = "_legacy_http";
+/// The internal consumer group every pusher consumes. Consumers may not use group names
+/// starting with `_`.
+pub const LEGACY_GROUP: &str = iotsync_core::subscription::LEGACY_GROUP;
 
-/// The delays between pushes: after the 1st failed push 10 s, then 30 s, 1 min, 2 min …
-/// (the classic 16-level retry table, whose first 15 steps separate 16 pushes).
+/// The delays between pushes (after the 1st failed push 10 s, then 30 s, 1 min, …), as
+/// the `_legacy_http` group's retry policy holds them (`GroupRetry::legacy_http`).
 pub const LEGACY_SCHEDULE_SECS: [u64; 15] = [
     10, 30, 60, 120, 180, 240, 300, 360, 420, 480, 540, 600, 1200, 1800, 3600,
 ];
 
-/// At most this many pushes of one message; then it is dead-lettered.
+/// At most this many pushes of one message; then the backlog dead-letters it.
 pub const MAX_PUSHES: u32 = 16;
 
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
-    /// Delays between pushes (by the injected clock).
-    pub schedule: Vec<Duration>,
-    pub max_pushes: u32,
     /// A push without an answer within this long failed.
     pub request_timeout: Duration,
     /// Requests in flight per project.
     pub concurrency: usize,
-    /// Messages a project's pusher holds at once (pushing or waiting for a retry).
-    pub max_held: usize,
-    /// How often the registry is looked at for legacy projects and URL changes.
+    /// How often legacy projects and URL changes are looked for.
     pub reconcile_every: Duration,
-    /// How often (real time) due retries are looked for.
-    pub check_every: Duration,
 }
 
 impl Default for WebhookConfig {
     fn default() -> Self {
         Self {
-            schedule: LEGACY_SCHEDULE_SECS
-                .iter()
-                .map(|s| Duration::from_secs(*s))
-                .collect(),
-            max_pushes: MAX_PUSHES,
             request_timeout: Duration::from_secs(10),
             concurrency: 16,
-            max_held: 256,
             reconcile_every: Duration::from_millis(500),
-            check_every: Duration::from_millis(50),
         }
     }
 }
 
-impl WebhookConfig {
-    pub fn delay_after(&self, failed_pushes: u32) -> Duration {
-        pusher::delay_after(&self.schedule, failed_pushes)
-    }
-}
-
 /// Starts the legacy push engine.
-pub async fn start(ctx: &Context) -> anyhow::Result<Started> {
+pub async fn start(ctx: &ChannelContext) -> anyhow::Result<Started> {
     let engine = WebhookEngine::new(ctx.clone(), WebhookConfig::default())?;
     Ok(Started {
         listeners: Vec::new(),
@@ -90,30 +69,17 @@ struct Running {
     url: watch::Sender<String>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
-    group: ConsumerGroup,
 }
 
 pub struct WebhookEngine {
-    ctx: Context,
+    ctx: ChannelContext,
     cfg: Arc<WebhookConfig>,
     http: reqwest::Client,
     pushers: HashMap<ProjectId, Running>,
 }
 
-/// The group a project's pusher consumes, if its user data goes to legacy HTTP.
-fn pusher_group(app_key: &AppKey, s: &SyncSettings) -> Option<ConsumerGroup> {
-    if !s.legacy_active() || s.legacy_http_url.as_deref().is_none_or(str::is_empty) {
-        return None;
-    }
-    match s.mode() {
-        SyncMode::LegacyOnly => Some(ConsumerGroup::default_for(app_key)),
-        // A valid group name by construction (letters and '_').
-        _ => LEGACY_GROUP.parse().ok(),
-    }
-}
-
 impl WebhookEngine {
-    pub fn new(ctx: Context, cfg: WebhookConfig) -> anyhow::Result<Self> {
+    pub fn new(ctx: ChannelContext, cfg: WebhookConfig) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(cfg.request_timeout)
             .timeout(cfg.request_timeout)
@@ -131,7 +97,7 @@ impl WebhookEngine {
         let mut shutdown = self.ctx.shutdown.clone();
         loop {
             if let Err(e) = self.reconcile().await {
-                tracing::warn!(error = %e, "legacy push: reconciling with the registry failed");
+                tracing::warn!(error = %e, "legacy push: looking for legacy projects failed");
             }
             tokio::select! {
                 _ = crate::channels::http2::stopped(&mut shutdown) => break,
@@ -144,27 +110,15 @@ impl WebhookEngine {
         }
     }
 
-    async fn reconcile(&mut self) -> anyhow::Result<()> {
-        let all = self.ctx.registry.all_sync_settings().await?;
-        let mut wanted: HashMap<ProjectId, (AppKey, ConsumerGroup, String)> = HashMap::new();
-        for (pid, app_key, s) in all {
-            if s.enabled && s.device_data == Route::Http2 && s.user_data == Route::LegacyHttp {
-                // Imported mixed projects: the HTTP/2 default group exists from now on, so
-                // device data produced before the first consumer connects is kept.
-                self.ctx
-                    .backlog
-                    .create_group(
-                        &pid,
-                        &ConsumerGroup::default_for(&app_key),
-                        &iotsync_backlog::GroupSpec::all(),
-                    )
-                    .await?;
-            }
-            if let Some(group) = pusher_group(&app_key, &s) {
-                let url = s.legacy_http_url.clone().unwrap_or_default();
-                wanted.insert(pid, (app_key, group, url));
-            }
-        }
+    async fn reconcile(&mut self) -> Result<(), Refusal> {
+        let wanted: HashMap<ProjectId, LegacyTarget> = self
+            .ctx
+            .admission
+            .legacy_targets()
+            .await?
+            .into_iter()
+            .map(|t| (t.project.clone(), t))
+            .collect();
 
         // Stop pushers of projects that left legacy HTTP (it can never come back).
         let gone: Vec<ProjectId> = self
@@ -177,20 +131,17 @@ impl WebhookEngine {
             if let Some(r) = self.pushers.remove(&pid) {
                 let _ = r.stop.send(true);
                 let _ = r.task.await;
-                if r.group.as_str() == LEGACY_GROUP {
-                    self.ctx.backlog.delete_group(&pid, &r.group).await?;
-                }
                 tracing::info!(project = %pid, "legacy push stopped");
             }
         }
 
-        for (pid, (app_key, group, url)) in wanted {
+        for (pid, t) in wanted {
             if let Some(r) = self.pushers.get(&pid) {
                 if !r.task.is_finished() {
                     r.url.send_if_modified(|u| {
-                        if *u != url {
+                        if *u != t.url {
                             tracing::info!(project = %pid, "legacy push URL changed");
-                            *u = url.clone();
+                            *u = t.url.clone();
                             true
                         } else {
                             false
@@ -199,61 +150,40 @@ impl WebhookEngine {
                     continue;
                 }
             }
-            self.spawn(pid, app_key, group, url).await?;
+            self.spawn(t).await;
         }
         Ok(())
     }
 
-    async fn spawn(
-        &mut self,
-        pid: ProjectId,
-        app_key: AppKey,
-        group: ConsumerGroup,
-        url: String,
-    ) -> anyhow::Result<()> {
-        let secret = self.ctx.registry.project_by_app_key(&app_key).await?;
-        let link = match self
-            .ctx
-            .hub
-            .attach(AttachRequest {
-                project: pid.clone(),
-                group: group.clone(),
-                channel: ChannelKind::Webhook,
-                remote: url.clone(),
-                client_id: "legacy-http-push".into(),
-            })
-            .await
-        {
-            Ok(l) => l,
+    async fn spawn(&mut self, t: LegacyTarget) {
+        let (link, app_secret) = match self.ctx.admission.attach_legacy(&t).await {
+            Ok(x) => x,
             Err(e) => {
-                tracing::warn!(project = %pid, error = %e, "legacy push: attach failed");
-                return Ok(());
+                tracing::warn!(project = %t.project, error = %e, "legacy push: attach failed");
+                return;
             }
         };
-        let (url_tx, url_rx) = watch::channel(url);
+        let (url_tx, url_rx) = watch::channel(t.url);
         let (stop_tx, stop_rx) = watch::channel(false);
         let p = pusher::Pusher {
             link,
-            app_key,
-            app_secret: secret.app_secret,
+            app_key: t.app_key,
+            app_secret,
             url: url_rx,
             http: self.http.clone(),
-            clock: self.ctx.clock.clone(),
             cfg: self.cfg.clone(),
             stop: stop_rx,
         };
-        tracing::info!(project = %pid, group = %group, "legacy push started");
+        tracing::info!(project = %t.project, group = LEGACY_GROUP, "legacy push started");
         let task = tokio::spawn(p.run());
         self.pushers.insert(
-            pid,
+            t.project,
             Running {
                 url: url_tx,
                 stop: stop_tx,
                 task,
-                group,
             },
         );
-        Ok(())
     }
 }
 
@@ -262,30 +192,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sixteen_pushes_are_separated_by_the_legacy_schedule() {
-        let c = WebhookConfig::default();
-        assert_eq!(c.max_pushes, 16);
-        assert_eq!(c.schedule.len() as u32, c.max_pushes - 1);
-        assert_eq!(c.delay_after(1), Duration::from_secs(10));
-        assert_eq!(c.delay_after(2), Duration::from_secs(30));
-        assert_eq!(c.delay_after(15), Duration::from_secs(3600));
-        assert_eq!(c.delay_after(40), Duration::from_secs(3600));
-    }
-
-    #[test]
-    fn legacy_only_pushes_from_the_default_group_and_mixed_from_its_own() {
-        let k: AppKey = "12345678".parse().unwrap();
-        let mut s = SyncSettings {
-            enabled: true,
-            device_data: Route::None,
-            user_data: Route::LegacyHttp,
-            legacy_http_url: Some("http://127.0.0.1:1/push".into()),
-            ..SyncSettings::default()
+    fn the_legacy_schedule_is_the_groups_retry_policy() {
+        let iotsync_backlog::GroupRetry::Schedule {
+            delays_ms,
+            max_deliveries,
+        } = iotsync_backlog::GroupRetry::legacy_http()
+        else {
+            panic!("not a schedule");
         };
-        assert_eq!(pusher_group(&k, &s).unwrap().as_str(), "12345678");
-        s.device_data = Route::Http2;
-        assert_eq!(pusher_group(&k, &s).unwrap().as_str(), LEGACY_GROUP);
-        s.enabled = false;
-        assert_eq!(pusher_group(&k, &s), None);
+        assert_eq!(max_deliveries, MAX_PUSHES);
+        let secs: Vec<u64> = delays_ms.iter().map(|d| d / 1000).collect();
+        assert_eq!(secs, LEGACY_SCHEDULE_SECS);
     }
 }

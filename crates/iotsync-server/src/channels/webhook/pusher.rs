@@ -1,36 +1,21 @@
-//! The pusher of one legacy project: a consumer of the hub like any other channel, that
-//! POSTs each user-data message to the project's URL and keeps the legacy retry schedule
-//! itself (the backlog's own is exponential from 1 s).
+//! The pusher of one legacy project: a consumer of the internal group `_legacy_http`
+//! like any other channel. It POSTs each delivery to the project's URL and settles it:
+//! accepted on success, released on failure. The legacy schedule (10 s, 30 s, …, 16
+//! pushes, then dead letter) is that group's retry policy in the backlog; the pusher
+//! keeps no schedule of its own.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use iotsync_backlog::{Delivery, LeaseToken};
-use iotsync_core::message::DataClass;
-use iotsync_core::{AppKey, SharedClock, SyncMessage};
+use iotsync_core::{AppKey, MessageId};
 
 use super::push::{self, PushError};
 use super::WebhookConfig;
 use crate::delivery::hub::{ConsumerLink, LinkEnd};
 use crate::delivery::Outcome;
-
-/// A message the pusher holds until it is delivered or dead-lettered.
-struct Pending {
-    message: SyncMessage,
-    token: LeaseToken,
-    /// Pushes made so far.
-    pushes: u32,
-    /// When the next push is due (ms, by the injected clock).
-    due_ms: i64,
-    /// When the last push started: the schedule counts from there, so a slow receiver
-    /// does not stretch it.
-    started_ms: i64,
-    running: bool,
-}
 
 pub struct Pusher {
     pub link: ConsumerLink,
@@ -38,21 +23,18 @@ pub struct Pusher {
     pub app_secret: String,
     pub url: watch::Receiver<String>,
     pub http: reqwest::Client,
-    pub clock: SharedClock,
     pub cfg: Arc<WebhookConfig>,
     pub stop: watch::Receiver<bool>,
 }
 
+type Done = (LeaseToken, MessageId, u32, Result<(), PushError>);
+
 impl Pusher {
     pub async fn run(mut self) {
-        let mut pending: HashMap<String, Pending> = HashMap::new();
-        let mut running: JoinSet<(String, Result<(), PushError>)> = JoinSet::new();
+        let mut running: JoinSet<Done> = JoinSet::new();
         let mut stop = self.stop.clone();
         loop {
-            let now = self.clock.now_ms();
-            self.start_due(&mut pending, &mut running, now);
-            let room = self.cfg.max_held.saturating_sub(pending.len());
-            let waiting = pending.values().any(|p| !p.running);
+            let room = self.cfg.concurrency.saturating_sub(running.len());
             let link = &mut self.link;
             let next = async move {
                 if room > 0 {
@@ -65,11 +47,15 @@ impl Pusher {
                 biased;
                 _ = crate::channels::http2::stopped(&mut stop) => break,
                 Some(done) = running.join_next() => {
-                    let Ok((id, result)) = done else { continue };
-                    self.finish(&mut pending, id, result).await;
+                    let Ok((token, id, attempt, result)) = done else { continue };
+                    self.finish(token, id, attempt, result).await;
                 }
                 r = next => match r {
-                    Ok(deliveries) => self.hold(&mut pending, deliveries).await,
+                    Ok(deliveries) => {
+                        for d in deliveries {
+                            self.start(&mut running, d).await;
+                        }
+                    }
                     Err(LinkEnd::Closed(reason)) => {
                         tracing::info!(project = %self.link.project(), code = reason.code, "legacy pusher closed");
                         break;
@@ -79,103 +65,52 @@ impl Pusher {
                         break;
                     }
                 },
-                // Due times are on the injected clock: look again shortly.
-                _ = tokio::time::sleep(self.cfg.check_every), if waiting => {}
             }
         }
+        // Pushes still running are abandoned: `detach` hands them back to the group.
         running.shutdown().await;
         self.link.detach().await;
     }
 
-    async fn hold(&self, pending: &mut HashMap<String, Pending>, deliveries: Vec<Delivery>) {
-        let now = self.clock.now_ms();
-        for d in deliveries {
-            let id = d.message.envelope.message_id.to_string();
-            if let Some(p) = pending.get_mut(&id) {
-                // Held past the ack time-out and leased again: keep our own schedule.
-                p.token = d.token;
-                continue;
-            }
-            let legacy = d.message.data_class() == DataClass::User
-                && d.message.kind.legacy_msg_code().is_some();
-            if !legacy {
-                // Device data of a mixed project travels over HTTP/2, not here.
-                self.settle(&d.token, Outcome::Accepted).await;
-                continue;
-            }
-            pending.insert(
-                id,
-                Pending {
-                    message: d.message,
-                    token: d.token,
-                    pushes: 0,
-                    due_ms: now,
-                    started_ms: now,
-                    running: false,
-                },
-            );
-        }
-    }
-
-    fn start_due(
-        &self,
-        pending: &mut HashMap<String, Pending>,
-        running: &mut JoinSet<(String, Result<(), PushError>)>,
-        now: i64,
-    ) {
+    async fn start(&self, running: &mut JoinSet<Done>, d: Delivery) {
+        let id = d.message.envelope.message_id.clone();
+        let Some(msg_code) = d.message.kind.legacy_msg_code() else {
+            // The group's filter takes user data only, and every user-data kind has a
+            // msgCode: this cannot be pushed, so it goes to the dead letters, loudly.
+            tracing::error!(project = %self.link.project(), message_id = %id, kind = %d.message.kind, "legacy push: message has no msgCode; dead letter");
+            self.settle(&d.token, Outcome::Rejected).await;
+            return;
+        };
+        let message = String::from_utf8_lossy(&d.message.envelope.payload).into_owned();
+        let fields = push::form(&self.app_key, &self.app_secret, msg_code, &message);
+        let http = self.http.clone();
         let url = self.url.borrow().clone();
-        for (id, p) in pending.iter_mut() {
-            if running.len() >= self.cfg.concurrency {
-                break;
-            }
-            if p.running || p.due_ms > now {
-                continue;
-            }
-            p.running = true;
-            p.pushes += 1;
-            p.started_ms = now;
-            let msg_code = p.message.kind.legacy_msg_code().unwrap_or_default();
-            let message = String::from_utf8_lossy(&p.message.envelope.payload).into_owned();
-            let fields = push::form(&self.app_key, &self.app_secret, msg_code, &message);
-            let http = self.http.clone();
-            let url = url.clone();
-            let id = id.clone();
-            let timeout = self.cfg.request_timeout;
-            running.spawn(async move {
-                let r = push::push(&http, &url, &fields, timeout).await;
-                (id, r)
-            });
-        }
+        let timeout = self.cfg.request_timeout;
+        let (token, attempt) = (d.token, d.attempt);
+        running.spawn(async move {
+            let r = push::push(&http, &url, &fields, timeout).await;
+            (token, id, attempt, r)
+        });
     }
 
     async fn finish(
         &self,
-        pending: &mut HashMap<String, Pending>,
-        id: String,
+        token: LeaseToken,
+        id: MessageId,
+        attempt: u32,
         result: Result<(), PushError>,
     ) {
-        let Some(p) = pending.get_mut(&id) else {
-            return;
-        };
-        p.running = false;
         let project = self.link.project();
         match result {
             Ok(()) => {
-                tracing::debug!(%project, message_id = %id, pushes = p.pushes, "legacy push delivered");
-                let token = p.token;
-                pending.remove(&id);
+                tracing::debug!(%project, message_id = %id, attempt, "legacy push delivered");
                 self.settle(&token, Outcome::Accepted).await;
             }
-            Err(e) if p.pushes >= self.cfg.max_pushes => {
-                tracing::warn!(%project, message_id = %id, pushes = p.pushes, error = %e, "legacy push failed for the last time: dead letter");
-                let token = p.token;
-                pending.remove(&id);
-                self.settle(&token, Outcome::Rejected).await;
-            }
             Err(e) => {
-                let delay = self.cfg.delay_after(p.pushes);
-                p.due_ms = p.started_ms + delay.as_millis() as i64;
-                tracing::info!(%project, message_id = %id, pushes = p.pushes, retry_in = ?delay, error = %e, "legacy push failed");
+                // The group's retry policy decides when (or whether: dead letter after the
+                // 16th push) it comes back.
+                tracing::info!(%project, message_id = %id, attempt, error = %e, "legacy push failed");
+                self.settle(&token, Outcome::Released).await;
             }
         }
     }
@@ -185,15 +120,4 @@ impl Pusher {
             tracing::warn!(project = %self.link.project(), error = %e, ?outcome, "legacy pusher: settle failed");
         }
     }
-}
-
-/// The delay before push `n + 1` after `n` failed pushes, from `schedule` (the last
-/// entry repeats if the schedule is shorter than the pushes allowed).
-pub fn delay_after(schedule: &[Duration], failed_pushes: u32) -> Duration {
-    let i = (failed_pushes.max(1) - 1) as usize;
-    schedule
-        .get(i)
-        .or(schedule.last())
-        .copied()
-        .unwrap_or(Duration::from_secs(10))
 }

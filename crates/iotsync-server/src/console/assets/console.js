@@ -877,7 +877,75 @@ x-auth-param-group: ${p.appKey}          # optional; default group = AppKey
       prodArea,
       productRows.length ? productRows : h('p', { class: 'empty', text: 'This project has no products yet.' }));
 
-    panel.replaceChildren(status, products, connectionDetails(p, conn, s));
+    const groups = await consumerGroupsPanel(p, () => fillSync(p, panel));
+    panel.replaceChildren(status, products, groups, connectionDetails(p, conn, s));
+  }
+
+  // ---------------------------------------------------------------- Consumer groups
+
+  const CLASS_LABEL = { device: 'Device data', user: 'User data' };
+
+  function groupTakes(g) {
+    const parts = [];
+    if (g.dataClasses) parts.push(g.dataClasses.map((c) => CLASS_LABEL[c] || c).join(' + '));
+    if (g.kinds) parts.push(g.kinds.join(', '));
+    if (g.products) parts.push(`products ${g.products.join(', ')}`);
+    return parts.length ? parts.join(' · ') : 'Everything';
+  }
+
+  /** Declared consumer groups: each collects what it takes from the moment it is declared. */
+  async function consumerGroupsPanel(p, reload) {
+    const pid = p.projectId;
+    const area = msgArea();
+    let groups = [];
+    try { groups = await api('GET', `${P(pid)}/consumer-groups`); } catch (e) { showError(area, e); }
+    const rows = table('Consumer groups', [
+      { label: 'Name', cell: (g) => [h('code', { text: g.name }), g.default ? [' ', badge('default', 'ok')] : null, g.internal ? [' ', badge('internal', '')] : null] },
+      { label: 'Takes', cell: (g) => groupTakes(g) },
+      { label: 'Stacked', num: true, cell: (g) => String(g.stacked ?? 0) },
+      { label: 'Consumers', num: true, cell: (g) => String(g.consumers) },
+      { label: 'Actions', cell: (g) => {
+        if (g.internal) return h('span', { class: 'muted', text: 'Managed by the platform' });
+        const del = h('button', { type: 'button', class: 'btn ghost small danger', 'aria-label': `Delete consumer group ${g.name}` }, 'Delete');
+        del.addEventListener('click', async () => {
+          const ok = await confirmDialog(`Delete consumer group ${g.name}?`,
+            'What the group has not acknowledged yet is dropped (counted in the figures). A consumer connecting with this name later declares it again, from then on.', 'Delete');
+          if (!ok) return;
+          const r = await act(del, area, () => api('DELETE', `${P(pid)}/consumer-groups/${enc(g.name)}`));
+          if (r !== undefined) { await reload(); announce(`Consumer group ${g.name} deleted`); }
+        });
+        return del;
+      } },
+    ], groups.map((g) => Object.assign({}, g)), 'No consumer groups yet. The default group is declared when you enable data synchronization.');
+    const name = h('input', { type: 'text', 'data-field': 'name', required: true, maxlength: 64, autocomplete: 'off' });
+    const classes = h('select', { 'data-field': 'dataClasses dataClasses[0] dataClasses[1]' },
+      h('option', { value: '', text: 'Device and user data' }),
+      h('option', { value: 'device', text: 'Device data only' }),
+      h('option', { value: 'user', text: 'User data only' }));
+    const topics = h('textarea', { rows: 3, 'data-field': 'topics topics[0] topics[1] topics[2] topics[3] topics[4] topics[5] topics[6] topics[7]', placeholder: '/${pk}/${dn}/thing/event/property/post' });
+    const products = h('input', { type: 'text', 'data-field': 'products products[0] products[1] products[2] products[3]', placeholder: 'a1product01, a1product02', autocomplete: 'off' });
+    const btn = h('button', { type: 'submit', class: 'btn' }, 'Declare group');
+    const form = h('form', { novalidate: true, 'aria-label': 'Declare a consumer group' },
+      field('Group name', name, 'Letters, digits, - and _ (up to 64); names starting with _ are the platform\'s.'),
+      field('Data', classes),
+      field('Topics (optional)', topics, 'One per line: topic templates such as /${pk}/${dn}/thing/event/property/post, or message kinds such as device.status. Empty: every topic.'),
+      field('Products (optional)', products, 'Comma-separated productKeys. Empty: every product.'),
+      btn);
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const body = { name: name.value.trim() };
+      if (classes.value) body.dataClasses = [classes.value];
+      const t = topics.value.split('\n').map((x) => x.trim()).filter(Boolean);
+      if (t.length) body.topics = t;
+      const pr = products.value.split(',').map((x) => x.trim()).filter(Boolean);
+      if (pr.length) body.products = pr;
+      const r = await act(btn, area, () => api('POST', `${P(pid)}/consumer-groups`, body), form);
+      if (r) { await reload(); announce(`Consumer group ${r.name} declared`); }
+    });
+    return h('section', { class: 'panel', 'aria-labelledby': 'groups-title', id: 'consumer-groups' },
+      h('h2', { id: 'groups-title', text: 'Consumer groups' }),
+      h('p', { class: 'hint', text: 'Each group receives every message it takes, from the moment it is declared, whether or not a consumer is connected; consumers of one group share its messages. A consumer connecting with a group name that is not declared declares it on that first connect (taking everything).' }),
+      area, rows, form);
   }
 
   async function fillApiOperations(p, panel) {

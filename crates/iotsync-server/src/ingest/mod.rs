@@ -1,6 +1,16 @@
-//! Device data ingest: property and event reports (from the REST API now, from the MQTT
-//! gateway later) become the SPEC §4 messages, durable in the backlog before the report
-//! is acknowledged. Ingest does not know delivery exists.
+//! Ingest: the first stage of the pipeline (ingest → delivery → channels).
+//!
+//! - This module: device data reports (from the REST API, the MQTT gateway and the cloud
+//!   API) become the SPEC §4 messages, durable in the backlog before the report is
+//!   acknowledged.
+//! - [`outbox_relay`]: registry changes (lifecycle, accounts, bindings, status) wrote
+//!   their message to the registry's outbox in the same transaction; the relay moves
+//!   them into the backlog and drives the backlog's timers.
+//!
+//! Ingest does not know delivery exists: it appends, and the backlog routes each message
+//! to the groups whose filter takes it.
+
+pub mod outbox_relay;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

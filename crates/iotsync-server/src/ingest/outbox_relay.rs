@@ -1,6 +1,8 @@
-//! The dispatcher engine: drains the registry outbox into the backlog (rows are removed
-//! only once the backlog holds them durably, so a crash in between redelivers, never
-//! loses), and drives the backlog's timers.
+//! The outbox relay: drains the registry outbox into the backlog (rows are removed only
+//! once the backlog holds them durably, so a crash in between redelivers, never loses),
+//! and drives the backlog's timers. It runs only after every declared consumer group is
+//! in the backlog (see `delivery::groups::GroupDirectory::reconcile_all`), so nothing
+//! is appended before the groups that should take it exist.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,6 +83,7 @@ impl DispatcherHandle {
     }
 }
 
+/// The relay's task (historically "the dispatcher").
 pub struct DispatcherEngine {
     drainer: Arc<Drainer>,
     backlog: Arc<dyn Backlog>,
