@@ -273,7 +273,13 @@ async fn after_sasl_frames_claiming_more_than_they_hold_close_the_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_and_half_sent_api_connections_are_closed_while_the_api_answers() {
-    let env = Env::start_with(Some(LIMITS)).await;
+    let mut env = Env::start_with(Some(LIMITS)).await;
+    // The server closes idle keep-alive connections after 2 s here: a pooled one could be
+    // reused just as it is closed (IncompleteMessage). One connection per request.
+    env.http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let api = env.server().api_addr;
     let mut socks = Vec::new();
     for i in 0..200 {
@@ -388,7 +394,13 @@ async fn over_the_per_source_cap_connections_are_closed_and_other_sources_are_se
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_amqp_and_mqtt_close_sockets_that_never_finish_their_handshake() {
-    let env = Env::start_with(Some(LIMITS)).await;
+    let mut env = Env::start_with(Some(LIMITS)).await;
+    // The server closes idle keep-alive connections after 2 s here: a pooled one could be
+    // reused just as it is closed (IncompleteMessage). One connection per request.
+    env.http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let p = env.project("Home").await;
     let mut waits = Vec::new();
     let sends: [(&str, &[u8]); 8] = [
