@@ -29,6 +29,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("PUT", "{p}/sync/products/$PK"),
     ("PUT", "{p}/api-operations/thing_model"),
     ("POST", "/api/v1/admin/import"),
+    ("POST", "{p}/consumer-groups"),
 ];
 
 fuzz_target!(|data: &[u8]| {
