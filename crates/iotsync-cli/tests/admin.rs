@@ -1,27 +1,13 @@
 //! `iotsync admin …` as an operator runs it: the real binary against a real
 //! `iotsync serve` (its own process, port 0, fresh data dir).
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 
+use common::EPHEMERAL;
 use serde_json::Value;
-
-const EPHEMERAL: [&str; 14] = [
-    "--api-listen",
-    "127.0.0.1:0",
-    "--amqp-listen",
-    "127.0.0.1:0",
-    "--amqps-listen",
-    "127.0.0.1:0",
-    "--http2-listen",
-    "127.0.0.1:0",
-    "--http2-tls-listen",
-    "127.0.0.1:0",
-    "--mqtt-listen",
-    "127.0.0.1:0",
-    "--mqtts-listen",
-    "127.0.0.1:0",
-];
 
 struct Server {
     child: Child,

@@ -1,33 +1,18 @@
 //! `iotsync consume amqp` against `iotsync serve`, both as child processes the way a user
 //! runs them: a property report made through REST arrives as one JSON line and is acked.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use common::EPHEMERAL;
 use serde_json::{json, Value};
 
 const TOKEN: &str = "cli-consume-test-token-0123456789";
 const WAIT: Duration = Duration::from_secs(30);
-
-/// Every listener on a free port (as in `serve.rs`).
-const EPHEMERAL: [&str; 14] = [
-    "--api-listen",
-    "127.0.0.1:0",
-    "--amqp-listen",
-    "127.0.0.1:0",
-    "--amqps-listen",
-    "127.0.0.1:0",
-    "--http2-listen",
-    "127.0.0.1:0",
-    "--http2-tls-listen",
-    "127.0.0.1:0",
-    "--mqtt-listen",
-    "127.0.0.1:0",
-    "--mqtts-listen",
-    "127.0.0.1:0",
-];
 
 struct Killed(Child);
 

@@ -5,33 +5,20 @@
 //!
 //! `IOTSYNC_CRASH_ROUNDS` sets the number of kills (default 20; the soak bench uses 100).
 
+mod common;
+
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::EPHEMERAL;
 use iotsync_backlog::{Backlog, BacklogConfig, ConsumerId, EmbeddedBacklog};
 use iotsync_core::{ConsumerGroup, ProjectId};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "crash-test-operator-token-0001";
-const EPHEMERAL: [&str; 14] = [
-    "--api-listen",
-    "127.0.0.1:0",
-    "--amqp-listen",
-    "127.0.0.1:0",
-    "--amqps-listen",
-    "127.0.0.1:0",
-    "--http2-listen",
-    "127.0.0.1:0",
-    "--http2-tls-listen",
-    "127.0.0.1:0",
-    "--mqtt-listen",
-    "127.0.0.1:0",
-    "--mqtts-listen",
-    "127.0.0.1:0",
-];
 
 struct Child_ {
     child: Child,

@@ -1,29 +1,13 @@
 //! `iotsync serve` as a user runs it: a child process on port 0 with a fresh data dir.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::EPHEMERAL;
 use serde_json::{json, Value};
-
-/// Every listener on a free port, so tests never collide with each other or a running
-/// service.
-pub const EPHEMERAL: [&str; 14] = [
-    "--api-listen",
-    "127.0.0.1:0",
-    "--amqp-listen",
-    "127.0.0.1:0",
-    "--amqps-listen",
-    "127.0.0.1:0",
-    "--http2-listen",
-    "127.0.0.1:0",
-    "--http2-tls-listen",
-    "127.0.0.1:0",
-    "--mqtt-listen",
-    "127.0.0.1:0",
-    "--mqtts-listen",
-    "127.0.0.1:0",
-];
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_iotsync"))
