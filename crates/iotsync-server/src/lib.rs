@@ -280,11 +280,6 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
         rates: Arc::new(delivery::rates::RateSampler::default()),
         throttles,
     };
-    let app = api::router(state.clone(), cfg.api.max_body_bytes)
-        .merge(cloud::router(&ctx))
-        .merge(console::router(&ctx, state))
-        .layer(tower_http::trace::TraceLayer::new_for_http());
-
     let mut tasks = Vec::new();
     let mut listeners = Vec::new();
     let mut all = channels::start_all(&channel_ctx).await?;
@@ -297,6 +292,13 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
         listeners.extend(started.listeners);
         tasks.extend(started.tasks);
     }
+
+    // Built after the channels bound: the console shows the addresses actually bound
+    // (a listener on port 0 has its real port by now).
+    let app = api::router(state.clone(), cfg.api.max_body_bytes)
+        .merge(cloud::router(&ctx))
+        .merge(console::router(state, &listeners))
+        .layer(tower_http::trace::TraceLayer::new_for_http());
 
     let listener = TcpListener::bind(&cfg.api.listen)
         .await

@@ -337,3 +337,59 @@ over_every_peer!(
     refuses_bad_logins_with_unauthorized_access,
     refuses_sender_links_with_a_clear_error,
 );
+
+/// The Python sample the console shows (`crates/iotsync-sdk/examples/amqp_consumer.py`,
+/// served as is) consumes and acknowledges over a real socket, run exactly as the
+/// console's command line says.
+#[tokio::test]
+async fn the_consoles_python_sample_consumes_and_acknowledges() {
+    let env = Env::start().await;
+    // The sample signs with the wall clock, as a user's server does.
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    env.clock.set_ms(wall);
+    let p = env.project("Samples").await;
+    env.report(&p, json!({"LightSwitch": 1})).await;
+    env.report(&p, json!({"LightSwitch": 0})).await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let run = tokio::process::Command::new("python3")
+        .arg(root.join("crates/iotsync-sdk/examples/amqp_consumer.py"))
+        .env("IOTSYNC_ENDPOINT", env.amqp_url())
+        .env("IOTSYNC_APP_KEY", &p.app_key)
+        .env("IOTSYNC_APP_SECRET", &p.app_secret)
+        .env("IOTSYNC_MAX_MESSAGES", "2")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(amqp_common::PEER_WAIT, run)
+        .await
+        .expect("the sample did not finish")
+        .expect("python3 runs the sample");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "sample failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    let topic = format!("/{}/{}/thing/event/property/post", p.pk, p.dn);
+    for (line, value) in lines.iter().zip([1, 0]) {
+        // generateTime messageId topic payload
+        let mut parts = line.splitn(4, ' ');
+        let (gen, id, t, payload) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        );
+        assert!(gen.parse::<i64>().is_ok(), "{line}");
+        assert!(!id.is_empty(), "{line}");
+        assert_eq!(t, topic, "{line}");
+        let pl: Value = serde_json::from_str(payload).unwrap();
+        assert_eq!(pl["items"]["LightSwitch"]["value"], value, "{line}");
+    }
+    env.wait_all_acknowledged(&p, 2).await;
+    env.stop().await;
+}

@@ -50,11 +50,6 @@ fn prerequisites() -> (PathBuf, PathBuf) {
     (chromium, peers.join("console/console_e2e.mjs"))
 }
 
-fn free_port() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
-}
-
 /// The Playwright script, one JSON command per line.
 struct Browser {
     child: Child,
@@ -152,10 +147,10 @@ async fn start_server(dir: &Path) -> RunningServer {
         data_dir: Some(dir.to_owned()),
         api_listen: Some("127.0.0.1:0".into()),
         operator_token: Some(TOKEN.into()),
-        // Concrete free ports, so the console shows real endpoints.
-        amqp_listen: Some(free_port()),
+        // Port 0: the console must show the ports actually bound.
+        amqp_listen: Some("127.0.0.1:0".into()),
         amqps_listen: Some(String::new()),
-        http2_listen: Some(free_port()),
+        http2_listen: Some("127.0.0.1:0".into()),
         http2_tls_listen: Some(String::new()),
         mqtt_listen: Some("127.0.0.1:0".into()),
         mqtts_listen: Some(String::new()),
@@ -211,7 +206,12 @@ async fn console_drives_projects_sync_settings_api_operations_and_monitoring_in_
     .await;
     b.step(json!({"cmd": "device_properties_shown"})).await;
 
-    b.step(json!({"cmd": "sync_settings"})).await;
+    let bound = json!({
+        "amqp": format!("amqp://{}", server.addr("amqp").unwrap()),
+        "http2": format!("http://{}", server.addr("http2").unwrap()),
+    });
+    b.step(json!({"cmd": "sync_settings", "bound": bound}))
+        .await;
     // Declare and delete a consumer group through the UI; the audit log has both.
     let g = b.step(json!({"cmd": "consumer_groups"})).await;
     assert_eq!(g["deleted"], "billing");
@@ -316,6 +316,19 @@ async fn console_page_and_session_endpoints_need_no_browser() {
         .unwrap()
         .to_owned();
     assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"));
+    for (name, want) in [
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+        ("cross-origin-opener-policy", "same-origin"),
+        ("cross-origin-resource-policy", "same-origin"),
+    ] {
+        assert_eq!(page.headers()[name], want, "{name}");
+    }
+    assert!(page.headers()["permissions-policy"]
+        .to_str()
+        .unwrap()
+        .contains("camera=()"));
     assert!(page.text().await.unwrap().contains("/console/console.js"));
     for (asset, ct) in [
         ("/console/console.js", "text/javascript"),

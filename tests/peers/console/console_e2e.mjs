@@ -30,7 +30,24 @@ const pageErrors = [];
 const consoleErrors = [];
 const shots = [];
 
+/** Fails if the page prints a placeholder (null, undefined, NaN, [object …]) outside code. */
+async function noPlaceholder(where) {
+  const found = await page.evaluate(() => {
+    // Text node by text node (a printed null is a node of its own), outside code.
+    const walk = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+    for (let n = walk.nextNode(); n; n = walk.nextNode()) {
+      if (n.parentElement && n.parentElement.closest('pre, code, script, style')) continue;
+      if (/\b(null|undefined|NaN)\b|\[object \w+\]/.test(n.nodeValue)) {
+        return `${n.parentElement ? n.parentElement.tagName : ''}: ${n.nodeValue.slice(0, 80)}`;
+      }
+    }
+    return null;
+  });
+  if (found) fail(`${where}: the page shows placeholder text: …${found}…`);
+}
+
 async function shot(name, fullPage = true) {
+  await noPlaceholder(name);
   const file = path.join(SHOTS, `${name}.png`);
   await page.screenshot({ path: file, fullPage });
   shots.push(file);
@@ -241,7 +258,7 @@ const steps = {
     return { lastProperties: t };
   },
 
-  async sync_settings() {
+  async sync_settings({ bound }) {
     await page.goto(`${BASE}/#/projects`);
     await expectVisible(heading('Project Management'), 'Project Management');
     await page.getByRole('link', { name: 'Project Settings of Greenhouse' }).click();
@@ -293,11 +310,19 @@ const steps = {
     // Connection details with copyable samples.
     const conn = page.locator('section', { has: page.locator('#conn-title') });
     const connText = await conn.textContent();
-    if (!/amqp:\/\/127\.0\.0\.1:\d+/.test(connText)) fail('no AMQP endpoint in the connection details');
+    // The endpoints are the ports the server bound (it was started on port 0).
+    for (const url of [bound.amqp, bound.http2]) {
+      if (!connText.includes(url)) fail(`the connection details do not show the bound endpoint ${url}`);
+    }
+    if (/:\/\/[^\s/]+:0(?!\d)/.test(connText)) fail('the connection details show a port 0 endpoint');
     if (!connText.includes(`appKey=${ctx.appKey}`)) fail('the username recipe does not carry the appKey');
     const py = await conn.getByLabel('Python qpid-proton sample', { exact: true }).textContent();
-    if (!py.includes('authMode=appkey') || !py.includes(ctx.appKey)) fail('python sample');
-    await conn.getByRole('button', { name: 'Copy Python qpid-proton sample' }).click();
+    if (!py.includes('authMode=appkey')) fail('python sample');
+    const pyRun = await conn.getByLabel('Python qpid-proton sample command', { exact: true }).textContent();
+    if (!pyRun.includes(`IOTSYNC_APP_KEY=${ctx.appKey}`) || !pyRun.includes(`IOTSYNC_ENDPOINT=${bound.amqp}`)) fail(`python sample command: ${pyRun}`);
+    const rs = await conn.getByLabel('Rust AMQP sample', { exact: true }).textContent();
+    if (!rs.includes('AmqpConsumer::builder()')) fail('the Rust sample is not the SDK example');
+    await conn.getByRole('button', { name: 'Copy Python qpid-proton sample', exact: true }).click();
     const clip = await page.evaluate(() => navigator.clipboard.readText());
     if (!clip.includes('from proton.reactor import Container')) fail('the sample was not copied');
     await shot('10-sync-enabled');

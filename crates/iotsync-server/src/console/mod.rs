@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -20,12 +20,50 @@ use serde::Serialize;
 
 use crate::api::error::ApiError;
 use crate::api::ApiState;
-use crate::context::Context;
+use crate::context::Listener;
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const CONSOLE_CSS: &str = include_str!("assets/console.css");
 const CONSOLE_JS: &str = include_str!("assets/console.js");
 const FAVICON_SVG: &str = include_str!("assets/favicon.svg");
+
+/// The code samples on the connection panel are the SDK's own examples, which the
+/// build compiles (Rust) and a test runs against a server (Python): never a sketch.
+const SAMPLES: [Sample; 3] = [
+    Sample {
+        title: "Rust (iotsync-sdk), AMQP 1.0",
+        name: "Rust AMQP sample",
+        file: "crates/iotsync-sdk/examples/amqp_consumer.rs",
+        code: include_str!("../../../iotsync-sdk/examples/amqp_consumer.rs"),
+        channel: "amqp",
+    },
+    Sample {
+        title: "Python (python-qpid-proton, any AMQP 1.0 client)",
+        name: "Python qpid-proton sample",
+        file: "crates/iotsync-sdk/examples/amqp_consumer.py",
+        code: include_str!("../../../iotsync-sdk/examples/amqp_consumer.py"),
+        channel: "amqp",
+    },
+    Sample {
+        title: "Rust (iotsync-sdk), HTTP/2 (gRPC)",
+        name: "Rust HTTP/2 sample",
+        file: "crates/iotsync-sdk/examples/http2_consumer.rs",
+        code: include_str!("../../../iotsync-sdk/examples/http2_consumer.rs"),
+        channel: "http2",
+    },
+];
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+struct Sample {
+    title: &'static str,
+    /// The short label of its code block (and its copy button).
+    name: &'static str,
+    /// Where the sample lives in the repository.
+    file: &'static str,
+    code: &'static str,
+    /// The channel it consumes: `amqp` or `http2`.
+    channel: &'static str,
+}
 
 /// Everything the page may load comes from this origin; no inline script or style.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
@@ -43,24 +81,33 @@ impl axum::extract::FromRef<ConsoleState> for ApiState {
     }
 }
 
-/// The configured consumer endpoints, shown on the Device Data Synchronization tab.
-#[derive(Debug, Clone)]
+/// The consumer endpoints as bound, shown on the Device Data Synchronization tab. A
+/// listener that is not configured is `None`; one on port 0 carries its real port.
+#[derive(Debug, Clone, Default)]
 struct Endpoints {
-    amqp: String,
-    amqps: String,
-    http2: String,
-    http2_tls: String,
+    amqp: Option<SocketAddr>,
+    amqps: Option<SocketAddr>,
+    http2: Option<SocketAddr>,
+    http2_tls: Option<SocketAddr>,
 }
 
-pub fn router(ctx: &Context, api: ApiState) -> Router {
+impl Endpoints {
+    fn from_bound(listeners: &[Listener]) -> Endpoints {
+        let find = |name: &str| listeners.iter().find(|l| l.name == name).map(|l| l.addr);
+        Endpoints {
+            amqp: find("amqp"),
+            amqps: find("amqps"),
+            http2: find("http2"),
+            http2_tls: find("http2-tls"),
+        }
+    }
+}
+
+/// The console's routes; `listeners` are the consumer listeners already bound.
+pub fn router(api: ApiState, listeners: &[Listener]) -> Router {
     let state = ConsoleState {
         api,
-        endpoints: Arc::new(Endpoints {
-            amqp: ctx.cfg.amqp.listen.clone(),
-            amqps: ctx.cfg.amqp.tls_listen.clone(),
-            http2: ctx.cfg.http2.listen.clone(),
-            http2_tls: ctx.cfg.http2.tls_listen.clone(),
-        }),
+        endpoints: Arc::new(Endpoints::from_bound(listeners)),
     };
     Router::new()
         .route("/", get(index))
@@ -96,6 +143,20 @@ async fn security_headers(req: axum::extract::Request, next: Next) -> Response {
         HeaderValue::from_static("no-referrer"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // No other origin may open, embed or read the console's answers, and the page asks
+    // for no powerful feature.
+    h.insert(
+        HeaderName::from_static("cross-origin-opener-policy"),
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(
+        HeaderName::from_static("cross-origin-resource-policy"),
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(
+        HeaderName::from_static("permissions-policy"),
+        HeaderValue::from_static("camera=(), microphone=(), geolocation=(), usb=(), payment=()"),
+    );
     resp
 }
 
@@ -136,6 +197,7 @@ struct Connection {
     /// `http://host:port` (h2c, development) for gRPC clients.
     http2: Option<String>,
     http2_tls: Option<String>,
+    samples: &'static [Sample],
 }
 
 /// `GET /console/connection`: the consumer endpoints as a client outside reaches them.
@@ -150,10 +212,11 @@ async fn connection(
         .map(host_only);
     let e = &st.endpoints;
     Ok(Json(Connection {
-        amqp: endpoint("amqp", &e.amqp, host),
-        amqps: endpoint("amqps", &e.amqps, host),
-        http2: endpoint("http", &e.http2, host),
-        http2_tls: endpoint("https", &e.http2_tls, host),
+        amqp: endpoint("amqp", e.amqp, host),
+        amqps: endpoint("amqps", e.amqps, host),
+        http2: endpoint("http", e.http2, host),
+        http2_tls: endpoint("https", e.http2_tls, host),
+        samples: &SAMPLES,
     }))
 }
 
@@ -165,15 +228,10 @@ fn host_only(host: &str) -> &str {
     host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
 
-/// The URL of a configured listener; an unspecified address (`0.0.0.0`) is shown with
-/// the host the browser used to reach the console. Empty (disabled) → `None`.
-fn endpoint(scheme: &str, listen: &str, request_host: Option<&str>) -> Option<String> {
-    if listen.is_empty() {
-        return None;
-    }
-    let Ok(addr) = listen.parse::<SocketAddr>() else {
-        return Some(format!("{scheme}://{listen}"));
-    };
+/// The URL of a bound listener; an unspecified address (`0.0.0.0`) is shown with the
+/// host the browser used to reach the console. Not bound → `None`.
+fn endpoint(scheme: &str, addr: Option<SocketAddr>, request_host: Option<&str>) -> Option<String> {
+    let addr = addr?;
     let host = match (addr.ip().is_unspecified(), request_host) {
         (true, Some(h)) if !h.is_empty() => h.to_owned(),
         _ if addr.is_ipv6() => format!("[{}]", addr.ip()),
@@ -188,19 +246,20 @@ mod tests {
 
     #[test]
     fn endpoints_show_the_browser_host_for_unspecified_addresses() {
+        let a = |s: &str| Some(s.parse::<SocketAddr>().unwrap());
         assert_eq!(
-            endpoint("amqp", "0.0.0.0:5682", Some("iot.example.com")).as_deref(),
+            endpoint("amqp", a("0.0.0.0:5682"), Some("iot.example.com")).as_deref(),
             Some("amqp://iot.example.com:5682")
         );
         assert_eq!(
-            endpoint("amqp", "127.0.0.1:5682", Some("iot.example.com")).as_deref(),
+            endpoint("amqp", a("127.0.0.1:5682"), Some("iot.example.com")).as_deref(),
             Some("amqp://127.0.0.1:5682")
         );
         assert_eq!(
-            endpoint("http", "[::1]:7881", None).as_deref(),
+            endpoint("http", a("[::1]:7881"), None).as_deref(),
             Some("http://[::1]:7881")
         );
-        assert_eq!(endpoint("amqps", "", Some("x")), None);
+        assert_eq!(endpoint("amqps", None, Some("x")), None);
     }
 
     #[test]

@@ -37,6 +37,12 @@
     return el;
   }
 
+  // Page parts that are absent (null, undefined, false) are left out, never printed as
+  // text: every replace and append of the page goes through these two.
+  const present = (nodes) => nodes.flat(Infinity).filter((n) => n !== null && n !== undefined && n !== false);
+  function fill(el, ...nodes) { el.replaceChildren(...present(nodes)); }
+  function add(el, ...nodes) { el.append(...present(nodes)); }
+
   function svg(tag, attrs, ...children) {
     return h(tag, { ...attrs, svg: true }, ...children);
   }
@@ -137,7 +143,7 @@
   function showError(area, err, form) {
     const body = err && err.body ? err.body : { message: String(err && err.message ? err.message : err) };
     area.className = 'msg error';
-    area.replaceChildren(h('span', { text: body.message || 'Something went wrong' }),
+    fill(area, h('span', { text: body.message || 'Something went wrong' }),
       body.code ? h('span', { class: 'code', text: `(${body.code})` }) : null);
     if (form) {
       for (const el of form.querySelectorAll('[aria-invalid]')) el.removeAttribute('aria-invalid');
@@ -263,7 +269,8 @@
   function setPage(title, ...nodes) {
     stopTimers();
     document.title = `${title} · iotsync console`;
-    main.replaceChildren(...nodes);
+    // A page part that is absent (null, undefined, false) is left out, never printed.
+    fill(main, ...nodes);
     const h1 = main.querySelector('h1');
     if (h1) {
       h1.setAttribute('tabindex', '-1');
@@ -702,64 +709,25 @@
     return form;
   }
 
+  // One of the SDK's examples as served by the server (the file the build compiles),
+  // with the command that runs it against this project.
+  function sampleBlock(sm, endpoint, p) {
+    const env = `IOTSYNC_ENDPOINT=${endpoint} IOTSYNC_APP_KEY=${p.appKey} IOTSYNC_APP_SECRET=<AppSecret>`;
+    const run = sm.file.endsWith('.py')
+      ? `${env} python3 ${sm.file}`
+      : sm.channel === 'http2'
+        ? `IOTSYNC_APP_KEY=${p.appKey} IOTSYNC_APP_SECRET=<AppSecret> cargo run -p iotsync-sdk --example ${sm.file.replace(/^.*\//, '').replace(/\.rs$/, '')} -- ${endpoint}`
+        : `${env} cargo run -p iotsync-sdk --example ${sm.file.replace(/^.*\//, '').replace(/\.rs$/, '')}`;
+    return [
+      h('h3', { text: sm.title }),
+      h('p', { class: 'hint' }, 'From ', h('code', { text: sm.file }), '. Run it with:'),
+      codeSample(`${sm.name} command`, run),
+      codeSample(sm.name, sm.code),
+    ];
+  }
+
   function connectionDetails(p, conn, s) {
     const amqp = conn.amqp || conn.amqps || 'amqp://<host>:<port>';
-    const py = `# pip install python-qpid-proton
-import base64, hashlib, hmac, os, time
-from proton.handlers import MessagingHandler
-from proton.reactor import Container
-
-ENDPOINT = "${amqp}"
-APP_KEY = "${p.appKey}"
-APP_SECRET = os.environ["IOTSYNC_APP_SECRET"]  # shown once when the project was created
-GROUP = APP_KEY                                 # the default consumer group
-
-class Consumer(MessagingHandler):
-    def __init__(self):
-        super().__init__(prefetch=64, auto_accept=False)
-
-    def on_start(self, event):
-        ms = str(int(time.time() * 1000))
-        user = (f"consumer-1|authMode=appkey,signMethod=SHA256,"
-                f"random={ms},appKey={APP_KEY},groupId={GROUP}|")
-        password = base64.b64encode(hmac.new(APP_SECRET.encode(),
-            f"random={ms}".encode(), hashlib.sha256).digest()).decode()
-        conn = event.container.connect(ENDPOINT, user=user, password=password,
-            allowed_mechs="PLAIN", allow_insecure_mechs=True, heartbeat=60)
-        event.container.create_receiver(conn, "default")
-
-    def on_message(self, event):
-        props = event.message.properties      # topic, messageId, generateTime
-        payload = bytes(event.message.body)   # UTF-8 JSON
-        print(props["topic"], props["messageId"], payload.decode())
-        self.accept(event.delivery)           # ack; self.release(...) = retry later
-
-Container(Consumer()).run()
-`;
-    const rust = `// Cargo.toml: iotsync-sdk (from this repository)
-// The SDK's AMQP consumer computes the username/password below, reconnects with
-// backoff and jitter, and acks per message. (Its API is being finished; see the
-// iotsync_sdk::amqp docs for the exact names.)
-use iotsync_sdk::amqp;
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let mut consumer = amqp::Consumer::connect(amqp::ConsumerConfig {
-        endpoint: "${amqp}".into(),
-        app_key: "${p.appKey}".into(),
-        app_secret: std::env::var("IOTSYNC_APP_SECRET")?,
-        group: None, // default group: the AppKey
-        ..Default::default()
-    })
-    .await?;
-    while let Some(msg) = consumer.next().await? {
-        // De-duplicate by msg.message_id: delivery is at-least-once.
-        println!("{} {}", msg.topic, String::from_utf8_lossy(&msg.payload));
-        consumer.ack(&msg).await?;
-    }
-    Ok(())
-}
-`;
     const h2 = conn.http2 || conn.http2Tls || 'http://<host>:<port>';
     const grpc = `# HTTP/2 (gRPC) request metadata, computed like the AMQP app-key form
 x-auth-name: appkey
@@ -786,9 +754,8 @@ x-auth-param-group: ${p.appKey}          # optional; default group = AppKey
       h('p', { class: 'hint' }, 'Also accepted: the access-key form ', h('code', { text: 'authMode=aksign,signMethod=hmacsha256,timestamp=${ms},authId=AppKey,consumerGroupId=group' }),
         ' with password Base64(HMAC(AppSecret, "authId=AppKey&timestamp=${ms}")). Timestamps must be within 15 minutes.'),
       facts,
-      h('h3', { text: 'Rust (iotsync-sdk)' }), codeSample('Rust SDK sample', rust),
-      h('h3', { text: 'Python (python-qpid-proton, any AMQP 1.0 client)' }), codeSample('Python qpid-proton sample', py),
-      h('h3', { text: 'HTTP/2 (gRPC)' }), codeSample('HTTP/2 metadata', grpc));
+      (conn.samples || []).map((sm) => sampleBlock(sm, sm.channel === 'http2' ? h2 : amqp, p)),
+      h('h3', { text: 'HTTP/2 (gRPC) from any client' }), codeSample('HTTP/2 metadata', grpc));
   }
 
   async function fillSync(p, panel, notice) {
@@ -813,8 +780,8 @@ x-auth-param-group: ${p.appKey}          # optional; default group = AppKey
       syncExplanation(s));
 
     if (!s.enabled) {
-      if (s.lastMethod) status.append(h('p', { class: 'hint', text: `Messages stacked before disabling are kept until their retention ends (${RETENTION[s.lastMethod]}) and are delivered if you enable again in time.` }));
-      status.append(enableForm(pid, s, area, reload));
+      if (s.lastMethod) add(status, h('p', { class: 'hint', text: `Messages stacked before disabling are kept until their retention ends (${RETENTION[s.lastMethod]}) and are delivered if you enable again in time.` }));
+      add(status, enableForm(pid, s, area, reload));
     } else {
       const actions = h('div', { class: 'actions' });
       if (s.method === 'http2') {
@@ -825,7 +792,7 @@ x-auth-param-group: ${p.appKey}          # optional; default group = AppKey
           const r = await act(sw, area, () => api('POST', `${P(pid)}/sync/switch`, { method: 'amqp' }));
           if (r) await reload('Switched to AMQP.');
         });
-        actions.append(sw);
+        add(actions, sw);
       }
       const dis = h('button', { type: 'button', class: 'btn ghost danger' }, 'Disable');
       dis.addEventListener('click', async () => {
@@ -836,8 +803,8 @@ x-auth-param-group: ${p.appKey}          # optional; default group = AppKey
         const r = await act(dis, area, () => api('POST', `${P(pid)}/sync/disable`, {}));
         if (r) await reload('Data synchronization disabled.');
       });
-      actions.append(dis);
-      status.append(actions);
+      add(actions, dis);
+      add(status, actions);
       if (s.userData === 'legacy_http') {
         const url = h('input', { type: 'url', 'data-field': 'url legacyHttpUrl', value: s.legacyHttpUrl || '', required: true });
         const ub = h('button', { type: 'submit', class: 'btn ghost' }, 'Save URL');
@@ -847,11 +814,11 @@ x-auth-param-group: ${p.appKey}          # optional; default group = AppKey
           const r = await act(ub, area, () => api('PUT', `${P(pid)}/sync/legacy`, { url: url.value.trim() }), uf);
           if (r) await reload('Legacy push URL saved.');
         });
-        status.append(uf);
+        add(status, uf);
       }
     }
 
-    status.append(area);
+    add(status, area);
 
     const prodArea = msgArea();
     const productRows = s.products.map((x) => {
@@ -878,7 +845,7 @@ x-auth-param-group: ${p.appKey}          # optional; default group = AppKey
       productRows.length ? productRows : h('p', { class: 'empty', text: 'This project has no products yet.' }));
 
     const groups = await consumerGroupsPanel(p, () => fillSync(p, panel));
-    panel.replaceChildren(status, products, groups, connectionDetails(p, conn, s));
+    fill(panel, status, products, groups, connectionDetails(p, conn, s));
   }
 
   // ---------------------------------------------------------------- Consumer groups
@@ -954,7 +921,7 @@ x-auth-param-group: ${p.appKey}          # optional; default group = AppKey
     if (!groups) return;
     const area = msgArea();
     const render = (list) => {
-      panel.replaceChildren(
+      fill(panel, 
         h('p', { class: 'hint', text: 'The cloud API operations your enterprise servers can call, grouped by feature. A group must be activated for this project before its operations answer; calls to an inactive group get "service not activated" and change nothing.' }),
         area,
         ...list.map((g) => {
@@ -1075,7 +1042,7 @@ x-auth-param-group: ${p.appKey}          # optional; default group = AppKey
       const sig = JSON.stringify(list);
       if (sig === last.dead) return;
       last.dead = sig;
-      deadEl.replaceChildren(table('Dead letters', [
+      fill(deadEl, table('Dead letters', [
         { label: 'Message', cell: (d) => h('code', { class: 'wrap-anywhere', text: d.messageId }) },
         { label: 'Group', cell: (d) => h('code', { text: d.group }) },
         { label: 'Topic', cell: (d) => h('code', { class: 'wrap-anywhere', text: d.topic }) },
@@ -1105,7 +1072,7 @@ x-auth-param-group: ${p.appKey}          # optional; default group = AppKey
       if (sig === last.audit) return;
       last.audit = sig;
       const pages = Math.max(1, Math.ceil(page.total / page.pageSize));
-      auditEl.replaceChildren(
+      fill(auditEl, 
         table('Audit log', [
           { label: 'When', cell: (a) => fmtTime(a.at) },
           { label: 'Who', cell: (a) => a.actor },
@@ -1138,13 +1105,13 @@ x-auth-param-group: ${p.appKey}          # optional; default group = AppKey
           state.history.set(key, hist);
         }
         statusLine.textContent = `${stats.paused ? 'Data synchronization is off: nothing is delivered, stacked messages stay until their retention ends.' : 'Live'} · retention ${fmtAge(stats.retentionMs)} · ${fmtNum(stats.storedMessages)} messages stored · updated ${new Date(now).toLocaleTimeString()}`;
-        groupsEl.replaceChildren(...(stats.groups.length
+        fill(groupsEl, ...(stats.groups.length
           ? stats.groups.map((g) => groupCard(pid, g, p.appKey))
           : [h('p', { class: 'empty', text: 'No consumer groups yet: enable data synchronization to start the backlog.' })]));
         const csig = JSON.stringify(consumers);
         if (csig !== last.consumers) {
           last.consumers = csig;
-          consumersEl.replaceChildren(table('Connected consumers', [
+          fill(consumersEl, table('Connected consumers', [
             { label: 'Consumer', cell: (c) => h('code', { text: String(c.consumerId) }) },
             { label: 'Group', cell: (c) => h('code', { text: c.group }) },
             { label: 'Channel', cell: (c) => String(c.channel).toUpperCase() },
