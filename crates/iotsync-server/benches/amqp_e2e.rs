@@ -622,6 +622,74 @@ fn rabbit_endpoint(uri: &str, queue: &str) -> Endpoint {
     }
 }
 
+/// What RabbitMQ answers to an AMQP 1.0 SASL protocol header on its port.
+enum RabbitAmqp10 {
+    Ready,
+    /// It answered with AMQP 0-9-1's header: the AMQP 1.0 plugin is off.
+    PluginOff,
+    Unreachable(String),
+}
+
+fn probe_rabbit_amqp10(addr: &str) -> RabbitAmqp10 {
+    use std::io::{Read, Write};
+    let sock = match std::net::TcpStream::connect(addr) {
+        Ok(s) => s,
+        Err(e) => return RabbitAmqp10::Unreachable(e.to_string()),
+    };
+    let _ = sock.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut sock = sock;
+    let mut answer = [0u8; 8];
+    match sock
+        .write_all(b"AMQP\x03\x01\x00\x00")
+        .and_then(|()| sock.read_exact(&mut answer))
+    {
+        Ok(()) if &answer == b"AMQP\x03\x01\x00\x00" => RabbitAmqp10::Ready,
+        Ok(()) => RabbitAmqp10::PluginOff,
+        Err(e) => RabbitAmqp10::Unreachable(e.to_string()),
+    }
+}
+
+/// The peer is set up before anything is measured: RabbitMQ's AMQP 1.0 plugin is off on
+/// a fresh machine, so the bench enables it (`rabbitmq-plugins enable rabbitmq_amqp1_0`)
+/// or stops with what to run.
+fn ensure_rabbit_amqp10(uri: &str) {
+    let addr = rabbit_endpoint(uri, "probe").addr;
+    let stop = |why: String| -> ! {
+        eprintln!(
+            "amqp_e2e: {why}\n  start RabbitMQ with `rabbitmq-server -detached`, enable its AMQP 1.0 plugin with \
+             `rabbitmq-plugins enable rabbitmq_amqp1_0`, or run only iotsync with `-- --only iotsync`"
+        );
+        std::process::exit(2);
+    };
+    match probe_rabbit_amqp10(&addr) {
+        RabbitAmqp10::Ready => return,
+        RabbitAmqp10::Unreachable(e) => stop(format!("RabbitMQ is not reachable at {addr}: {e}")),
+        RabbitAmqp10::PluginOff => {}
+    }
+    eprintln!("amqp_e2e: RabbitMQ at {addr} has AMQP 1.0 off; running `rabbitmq-plugins enable rabbitmq_amqp1_0`");
+    let enabled = std::process::Command::new("rabbitmq-plugins")
+        .args(["enable", "rabbitmq_amqp1_0"])
+        .status();
+    match enabled {
+        Ok(st) if st.success() => {}
+        Ok(st) => stop(format!(
+            "`rabbitmq-plugins enable rabbitmq_amqp1_0` failed ({st})"
+        )),
+        Err(e) => stop(format!("cannot run rabbitmq-plugins ({e})")),
+    }
+    // The plugin starts within seconds of being enabled.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let RabbitAmqp10::Ready = probe_rabbit_amqp10(&addr) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    stop(format!(
+        "RabbitMQ at {addr} still refuses AMQP 1.0 after enabling the plugin"
+    ))
+}
+
 // ---------------------------------------------------------------------------------------
 
 struct Row {
@@ -671,6 +739,9 @@ fn main() {
     let mut ingest_rate = f64::NAN;
     let run_iot = a.only.as_deref() != Some("rabbitmq");
     let run_rabbit = a.only.as_deref() != Some("iotsync");
+    if run_rabbit {
+        ensure_rabbit_amqp10(&a.rabbit);
+    }
 
     let server = if run_iot {
         let iot = cli_rt.block_on(iot_setup(server, srv.clone(), a.devices));

@@ -593,11 +593,23 @@ async fn expired_messages_are_counted_not_silently_lost() {
         .unwrap();
     assert!(
         metrics.contains(&format!(
-            "iotsync_backlog_expired_total{{project=\"{}\",group=\"{}\"}} 1",
-            p.pid, p.app_key
+            "iotsync_backlog_expired_total{{group=\"{}\",project=\"{}\"}} 1",
+            p.app_key, p.pid
         )),
         "{metrics}"
     );
+    // The standard process metrics come with the exporter.
+    for name in [
+        "process_resident_memory_bytes ",
+        "process_cpu_seconds_total ",
+        "process_open_fds ",
+        "process_start_time_seconds ",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(name)),
+            "{name} missing: {metrics}"
+        );
+    }
     let index_bytes = metrics
         .lines()
         .find_map(|l| l.strip_prefix("iotsync_backlog_index_memory_bytes "))

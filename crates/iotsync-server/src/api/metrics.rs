@@ -1,11 +1,14 @@
-//! `/metrics` in the Prometheus text format, rendered at scrape time from the backlog's
-//! figures (no second copy of the counters to drift).
-
-use std::fmt::Write;
+//! `/metrics` in the Prometheus text format through the `prometheus` crate, rendered at
+//! scrape time from the backlog's figures (no second copy of the counters to drift), plus
+//! the standard `process_*` metrics (CPU seconds, resident and virtual memory, open and
+//! maximum file descriptors, threads, start time).
 
 use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use prometheus::process_collector::ProcessCollector;
+use prometheus::{CounterVec, Encoder, GaugeVec, Opts, Registry, TextEncoder};
 
 use super::ApiState;
 
@@ -28,81 +31,131 @@ pub mod names {
     pub const AMQP_MERGED: &str = "iotsync_amqp_dispositions_merged_total";
 }
 
-/// (name, type, help, rows of (labels, value)).
-type Series = (&'static str, &'static str, &'static str, Vec<(String, f64)>);
+/// The per-group series, in the order of [`group_values`]: (name, help, is a counter).
+const GROUP_SERIES: [(&str, &str, bool); 11] = [
+    (
+        names::STACKED,
+        "Messages a group still has to acknowledge.",
+        false,
+    ),
+    (
+        names::OLDEST_AGE,
+        "Age of the oldest stacked message.",
+        false,
+    ),
+    (names::IN_FLIGHT, "Deliveries awaiting an outcome.", false),
+    (
+        names::RETRY_WAITING,
+        "Messages waiting for their retry time.",
+        false,
+    ),
+    (
+        names::DEAD_LETTERS,
+        "Rejected messages in the dead-letter list.",
+        false,
+    ),
+    (names::CONSUMERS, "Connected consumers.", false),
+    (names::APPENDED, "Messages appended for a group.", true),
+    (names::ACKED, "Messages acknowledged by a group.", true),
+    (names::REDELIVERED, "Redeliveries.", true),
+    (names::EXPIRED, "Messages removed by retention.", true),
+    (
+        names::REJECTED,
+        "Messages rejected to the dead-letter list.",
+        true,
+    ),
+];
 
-fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+fn group_values(g: &iotsync_backlog::GroupStats, consumers: usize) -> [f64; 11] {
+    [
+        g.stacked as f64,
+        g.oldest_stacked_age_ms.unwrap_or(0) as f64 / 1000.0,
+        g.in_flight as f64,
+        g.retry_waiting as f64,
+        g.dead_letters as f64,
+        consumers as f64,
+        g.appended_total as f64,
+        g.acked_total as f64,
+        g.redelivered_total as f64,
+        g.expired_total as f64,
+        g.rejected_total as f64,
+    ]
 }
 
-pub async fn render(State(st): State<ApiState>) -> impl IntoResponse {
-    let mut out = String::new();
-    let mut series: Vec<Series> = vec![
-        (
-            names::STACKED,
-            "gauge",
-            "Messages a group still has to acknowledge.",
-            vec![],
-        ),
-        (
-            names::OLDEST_AGE,
-            "gauge",
-            "Age of the oldest stacked message.",
-            vec![],
-        ),
-        (
-            names::IN_FLIGHT,
-            "gauge",
-            "Deliveries awaiting an outcome.",
-            vec![],
-        ),
-        (
-            names::RETRY_WAITING,
-            "gauge",
-            "Messages waiting for their retry time.",
-            vec![],
-        ),
-        (
-            names::DEAD_LETTERS,
-            "gauge",
-            "Rejected messages in the dead-letter list.",
-            vec![],
-        ),
-        (names::CONSUMERS, "gauge", "Connected consumers.", vec![]),
-        (
-            names::APPENDED,
-            "counter",
-            "Messages appended for a group.",
-            vec![],
-        ),
-        (
-            names::ACKED,
-            "counter",
-            "Messages acknowledged by a group.",
-            vec![],
-        ),
-        (names::REDELIVERED, "counter", "Redeliveries.", vec![]),
-        (
-            names::EXPIRED,
-            "counter",
-            "Messages removed by retention.",
-            vec![],
-        ),
-        (
-            names::REJECTED,
-            "counter",
-            "Messages rejected to the dead-letter list.",
-            vec![],
-        ),
-        (
-            names::PAUSED,
-            "gauge",
-            "1 while the project's sync is disabled.",
-            vec![],
-        ),
-    ];
+/// A gauge or a counter family; a counter's value is the backlog's own total, so it is
+/// set (once, on a fresh registry) rather than counted here.
+enum Family {
+    Gauge(GaugeVec),
+    Counter(CounterVec),
+}
+
+impl Family {
+    fn new(
+        reg: &Registry,
+        name: &str,
+        help: &str,
+        counter: bool,
+        labels: &[&str],
+    ) -> prometheus::Result<Family> {
+        let opts = Opts::new(name, help);
+        let (f, collector): (Family, Box<dyn prometheus::core::Collector>) = if counter {
+            let c = CounterVec::new(opts, labels)?;
+            (Family::Counter(c.clone()), Box::new(c))
+        } else {
+            let g = GaugeVec::new(opts, labels)?;
+            (Family::Gauge(g.clone()), Box::new(g))
+        };
+        reg.register(collector)?;
+        Ok(f)
+    }
+
+    fn set(&self, labels: &[&str], v: f64) {
+        match self {
+            Family::Gauge(g) => g.with_label_values(labels).set(v),
+            Family::Counter(c) => c.with_label_values(labels).inc_by(v.max(0.0)),
+        }
+    }
+}
+
+/// Renders every metric on a registry made for this scrape: the figures come from the
+/// backlog, the hub and the process (`process_*`, the standard process collector).
+pub async fn render(State(st): State<ApiState>) -> Response {
+    match gather(&st).await {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                TextEncoder::new().format_type().to_owned(),
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "rendering /metrics");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "metrics unavailable; see the server log",
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn gather(st: &ApiState) -> prometheus::Result<String> {
+    let reg = Registry::new();
+    if let Err(e) = reg.register(Box::new(ProcessCollector::for_self())) {
+        tracing::warn!(error = %e, "process metrics unavailable");
+    }
+    let groups: Vec<Family> = GROUP_SERIES
+        .iter()
+        .map(|(name, help, counter)| Family::new(&reg, name, help, *counter, &["project", "group"]))
+        .collect::<prometheus::Result<_>>()?;
+    let paused = Family::new(
+        &reg,
+        names::PAUSED,
+        "1 while the project's sync is disabled.",
+        false,
+        &["project"],
+    )?;
     let projects = st.registry.all_sync_settings().await.unwrap_or_default();
     for (pid, _, settings) in projects {
         if !settings.enabled && settings.last_method.is_none() {
@@ -112,74 +165,47 @@ pub async fn render(State(st): State<ApiState>) -> impl IntoResponse {
             continue;
         };
         let live = st.hub.consumers(&pid);
-        let p = esc(pid.as_str());
-        series[11].3.push((
-            format!("project=\"{p}\""),
-            f64::from(u8::from(stats.paused)),
-        ));
+        paused.set(&[pid.as_str()], f64::from(u8::from(stats.paused)));
         for g in &stats.groups {
-            let l = format!("project=\"{p}\",group=\"{}\"", esc(&g.group));
             let consumers = live.iter().filter(|c| c.group == g.group).count();
-            let vals = [
-                g.stacked as f64,
-                g.oldest_stacked_age_ms.unwrap_or(0) as f64 / 1000.0,
-                g.in_flight as f64,
-                g.retry_waiting as f64,
-                g.dead_letters as f64,
-                consumers as f64,
-                g.appended_total as f64,
-                g.acked_total as f64,
-                g.redelivered_total as f64,
-                g.expired_total as f64,
-                g.rejected_total as f64,
-            ];
-            for (i, v) in vals.into_iter().enumerate() {
-                series[i].3.push((l.clone(), v));
+            for (family, v) in groups.iter().zip(group_values(g, consumers)) {
+                family.set(&[pid.as_str(), &g.group], v);
             }
         }
     }
     if let Some(m) = st.backlog.index_memory() {
-        series.push((
+        Family::new(
+            &reg,
             names::INDEX_RESIDENT,
-            "gauge",
             "Memory held by the backlog index's per-message slots (bounded by delivery.index_memory).",
-            vec![(String::new(), m.resident_bytes as f64)],
-        ));
-        series.push((
+            false,
+            &[],
+        )?
+        .set(&[], m.resident_bytes as f64);
+        Family::new(
+            &reg,
             names::INDEX_SPILLED,
-            "gauge",
             "Index slots written out to the spill file.",
-            vec![(String::new(), m.spilled_bytes as f64)],
-        ));
+            false,
+            &[],
+        )?
+        .set(&[], m.spilled_bytes as f64);
     }
-    series.push((
+    Family::new(
+        &reg,
         names::AMQP_MERGED,
-        "counter",
         "Consumer disposition frames merged into ranges before the AMQP engine (ADR 0003).",
-        vec![(
-            String::new(),
-            st.hub
-                .counters
-                .amqp_dispositions_merged
-                .load(std::sync::atomic::Ordering::Relaxed) as f64,
-        )],
-    ));
-    for (name, kind, help, rows) in series {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (labels, v) in rows {
-            if labels.is_empty() {
-                let _ = writeln!(out, "{name} {v}");
-            } else {
-                let _ = writeln!(out, "{name}{{{labels}}} {v}");
-            }
-        }
-    }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        out,
-    )
+        true,
+        &[],
+    )?
+    .set(
+        &[],
+        st.hub
+            .counters
+            .amqp_dispositions_merged
+            .load(std::sync::atomic::Ordering::Relaxed) as f64,
+    );
+    let mut out = String::new();
+    TextEncoder::new().encode_utf8(&reg.gather(), &mut out)?;
+    Ok(out)
 }
