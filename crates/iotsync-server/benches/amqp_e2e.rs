@@ -35,7 +35,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use fe2o3_amqp::link::receiver::CreditMode;
 use fe2o3_amqp::sasl_profile::SaslProfile;
@@ -44,6 +44,10 @@ use fe2o3_amqp::types::primitives::Value as AmqpValue;
 use fe2o3_amqp::{Connection, Receiver, Session};
 use serde_json::{json, Value};
 use tokio::runtime::Runtime;
+
+mod support;
+
+use support::{clk_tck, comm, now_us, stat_ticks};
 
 use iotsync_core::payload::{property_post, PropertyItem};
 use iotsync_core::sign::amqp::{sign_password, AmqpAuthMode, AmqpCredentials};
@@ -115,41 +119,6 @@ fn args() -> Args {
         i += 2;
     }
     a
-}
-
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
-
-// ---------------------------------------------------------------------------------------
-// CPU accounting from /proc (clock ticks, usually 10 ms: fine over seconds of work).
-
-fn clk_tck() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// utime + stime in ticks, from a `/proc/.../stat` line.
-fn stat_ticks(path: &str) -> Option<u64> {
-    let s = std::fs::read_to_string(path).ok()?;
-    let rest = &s[s.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
-fn comm(path: &str) -> String {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
 }
 
 /// CPU of this process, and of its threads that are not the server's (the bench client

@@ -38,6 +38,10 @@ use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
 
+mod support;
+
+use support::{clk_tck, rss_kb, stat_ticks, thread_ticks};
+
 use iotsync_core::sign::device::{sign_password, DeviceClientId, DeviceUsername};
 use iotsync_sdk::amqp::AmqpConsumer;
 
@@ -88,64 +92,6 @@ fn args() -> Args {
     a
 }
 
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
-// ---------------------------------------------------------------------------------------
-// /proc accounting.
-
-fn clk_tck() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// utime + stime in ticks, from a `/proc/.../stat` file.
-fn stat_ticks(path: &str) -> u64 {
-    let Ok(s) = std::fs::read_to_string(path) else {
-        return 0;
-    };
-    let Some(rest) = s.rfind(')').map(|i| &s[i + 2..]) else {
-        return 0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    n(11) + n(12)
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// CPU ticks of this process's threads whose name starts with `prefix`.
-fn thread_ticks(prefix: &str) -> u64 {
-    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
-    };
-    dir.flatten()
-        .filter(|t| {
-            std::fs::read_to_string(t.path().join("comm"))
-                .map(|c| c.starts_with(prefix))
-                .unwrap_or(false)
-        })
-        .map(|t| stat_ticks(&t.path().join("stat").display().to_string()))
-        .sum()
-}
-
 #[derive(Clone, Copy)]
 struct Cpu {
     broker: u64,
@@ -155,7 +101,7 @@ struct Cpu {
 
 fn cpu(broker_pid: u32) -> Cpu {
     Cpu {
-        broker: stat_ticks(&format!("/proc/{broker_pid}/stat")),
+        broker: stat_ticks(&format!("/proc/{broker_pid}/stat")).unwrap_or(0),
         publishers: thread_ticks("pub-"),
         consumer: thread_ticks("sub-"),
     }
@@ -950,4 +896,9 @@ fn main() {
         eprintln!("device_e2e: some PUBACKed reports were not delivered (see the table)");
         std::process::exit(1);
     }
+}
+
+/// Wall-clock µs as the payloads carry it.
+fn now_us() -> u64 {
+    support::now_us().max(0) as u64
 }

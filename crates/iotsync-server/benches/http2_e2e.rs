@@ -13,9 +13,13 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+mod support;
+
+use support::now_us;
 
 use iotsync_core::{Envelope, MessageId, MessageKind, SyncMessage, SystemClock};
 use iotsync_sdk::amqp::AmqpConsumer;
@@ -63,13 +67,6 @@ fn args() -> Args {
         i += 2;
     }
     a
-}
-
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 fn payload(seq: usize) -> Vec<u8> {
