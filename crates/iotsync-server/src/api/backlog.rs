@@ -54,6 +54,7 @@ pub struct EventBody {
     #[schema(value_type = Option<String>)]
     pub event_type: Option<EventType>,
     /// Display name (default: the identifier).
+    #[schema(min_length = 1, max_length = 64)]
     pub name: Option<String>,
 }
 
@@ -221,7 +222,8 @@ pub struct DeadLetterView {
     pub generate_time: i64,
     pub attempts: u32,
     pub dead_at: i64,
-    #[schema(value_type = Object)]
+    /// The message's JSON payload (null if it is not JSON).
+    #[schema(value_type = Value)]
     pub payload: serde_json::Value,
 }
 

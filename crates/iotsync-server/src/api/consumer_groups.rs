@@ -23,6 +23,7 @@ use crate::delivery::groups::GroupError;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateConsumerGroup {
     /// 1 to 64 letters, digits, '-' and '_'; names starting with '_' are reserved.
+    #[schema(pattern = "^[A-Za-z0-9-][A-Za-z0-9_-]{0,63}$")]
     pub name: String,
     /// Take only these data classes: "device", "user". Leave out to take both.
     #[schema(value_type = Option<Vec<String>>)]

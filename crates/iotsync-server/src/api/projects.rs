@@ -17,6 +17,7 @@ use super::{ApiState, OPERATOR_ACTOR};
 #[serde(deny_unknown_fields)]
 pub struct CreateProject {
     /// 1 to 64 characters.
+    #[schema(min_length = 1, max_length = 64)]
     pub name: String,
 }
 

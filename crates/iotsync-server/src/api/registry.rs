@@ -20,10 +20,13 @@ use super::ApiState;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateProduct {
+    #[schema(min_length = 1, max_length = 64)]
     pub name: String,
     /// The product's category, e.g. "Light".
+    #[schema(min_length = 1, max_length = 64)]
     pub device_type: String,
     /// 4 to 32 letters and digits; generated when absent.
+    #[schema(pattern = "^[A-Za-z0-9]{4,32}$")]
     pub product_key: Option<String>,
 }
 
@@ -85,6 +88,7 @@ pub async fn get_product(
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateDevice {
     /// 4 to 32 characters: letters, digits and -_@.:
+    #[schema(pattern = "^[A-Za-z0-9_@.:-]{4,32}$")]
     pub device_name: String,
 }
 
@@ -204,12 +208,16 @@ pub async fn device_properties(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateUser {
+    #[schema(min_length = 1, max_length = 64)]
     pub login_name: String,
     #[serde(default)]
+    #[schema(max_length = 64)]
     pub nick_name: String,
     #[serde(default)]
+    #[schema(max_length = 32)]
     pub phone: String,
     #[serde(default)]
+    #[schema(max_length = 128)]
     pub email: String,
 }
 
@@ -267,8 +275,11 @@ pub async fn get_user(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PatchUser {
+    #[schema(max_length = 64)]
     pub nick_name: Option<String>,
+    #[schema(max_length = 32)]
     pub phone: Option<String>,
+    #[schema(max_length = 128)]
     pub email: Option<String>,
 }
 
@@ -304,7 +315,9 @@ pub async fn delete_user(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateBinding {
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub identity_id: String,
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub iot_id: String,
     /// 1 (or true) = owner, 0 (or false) = shared.
     #[schema(value_type = u8)]

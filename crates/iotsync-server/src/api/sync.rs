@@ -29,6 +29,7 @@ pub async fn get(
 #[serde(deny_unknown_fields)]
 pub struct MethodBody {
     /// "amqp" (recommended, the default when enabling) or "http2".
+    #[schema(pattern = "^(amqp|http2)$")]
     pub method: Option<String>,
 }
 
