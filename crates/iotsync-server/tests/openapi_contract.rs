@@ -111,8 +111,14 @@ const SPEC_12: &[(&str, &str)] = &[
     ),
     ("GET", "/api/v1/projects/{project_id}/devices/{iot_id}"),
     ("DELETE", "/api/v1/projects/{project_id}/devices/{iot_id}"),
-    ("POST", "/api/v1/projects/{project_id}/devices/{iot_id}/enable"),
-    ("POST", "/api/v1/projects/{project_id}/devices/{iot_id}/disable"),
+    (
+        "POST",
+        "/api/v1/projects/{project_id}/devices/{iot_id}/enable",
+    ),
+    (
+        "POST",
+        "/api/v1/projects/{project_id}/devices/{iot_id}/disable",
+    ),
     (
         "POST",
         "/api/v1/projects/{project_id}/devices/{iot_id}/properties",
@@ -123,7 +129,10 @@ const SPEC_12: &[(&str, &str)] = &[
     ),
     ("POST", "/api/v1/projects/{project_id}/users"),
     ("PATCH", "/api/v1/projects/{project_id}/users/{identity_id}"),
-    ("DELETE", "/api/v1/projects/{project_id}/users/{identity_id}"),
+    (
+        "DELETE",
+        "/api/v1/projects/{project_id}/users/{identity_id}",
+    ),
     ("POST", "/api/v1/projects/{project_id}/bindings"),
     (
         "DELETE",
@@ -133,7 +142,10 @@ const SPEC_12: &[(&str, &str)] = &[
     ("POST", "/api/v1/projects/{project_id}/sync/enable"),
     ("POST", "/api/v1/projects/{project_id}/sync/disable"),
     ("POST", "/api/v1/projects/{project_id}/sync/switch"),
-    ("PUT", "/api/v1/projects/{project_id}/sync/products/{product_key}"),
+    (
+        "PUT",
+        "/api/v1/projects/{project_id}/sync/products/{product_key}",
+    ),
     ("GET", "/api/v1/projects/{project_id}/sync/stats"),
     ("GET", "/api/v1/projects/{project_id}/sync/dead-letters"),
     (
@@ -145,7 +157,10 @@ const SPEC_12: &[(&str, &str)] = &[
         "/api/v1/projects/{project_id}/sync/dead-letters/{message_id}",
     ),
     ("GET", "/api/v1/projects/{project_id}/api-operations"),
-    ("PUT", "/api/v1/projects/{project_id}/api-operations/{group}"),
+    (
+        "PUT",
+        "/api/v1/projects/{project_id}/api-operations/{group}",
+    ),
     ("POST", "/api/v1/admin/import"),
 ];
 
@@ -184,13 +199,22 @@ async fn the_document_lists_every_route_the_router_serves_and_every_spec_path() 
     let served: BTreeSet<_> = routes.iter().map(key).collect();
 
     let undocumented: Vec<_> = served.difference(&documented).collect();
-    assert!(undocumented.is_empty(), "routes missing from the document: {undocumented:?}");
+    assert!(
+        undocumented.is_empty(),
+        "routes missing from the document: {undocumented:?}"
+    );
     let unserved: Vec<_> = documented.difference(&served).collect();
-    assert!(unserved.is_empty(), "documented but not routed: {unserved:?}");
+    assert!(
+        unserved.is_empty(),
+        "documented but not routed: {unserved:?}"
+    );
 
     for (m, p) in SPEC_12 {
         let k = (m.to_string(), p.to_string());
-        assert!(documented.contains(&k), "SPEC §12 {m} {p} is not in the document");
+        assert!(
+            documented.contains(&k),
+            "SPEC §12 {m} {p} is not in the document"
+        );
     }
     s.stop().await;
 }
@@ -223,8 +247,13 @@ async fn every_operation_documents_its_body_its_answers_and_its_errors() {
     let mut ids = BTreeSet::new();
     for ((method, path), op) in operations(&doc) {
         let at = format!("{method} {path}");
-        let id = op["operationId"].as_str().unwrap_or_else(|| panic!("{at}: no operationId"));
-        assert!(ids.insert(id.to_owned()), "{at}: operationId {id} is used twice");
+        let id = op["operationId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{at}: no operationId"));
+        assert!(
+            ids.insert(id.to_owned()),
+            "{at}: operationId {id} is used twice"
+        );
 
         // Every `{param}` of the path is declared.
         let declared: BTreeSet<_> = op["parameters"]
@@ -286,7 +315,11 @@ async fn every_operation_documents_its_body_its_answers_and_its_errors() {
                 assert!(responses.contains_key("507"), "{at}: no 507 (it writes)");
             }
         } else {
-            assert_eq!(op["security"], json!([{}]), "{at}: public, yet asks for a token");
+            assert_eq!(
+                op["security"],
+                json!([{}]),
+                "{at}: public, yet asks for a token"
+            );
         }
     }
     s.stop().await;
@@ -297,13 +330,7 @@ const BAD_ID: &str = "bad!id";
 
 fn probe_path(path: &str) -> String {
     path.split('/')
-        .map(|seg| {
-            if seg.starts_with('{') {
-                BAD_ID
-            } else {
-                seg
-            }
-        })
+        .map(|seg| if seg.starts_with('{') { BAD_ID } else { seg })
         .collect::<Vec<_>>()
         .join("/")
 }
@@ -326,7 +353,11 @@ async fn every_route_of_the_table_is_served_and_reads_a_body_where_documented() 
         if r.operator {
             assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED, "{at}");
         } else {
-            assert!(anonymous.status().is_success(), "{at}: {}", anonymous.status());
+            assert!(
+                anonymous.status().is_success(),
+                "{at}: {}",
+                anonymous.status()
+            );
         }
 
         let mut req = s.http.request(method.clone(), &url).bearer_auth(TOKEN);
@@ -369,7 +400,9 @@ struct Fixture {
 }
 
 async fn fixture(s: &Server) -> Fixture {
-    let project = s.create("/api/v1/projects", json!({"name": "Contract"})).await;
+    let project = s
+        .create("/api/v1/projects", json!({"name": "Contract"}))
+        .await;
     let pid = project["projectId"].as_str().unwrap().to_owned();
     let spare = s.create("/api/v1/projects", json!({"name": "Spare"})).await;
     let (st, v) = s
@@ -498,8 +531,9 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document()
     std::fs::write(&schema, serde_json::to_vec(&doc).unwrap()).unwrap();
 
     let started = Instant::now();
-    let out = tokio::process::Command::new("schemathesis")
-        .arg("--config-file")
+    // `python3 -m`: the same interpreter the other peers use, wherever pip put its scripts.
+    let out = tokio::process::Command::new("python3")
+        .args(["-m", "schemathesis.cli", "--config-file"])
         .arg(&config)
         .arg("run")
         .arg(&schema)
@@ -528,7 +562,10 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document()
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}\n{stderr}");
     println!("schemathesis took {:.1} s", took.as_secs_f64());
-    assert!(out.status.success(), "schemathesis found problems (output above)");
+    assert!(
+        out.status.success(),
+        "schemathesis found problems (output above)"
+    );
 
     // It tested every operation of the document, not a handful.
     let documented: BTreeSet<String> = operations(&doc)
@@ -543,6 +580,9 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document()
         .map(str::to_owned)
         .collect();
     let untested: Vec<_> = documented.difference(&tested).collect();
-    assert!(untested.is_empty(), "schemathesis did not test {untested:?}");
+    assert!(
+        untested.is_empty(),
+        "schemathesis did not test {untested:?}"
+    );
     s.stop().await;
 }

@@ -19,9 +19,9 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
+use subtle::ConstantTimeEq;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use subtle::ConstantTimeEq;
 
 use iotsync_core::SharedClock;
 use iotsync_store::Registry;
@@ -259,7 +259,10 @@ pub const API_PREFIX: &str = "/api/v1";
 
 /// The OpenAPI document of the API, built from the same table as the router.
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    openapi::build(operator_routes().into_openapi(), public_routes().into_openapi())
+    openapi::build(
+        operator_routes().into_openapi(),
+        public_routes().into_openapi(),
+    )
 }
 
 pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
