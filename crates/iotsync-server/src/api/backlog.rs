@@ -21,8 +21,27 @@ use crate::ingest::ReportOutcome;
 #[serde(deny_unknown_fields)]
 pub struct PropertiesReport {
     /// `{identifier: value}` or `{identifier: {value, time}}`.
-    #[schema(value_type = Object)]
+    #[schema(schema_with = items_schema)]
     pub items: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `items` as the ingest checks it: 1 to `MAX_ITEMS` properties named by identifiers
+/// (`payload::validate_identifier`), each any JSON value.
+fn items_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[A-Za-z_][A-Za-z0-9_]{0,49}$")),
+        ))
+        .min_properties(Some(1))
+        .max_properties(Some(crate::ingest::MAX_ITEMS))
+        .description(Some(
+            "`{identifier: value}` or `{identifier: {value, time}}`.",
+        ))
+        .into()
 }
 
 #[utoipa::path(post, path = "/projects/{project_id}/devices/{iot_id}/properties", tag = "device data",

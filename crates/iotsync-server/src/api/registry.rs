@@ -320,8 +320,23 @@ pub struct CreateBinding {
     #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub iot_id: String,
     /// 1 (or true) = owner, 0 (or false) = shared.
-    #[schema(value_type = u8)]
+    #[schema(schema_with = owned_schema)]
     pub owned: Owned,
+}
+
+/// `owned` as the document states it: 1 or 0, or a boolean (what [`Owned`] accepts and
+/// [`bind`] checks).
+fn owned_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .enum_values(Some([0, 1])),
+        )
+        .item(ObjectBuilder::new().schema_type(Type::Boolean))
+        .description(Some("1 (or true) = owner, 0 (or false) = shared."))
+        .into()
 }
 
 /// `owned` as the platform writes it (1/0), or as a boolean.

@@ -63,8 +63,18 @@ pub async fn disable(
     apply(&st, &project_id(&pid)?, SyncCommand::Disable).await
 }
 
+/// The body of `sync/switch` as documented: [`MethodBody`] with `method` required (the
+/// handler reads a `MethodBody` and answers its own 400 naming `method` when it is absent).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct SwitchBody {
+    /// "amqp" or "http2": the method to switch to.
+    #[schema(pattern = "^(amqp|http2)$")]
+    method: String,
+}
+
 #[utoipa::path(post, path = "/projects/{project_id}/sync/switch", tag = "sync",
-    params(("project_id" = String, Path)), request_body = MethodBody,
+    params(("project_id" = String, Path)), request_body = SwitchBody,
     responses((status = 200, body = SyncState), (status = 409, body = ErrorBody)))]
 pub async fn switch(
     State(st): State<ApiState>,
