@@ -383,6 +383,41 @@ async fn every_route_of_the_table_is_served_and_reads_a_body_where_documented() 
             }
         }
     }
+
+    // And nothing more: a method the document does not list for a path is not served
+    // there (a `routes!` grouping handlers of different paths would serve each on both).
+    let mut by_path: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (m, p) in ops.keys() {
+        by_path.entry(p.clone()).or_default().insert(m.clone());
+    }
+    for (path, methods) in by_path {
+        for m in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
+            if methods.contains(m) {
+                continue;
+            }
+            let resp = s
+                .http
+                .request(
+                    Method::from_bytes(m.as_bytes()).unwrap(),
+                    format!("{}{}", s.base, probe_path(&path)),
+                )
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status();
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            assert_eq!(
+                status,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{m} {path} is served undocumented: {body}"
+            );
+            assert_eq!(
+                body["code"], "http.method_not_allowed",
+                "{m} {path}: {body}"
+            );
+        }
+    }
     s.stop().await;
 }
 
