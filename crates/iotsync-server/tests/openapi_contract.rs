@@ -16,6 +16,8 @@ use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
 
 use iotsync_server::api::ApiRoute;
+use iotsync_server::delivery::hub::{AttachRequest, ConsumerLink};
+use iotsync_server::delivery::{ChannelKind, Outcome};
 use iotsync_server::{ConfigOverrides, RunningServer, ServerConfig};
 
 const TOKEN: &str = "test-operator-token-0123456789";
@@ -425,6 +427,11 @@ async fn every_route_of_the_table_is_served_and_reads_a_body_where_documented() 
 /// cases reach the handlers' logic instead of stopping at a 404. Destructive operations
 /// get objects of their own, so they do not take the shared ones from the rest.
 struct Fixture {
+    /// A consumer of the default group, connected through the run (`sync/consumers` lists
+    /// it); it rejected the two reports into dead letters.
+    _consumer: ConsumerLink,
+    /// Dead letters: one for `retry`, one for `DELETE`.
+    dead_letters: [String; 2],
     project: String,
     spare_project: String,
     product: String,
@@ -485,16 +492,52 @@ async fn fixture(s: &Server) -> Fixture {
         json!({"name": "analytics"}),
     )
     .await;
-    // A property report, so the stats and the stack have something in them.
-    let (st, v) = s
+    // Two property reports, rejected by a consumer of the default group: the stats, the
+    // stack and the dead-letter list have something in them.
+    let hub = s.server.as_ref().unwrap().hub();
+    let mut consumer = hub
+        .attach(AttachRequest {
+            project: pid.parse().unwrap(),
+            group: project["appKey"].as_str().unwrap().parse().unwrap(),
+            channel: ChannelKind::Amqp,
+            remote: "openapi_contract".into(),
+            client_id: "openapi_contract".into(),
+        })
+        .await
+        .unwrap();
+    for power in [1, 0] {
+        let (st, v) = s
+            .call(
+                Method::POST,
+                &format!("/api/v1/projects/{pid}/devices/{}/properties", devices[0]),
+                Some(json!({"items": {"power": power}})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+    }
+    let mut dead = Vec::new();
+    while dead.len() < 2 {
+        let batch = tokio::time::timeout(Duration::from_secs(20), consumer.next(2))
+            .await
+            .expect("the reports reach the consumer")
+            .unwrap();
+        for d in batch {
+            consumer.settle(&d.token, Outcome::Rejected).await.unwrap();
+            dead.push(d.message.envelope.message_id.to_string());
+        }
+    }
+    let (st, listed) = s
         .call(
-            Method::POST,
-            &format!("/api/v1/projects/{pid}/devices/{}/properties", devices[0]),
-            Some(json!({"items": {"power": 1}})),
+            Method::GET,
+            &format!("/api/v1/projects/{pid}/sync/dead-letters"),
+            None,
         )
         .await;
-    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(st, StatusCode::OK, "{listed}");
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
     Fixture {
+        _consumer: consumer,
+        dead_letters: [dead[0].clone(), dead[1].clone()],
         project: pid,
         spare_project: spare["projectId"].as_str().unwrap().to_owned(),
         product: pk,
@@ -505,6 +548,8 @@ async fn fixture(s: &Server) -> Fixture {
     }
 }
 
+/// Per-operation blocks select by `include-name` ("METHOD path"): within one block,
+/// separate `include-path` and `include-method` filters match either, not both.
 fn schemathesis_config(f: &Fixture, hooks: &Path) -> String {
     format!(
         r#"hooks = "{hooks}"
@@ -515,23 +560,35 @@ product_key = "{pk}"
 iot_id = "{iot}"
 identity_id = "{user}"
 identifier = "alarm"
-message_id = "no-such-dead-letter"
+message_id = "{dead0}"
 name = "analytics"
 group = "thing_model"
 
+# Bodies that name objects: real ones most of the time, so binds get past the 404.
+[dictionaries.users]
+values = ["{user}", "{spare_user}"]
+
+[dictionaries.devices]
+values = ["{iot}", "{spare_iot}"]
+
 [[operations]]
-include-path = "/api/v1/projects/{{project_id}}"
-include-method = "DELETE"
+include-name = "POST /api/v1/projects/{{project_id}}/bindings"
+parameters = {{ project_id = "{pid}", "body.identityId" = {{ dictionary = "users", probability = 0.8 }}, "body.iotId" = {{ dictionary = "devices", probability = 0.8 }} }}
+
+[[operations]]
+include-name = "DELETE /api/v1/projects/{{project_id}}/sync/dead-letters/{{message_id}}"
+parameters = {{ project_id = "{pid}", message_id = "{dead1}" }}
+
+[[operations]]
+include-name = "DELETE /api/v1/projects/{{project_id}}"
 parameters = {{ project_id = "{spare_pid}" }}
 
 [[operations]]
-include-path = "/api/v1/projects/{{project_id}}/devices/{{iot_id}}"
-include-method = "DELETE"
+include-name = "DELETE /api/v1/projects/{{project_id}}/devices/{{iot_id}}"
 parameters = {{ project_id = "{pid}", iot_id = "{spare_iot}" }}
 
 [[operations]]
-include-path = "/api/v1/projects/{{project_id}}/users/{{identity_id}}"
-include-method = "DELETE"
+include-name = "DELETE /api/v1/projects/{{project_id}}/users/{{identity_id}}"
 parameters = {{ project_id = "{pid}", identity_id = "{spare_user}" }}
 "#,
         hooks = hooks.display(),
@@ -542,6 +599,8 @@ parameters = {{ project_id = "{pid}", identity_id = "{spare_user}" }}
         spare_pid = f.spare_project,
         spare_iot = f.spare_device,
         spare_user = f.spare_user,
+        dead0 = f.dead_letters[0],
+        dead1 = f.dead_letters[1],
     )
 }
 
