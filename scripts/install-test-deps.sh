@@ -4,7 +4,8 @@
 # everything is present.
 #   Debian: python3-dev (to build python-qpid-proton), mosquitto-clients, chromium,
 #           protobuf-compiler (protoc for tonic-build), postgresql-client
-#   PyPI:   tests/peers/requirements.txt (python-qpid-proton, grpcio, grpcio-tools, paho-mqtt)
+#   PyPI:   tests/peers/requirements.txt (python-qpid-proton, grpcio, grpcio-tools, paho-mqtt,
+#           schemathesis)
 #   npm:    tests/peers/package.json (rhea, playwright-core)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +22,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-if ! python3 -c "import proton, grpc, grpc_tools, paho.mqtt" 2>/dev/null; then
+if ! python3 -c "import proton, grpc, grpc_tools, paho.mqtt, schemathesis" 2>/dev/null; then
   echo "install-test-deps: pip install -r tests/peers/requirements.txt"
   python3 -m pip install -q --disable-pip-version-check -r tests/peers/requirements.txt
 fi

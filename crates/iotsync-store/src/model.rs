@@ -133,7 +133,8 @@ pub struct DeviceWithSecret {
 #[serde(rename_all = "camelCase")]
 pub struct PropertyValue {
     pub identifier: String,
-    #[schema(value_type = Object)]
+    /// Any JSON value, as the device reported it.
+    #[schema(value_type = Value)]
     pub value: serde_json::Value,
     pub time: i64,
 }
@@ -211,9 +212,11 @@ pub struct AuditEntry {
     pub actor: String,
     pub at: i64,
     pub action: String,
-    #[schema(value_type = Object)]
+    /// The state before the change (null when the action created it).
+    #[schema(value_type = Value)]
     pub before: serde_json::Value,
-    #[schema(value_type = Object)]
+    /// The state after the change (null when the action removed it).
+    #[schema(value_type = Value)]
     pub after: serde_json::Value,
 }
 

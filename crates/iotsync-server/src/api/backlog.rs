@@ -21,14 +21,35 @@ use crate::ingest::ReportOutcome;
 #[serde(deny_unknown_fields)]
 pub struct PropertiesReport {
     /// `{identifier: value}` or `{identifier: {value, time}}`.
-    #[schema(value_type = Object)]
+    #[schema(schema_with = items_schema)]
     pub items: serde_json::Map<String, serde_json::Value>,
 }
 
-#[utoipa::path(post, path = "/api/v1/projects/{project_id}/devices/{iot_id}/properties", tag = "device data",
+/// `items` as the ingest checks it: 1 to `MAX_ITEMS` properties named by identifiers
+/// (`payload::validate_identifier`), each any JSON value.
+fn items_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[A-Za-z_][A-Za-z0-9_]{0,49}$")),
+        ))
+        .min_properties(Some(1))
+        .max_properties(Some(crate::ingest::MAX_ITEMS))
+        .description(Some(
+            "`{identifier: value}` or `{identifier: {value, time}}`.",
+        ))
+        .into()
+}
+
+#[utoipa::path(post, path = "/projects/{project_id}/devices/{iot_id}/properties", tag = "device data",
     params(("project_id" = String, Path), ("iot_id" = String, Path)), request_body = PropertiesReport,
     responses((status = 200, description = "Durable in the backlog (or not produced: sync or the product is off)", body = ReportOutcome),
-              (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 507, body = ErrorBody)))]
+              (status = 400, body = ErrorBody),
+              (status = 403, description = "device.disabled: enable the device before it reports", body = ErrorBody),
+              (status = 507, body = ErrorBody), (status = 503, description = "unavailable: the server is shutting down", body = ErrorBody)))]
 pub async fn report_properties(
     State(st): State<ApiState>,
     Path((pid, iot)): Path<(String, String)>,
@@ -52,12 +73,16 @@ pub struct EventBody {
     #[schema(value_type = Option<String>)]
     pub event_type: Option<EventType>,
     /// Display name (default: the identifier).
+    #[schema(min_length = 1, max_length = 64)]
     pub name: Option<String>,
 }
 
-#[utoipa::path(post, path = "/api/v1/projects/{project_id}/devices/{iot_id}/events/{identifier}", tag = "device data",
+#[utoipa::path(post, path = "/projects/{project_id}/devices/{iot_id}/events/{identifier}", tag = "device data",
     params(("project_id" = String, Path), ("iot_id" = String, Path), ("identifier" = String, Path)), request_body = EventBody,
-    responses((status = 200, body = ReportOutcome), (status = 400, body = ErrorBody)))]
+    responses((status = 200, description = "Durable in the backlog (or not produced: sync or the product is off)", body = ReportOutcome),
+              (status = 400, body = ErrorBody),
+              (status = 403, description = "device.disabled: enable the device before it reports", body = ErrorBody),
+              (status = 503, description = "unavailable: the server is shutting down", body = ErrorBody)))]
 pub async fn report_event(
     State(st): State<ApiState>,
     Path((pid, iot, ident)): Path<(String, String, String)>,
@@ -171,9 +196,9 @@ pub async fn figures(st: &ApiState, pid: &iotsync_core::ProjectId) -> ApiResult<
     })
 }
 
-#[utoipa::path(get, path = "/api/v1/projects/{project_id}/sync/stats", tag = "sync",
+#[utoipa::path(get, path = "/projects/{project_id}/sync/stats", tag = "sync",
     params(("project_id" = String, Path)),
-    responses((status = 200, description = "Backlog figures per consumer group (SPEC §5)", body = SyncFigures)))]
+    responses((status = 200, description = "Backlog figures per consumer group (SPEC §5)", body = SyncFigures), (status = 503, description = "unavailable: the server is shutting down", body = ErrorBody)))]
 pub async fn stats(
     State(st): State<ApiState>,
     Path(pid): Path<String>,
@@ -182,9 +207,9 @@ pub async fn stats(
     Ok(Json(figures(&st, &pid).await?))
 }
 
-#[utoipa::path(get, path = "/api/v1/projects/{project_id}/sync/consumers", tag = "sync",
+#[utoipa::path(get, path = "/projects/{project_id}/sync/consumers", tag = "sync",
     params(("project_id" = String, Path)),
-    responses((status = 200, description = "Connected consumers", body = Vec<Object>)))]
+    responses((status = 200, description = "Connected consumers", body = Vec<ConsumerInfo>)))]
 pub async fn consumers(
     State(st): State<ApiState>,
     Path(pid): Path<String>,
@@ -195,11 +220,14 @@ pub async fn consumers(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase")]
 pub struct DeadLetterQuery {
     /// The `seq` of the last item of the previous page.
+    #[param(nullable = false)]
     pub after_seq: Option<u64>,
     /// 1 to 200 (default 50).
+    #[param(nullable = false, minimum = 1, maximum = 200)]
     pub limit: Option<usize>,
 }
 
@@ -213,13 +241,14 @@ pub struct DeadLetterView {
     pub generate_time: i64,
     pub attempts: u32,
     pub dead_at: i64,
-    #[schema(value_type = Object)]
+    /// The message's JSON payload (null if it is not JSON).
+    #[schema(value_type = Value)]
     pub payload: serde_json::Value,
 }
 
-#[utoipa::path(get, path = "/api/v1/projects/{project_id}/sync/dead-letters", tag = "sync",
+#[utoipa::path(get, path = "/projects/{project_id}/sync/dead-letters", tag = "sync",
     params(("project_id" = String, Path), DeadLetterQuery),
-    responses((status = 200, body = Vec<DeadLetterView>)))]
+    responses((status = 200, description = "Oldest first, one entry per group a message is dead in", body = Vec<DeadLetterView>), (status = 503, description = "unavailable: the server is shutting down", body = ErrorBody)))]
 pub async fn dead_letters(
     State(st): State<ApiState>,
     Path(pid): Path<String>,
@@ -264,9 +293,10 @@ pub struct DeadLetterAction {
     pub groups: usize,
 }
 
-#[utoipa::path(post, path = "/api/v1/projects/{project_id}/sync/dead-letters/{message_id}/retry", tag = "sync",
+#[utoipa::path(post, path = "/projects/{project_id}/sync/dead-letters/{message_id}/retry", tag = "sync",
     params(("project_id" = String, Path), ("message_id" = String, Path)),
-    responses((status = 200, body = DeadLetterAction), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "Back in the stack of every group it was dead in", body = DeadLetterAction),
+              (status = 404, description = "not_found: no such project or dead letter", body = ErrorBody), (status = 503, description = "unavailable: the server is shutting down", body = ErrorBody)))]
 pub async fn retry_dead_letter(
     State(st): State<ApiState>,
     Path((pid, mid)): Path<(String, String)>,
@@ -281,9 +311,10 @@ pub async fn retry_dead_letter(
     }))
 }
 
-#[utoipa::path(delete, path = "/api/v1/projects/{project_id}/sync/dead-letters/{message_id}", tag = "sync",
+#[utoipa::path(delete, path = "/projects/{project_id}/sync/dead-letters/{message_id}", tag = "sync",
     params(("project_id" = String, Path), ("message_id" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody)))]
+    responses((status = 204, description = "Dropped from every group it was dead in"),
+              (status = 404, description = "not_found: no such project or dead letter", body = ErrorBody), (status = 503, description = "unavailable: the server is shutting down", body = ErrorBody)))]
 pub async fn drop_dead_letter(
     State(st): State<ApiState>,
     Path((pid, mid)): Path<(String, String)>,

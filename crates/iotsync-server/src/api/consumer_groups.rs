@@ -23,6 +23,7 @@ use crate::delivery::groups::GroupError;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateConsumerGroup {
     /// 1 to 64 letters, digits, '-' and '_'; names starting with '_' are reserved.
+    #[schema(pattern = "^[A-Za-z0-9-][A-Za-z0-9_-]{0,63}$")]
     pub name: String,
     /// Take only these data classes: "device", "user". Leave out to take both.
     #[schema(value_type = Option<Vec<String>>)]
@@ -185,11 +186,12 @@ fn group_name(field: &str, s: &str) -> ApiResult<ConsumerGroup> {
     id(field, s)
 }
 
-#[utoipa::path(post, path = "/api/v1/projects/{project_id}/consumer-groups", tag = "consumer groups",
+#[utoipa::path(post, path = "/projects/{project_id}/consumer-groups", operation_id = "createConsumerGroup", tag = "consumer groups",
     params(("project_id" = String, Path)), request_body = CreateConsumerGroup,
     responses((status = 201, description = "Declared: it collects what its filter takes from now on, connected or not", body = ConsumerGroupView),
               (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-              (status = 409, description = "A group of that name exists, or the project has its most groups", body = ErrorBody)))]
+              (status = 409, description = "A group of that name exists, or the project has its most groups", body = ErrorBody),
+              (status = 503, description = "unavailable: the server is shutting down", body = ErrorBody)))]
 pub async fn create(
     State(st): State<ApiState>,
     Path(pid): Path<String>,
@@ -218,7 +220,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(v)))
 }
 
-#[utoipa::path(get, path = "/api/v1/projects/{project_id}/consumer-groups", tag = "consumer groups",
+#[utoipa::path(get, path = "/projects/{project_id}/consumer-groups", operation_id = "listConsumerGroups", tag = "consumer groups",
     params(("project_id" = String, Path)),
     responses((status = 200, description = "The project's declared groups by name", body = Vec<ConsumerGroupView>),
               (status = 404, body = ErrorBody)))]
@@ -231,7 +233,7 @@ pub async fn list(
     Ok(Json(views(&st, &pid, &groups).await?))
 }
 
-#[utoipa::path(get, path = "/api/v1/projects/{project_id}/consumer-groups/{name}", tag = "consumer groups",
+#[utoipa::path(get, path = "/projects/{project_id}/consumer-groups/{name}", operation_id = "getConsumerGroup", tag = "consumer groups",
     params(("project_id" = String, Path), ("name" = String, Path)),
     responses((status = 200, body = ConsumerGroupView), (status = 404, body = ErrorBody)))]
 pub async fn get(
@@ -252,10 +254,10 @@ pub async fn get(
     Ok(Json(v))
 }
 
-#[utoipa::path(delete, path = "/api/v1/projects/{project_id}/consumer-groups/{name}", tag = "consumer groups",
+#[utoipa::path(delete, path = "/projects/{project_id}/consumer-groups/{name}", operation_id = "deleteConsumerGroup", tag = "consumer groups",
     params(("project_id" = String, Path), ("name" = String, Path)),
     responses((status = 204, description = "Deleted; what it still owed is dropped and counted (droppedByGroupDelete in the sync figures)"),
-              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, description = "unavailable: the server is shutting down", body = ErrorBody)))]
 pub async fn delete(
     State(st): State<ApiState>,
     Path((pid, name)): Path<(String, String)>,

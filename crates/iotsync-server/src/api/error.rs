@@ -1,5 +1,7 @@
 //! One place maps every error to an HTTP status and the body `{code, message, field?}`.
-//! Server-side details (database errors) go to the log, never to the client.
+//! Server-side details (database errors) go to the log, never to the client. Every match
+//! names each variant (no `_` arm): a variant added to an error enum does not compile
+//! until someone decides its status here.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -7,6 +9,7 @@ use axum::Json;
 use serde::Serialize;
 
 use iotsync_core::ids::IdError;
+use iotsync_core::sync_rules::RuleError;
 use iotsync_store::StoreError;
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -71,8 +74,8 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound { .. } => StatusCode::NOT_FOUND,
             StoreError::Conflict { .. } => StatusCode::CONFLICT,
             StoreError::Invalid { .. } => StatusCode::BAD_REQUEST,
-            StoreError::Rule(r) if r.code() == "invalid_argument" => StatusCode::BAD_REQUEST,
-            StoreError::Rule(_) | StoreError::Limit { .. } => StatusCode::CONFLICT,
+            StoreError::Rule(r) => rule_status(r),
+            StoreError::Limit { .. } => StatusCode::CONFLICT,
             StoreError::DiskFull(_) => {
                 tracing::error!(error = %e, "registry disk full");
                 return ApiError::new(
@@ -95,6 +98,22 @@ impl From<StoreError> for ApiError {
             err = err.with_field(f);
         }
         err
+    }
+}
+
+/// A rule of SPEC §3 that refused a change: a value that is not valid is the client's
+/// 400; every other rule is the project's state refusing it, 409.
+fn rule_status(r: &RuleError) -> StatusCode {
+    match r {
+        RuleError::InvalidValue { .. } => StatusCode::BAD_REQUEST,
+        RuleError::AlreadyEnabled { .. }
+        | RuleError::NotEnabled
+        | RuleError::LegacyNotAllowed
+        | RuleError::LegacyRetired
+        | RuleError::MixedMustReenable { .. }
+        | RuleError::SameMethod { .. }
+        | RuleError::SwitchNotSupported { .. }
+        | RuleError::LegacyNotActive => StatusCode::CONFLICT,
     }
 }
 
@@ -134,16 +153,9 @@ impl From<iotsync_backlog::BacklogError> for ApiError {
                 "unavailable",
                 "the server is shutting down",
             ),
+            // A lease is the channels' business: the API never holds one, so meeting
+            // one here is a server bug, not the client's.
             B::Io { .. } | B::UnknownLease { .. } => {
-                tracing::error!(error = %e, "backlog error");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error; see the server log",
-                )
-            }
-            #[allow(unreachable_patterns)]
-            _ => {
                 tracing::error!(error = %e, "backlog error");
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -184,6 +196,109 @@ mod tests {
         let e = ApiError::from(full);
         assert_eq!(e.status, StatusCode::INSUFFICIENT_STORAGE);
         assert_eq!(e.body.code, "store.disk_full");
+    }
+
+    #[test]
+    fn rule_errors_are_400_for_a_bad_value_and_409_for_the_state() {
+        let bad = ApiError::from(StoreError::Rule(RuleError::InvalidValue {
+            field: "method",
+            reason: "no".into(),
+        }));
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+        assert_eq!(bad.body.code, "invalid_argument");
+        assert_eq!(bad.body.field.as_deref(), Some("method"));
+        let state = ApiError::from(StoreError::Rule(RuleError::NotEnabled));
+        assert_eq!(state.status, StatusCode::CONFLICT);
+        assert_eq!(state.body.code, "sync.not_enabled");
+    }
+
+    #[test]
+    fn backlog_errors_map_to_their_status_and_code() {
+        use iotsync_backlog::BacklogError as B;
+        let project: iotsync_core::ProjectId = "p1".parse().unwrap();
+        let message_id: iotsync_core::MessageId = "m1".parse().unwrap();
+        let cases = [
+            (
+                B::DiskFull {
+                    path: "/x".into(),
+                    detail: "full".into(),
+                },
+                StatusCode::INSUFFICIENT_STORAGE,
+                "backlog.disk_full",
+            ),
+            (
+                B::Io {
+                    op: "write",
+                    path: "/x".into(),
+                    source: std::io::Error::other("boom"),
+                },
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+            ),
+            (
+                B::UnknownProject {
+                    project: project.clone(),
+                },
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
+            (
+                B::UnknownGroup {
+                    project: project.clone(),
+                    group: "g".parse().unwrap(),
+                },
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
+            (
+                B::TooManyGroups {
+                    project: project.clone(),
+                    max: 1,
+                },
+                StatusCode::CONFLICT,
+                "backlog.too_many_groups",
+            ),
+            (
+                B::UnknownLease { seq: 1 },
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+            ),
+            (
+                B::DeadLetterNotFound {
+                    project,
+                    message_id: message_id.clone(),
+                },
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
+            (
+                B::MessageTooLarge {
+                    message_id: message_id.clone(),
+                    size: 2,
+                    max: 1,
+                },
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+            ),
+            (
+                B::InvalidMessage {
+                    message_id,
+                    reason: "bad".into(),
+                },
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+            ),
+            (B::Closed, StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        ];
+        for (e, status, code) in cases {
+            let what = format!("{e:?}");
+            let api = ApiError::from(e);
+            assert_eq!(
+                (api.status, api.body.code.as_str()),
+                (status, code),
+                "{what}"
+            );
+        }
     }
 
     #[test]

@@ -98,11 +98,19 @@ async fn read_json<S: Send + Sync, T: DeserializeOwned>(
 }
 
 /// The field a serde error is about: the path, or for a missing/unknown field its name.
+/// An unknown field with an empty name (`{"": 1}`) is about the body (or the object at
+/// the path): `field` is never empty.
 fn field_of(path: &str, msg: &str) -> String {
     let quoted = msg
         .split('`')
         .nth(1)
+        .filter(|name| !name.is_empty())
         .filter(|_| msg.starts_with("missing field") || msg.starts_with("unknown field"));
+    // The path of an unknown field ends in that field's own key, which may be empty.
+    let path = match path.trim_end_matches('.') {
+        "" => ".",
+        p => p,
+    };
     match (path, quoted) {
         (".", Some(name)) => name.to_owned(),
         (p, Some(name)) if msg.starts_with("missing field") => format!("{p}.{name}"),
@@ -182,6 +190,18 @@ impl<S: Send + Sync> FromRequestParts<S> for PeerIp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unknown_field_with_an_empty_name_is_about_the_body() {
+        let msg = "unknown field ``, expected `items` at line 1 column 3";
+        // serde_path_to_error puts the unknown key itself on the path.
+        assert_eq!(field_of("", msg), "body");
+        assert_eq!(field_of("items.", msg), "items");
+        let named = "unknown field `x`, expected `items` at line 1 column 3";
+        assert_eq!(field_of(".", named), "x");
+        let missing = "missing field `items` at line 1 column 2";
+        assert_eq!(field_of(".", missing), "items");
+    }
 
     #[test]
     fn the_peer_address_comes_from_axum_or_tonic_connect_info() {

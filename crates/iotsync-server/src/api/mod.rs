@@ -17,9 +17,11 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{delete, get, post, put};
+use axum::routing::get;
 use axum::Router;
 use subtle::ConstantTimeEq;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use iotsync_core::SharedClock;
 use iotsync_store::Registry;
@@ -158,101 +160,113 @@ async fn fallback() -> ApiError {
     ApiError::not_found("no such API route")
 }
 
+/// The one table of the API's routes, relative to `/api/v1`. The router and the OpenAPI
+/// document are both built from it (utoipa-axum's `routes!` registers a handler with axum
+/// at the path and method of its `#[utoipa::path]`), so a route cannot exist undocumented.
+/// Handlers sharing a path go in one `routes!`.
+fn operator_routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::default()
+        .routes(routes!(projects::create, projects::list))
+        .routes(routes!(projects::get, projects::delete))
+        .routes(routes!(projects::rotate_secret))
+        .routes(routes!(projects::audit))
+        .routes(routes!(registry::create_product, registry::list_products))
+        .routes(routes!(registry::get_product))
+        .routes(routes!(registry::create_device))
+        .routes(routes!(registry::list_devices))
+        .routes(routes!(registry::get_device, registry::delete_device))
+        .routes(routes!(registry::enable_device))
+        .routes(routes!(registry::disable_device))
+        .routes(routes!(
+            registry::device_properties,
+            backlog::report_properties
+        ))
+        .routes(routes!(backlog::report_event))
+        .routes(routes!(backlog::stats))
+        .routes(routes!(backlog::consumers))
+        .routes(routes!(backlog::dead_letters))
+        .routes(routes!(backlog::retry_dead_letter))
+        .routes(routes!(backlog::drop_dead_letter))
+        .routes(routes!(registry::create_user, registry::list_users))
+        .routes(routes!(
+            registry::get_user,
+            registry::update_user,
+            registry::delete_user
+        ))
+        .routes(routes!(registry::bind, registry::list_bindings))
+        .routes(routes!(registry::unbind))
+        .routes(routes!(sync::get))
+        .routes(routes!(sync::enable))
+        .routes(routes!(sync::disable))
+        .routes(routes!(sync::switch))
+        .routes(routes!(sync::set_legacy_url))
+        .routes(routes!(sync::set_product))
+        .routes(routes!(sync::api_operations))
+        .routes(routes!(sync::set_api_group))
+        .routes(routes!(consumer_groups::create, consumer_groups::list))
+        .routes(routes!(consumer_groups::get, consumer_groups::delete))
+        .routes(routes!(projects::import))
+}
+
+/// The routes anyone may call (no operator token).
+fn public_routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::default().routes(routes!(openapi::document))
+}
+
+/// One route of the API as the router serves it: the method and the full path (axum's
+/// `{param}` syntax), e.g. `("POST", "/api/v1/projects")`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ApiRoute {
+    pub method: String,
+    pub path: String,
+    /// Needs the operator token (or a console session).
+    pub operator: bool,
+}
+
+/// Every route the router serves under `/api/v1`, read from the table the router is built
+/// from (not from the finished document), for the route-coverage test.
+pub fn routes() -> Vec<ApiRoute> {
+    let mut out = Vec::new();
+    for (table, operator) in [(operator_routes(), true), (public_routes(), false)] {
+        for (path, item) in table.into_openapi().paths.paths {
+            let ops = [
+                ("GET", item.get.is_some()),
+                ("PUT", item.put.is_some()),
+                ("POST", item.post.is_some()),
+                ("DELETE", item.delete.is_some()),
+                ("OPTIONS", item.options.is_some()),
+                ("HEAD", item.head.is_some()),
+                ("PATCH", item.patch.is_some()),
+                ("TRACE", item.trace.is_some()),
+            ];
+            for (method, present) in ops {
+                if present {
+                    out.push(ApiRoute {
+                        method: method.to_owned(),
+                        path: format!("{API_PREFIX}{path}"),
+                        operator,
+                    });
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Where the management API lives.
+pub const API_PREFIX: &str = "/api/v1";
+
+/// The OpenAPI document of the API, built from the same table as the router.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    openapi::build(
+        operator_routes().into_openapi(),
+        public_routes().into_openapi(),
+    )
+}
+
 pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
-    let p = "/projects/{project_id}";
-    let authed = Router::new()
-        .route("/projects", post(projects::create).get(projects::list))
-        .route(p, get(projects::get).delete(projects::delete))
-        .route(&format!("{p}/rotate-secret"), post(projects::rotate_secret))
-        .route(&format!("{p}/audit"), get(projects::audit))
-        .route(
-            &format!("{p}/products"),
-            post(registry::create_product).get(registry::list_products),
-        )
-        .route(
-            &format!("{p}/products/{{product_key}}"),
-            get(registry::get_product),
-        )
-        .route(
-            &format!("{p}/products/{{product_key}}/devices"),
-            post(registry::create_device),
-        )
-        .route(&format!("{p}/devices"), get(registry::list_devices))
-        .route(
-            &format!("{p}/devices/{{iot_id}}"),
-            get(registry::get_device).delete(registry::delete_device),
-        )
-        .route(
-            &format!("{p}/devices/{{iot_id}}/enable"),
-            post(registry::enable_device),
-        )
-        .route(
-            &format!("{p}/devices/{{iot_id}}/disable"),
-            post(registry::disable_device),
-        )
-        .route(
-            &format!("{p}/devices/{{iot_id}}/properties"),
-            get(registry::device_properties).post(backlog::report_properties),
-        )
-        .route(
-            &format!("{p}/devices/{{iot_id}}/events/{{identifier}}"),
-            post(backlog::report_event),
-        )
-        .route(&format!("{p}/sync/stats"), get(backlog::stats))
-        .route(&format!("{p}/sync/consumers"), get(backlog::consumers))
-        .route(
-            &format!("{p}/sync/dead-letters"),
-            get(backlog::dead_letters),
-        )
-        .route(
-            &format!("{p}/sync/dead-letters/{{message_id}}/retry"),
-            post(backlog::retry_dead_letter),
-        )
-        .route(
-            &format!("{p}/sync/dead-letters/{{message_id}}"),
-            delete(backlog::drop_dead_letter),
-        )
-        .route(
-            &format!("{p}/users"),
-            post(registry::create_user).get(registry::list_users),
-        )
-        .route(
-            &format!("{p}/users/{{identity_id}}"),
-            get(registry::get_user)
-                .patch(registry::update_user)
-                .delete(registry::delete_user),
-        )
-        .route(
-            &format!("{p}/bindings"),
-            post(registry::bind).get(registry::list_bindings),
-        )
-        .route(
-            &format!("{p}/bindings/{{identity_id}}/{{iot_id}}"),
-            delete(registry::unbind),
-        )
-        .route(&format!("{p}/sync"), get(sync::get))
-        .route(&format!("{p}/sync/enable"), post(sync::enable))
-        .route(&format!("{p}/sync/disable"), post(sync::disable))
-        .route(&format!("{p}/sync/switch"), post(sync::switch))
-        .route(&format!("{p}/sync/legacy"), put(sync::set_legacy_url))
-        .route(
-            &format!("{p}/sync/products/{{product_key}}"),
-            put(sync::set_product),
-        )
-        .route(&format!("{p}/api-operations"), get(sync::api_operations))
-        .route(
-            &format!("{p}/api-operations/{{group}}"),
-            put(sync::set_api_group),
-        )
-        .route(
-            &format!("{p}/consumer-groups"),
-            post(consumer_groups::create).get(consumer_groups::list),
-        )
-        .route(
-            &format!("{p}/consumer-groups/{{name}}"),
-            get(consumer_groups::get).delete(consumer_groups::delete),
-        )
-        .route("/admin/import", post(projects::import))
+    let (authed, _) = operator_routes()
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             kick_dispatcher,
@@ -260,18 +274,20 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_operator,
-        ));
+        ))
+        .split_for_parts();
+    let (public, _) = public_routes().split_for_parts();
     let metrics = Router::new()
         .route("/metrics", get(metrics::render))
         .with_state(state.clone());
     let v1 = Router::new()
-        .route("/openapi.json", get(openapi::document))
+        .merge(public)
         .merge(authed)
         .fallback(fallback)
         .with_state(state);
     Router::new()
         .merge(metrics)
-        .nest("/api/v1", v1)
+        .nest(API_PREFIX, v1)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn(json_errors))
 }

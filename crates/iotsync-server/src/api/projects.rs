@@ -17,17 +17,22 @@ use super::{ApiState, OPERATOR_ACTOR};
 #[serde(deny_unknown_fields)]
 pub struct CreateProject {
     /// 1 to 64 characters.
+    #[schema(min_length = 1, max_length = 64)]
     pub name: String,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase")]
 pub struct ListQuery {
     /// 1-based page number.
+    #[param(nullable = false, minimum = 1)]
     pub page_no: Option<u32>,
     /// 1 to 200 (default 50).
+    #[param(nullable = false, minimum = 1, maximum = 200)]
     pub page_size: Option<u32>,
     /// Matches name, projectId or appKey (case-insensitive substring).
+    #[param(nullable = false)]
     pub search: Option<String>,
 }
 
@@ -43,7 +48,7 @@ pub fn project_id(s: &str) -> ApiResult<ProjectId> {
     id("projectId", s)
 }
 
-#[utoipa::path(post, path = "/api/v1/projects", request_body = CreateProject, tag = "projects",
+#[utoipa::path(post, path = "/projects", operation_id = "createProject", request_body = CreateProject, tag = "projects",
     responses((status = 201, description = "Created; appSecret is shown only here", body = ProjectWithSecret),
               (status = 400, body = ErrorBody)))]
 pub async fn create(
@@ -57,7 +62,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(p)))
 }
 
-#[utoipa::path(get, path = "/api/v1/projects", params(ListQuery), tag = "projects",
+#[utoipa::path(get, path = "/projects", operation_id = "listProjects", params(ListQuery), tag = "projects",
     responses((status = 200, body = Page<Project>)))]
 pub async fn list(
     State(st): State<ApiState>,
@@ -68,14 +73,14 @@ pub async fn list(
     Ok(Json(st.registry.list_projects(search, page).await?))
 }
 
-#[utoipa::path(get, path = "/api/v1/projects/{project_id}", tag = "projects",
+#[utoipa::path(get, path = "/projects/{project_id}", operation_id = "getProject", tag = "projects",
     params(("project_id" = String, Path)),
     responses((status = 200, body = Project), (status = 404, body = ErrorBody)))]
 pub async fn get(State(st): State<ApiState>, Path(pid): Path<String>) -> ApiResult<Json<Project>> {
     Ok(Json(st.registry.get_project(&project_id(&pid)?).await?))
 }
 
-#[utoipa::path(delete, path = "/api/v1/projects/{project_id}", tag = "projects",
+#[utoipa::path(delete, path = "/projects/{project_id}", operation_id = "deleteProject", tag = "projects",
     params(("project_id" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn delete(State(st): State<ApiState>, Path(pid): Path<String>) -> ApiResult<StatusCode> {
@@ -85,7 +90,7 @@ pub async fn delete(State(st): State<ApiState>, Path(pid): Path<String>) -> ApiR
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(post, path = "/api/v1/projects/{project_id}/rotate-secret", tag = "projects",
+#[utoipa::path(post, path = "/projects/{project_id}/rotate-secret", tag = "projects",
     params(("project_id" = String, Path)),
     responses((status = 200, description = "The new appSecret, shown only here", body = ProjectWithSecret)))]
 pub async fn rotate_secret(
@@ -100,13 +105,16 @@ pub async fn rotate_secret(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase")]
 pub struct PageQuery {
+    #[param(nullable = false, minimum = 1)]
     pub page_no: Option<u32>,
+    #[param(nullable = false, minimum = 1, maximum = 200)]
     pub page_size: Option<u32>,
 }
 
-#[utoipa::path(get, path = "/api/v1/projects/{project_id}/audit", tag = "projects",
+#[utoipa::path(get, path = "/projects/{project_id}/audit", tag = "projects",
     params(("project_id" = String, Path), PageQuery),
     responses((status = 200, description = "Newest first", body = Page<AuditEntry>)))]
 pub async fn audit(
@@ -118,7 +126,7 @@ pub async fn audit(
     Ok(Json(st.registry.audit_log(&project_id(&pid)?, page).await?))
 }
 
-#[utoipa::path(post, path = "/api/v1/admin/import", request_body = ProjectImport, tag = "admin",
+#[utoipa::path(post, path = "/admin/import", request_body = ProjectImport, tag = "admin",
     responses((status = 201, body = Project), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn import(
     State(st): State<ApiState>,

@@ -20,14 +20,17 @@ use super::ApiState;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateProduct {
+    #[schema(min_length = 1, max_length = 64)]
     pub name: String,
     /// The product's category, e.g. "Light".
+    #[schema(min_length = 1, max_length = 64)]
     pub device_type: String,
     /// 4 to 32 letters and digits; generated when absent.
+    #[schema(pattern = "^[A-Za-z0-9]{4,32}$")]
     pub product_key: Option<String>,
 }
 
-#[utoipa::path(post, path = "/api/v1/projects/{project_id}/products", tag = "registry",
+#[utoipa::path(post, path = "/projects/{project_id}/products", tag = "registry",
     params(("project_id" = String, Path)), request_body = CreateProduct,
     responses((status = 201, body = Product), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn create_product(
@@ -55,7 +58,7 @@ pub async fn create_product(
     Ok((StatusCode::CREATED, Json(p)))
 }
 
-#[utoipa::path(get, path = "/api/v1/projects/{project_id}/products", tag = "registry",
+#[utoipa::path(get, path = "/projects/{project_id}/products", tag = "registry",
     params(("project_id" = String, Path), PageQuery), responses((status = 200, body = Page<Product>)))]
 pub async fn list_products(
     State(st): State<ApiState>,
@@ -68,7 +71,7 @@ pub async fn list_products(
     ))
 }
 
-#[utoipa::path(get, path = "/api/v1/projects/{project_id}/products/{product_key}", tag = "registry",
+#[utoipa::path(get, path = "/projects/{project_id}/products/{product_key}", tag = "registry",
     params(("project_id" = String, Path), ("product_key" = String, Path)),
     responses((status = 200, body = Product), (status = 404, body = ErrorBody)))]
 pub async fn get_product(
@@ -85,10 +88,11 @@ pub async fn get_product(
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateDevice {
     /// 4 to 32 characters: letters, digits and -_@.:
+    #[schema(pattern = "^[A-Za-z0-9_@.:-]{4,32}$")]
     pub device_name: String,
 }
 
-#[utoipa::path(post, path = "/api/v1/projects/{project_id}/products/{product_key}/devices", tag = "registry",
+#[utoipa::path(post, path = "/projects/{project_id}/products/{product_key}/devices", tag = "registry",
     params(("project_id" = String, Path), ("product_key" = String, Path)), request_body = CreateDevice,
     responses((status = 201, description = "Created; deviceSecret is shown here (and in the lifecycle create message)", body = DeviceWithSecret),
               (status = 409, body = ErrorBody)))]
@@ -105,14 +109,18 @@ pub async fn create_device(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceQuery {
+    #[param(nullable = false, minimum = 1)]
     pub page_no: Option<u32>,
+    #[param(nullable = false, minimum = 1, maximum = 200)]
     pub page_size: Option<u32>,
+    #[param(nullable = false)]
     pub product_key: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/v1/projects/{project_id}/devices", tag = "registry",
+#[utoipa::path(get, path = "/projects/{project_id}/devices", tag = "registry",
     params(("project_id" = String, Path), DeviceQuery), responses((status = 200, body = Page<Device>)))]
 pub async fn list_devices(
     State(st): State<ApiState>,
@@ -137,7 +145,7 @@ fn device_path(pid: &str, iot: &str) -> ApiResult<(iotsync_core::ProjectId, IotI
     Ok((project_id(pid)?, id::<IotId>("iotId", iot)?))
 }
 
-#[utoipa::path(get, path = "/api/v1/projects/{project_id}/devices/{iot_id}", tag = "registry",
+#[utoipa::path(get, path = "/projects/{project_id}/devices/{iot_id}", tag = "registry",
     params(("project_id" = String, Path), ("iot_id" = String, Path)),
     responses((status = 200, body = Device), (status = 404, body = ErrorBody)))]
 pub async fn get_device(
@@ -148,7 +156,7 @@ pub async fn get_device(
     Ok(Json(st.registry.get_device(&pid, &iot).await?))
 }
 
-#[utoipa::path(delete, path = "/api/v1/projects/{project_id}/devices/{iot_id}", tag = "registry",
+#[utoipa::path(delete, path = "/projects/{project_id}/devices/{iot_id}", tag = "registry",
     params(("project_id" = String, Path), ("iot_id" = String, Path)),
     responses((status = 204, description = "Deleted: its bindings are removed (Unbind messages), then the lifecycle delete message"),
               (status = 404, body = ErrorBody)))]
@@ -161,7 +169,7 @@ pub async fn delete_device(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(post, path = "/api/v1/projects/{project_id}/devices/{iot_id}/enable", tag = "registry",
+#[utoipa::path(post, path = "/projects/{project_id}/devices/{iot_id}/enable", tag = "registry",
     params(("project_id" = String, Path), ("iot_id" = String, Path)), responses((status = 200, body = Device)))]
 pub async fn enable_device(
     State(st): State<ApiState>,
@@ -173,7 +181,7 @@ pub async fn enable_device(
     ))
 }
 
-#[utoipa::path(post, path = "/api/v1/projects/{project_id}/devices/{iot_id}/disable", tag = "registry",
+#[utoipa::path(post, path = "/projects/{project_id}/devices/{iot_id}/disable", tag = "registry",
     params(("project_id" = String, Path), ("iot_id" = String, Path)), responses((status = 200, body = Device)))]
 pub async fn disable_device(
     State(st): State<ApiState>,
@@ -185,7 +193,7 @@ pub async fn disable_device(
     ))
 }
 
-#[utoipa::path(get, path = "/api/v1/projects/{project_id}/devices/{iot_id}/properties", tag = "registry",
+#[utoipa::path(get, path = "/projects/{project_id}/devices/{iot_id}/properties", tag = "registry",
     params(("project_id" = String, Path), ("iot_id" = String, Path)),
     responses((status = 200, description = "Last reported value of each property", body = Vec<PropertyValue>)))]
 pub async fn device_properties(
@@ -200,16 +208,20 @@ pub async fn device_properties(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateUser {
+    #[schema(min_length = 1, max_length = 64)]
     pub login_name: String,
     #[serde(default)]
+    #[schema(max_length = 64)]
     pub nick_name: String,
     #[serde(default)]
+    #[schema(max_length = 32)]
     pub phone: String,
     #[serde(default)]
+    #[schema(max_length = 128)]
     pub email: String,
 }
 
-#[utoipa::path(post, path = "/api/v1/projects/{project_id}/users", tag = "registry",
+#[utoipa::path(post, path = "/projects/{project_id}/users", tag = "registry",
     params(("project_id" = String, Path)), request_body = CreateUser,
     responses((status = 201, body = User), (status = 409, body = ErrorBody)))]
 pub async fn create_user(
@@ -232,7 +244,7 @@ pub async fn create_user(
     Ok((StatusCode::CREATED, Json(u)))
 }
 
-#[utoipa::path(get, path = "/api/v1/projects/{project_id}/users", tag = "registry",
+#[utoipa::path(get, path = "/projects/{project_id}/users", tag = "registry",
     params(("project_id" = String, Path), PageQuery), responses((status = 200, body = Page<User>)))]
 pub async fn list_users(
     State(st): State<ApiState>,
@@ -249,7 +261,7 @@ fn user_path(pid: &str, ident: &str) -> ApiResult<(iotsync_core::ProjectId, Iden
     Ok((project_id(pid)?, id::<IdentityId>("identityId", ident)?))
 }
 
-#[utoipa::path(get, path = "/api/v1/projects/{project_id}/users/{identity_id}", tag = "registry",
+#[utoipa::path(get, path = "/projects/{project_id}/users/{identity_id}", tag = "registry",
     params(("project_id" = String, Path), ("identity_id" = String, Path)),
     responses((status = 200, body = User), (status = 404, body = ErrorBody)))]
 pub async fn get_user(
@@ -263,12 +275,15 @@ pub async fn get_user(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PatchUser {
+    #[schema(max_length = 64)]
     pub nick_name: Option<String>,
+    #[schema(max_length = 32)]
     pub phone: Option<String>,
+    #[schema(max_length = 128)]
     pub email: Option<String>,
 }
 
-#[utoipa::path(patch, path = "/api/v1/projects/{project_id}/users/{identity_id}", tag = "registry",
+#[utoipa::path(patch, path = "/projects/{project_id}/users/{identity_id}", tag = "registry",
     params(("project_id" = String, Path), ("identity_id" = String, Path)), request_body = PatchUser,
     responses((status = 200, body = User), (status = 404, body = ErrorBody)))]
 pub async fn update_user(
@@ -285,7 +300,7 @@ pub async fn update_user(
     Ok(Json(st.registry.update_user(&pid, &ident, &patch).await?))
 }
 
-#[utoipa::path(delete, path = "/api/v1/projects/{project_id}/users/{identity_id}", tag = "registry",
+#[utoipa::path(delete, path = "/projects/{project_id}/users/{identity_id}", tag = "registry",
     params(("project_id" = String, Path), ("identity_id" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn delete_user(
@@ -300,11 +315,28 @@ pub async fn delete_user(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateBinding {
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub identity_id: String,
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub iot_id: String,
     /// 1 (or true) = owner, 0 (or false) = shared.
-    #[schema(value_type = u8)]
+    #[schema(schema_with = owned_schema)]
     pub owned: Owned,
+}
+
+/// `owned` as the document states it: 1 or 0, or a boolean (what [`Owned`] accepts and
+/// [`bind`] checks).
+fn owned_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .enum_values(Some([0, 1])),
+        )
+        .item(ObjectBuilder::new().schema_type(Type::Boolean))
+        .description(Some("1 (or true) = owner, 0 (or false) = shared."))
+        .into()
 }
 
 /// `owned` as the platform writes it (1/0), or as a boolean.
@@ -315,7 +347,7 @@ pub enum Owned {
     Bool(bool),
 }
 
-#[utoipa::path(post, path = "/api/v1/projects/{project_id}/bindings", tag = "registry",
+#[utoipa::path(post, path = "/projects/{project_id}/bindings", tag = "registry",
     params(("project_id" = String, Path)), request_body = CreateBinding,
     responses((status = 201, body = Binding), (status = 409, body = ErrorBody)))]
 pub async fn bind(
@@ -341,15 +373,20 @@ pub async fn bind(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase")]
 pub struct BindingQuery {
+    #[param(nullable = false, minimum = 1)]
     pub page_no: Option<u32>,
+    #[param(nullable = false, minimum = 1, maximum = 200)]
     pub page_size: Option<u32>,
+    #[param(nullable = false)]
     pub identity_id: Option<String>,
+    #[param(nullable = false)]
     pub iot_id: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/v1/projects/{project_id}/bindings", tag = "registry",
+#[utoipa::path(get, path = "/projects/{project_id}/bindings", tag = "registry",
     params(("project_id" = String, Path), BindingQuery), responses((status = 200, body = Page<Binding>)))]
 pub async fn list_bindings(
     State(st): State<ApiState>,
@@ -380,7 +417,7 @@ pub async fn list_bindings(
     ))
 }
 
-#[utoipa::path(delete, path = "/api/v1/projects/{project_id}/bindings/{identity_id}/{iot_id}", tag = "registry",
+#[utoipa::path(delete, path = "/projects/{project_id}/bindings/{identity_id}/{iot_id}", tag = "registry",
     params(("project_id" = String, Path), ("identity_id" = String, Path), ("iot_id" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn unbind(

@@ -15,7 +15,7 @@ use super::extract::{id, ApiJson, ApiJsonOrEmpty};
 use super::projects::project_id;
 use super::{ApiState, OPERATOR_ACTOR};
 
-#[utoipa::path(get, path = "/api/v1/projects/{project_id}/sync", tag = "sync",
+#[utoipa::path(get, path = "/projects/{project_id}/sync", operation_id = "getSync", tag = "sync",
     params(("project_id" = String, Path)),
     responses((status = 200, description = "enabled, routes, mode, method, legacy state, products with on/off", body = SyncState)))]
 pub async fn get(
@@ -29,6 +29,7 @@ pub async fn get(
 #[serde(deny_unknown_fields)]
 pub struct MethodBody {
     /// "amqp" (recommended, the default when enabling) or "http2".
+    #[schema(pattern = "^(amqp|http2)$")]
     pub method: Option<String>,
 }
 
@@ -40,7 +41,7 @@ async fn apply(st: &ApiState, pid: &ProjectId, cmd: SyncCommand) -> ApiResult<Js
     Ok(Json(st.registry.sync_state(pid).await?))
 }
 
-#[utoipa::path(post, path = "/api/v1/projects/{project_id}/sync/enable", tag = "sync",
+#[utoipa::path(post, path = "/projects/{project_id}/sync/enable", tag = "sync",
     params(("project_id" = String, Path)), request_body = MethodBody,
     responses((status = 200, body = SyncState), (status = 409, description = "A rule of SPEC §3 refused it", body = ErrorBody)))]
 pub async fn enable(
@@ -52,7 +53,7 @@ pub async fn enable(
     apply(&st, &project_id(&pid)?, SyncCommand::Enable { method }).await
 }
 
-#[utoipa::path(post, path = "/api/v1/projects/{project_id}/sync/disable", tag = "sync",
+#[utoipa::path(post, path = "/projects/{project_id}/sync/disable", tag = "sync",
     params(("project_id" = String, Path)),
     responses((status = 200, body = SyncState), (status = 409, body = ErrorBody)))]
 pub async fn disable(
@@ -62,8 +63,18 @@ pub async fn disable(
     apply(&st, &project_id(&pid)?, SyncCommand::Disable).await
 }
 
-#[utoipa::path(post, path = "/api/v1/projects/{project_id}/sync/switch", tag = "sync",
-    params(("project_id" = String, Path)), request_body = MethodBody,
+/// The body of `sync/switch` as documented: [`MethodBody`] with `method` required (the
+/// handler reads a `MethodBody` and answers its own 400 naming `method` when it is absent).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct SwitchBody {
+    /// "amqp" or "http2": the method to switch to.
+    #[schema(pattern = "^(amqp|http2)$")]
+    method: String,
+}
+
+#[utoipa::path(post, path = "/projects/{project_id}/sync/switch", tag = "sync",
+    params(("project_id" = String, Path)), request_body = SwitchBody,
     responses((status = 200, body = SyncState), (status = 409, body = ErrorBody)))]
 pub async fn switch(
     State(st): State<ApiState>,
@@ -82,7 +93,7 @@ pub struct LegacyUrlBody {
     pub url: String,
 }
 
-#[utoipa::path(put, path = "/api/v1/projects/{project_id}/sync/legacy", tag = "sync",
+#[utoipa::path(put, path = "/projects/{project_id}/sync/legacy", tag = "sync",
     params(("project_id" = String, Path)), request_body = LegacyUrlBody,
     responses((status = 200, description = "The legacy push URL changed (legacy projects only)", body = SyncState),
               (status = 409, body = ErrorBody)))]
@@ -105,7 +116,7 @@ pub struct ProductSyncBody {
     pub enabled: bool,
 }
 
-#[utoipa::path(put, path = "/api/v1/projects/{project_id}/sync/products/{product_key}", tag = "sync",
+#[utoipa::path(put, path = "/projects/{project_id}/sync/products/{product_key}", tag = "sync",
     params(("project_id" = String, Path), ("product_key" = String, Path)), request_body = ProductSyncBody,
     responses((status = 200, body = Product), (status = 409, body = ErrorBody)))]
 pub async fn set_product(
@@ -165,7 +176,7 @@ async fn catalogue(st: &ApiState, pid: &ProjectId) -> ApiResult<Vec<ApiGroupView
         .collect())
 }
 
-#[utoipa::path(get, path = "/api/v1/projects/{project_id}/api-operations", tag = "api-operations",
+#[utoipa::path(get, path = "/projects/{project_id}/api-operations", tag = "api-operations",
     params(("project_id" = String, Path)),
     responses((status = 200, description = "The catalogue grouped by feature, with activation status", body = Vec<ApiGroupView>)))]
 pub async fn api_operations(
@@ -181,7 +192,7 @@ pub struct ActivationBody {
     pub activated: bool,
 }
 
-#[utoipa::path(put, path = "/api/v1/projects/{project_id}/api-operations/{group}", tag = "api-operations",
+#[utoipa::path(put, path = "/projects/{project_id}/api-operations/{group}", tag = "api-operations",
     params(("project_id" = String, Path), ("group" = ApiGroup, Path)), request_body = ActivationBody,
     responses((status = 200, body = Vec<ApiGroupView>), (status = 400, body = ErrorBody)))]
 pub async fn set_api_group(

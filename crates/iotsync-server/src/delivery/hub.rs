@@ -62,11 +62,14 @@ pub enum AttachError {
     Group(#[from] super::groups::GroupError),
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// A connected consumer, as `GET …/sync/consumers` lists it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConsumerInfo {
     pub consumer_id: u64,
     pub group: String,
+    /// "amqp", "http2" or "webhook".
+    #[schema(value_type = String)]
     pub channel: ChannelKind,
     pub remote: String,
     pub client_id: String,
