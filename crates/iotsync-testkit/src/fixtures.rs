@@ -76,12 +76,40 @@ impl Project {
     pub fn dn(&self) -> &str {
         &self.first().dn
     }
+    /// Every device's iotId, in the order they were made.
+    pub fn iots(&self) -> Vec<String> {
+        self.devices.iter().map(|d| d.iot.clone()).collect()
+    }
     fn first(&self) -> &Device {
         self.devices.first().expect("the project has no device")
     }
 }
 
 impl Rest {
+    /// A project with one product and the three [`LAMPS`], then sync on AMQP (enabled
+    /// after the devices exist: the backlog starts empty).
+    pub async fn project(&self, name: &str) -> Project {
+        self.create_project(&ProjectSpec::new(name).devices(&LAMPS).sync_after("amqp"))
+            .await
+    }
+
+    /// A project with sync on `method` first, then one product and the device
+    /// "lamp0001" (whose lifecycle `create` message is the project's first message).
+    pub async fn synced_project(&self, method: &str) -> Project {
+        self.create_project(
+            &ProjectSpec::new("Home")
+                .devices(&LAMPS[..1])
+                .sync_first(method),
+        )
+        .await
+    }
+
+    /// A project with sync on AMQP first, one product and the devices `names`.
+    pub async fn project_with_devices(&self, name: &str, names: &[&str]) -> Project {
+        self.create_project(&ProjectSpec::new(name).devices(names).sync_first("amqp"))
+            .await
+    }
+
     /// Makes what `spec` says; fails the test on any error answer.
     pub async fn create_project(&self, spec: &ProjectSpec) -> Project {
         let p = self

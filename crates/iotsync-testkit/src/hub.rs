@@ -79,7 +79,10 @@ pub async fn nothing(link: &mut ConsumerLink) {
     if let Ok(r) = tokio::time::timeout(QUIET, link.next(10)).await {
         panic!(
             "unexpected delivery: {:?}",
-            r.map(|ds| ds.iter().map(|d| d.message.envelope.topic.clone()).collect::<Vec<_>>())
+            r.map(|ds| ds
+                .iter()
+                .map(|d| d.message.envelope.topic.clone())
+                .collect::<Vec<_>>())
         );
     }
 }

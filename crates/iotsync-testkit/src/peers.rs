@@ -88,16 +88,17 @@ impl PeerProc {
     pub async fn next(&mut self) -> Value {
         let v = match tokio::time::timeout(WAIT, self.lines.recv()).await {
             Ok(Some(v)) => v,
-            Ok(None) => panic!(
-                "the {} peer ended; it printed {:?}",
-                self.name, self.seen
-            ),
+            Ok(None) => panic!("the {} peer ended; it printed {:?}", self.name, self.seen),
             Err(_) => panic!(
                 "the {} peer printed nothing within {WAIT:?}; it printed {:?}",
                 self.name, self.seen
             ),
         };
-        assert_ne!(v["event"], "fatal", "the {} peer cannot run: {v}; {INSTALL}", self.name);
+        assert_ne!(
+            v["event"], "fatal",
+            "the {} peer cannot run: {v}; {INSTALL}",
+            self.name
+        );
         self.seen.push(v.clone());
         v
     }
@@ -269,7 +270,12 @@ pub fn payload_of(v: &Value) -> Vec<u8> {
 /// (e.g. "500,200"); returns it and its URL.
 pub async fn receiver(app_key: &str, app_secret: &str, plan: &str) -> (PeerProc, String) {
     let args = [
-        "--app-key", app_key, "--app-secret", app_secret, "--plan", plan,
+        "--app-key",
+        app_key,
+        "--app-secret",
+        app_secret,
+        "--plan",
+        plan,
     ]
     .map(String::from);
     let mut peer = PeerProc::python("webhook/receiver.py", &args);
@@ -279,7 +285,13 @@ pub async fn receiver(app_key: &str, app_secret: &str, plan: &str) -> (PeerProc,
 }
 
 /// The paho-mqtt device of `tests/peers/mqtt/device.py` in `mode`.
-pub fn paho(env: &TestServer, pk: &str, dev: &crate::Device, mode: &str, extra: &[&str]) -> PeerProc {
+pub fn paho(
+    env: &TestServer,
+    pk: &str,
+    dev: &crate::Device,
+    mode: &str,
+    extra: &[&str],
+) -> PeerProc {
     let mut args = vec![
         "--port".into(),
         env.mqtt_port().to_string(),

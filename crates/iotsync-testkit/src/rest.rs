@@ -27,7 +27,12 @@ impl Rest {
 
     /// One request to `path` (from the root, e.g. `/api/v1/projects`); the body is the
     /// answer's JSON, `Null` when empty, a JSON string when it is not JSON.
-    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut req = self
             .http
             .request(method, format!("{}{}", self.base, path))
@@ -85,7 +90,9 @@ impl Rest {
 
     /// The project's delivery figures (`GET …/sync/stats`).
     pub async fn stats(&self, pid: &str) -> Value {
-        let (s, v) = self.get(&format!("/api/v1/projects/{pid}/sync/stats")).await;
+        let (s, v) = self
+            .get(&format!("/api/v1/projects/{pid}/sync/stats"))
+            .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         v
     }

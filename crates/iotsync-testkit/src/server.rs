@@ -1,7 +1,7 @@
 //! The server in-process: every listener on port 0, a fresh data dir, the operator token
 //! [`TOKEN`], and a manual clock the test moves (backoff, ack time-outs, retention).
 
-use std::ops::Deref;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -157,7 +157,10 @@ impl TestServer {
     pub async fn advance_until(&self, step_ms: i64, mut done: impl FnMut() -> bool) {
         let deadline = tokio::time::Instant::now() + WAIT;
         while !done() {
-            assert!(tokio::time::Instant::now() < deadline, "condition never held");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "condition never held"
+            );
             self.clock.advance_ms(step_ms);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -195,5 +198,11 @@ impl Deref for TestServer {
     type Target = Rest;
     fn deref(&self) -> &Rest {
         &self.rest
+    }
+}
+
+impl DerefMut for TestServer {
+    fn deref_mut(&mut self) -> &mut Rest {
+        &mut self.rest
     }
 }
