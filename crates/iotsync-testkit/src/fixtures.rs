@@ -10,7 +10,7 @@ use crate::Rest;
 pub const LAMPS: [&str; 3] = ["lamp0001", "lamp0002", "lamp0003"];
 
 /// What [`Rest::create_project`] makes: a project, one product ("Lamp", device type
-/// "Light") when there are devices, the devices, and sync on a method if asked.
+/// "Light"), the devices, and sync on a method if asked.
 #[derive(Debug, Clone)]
 pub struct ProjectSpec {
     name: String,
@@ -130,6 +130,7 @@ impl Rest {
             self.enable_sync(&project.pid, spec.sync.as_deref().unwrap_or("amqp"))
                 .await;
         }
+        project.pk = self.add_product(&project.pid).await;
         for dn in &spec.devices {
             self.add_device(&mut project, dn).await;
         }

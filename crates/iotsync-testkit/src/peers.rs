@@ -103,6 +103,17 @@ impl PeerProc {
         v
     }
 
+    /// The next line if one is printed within `d` (a quiet check: not a timing
+    /// assertion, a line that should not exist must not show up meanwhile).
+    pub async fn line_within(&mut self, d: Duration) -> Option<Value> {
+        let v = tokio::time::timeout(d, self.lines.recv())
+            .await
+            .ok()
+            .flatten()?;
+        self.seen.push(v.clone());
+        Some(v)
+    }
+
     /// The next line whose `event` is `name` (the lines before it are kept in `seen`).
     pub async fn next_event(&mut self, name: &str) -> Value {
         let deadline = tokio::time::Instant::now() + WAIT;

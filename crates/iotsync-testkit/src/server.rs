@@ -27,7 +27,7 @@ pub struct ServerBuilder {
     config_toml: Option<String>,
     data_dir: Option<PathBuf>,
     dir: Option<tempfile::TempDir>,
-    clock_at: Option<i64>,
+    clock: Option<ManualClock>,
     system_clock: bool,
     overrides: ConfigOverrides,
 }
@@ -53,7 +53,13 @@ impl ServerBuilder {
 
     /// The manual clock starts at `ms` instead of the real time.
     pub fn clock_at(mut self, ms: i64) -> Self {
-        self.clock_at = Some(ms);
+        self.clock = Some(ManualClock::new(ms));
+        self
+    }
+
+    /// This manual clock (e.g. shared by two servers, or kept over a restart).
+    pub fn clock(mut self, clock: ManualClock) -> Self {
+        self.clock = Some(clock);
         self
     }
 
@@ -78,7 +84,9 @@ impl ServerBuilder {
         flags.data_dir = Some(self.data_dir.unwrap_or_else(|| dir.path().to_owned()));
         let file = self.config_toml.as_deref().map(|t| ("test.toml", t));
         let cfg = ServerConfig::layered(file, Default::default(), flags).unwrap();
-        let clock = ManualClock::new(self.clock_at.unwrap_or_else(|| SystemClock.now_ms()));
+        let clock = self
+            .clock
+            .unwrap_or_else(|| ManualClock::new(SystemClock.now_ms()));
         let shared: iotsync_core::clock::SharedClock = if self.system_clock {
             iotsync_core::clock::system_clock()
         } else {
@@ -100,7 +108,7 @@ impl TestServer {
             config_toml: None,
             data_dir: None,
             dir: None,
-            clock_at: None,
+            clock: None,
             system_clock: false,
             overrides: ConfigOverrides {
                 operator_token: Some(TOKEN.into()),
