@@ -22,12 +22,17 @@ const QUIET: Duration = Duration::from_millis(500);
 impl TestServer {
     /// A consumer of `group` attached through the hub, as the AMQP channel attaches one.
     pub async fn attach(&self, pid: &str, group: &str) -> ConsumerLink {
+        self.attach_as(pid, group, ChannelKind::Amqp).await
+    }
+
+    /// A consumer of `group` attached through the hub as `channel` would attach it.
+    pub async fn attach_as(&self, pid: &str, group: &str, channel: ChannelKind) -> ConsumerLink {
         self.server()
             .hub()
             .attach(AttachRequest {
                 project: pid.parse().unwrap(),
                 group: group.parse().unwrap(),
-                channel: ChannelKind::Amqp,
+                channel,
                 remote: "test".into(),
                 client_id: "test".into(),
             })

@@ -114,6 +114,17 @@ impl PeerProc {
         Some(v)
     }
 
+    /// The next line, however long it takes (for peers whose steps have their own
+    /// bound, e.g. a browser); fails when the peer ended.
+    pub async fn next_unbounded(&mut self) -> Value {
+        let v =
+            self.lines.recv().await.unwrap_or_else(|| {
+                panic!("the {} peer ended; it printed {:?}", self.name, self.seen)
+            });
+        self.seen.push(v.clone());
+        v
+    }
+
     /// The next line whose `event` is `name` (the lines before it are kept in `seen`).
     pub async fn next_event(&mut self, name: &str) -> Value {
         let deadline = tokio::time::Instant::now() + WAIT;

@@ -75,6 +75,17 @@ impl ServerBuilder {
         self
     }
 
+    /// Starts and hands over the bare server, for tests that drive it directly; the data
+    /// dir must be the caller's ([`ServerBuilder::data_dir`]).
+    pub async fn start_bare(self) -> RunningServer {
+        assert!(
+            self.data_dir.is_some(),
+            "start_bare needs the caller's data dir"
+        );
+        let mut t = self.start().await;
+        t.server.take().expect("just started")
+    }
+
     pub async fn start(self) -> TestServer {
         let dir = match self.dir {
             Some(d) => d,
