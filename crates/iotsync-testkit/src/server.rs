@@ -204,6 +204,26 @@ impl TestServer {
         .await;
     }
 
+    /// How many consumers of `group` are attached to the project.
+    pub fn consumer_count(&self, pid: &str, group: &str) -> usize {
+        let pid = pid.parse().unwrap();
+        self.server()
+            .hub()
+            .consumers(&pid)
+            .iter()
+            .filter(|c| c.group == group)
+            .count()
+    }
+
+    /// Waits until exactly `n` consumers of `group` are attached (a connection is
+    /// attached, or a dropped one detached).
+    pub async fn wait_consumers(&self, pid: &str, group: &str, n: usize) {
+        crate::wait_for(&format!("{n} consumers of {group}"), async || {
+            self.consumer_count(pid, group) == n
+        })
+        .await;
+    }
+
     /// Stops the server (drain up to 5 s); returns its temporary dir for a restart.
     pub async fn stop(mut self) -> tempfile::TempDir {
         if let Some(s) = self.server.take() {
