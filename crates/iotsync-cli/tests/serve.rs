@@ -3,8 +3,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use iotsync_testkit::ServeProcess;
-use serde_json::{json, Value};
+use iotsync_testkit::{ProjectSpec, ServeProcess};
+use serde_json::json;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_iotsync"))
@@ -77,77 +77,25 @@ async fn serve_answers_the_quick_start_and_stops_on_sigterm() {
         let mode = std::fs::metadata(&token_path).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0, "operator-token must be private");
     }
-    let http = reqwest::Client::new();
-    let doc: Value = http
-        .get(format!("{}/api/v1/openapi.json", s.p.api))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rest = s.p.rest(&token);
+    let (status, doc) = rest.get("/api/v1/openapi.json").await;
+    assert_eq!(status, 200);
     assert!(doc["paths"].as_object().unwrap().len() > 10);
-    let post = |path: &str, body: Value| {
-        http.post(format!("{}{}", s.p.api, path))
-            .bearer_auth(&token)
-            .json(&body)
-            .send()
-    };
-    let p: Value = post("/api/v1/projects", json!({"name": "Quick start"}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let pid = p["projectId"].as_str().unwrap().to_owned();
-    let pr: Value = post(
-        &format!("/api/v1/projects/{pid}/products"),
-        json!({"name": "Lamp", "deviceType": "Light"}),
+    let p = rest
+        .create_project(&ProjectSpec::new("Quick start").devices(&["lamp01"]))
+        .await;
+    let identity = rest.add_user(&p.pid, "ann").await;
+    rest.post_expect(
+        &format!("/api/v1/projects/{}/bindings", p.pid),
+        json!({"identityId": identity, "iotId": p.iot(), "owned": 1}),
+        reqwest::StatusCode::CREATED,
     )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    let pk = pr["productKey"].as_str().unwrap().to_owned();
-    let d: Value = post(
-        &format!("/api/v1/projects/{pid}/products/{pk}/devices"),
-        json!({"deviceName": "lamp01"}),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    let u: Value = post(
-        &format!("/api/v1/projects/{pid}/users"),
-        json!({"loginName": "ann"}),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    let r = post(
-        &format!("/api/v1/projects/{pid}/bindings"),
-        json!({"identityId": u["identityId"], "iotId": d["iotId"], "owned": 1}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 201);
+    .await;
     let st = s.p.sigterm();
     assert!(st.success(), "graceful shutdown exits 0, got {st:?}");
     // The data survives a restart, and the generated token is reused.
     let mut s2 = serve_in(s.dir);
-    let list: Value = http
-        .get(format!("{}/api/v1/projects", s2.p.api))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, list) = s2.p.rest(&token).get("/api/v1/projects").await;
     assert_eq!(list["total"], 1);
     s2.p.sigterm();
 }

@@ -5,7 +5,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use iotsync_server::delivery::Outcome;
-use iotsync_testkit::{assert_error, receive, TestServer, TOKEN};
+use iotsync_testkit::{assert_error, audit_actions, receive, TestServer, TOKEN};
 
 /// The API tests' server, on the real clock (audit entries are ordered by time).
 async fn start() -> TestServer {
@@ -460,12 +460,7 @@ async fn every_sync_rule_answers_with_its_clear_error() {
     assert_eq!(r.1["method"], "amqp");
     // Every change is in the audit log: who, when, before, after.
     let (_, audit) = api.get(&format!("/api/v1/projects/{pid}/audit")).await;
-    let actions: Vec<&str> = audit["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["action"].as_str().unwrap())
-        .collect();
+    let actions = audit_actions(&audit);
     assert_eq!(
         actions,
         vec![

@@ -14,11 +14,9 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use iotsync_core::sign::api_gateway::{sign_request, OutgoingRequest};
-use iotsync_core::sign::device::{sign_password, DeviceClientId, DeviceUsername};
 use iotsync_core::{Clock, ManualClock, SystemClock};
-use iotsync_server::gateway::codec::{self, Connect, Packet};
-use iotsync_testkit::peers::{self};
-use iotsync_testkit::{Device, Project, TestServer, TOKEN};
+use iotsync_testkit::peers;
+use iotsync_testkit::{Device, Project, RawDevice, TestServer, TOKEN};
 
 const YEAR_MS: i64 = 365 * 86_400_000;
 
@@ -294,26 +292,7 @@ async fn a_device_password_with_a_year_old_timestamp_is_refused_and_a_fresh_one_
 
 /// A raw MQTT CONNECT from `local` (an address of 127/8); the CONNACK return code.
 async fn connack(env: &TestServer, local: &str, p: &Project, dev: &Device, secret: &str) -> u8 {
-    let ts = env.clock.now_ms();
-    let client_id: DeviceClientId =
-        format!("raw|securemode=3,signmethod=hmacsha256,timestamp={ts}|")
-            .parse()
-            .unwrap();
-    let username: DeviceUsername = format!("{}&{}", dev.dn, p.pk).parse().unwrap();
-    let mut out = Vec::new();
-    codec::encode(
-        &Packet::Connect(Box::new(Connect {
-            protocol_name: "MQTT".into(),
-            protocol_level: 4,
-            clean_session: true,
-            keep_alive_s: 30,
-            client_id: client_id.to_string(),
-            will: None,
-            username: Some(username.to_string()),
-            password: Some(sign_password(&client_id, &username, secret).into_bytes()),
-        })),
-        &mut out,
-    );
+    let out = RawDevice::connect_packet(&p.pk, &dev.dn, secret, env.clock.now_ms(), 30);
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.bind(format!("{local}:0").parse().unwrap()).unwrap();
     let mut s = sock

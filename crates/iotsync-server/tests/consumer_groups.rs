@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use iotsync_testkit::{assert_error, wait_for, TestServer};
+use iotsync_testkit::{assert_error, audit_actions, wait_for, TestServer};
 
 /// The server of these tests, on the real clock (audit entries are ordered by time).
 async fn start() -> TestServer {
@@ -179,12 +179,7 @@ async fn groups_are_declared_listed_and_deleted_with_clear_errors_and_audit() {
     );
 
     let (_, audit) = api.get(&format!("/api/v1/projects/{pid}/audit")).await;
-    let actions: Vec<&str> = audit["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["action"].as_str().unwrap())
-        .collect();
+    let actions = audit_actions(&audit);
     assert_eq!(
         &actions[..4],
         &[

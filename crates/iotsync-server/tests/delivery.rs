@@ -400,15 +400,7 @@ async fn expired_messages_are_counted_not_silently_lost() {
         assert!(std::time::Instant::now() < deadline, "not expired: {st}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let metrics = env
-        .http
-        .get(format!("{}/metrics", env.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = env.metrics_text().await;
     assert!(
         metrics.contains(&format!(
             "iotsync_backlog_expired_total{{project=\"{}\",group=\"{}\"}} 1",

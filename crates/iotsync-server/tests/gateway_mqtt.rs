@@ -8,10 +8,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use iotsync_core::sign::device::{sign_password, DeviceClientId, DeviceUsername};
-use iotsync_server::gateway::codec::{self, Connect, Packet};
 use iotsync_testkit::peers::{self, mosquitto};
-use iotsync_testkit::{repo_root, Device, Msg, PeerProc, TestServer};
+use iotsync_testkit::{repo_root, Device, Msg, PeerProc, RawDevice, TestServer};
 
 fn topics(ms: &[Msg]) -> Vec<String> {
     ms.iter().map(|m| m.topic.clone()).collect()
@@ -316,25 +314,7 @@ async fn silent_device_is_dropped_after_its_keep_alive() {
     c.until("/thing/lifecycle").await;
     // A fresh timestamp: one outside auth.device_timestamp_window is refused.
     let ts = iotsync_core::Clock::now_ms(&env.clock);
-    let client_id: DeviceClientId =
-        format!("raw1|securemode=3,signmethod=hmacsha256,timestamp={ts}|")
-            .parse()
-            .unwrap();
-    let username: DeviceUsername = format!("{}&{}", dev.dn, p.pk).parse().unwrap();
-    let mut out = Vec::new();
-    codec::encode(
-        &Packet::Connect(Box::new(Connect {
-            protocol_name: "MQTT".into(),
-            protocol_level: 4,
-            clean_session: true,
-            keep_alive_s: 1,
-            client_id: client_id.to_string(),
-            will: None,
-            username: Some(username.to_string()),
-            password: Some(sign_password(&client_id, &username, &dev.secret).into_bytes()),
-        })),
-        &mut out,
-    );
+    let out = RawDevice::connect_packet(&p.pk, &dev.dn, &dev.secret, ts, 1);
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", env.mqtt_port()))
         .await
         .unwrap();

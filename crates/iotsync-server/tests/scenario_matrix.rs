@@ -179,14 +179,11 @@ impl Connection for Http2MessageStream {
         }
     }
     async fn within(&mut self, d: Duration) -> Option<Http2Message> {
-        let deadline = tokio::time::Instant::now() + d;
-        loop {
-            match tokio::time::timeout_at(deadline, Http2MessageStream::next(self)).await {
-                Ok(Some(Ok(m))) => return Some(m),
-                // The stream reconnects by itself; the scenarios never close it.
-                Ok(Some(Err(e))) => panic!("the HTTP/2 stream ended: {e}"),
-                Ok(None) | Err(_) => return None,
-            }
+        match tokio::time::timeout(d, Http2MessageStream::next(self)).await {
+            Ok(Some(Ok(m))) => Some(m),
+            // The stream would reconnect by itself; the scenarios never have it closed.
+            Ok(Some(Err(e))) => panic!("the HTTP/2 stream ended: {e}"),
+            Ok(None) | Err(_) => None,
         }
     }
 }

@@ -176,31 +176,41 @@ pub struct RawDevice {
 }
 
 impl RawDevice {
-    /// Connects and signs in as `dev`; returns the CONNACK return code with the device.
-    pub async fn connect(env: &TestServer, pk: &str, dev: &Device) -> (u8, Self) {
+    /// The bytes of a CONNECT signed for device `dn` of product `pk` with `secret`
+    /// (HMAC-SHA256, `timestamp=ts_ms`), for tests that write it themselves.
+    pub fn connect_packet(
+        pk: &str,
+        dn: &str,
+        secret: &str,
+        ts_ms: i64,
+        keep_alive_s: u16,
+    ) -> Vec<u8> {
         use iotsync_core::sign::device::{sign_password, DeviceClientId, DeviceUsername};
-        let ts = SystemClock.now_ms();
-        let client_id: DeviceClientId = format!(
-            "raw-{}|securemode=3,signmethod=hmacsha256,timestamp={ts}|",
-            dev.dn
-        )
-        .parse()
-        .unwrap();
-        let username: DeviceUsername = format!("{}&{pk}", dev.dn).parse().unwrap();
+        let client_id: DeviceClientId =
+            format!("raw-{dn}|securemode=3,signmethod=hmacsha256,timestamp={ts_ms}|")
+                .parse()
+                .unwrap();
+        let username: DeviceUsername = format!("{dn}&{pk}").parse().unwrap();
         let mut out = Vec::new();
         codec::encode(
             &Packet::Connect(Box::new(Connect {
                 protocol_name: "MQTT".into(),
                 protocol_level: 4,
                 clean_session: true,
-                keep_alive_s: 60,
+                keep_alive_s,
                 client_id: client_id.to_string(),
                 will: None,
                 username: Some(username.to_string()),
-                password: Some(sign_password(&client_id, &username, &dev.secret).into_bytes()),
+                password: Some(sign_password(&client_id, &username, secret).into_bytes()),
             })),
             &mut out,
         );
+        out
+    }
+
+    /// Connects and signs in as `dev`; returns the CONNACK return code with the device.
+    pub async fn connect(env: &TestServer, pk: &str, dev: &Device) -> (u8, Self) {
+        let out = Self::connect_packet(pk, &dev.dn, &dev.secret, SystemClock.now_ms(), 60);
         let s = tokio::net::TcpStream::connect(("127.0.0.1", env.mqtt_port()))
             .await
             .unwrap();

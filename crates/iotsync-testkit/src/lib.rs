@@ -28,7 +28,7 @@ pub use binary::{ServeProcess, EPHEMERAL};
 pub use fixtures::{Device, Project, ProjectSpec, LAMPS};
 pub use hub::{ack_all, nothing, payload, receive, settle_all, take, HubConsumer, Msg, RawDevice};
 pub use peers::{AmqpPeer, PeerProc};
-pub use rest::{assert_error, Rest};
+pub use rest::{assert_error, audit_actions, Rest};
 pub use server::{ServerBuilder, TestServer};
 
 /// The operator token of every test server.

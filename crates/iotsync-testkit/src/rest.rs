@@ -163,17 +163,21 @@ impl Rest {
         v.as_array().cloned().unwrap_or_default()
     }
 
-    /// The value of an unlabelled series on `/metrics`.
-    pub async fn metric(&self, name: &str) -> f64 {
-        let text = self
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        let r = self
             .http
             .get(format!("{}/metrics", self.base))
             .send()
             .await
-            .unwrap()
-            .text()
-            .await
             .unwrap();
+        assert!(r.status().is_success(), "/metrics: {}", r.status());
+        r.text().await.unwrap()
+    }
+
+    /// The value of an unlabelled series on `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics_text().await;
         let prefix = format!("{name} ");
         text.lines()
             .find_map(|l| l.strip_prefix(prefix.as_str()))
@@ -181,6 +185,16 @@ impl Rest {
             .parse()
             .unwrap()
     }
+}
+
+/// The `action`s of an audit page (`GET …/audit`), newest first.
+pub fn audit_actions(page: &Value) -> Vec<&str> {
+    page["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not an audit page: {page}"))
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect()
 }
 
 /// Asserts an error answer: its status, stable `code`, a message, and `field` or none.
