@@ -291,15 +291,20 @@ pub fn payload_of(v: &Value) -> Vec<u8> {
 /// The legacy push receiver of `tests/peers/webhook/receiver.py`, answering by `plan`
 /// (e.g. "500,200"); returns it and its URL.
 pub async fn receiver(app_key: &str, app_secret: &str, plan: &str) -> (PeerProc, String) {
-    let args = [
-        "--app-key",
-        app_key,
-        "--app-secret",
-        app_secret,
-        "--plan",
-        plan,
-    ]
-    .map(String::from);
+    start_receiver(app_key, app_secret, &["--plan", plan]).await
+}
+
+/// The legacy push receiver printing each push first and answering it with the status
+/// the test writes to its stdin (`PeerProc::send` of a JSON number, e.g. `200`).
+pub async fn interactive_receiver(app_key: &str, app_secret: &str) -> (PeerProc, String) {
+    start_receiver(app_key, app_secret, &["--verdicts", "stdin"]).await
+}
+
+async fn start_receiver(app_key: &str, app_secret: &str, extra: &[&str]) -> (PeerProc, String) {
+    let mut args: Vec<String> = ["--app-key", app_key, "--app-secret", app_secret]
+        .map(String::from)
+        .into();
+    args.extend(extra.iter().map(|s| s.to_string()));
     let mut peer = PeerProc::python("webhook/receiver.py", &args);
     let l = peer.next_event("listening").await;
     let url = format!("http://127.0.0.1:{}/iot/push", l["port"]);
