@@ -83,13 +83,7 @@ async fn quick_start_creates_project_product_device_user_and_binding() {
     let (_, list) = api.get("/api/v1/projects").await;
     assert!(!list.to_string().contains(p["appSecret"].as_str().unwrap()));
 
-    let (s, _) = api
-        .post(
-            &format!("/api/v1/projects/{pid}/sync/enable"),
-            json!({"method": "amqp"}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK);
+    api.enable_sync(&pid, "amqp").await;
     let pk = api.add_product(&pid).await;
     let (s, d) = api
         .post(

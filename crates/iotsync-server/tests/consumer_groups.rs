@@ -134,13 +134,7 @@ async fn groups_are_declared_listed_and_deleted_with_clear_errors_and_audit() {
     assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
 
     // Enabling sync declares the default group; the list shows both.
-    let (s, _) = api
-        .post(
-            &format!("/api/v1/projects/{pid}/sync/enable"),
-            json!({"method": "amqp"}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK);
+    api.enable_sync(&pid, "amqp").await;
     let (_, list) = api.get(&base).await;
     let names: Vec<&str> = list
         .as_array()
@@ -293,16 +287,17 @@ async fn a_declared_group_collects_what_its_filter_takes_and_a_delete_is_counted
 #[tokio::test]
 async fn a_mixed_project_appends_each_message_only_to_the_groups_that_take_it() {
     let api = start().await;
-    let (s, p) = api
-        .post(
-            "/api/v1/admin/import",
-            json!({"name": "Old shop", "appKey": "31415927", "appSecret": "imported-secret-1",
-                   "sync": {"enabled": true, "deviceData": "http2", "userData": "legacy_http",
-                            "legacyHttpUrl": "http://127.0.0.1:9/push"}}),
+    let url = "http://127.0.0.1:9/push";
+    let mut p = api
+        .import(
+            "31415927",
+            "imported-secret-1",
+            "http2",
+            "legacy_http",
+            Some(url),
         )
         .await;
-    assert_eq!(s, StatusCode::CREATED, "{p}");
-    let pid = p["projectId"].as_str().unwrap().to_owned();
+    let pid = p.pid.clone();
     let (_, list) = api
         .get(&format!("/api/v1/projects/{pid}/consumer-groups"))
         .await;
@@ -313,20 +308,7 @@ async fn a_mixed_project_appends_each_message_only_to_the_groups_that_take_it() 
     assert_eq!(list[1]["internal"], true);
     assert_eq!(list[1]["retry"], "legacy_http");
 
-    let (_, prod) = api
-        .post(
-            &format!("/api/v1/projects/{pid}/products"),
-            json!({"name": "Lamp", "deviceType": "Light"}),
-        )
-        .await;
-    let pk = prod["productKey"].as_str().unwrap();
-    let (_, d) = api
-        .post(
-            &format!("/api/v1/projects/{pid}/products/{pk}/devices"),
-            json!({"deviceName": "lamp-01"}),
-        )
-        .await;
-    let iot = d["iotId"].as_str().unwrap();
+    let iot = api.add_device(&mut p, "lamp-01").await.iot;
     for i in 0..4 {
         api.post(
             &format!("/api/v1/projects/{pid}/devices/{iot}/properties"),

@@ -71,10 +71,15 @@ trait Channel: Default {
 
 trait Connection {
     type Msg: Received;
-    /// The next message (fails the test after [`WAIT`]).
-    async fn next(&mut self) -> Self::Msg;
     /// A message if one arrives within `d`.
     async fn within(&mut self, d: Duration) -> Option<Self::Msg>;
+    /// The next message (fails the test after [`WAIT`]).
+    async fn next(&mut self) -> Self::Msg {
+        match self.within(WAIT).await {
+            Some(m) => m,
+            None => panic!("no message within {WAIT:?}"),
+        }
+    }
 }
 
 /// A received message and the verdicts every channel has.
@@ -161,12 +166,6 @@ impl Channel for Amqp {
 
 impl Connection for MessageStream {
     type Msg = AmqpMessage;
-    async fn next(&mut self) -> AmqpMessage {
-        match self.within(WAIT).await {
-            Some(m) => m,
-            None => panic!("no AMQP message within {WAIT:?}"),
-        }
-    }
     async fn within(&mut self, d: Duration) -> Option<AmqpMessage> {
         match tokio::time::timeout(d, MessageStream::next(self)).await {
             Ok(Some(Ok(m))) => Some(m),
@@ -235,12 +234,6 @@ impl Channel for Http2 {
 
 impl Connection for Http2MessageStream {
     type Msg = Http2Message;
-    async fn next(&mut self) -> Http2Message {
-        match self.within(WAIT).await {
-            Some(m) => m,
-            None => panic!("no HTTP/2 message within {WAIT:?}"),
-        }
-    }
     async fn within(&mut self, d: Duration) -> Option<Http2Message> {
         match tokio::time::timeout(d, Http2MessageStream::next(self)).await {
             Ok(Some(Ok(m))) => Some(m),
