@@ -1,53 +1,21 @@
 //! `iotsync admin …` as an operator runs it: the real binary against a real
 //! `iotsync serve` (its own process, port 0, fresh data dir).
 
-mod common;
+use std::path::Path;
+use std::process::{Command, Output};
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
-
-use common::EPHEMERAL;
+use iotsync_testkit::ServeProcess;
 use serde_json::Value;
 
 struct Server {
-    child: Child,
-    api: String,
+    serve: ServeProcess,
     dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn serve() -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_iotsync"))
-        .args(["serve", "--data-dir"])
-        .arg(dir.path())
-        .args(EPHEMERAL)
-        .env_remove("IOTSYNC_OPERATOR_TOKEN")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut api = None;
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(rest) = line.trim().strip_prefix("api listening:") {
-            api = rest.split_whitespace().next().map(str::to_owned);
-        }
-        if line.trim().starts_with("operator token:") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
     Server {
-        child,
-        api: api.expect("no api address in the banner"),
+        serve: ServeProcess::start(Path::new(env!("CARGO_BIN_EXE_iotsync")), dir.path(), &[]),
         dir,
     }
 }
@@ -57,7 +25,7 @@ impl Server {
     fn admin(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_iotsync"))
             .arg("admin")
-            .args(["--endpoint", &self.api, "--data-dir"])
+            .args(["--endpoint", &self.serve.api, "--data-dir"])
             .arg(self.dir.path())
             .args(args)
             .env_remove("IOTSYNC_OPERATOR_TOKEN")
@@ -174,7 +142,7 @@ fn errors_print_their_stable_code_and_exit_with_what_failed() {
         .args([
             "admin",
             "--endpoint",
-            &s.api,
+            &s.serve.api,
             "--token",
             "wrong",
             "projects",

@@ -5,65 +5,29 @@
 //!
 //! `IOTSYNC_CRASH_ROUNDS` sets the number of kills (default 20; the soak bench uses 100).
 
-mod common;
-
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::EPHEMERAL;
 use iotsync_backlog::{Backlog, BacklogConfig, ConsumerId, EmbeddedBacklog};
 use iotsync_core::{ConsumerGroup, ProjectId};
+use iotsync_testkit::{ProjectSpec, ServeProcess};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "crash-test-operator-token-0001";
 
-struct Child_ {
-    child: Child,
-    api: String,
-    banner: Vec<String>,
-}
-
-fn spawn(dir: &std::path::Path) -> Child_ {
+fn spawn(dir: &Path) -> ServeProcess {
     // A small index budget, so the backlog index goes through its spill file (and is
     // rebuilt from the log after each kill) within the few thousand reports of a run.
     let config = dir.join("crash-test.toml");
     std::fs::write(&config, "[delivery]\nindex_memory = \"64 KiB\"\n").expect("write config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_iotsync"))
-        .arg("serve")
-        .arg("--config")
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(dir)
-        .args(EPHEMERAL)
-        .args(["--operator-token", TOKEN])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn iotsync serve");
-    let out = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(out).lines();
-    let mut api = None;
-    let mut banner = Vec::new();
-    for line in lines.by_ref() {
-        let line = line.expect("read banner");
-        if let Some(rest) = line.trim().strip_prefix("api listening:") {
-            api = rest.split_whitespace().next().map(str::to_owned);
-        }
-        let done = line.trim().starts_with("operator token:");
-        banner.push(line);
-        if done {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    Child_ {
-        child,
-        api: api.unwrap_or_else(|| panic!("no api address in banner: {banner:?}")),
-        banner,
-    }
+    let config = config.to_str().expect("a UTF-8 temp path");
+    ServeProcess::start(
+        Path::new(env!("CARGO_BIN_EXE_iotsync")),
+        dir,
+        &["--config", config, "--operator-token", TOKEN],
+    )
 }
 
 /// A small deterministic generator, seeded from the clock; the seed is printed so a
@@ -107,44 +71,13 @@ async fn every_acknowledged_report_survives_repeated_sigkill() {
 
     // Set up a project with sync on, one product and a few devices.
     let first = spawn(dir.path());
-    let api = format!("{}/api/v1", first.api);
-    let post = |path: String, body: Value| {
-        let http = http.clone();
-        async move {
-            http.post(path)
-                .bearer_auth(TOKEN)
-                .json(&body)
-                .send()
-                .await
-                .expect("setup request")
-                .json::<Value>()
-                .await
-                .expect("setup answer")
-        }
-    };
-    let p = post(format!("{api}/projects"), json!({"name": "crash"})).await;
-    let pid = p["projectId"].as_str().unwrap().to_owned();
-    let app_key = p["appKey"].as_str().unwrap().to_owned();
-    post(
-        format!("{api}/projects/{pid}/sync/enable"),
-        json!({"method": "amqp"}),
-    )
-    .await;
-    let pr = post(
-        format!("{api}/projects/{pid}/products"),
-        json!({"name": "Lamp", "deviceType": "Light"}),
-    )
-    .await;
-    let pk = pr["productKey"].as_str().unwrap().to_owned();
-    let mut devices = Vec::new();
-    for i in 0..4 {
-        let d = post(
-            format!("{api}/projects/{pid}/products/{pk}/devices"),
-            json!({"deviceName": format!("lamp{i:04}")}),
-        )
+    let names = ["lamp0000", "lamp0001", "lamp0002", "lamp0003"];
+    let p = first
+        .rest(TOKEN)
+        .create_project(&ProjectSpec::new("crash").devices(&names).sync_first("amqp"))
         .await;
-        devices.push(d["iotId"].as_str().unwrap().to_owned());
-    }
+    let (pid, app_key) = (p.pid.clone(), p.app_key.clone());
+    let devices = p.iots();
     let mut child = first;
 
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -196,8 +129,7 @@ async fn every_acknowledged_report_survives_repeated_sigkill() {
             }));
         }
         tokio::time::sleep(Duration::from_millis(rng.range(50, 400))).await;
-        child.child.kill().expect("SIGKILL"); // Child::kill sends SIGKILL on Unix
-        let _ = child.child.wait();
+        child.kill();
         if dir.path().join("backlog").join("index.spill").exists() {
             rounds_with_spill += 1;
         }
@@ -216,8 +148,7 @@ async fn every_acknowledged_report_survives_repeated_sigkill() {
         );
     }
     // Stop the last child cleanly, then read the backlog the way a consumer would.
-    child.child.kill().expect("kill");
-    let _ = child.child.wait();
+    child.kill();
     let acked = acked.lock().unwrap().clone();
     assert!(
         acked.len() > rounds,

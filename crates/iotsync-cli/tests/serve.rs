@@ -1,46 +1,22 @@
 //! `iotsync serve` as a user runs it: a child process on port 0 with a fresh data dir.
 
-mod common;
+use std::path::Path;
+use std::process::Command;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-use common::EPHEMERAL;
-use serde_json::{json, Value};
+use iotsync_testkit::{ProjectSpec, ServeProcess};
+use serde_json::json;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_iotsync"))
 }
 
 struct Serve {
-    child: Child,
-    api: String,
+    p: ServeProcess,
     dir: tempfile::TempDir,
 }
 
 fn serve() -> Serve {
     serve_in(tempfile::tempdir().unwrap())
-}
-
-fn sigterm(child: &mut Child) -> std::process::ExitStatus {
-    assert_eq!(send_term(child.id()), 0);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn send_term(pid: u32) -> i32 {
-    Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .map(|s| if s.success() { 0 } else { 1 })
-        .unwrap_or(1)
 }
 
 #[test]
@@ -101,111 +77,35 @@ async fn serve_answers_the_quick_start_and_stops_on_sigterm() {
         let mode = std::fs::metadata(&token_path).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0, "operator-token must be private");
     }
-    let http = reqwest::Client::new();
-    let doc: Value = http
-        .get(format!("{}/api/v1/openapi.json", s.api))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rest = s.p.rest(&token);
+    let (status, doc) = rest.get("/api/v1/openapi.json").await;
+    assert_eq!(status, 200);
     assert!(doc["paths"].as_object().unwrap().len() > 10);
-    let post = |path: &str, body: Value| {
-        http.post(format!("{}{}", s.api, path))
-            .bearer_auth(&token)
-            .json(&body)
-            .send()
-    };
-    let p: Value = post("/api/v1/projects", json!({"name": "Quick start"}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let pid = p["projectId"].as_str().unwrap().to_owned();
-    let pr: Value = post(
-        &format!("/api/v1/projects/{pid}/products"),
-        json!({"name": "Lamp", "deviceType": "Light"}),
+    let p = rest
+        .create_project(&ProjectSpec::new("Quick start").devices(&["lamp01"]))
+        .await;
+    let identity = rest.add_user(&p.pid, "ann").await;
+    rest.post_expect(
+        &format!("/api/v1/projects/{}/bindings", p.pid),
+        json!({"identityId": identity, "iotId": p.iot(), "owned": 1}),
+        reqwest::StatusCode::CREATED,
     )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    let pk = pr["productKey"].as_str().unwrap().to_owned();
-    let d: Value = post(
-        &format!("/api/v1/projects/{pid}/products/{pk}/devices"),
-        json!({"deviceName": "lamp01"}),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    let u: Value = post(
-        &format!("/api/v1/projects/{pid}/users"),
-        json!({"loginName": "ann"}),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    let r = post(
-        &format!("/api/v1/projects/{pid}/bindings"),
-        json!({"identityId": u["identityId"], "iotId": d["iotId"], "owned": 1}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 201);
-    let st = sigterm(&mut s.child);
+    .await;
+    let st = s.p.sigterm();
     assert!(st.success(), "graceful shutdown exits 0, got {st:?}");
     // The data survives a restart, and the generated token is reused.
     let mut s2 = serve_in(s.dir);
-    let list: Value = http
-        .get(format!("{}/api/v1/projects", s2.api))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, list) = s2.p.rest(&token).get("/api/v1/projects").await;
     assert_eq!(list["total"], 1);
-    sigterm(&mut s2.child);
+    s2.p.sigterm();
 }
 
 fn serve_in(dir: tempfile::TempDir) -> Serve {
-    let mut child = bin()
-        .args(["serve", "--data-dir"])
-        .arg(dir.path())
-        .args(EPHEMERAL)
-        .env_remove("IOTSYNC_OPERATOR_TOKEN")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let mut api = None;
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(rest) = line.trim().strip_prefix("api listening:") {
-            api = rest.split_whitespace().next().map(str::to_owned);
-        }
-        if line.trim().starts_with("operator token:") {
-            assert!(
-                !line.contains("iot_"),
-                "the token itself must never be printed: {line}"
-            );
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    Serve {
-        child,
-        api: api.unwrap(),
-        dir,
-    }
+    let p = ServeProcess::start(Path::new(env!("CARGO_BIN_EXE_iotsync")), dir.path(), &[]);
+    let token_line = p.banner.last().expect("a banner");
+    assert!(
+        !token_line.contains("iot_"),
+        "the token itself must never be printed: {token_line}"
+    );
+    Serve { p, dir }
 }

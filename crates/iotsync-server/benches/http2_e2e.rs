@@ -21,12 +21,11 @@ mod support;
 
 use support::now_us;
 
-use iotsync_core::{Envelope, MessageId, MessageKind, SyncMessage, SystemClock};
+use iotsync_core::{Envelope, MessageId, MessageKind, SyncMessage};
 use iotsync_sdk::amqp::AmqpConsumer;
 use iotsync_sdk::http2::Http2Consumer;
-use iotsync_server::{ConfigOverrides, ServerConfig};
+use iotsync_testkit::{ProjectSpec, TestServer};
 
-const TOKEN: &str = "bench-operator-token-0123456789";
 const PAYLOAD_BYTES: usize = 256;
 const KEYS: usize = 10_000;
 const APPENDERS: usize = 8;
@@ -149,44 +148,18 @@ async fn produce(server: &iotsync_server::RunningServer, pid: &str, n: usize, ra
     }
 }
 
-async fn project(http: &reqwest::Client, base: &str, method: &str) -> (String, String, String) {
-    let p: Value = http
-        .post(format!("{base}/api/v1/projects"))
-        .bearer_auth(TOKEN)
-        .json(&json!({"name": "bench"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let pid = p["projectId"].as_str().unwrap().to_owned();
-    let r = http
-        .post(format!("{base}/api/v1/projects/{pid}/sync/enable"))
-        .bearer_auth(TOKEN)
-        .json(&json!({ "method": method }))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
-    (
-        pid,
-        p["appKey"].as_str().unwrap().to_owned(),
-        p["appSecret"].as_str().unwrap().to_owned(),
-    )
+/// A project with sync on `method`: (projectId, appKey, appSecret).
+async fn project(env: &TestServer, method: &str) -> (String, String, String) {
+    let p = env
+        .create_project(&ProjectSpec::new("bench").sync_first(method))
+        .await;
+    (p.pid, p.app_key, p.app_secret)
 }
 
-async fn run_http2(
-    server: &iotsync_server::RunningServer,
-    http: &reqwest::Client,
-    base: &str,
-    n: usize,
-    credit: u32,
-    rate: u64,
-) -> Report {
-    let (pid, key, secret) = project(http, base, "http2").await;
+async fn run_http2(env: &TestServer, n: usize, credit: u32, rate: u64) -> Report {
+    let (pid, key, secret) = project(env, "http2").await;
     let consumer = Http2Consumer::builder()
-        .endpoint(format!("http://{}", server.addr("http2").unwrap()))
+        .endpoint(env.http2_url())
         .app_key(key)
         .app_secret(secret)
         .credit(credit)
@@ -194,7 +167,7 @@ async fn run_http2(
         .unwrap();
     let mut stream = consumer.stream();
     let started = Instant::now();
-    let producer = produce(server, &pid, n, rate);
+    let producer = produce(env.server(), &pid, n, rate);
     let consume = async {
         let mut lat = Vec::with_capacity(n);
         while lat.len() < n {
@@ -212,24 +185,19 @@ async fn run_http2(
         lat
     };
     let ((), lat) = tokio::join!(producer, consume);
-    wait_drained(http, base, &pid).await;
+    // Until the server counted every ack (nothing stacked).
+    env.stats_until(&pid, |st| st["groups"][0]["stacked"] == 0)
+        .await;
     Report {
         secs: started.elapsed().as_secs_f64(),
         lat_us: lat,
     }
 }
 
-async fn run_amqp(
-    server: &iotsync_server::RunningServer,
-    http: &reqwest::Client,
-    base: &str,
-    n: usize,
-    credit: u32,
-    rate: u64,
-) -> Report {
-    let (pid, key, secret) = project(http, base, "amqp").await;
+async fn run_amqp(env: &TestServer, n: usize, credit: u32, rate: u64) -> Report {
+    let (pid, key, secret) = project(env, "amqp").await;
     let consumer = AmqpConsumer::builder()
-        .endpoint(format!("amqp://{}", server.addr("amqp").unwrap()))
+        .endpoint(env.amqp_url())
         .app_key(key)
         .app_secret(secret)
         .credit(credit)
@@ -237,7 +205,7 @@ async fn run_amqp(
         .unwrap();
     let mut stream = consumer.stream();
     let started = Instant::now();
-    let producer = produce(server, &pid, n, rate);
+    let producer = produce(env.server(), &pid, n, rate);
     let consume = async {
         let mut lat = Vec::with_capacity(n);
         while lat.len() < n {
@@ -255,31 +223,13 @@ async fn run_amqp(
         lat
     };
     let ((), lat) = tokio::join!(producer, consume);
-    wait_drained(http, base, &pid).await;
+    // Until the server counted every ack (nothing stacked).
+    env.stats_until(&pid, |st| st["groups"][0]["stacked"] == 0)
+        .await;
     Report {
         secs: started.elapsed().as_secs_f64(),
         lat_us: lat,
     }
-}
-
-/// Until the server counted every ack (nothing stacked).
-async fn wait_drained(http: &reqwest::Client, base: &str, pid: &str) {
-    for _ in 0..600 {
-        let st: Value = http
-            .get(format!("{base}/api/v1/projects/{pid}/sync/stats"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if st["groups"][0]["stacked"] == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("acks were not all counted");
 }
 
 fn main() {
@@ -293,30 +243,24 @@ fn main() {
             Some(d) => tempfile::tempdir_in(d).unwrap(),
             None => tempfile::tempdir().unwrap(),
         };
-        let flags = ConfigOverrides {
-            data_dir: Some(dir.path().to_owned()),
-            api_listen: Some("127.0.0.1:0".into()),
-            operator_token: Some(TOKEN.into()),
-            ..Default::default()
-        }
-        .ephemeral_listeners();
-        let cfg = ServerConfig::layered(None, Default::default(), flags).unwrap();
-        let server = iotsync_server::start(cfg, Arc::new(SystemClock)).await.unwrap();
-        let base = format!("http://{}", server.api_addr);
-        let http = reqwest::Client::new();
+        let env = TestServer::builder()
+            .system_clock()
+            .temp_dir(dir)
+            .start()
+            .await;
         println!(
             "{} messages of {PAYLOAD_BYTES} B, {KEYS} keys, {APPENDERS} appenders x {BATCH}, consumer credit {}, offered rate {} msg/s (0 = unpaced), durable backlog in {}",
             a.messages,
             a.credit,
             a.rate,
-            dir.path().display()
+            env.dir.path().display()
         );
         if a.only.as_deref() != Some("amqp") {
-            run_http2(&server, &http, &base, a.messages, a.credit, a.rate).await.print("http2", a.messages);
+            run_http2(&env, a.messages, a.credit, a.rate).await.print("http2", a.messages);
         }
         if a.only.as_deref() != Some("http2") {
-            run_amqp(&server, &http, &base, a.messages, a.credit, a.rate).await.print("amqp", a.messages);
+            run_amqp(&env, a.messages, a.credit, a.rate).await.print("amqp", a.messages);
         }
-        server.shutdown(Duration::from_secs(5)).await;
+        env.stop().await;
     });
 }

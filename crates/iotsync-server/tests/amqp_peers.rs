@@ -2,16 +2,15 @@
 //! and rhea (Node). Every scenario runs over both, over real sockets, with the server's
 //! clock manual (peers sign with it; retries are made due by advancing it).
 
-mod amqp_common;
-
 use serde_json::{json, Value};
 
-use amqp_common::{app_key_args, Env, Peer, PeerProc};
+use iotsync_testkit::peers::{app_key_args, AmqpPeer};
+use iotsync_testkit::{Project, TestServer, WAIT};
 
-fn assert_property_message(m: &Value, p: &amqp_common::Project, env: &Env) {
+fn assert_property_message(m: &Value, p: &Project, env: &TestServer) {
     assert_eq!(
         m["topic"],
-        format!("/{}/{}/thing/event/property/post", p.pk, p.dn),
+        format!("/{}/{}/thing/event/property/post", p.pk, p.dn()),
         "{m}"
     );
     let id = m["messageId"]
@@ -22,23 +21,23 @@ fn assert_property_message(m: &Value, p: &amqp_common::Project, env: &Env) {
     assert_eq!(m["generateTime"], json!(env.now()), "{m}");
     let pl = &m["payload"];
     assert_eq!(pl["deviceType"], "Light", "{m}");
-    assert_eq!(pl["iotId"], p.iot.as_str());
+    assert_eq!(pl["iotId"], p.iot());
     assert_eq!(pl["productKey"], p.pk.as_str());
-    assert_eq!(pl["deviceName"], p.dn.as_str());
+    assert_eq!(pl["deviceName"], p.dn());
     assert!(pl["gmtCreate"].is_number(), "{m}");
     assert_eq!(pl["items"]["LightSwitch"]["value"], 1, "{m}");
     assert!(pl["items"]["LightSwitch"]["time"].is_number(), "{m}");
 }
 
-async fn receives_a_property_message_and_accepts_it(peer: Peer) {
-    let env = Env::start().await;
+async fn receives_a_property_message_and_accepts_it(peer: AmqpPeer) {
+    let env = TestServer::start().await;
     let p = env.project("Home").await;
-    let mut c = PeerProc::spawn(peer, &app_key_args(&env, &p, &["--count", "1"]));
+    let mut c = peer.spawn(&app_key_args(&env, &p, &["--count", "1"]));
     c.next_event("opened").await;
     env.report(&p, json!({"LightSwitch": 1})).await;
     let m = c.next_event("message").await;
     assert_property_message(&m, &p, &env);
-    if peer == Peer::Python {
+    if peer == AmqpPeer::Python {
         assert_eq!(
             m["generateTimeType"], "int",
             "generateTime is an integer: {m}"
@@ -56,8 +55,8 @@ async fn receives_a_property_message_and_accepts_it(peer: Peer) {
     c.next_event("done").await;
     // Accepted: a new consumer of the group gets nothing more, and nothing is dead.
     c.next_event("exit").await;
-    assert!(env.dead_letters(&p).await.is_empty());
-    let mut again = PeerProc::spawn(peer, &app_key_args(&env, &p, &["--count", "1"]));
+    assert!(env.dead_letters(&p.pid).await.is_empty());
+    let mut again = peer.spawn(&app_key_args(&env, &p, &["--count", "1"]));
     again.next_event("opened").await;
     env.report(&p, json!({"LightSwitch": 0})).await;
     let m2 = again.next_event("message").await;
@@ -69,17 +68,14 @@ async fn receives_a_property_message_and_accepts_it(peer: Peer) {
     env.stop().await;
 }
 
-async fn released_message_comes_back(peer: Peer) {
-    let env = Env::start().await;
+async fn released_message_comes_back(peer: AmqpPeer) {
+    let env = TestServer::start().await;
     let p = env.project("Home").await;
-    let mut c = PeerProc::spawn(
-        peer,
-        &app_key_args(
-            &env,
-            &p,
-            &["--count", "2", "--disposition", "release-first"],
-        ),
-    );
+    let mut c = peer.spawn(&app_key_args(
+        &env,
+        &p,
+        &["--count", "2", "--disposition", "release-first"],
+    ));
     c.next_event("opened").await;
     env.report(&p, json!({"LightSwitch": 1})).await;
     let first = c.next_event("message").await;
@@ -102,24 +98,25 @@ async fn released_message_comes_back(peer: Peer) {
     if !c.saw("done") {
         c.next_event("done").await;
     }
-    assert!(env.dead_letters(&p).await.is_empty());
+    assert!(env.dead_letters(&p.pid).await.is_empty());
     env.stop().await;
 }
 
-async fn rejected_message_lands_in_dead_letters(peer: Peer) {
-    let env = Env::start().await;
+async fn rejected_message_lands_in_dead_letters(peer: AmqpPeer) {
+    let env = TestServer::start().await;
     let p = env.project("Home").await;
-    let mut c = PeerProc::spawn(
-        peer,
-        &app_key_args(&env, &p, &["--count", "1", "--disposition", "reject"]),
-    );
+    let mut c = peer.spawn(&app_key_args(
+        &env,
+        &p,
+        &["--count", "1", "--disposition", "reject"],
+    ));
     c.next_event("opened").await;
     env.report(&p, json!({"LightSwitch": 1})).await;
     let m = c.next_event("message").await;
     c.next_event("done").await;
-    let deadline = std::time::Instant::now() + amqp_common::PEER_WAIT;
+    let deadline = std::time::Instant::now() + WAIT;
     loop {
-        let dead = env.dead_letters(&p).await;
+        let dead = env.dead_letters(&p.pid).await;
         if let Some(d) = dead.iter().find(|d| d["messageId"] == m["messageId"]) {
             assert_eq!(d["topic"], m["topic"]);
             assert_eq!(d["group"], p.app_key.as_str());
@@ -134,10 +131,10 @@ async fn rejected_message_lands_in_dead_letters(peer: Peer) {
     env.stop().await;
 }
 
-async fn unsettled_messages_of_a_killed_client_reach_the_next_client(peer: Peer) {
-    let env = Env::start().await;
+async fn unsettled_messages_of_a_killed_client_reach_the_next_client(peer: AmqpPeer) {
+    let env = TestServer::start().await;
     let p = env.project("Home").await;
-    let mut a = PeerProc::spawn(peer, &app_key_args(&env, &p, &["--disposition", "none"]));
+    let mut a = peer.spawn(&app_key_args(&env, &p, &["--disposition", "none"]));
     a.next_event("opened").await;
     // Three devices: one message each may be in flight at once.
     for i in 0..3 {
@@ -148,7 +145,7 @@ async fn unsettled_messages_of_a_killed_client_reach_the_next_client(peer: Peer)
         ids.push(a.next_event("message").await["messageId"].clone());
     }
     a.kill();
-    let mut b = PeerProc::spawn(peer, &app_key_args(&env, &p, &["--count", "3"]));
+    let mut b = peer.spawn(&app_key_args(&env, &p, &["--count", "3"]));
     let mut got = Vec::new();
     for _ in 0..3 {
         got.push(b.next_event("message").await["messageId"].clone());
@@ -163,8 +160,8 @@ async fn unsettled_messages_of_a_killed_client_reach_the_next_client(peer: Peer)
     env.stop().await;
 }
 
-async fn refuses_bad_logins_with_unauthorized_access(peer: Peer) {
-    let env = Env::start().await;
+async fn refuses_bad_logins_with_unauthorized_access(peer: AmqpPeer) {
+    let env = TestServer::start().await;
     let p = env.project("Home").await;
     let stale = (env.now() - 16 * 60 * 1000).to_string();
     let now = env.now().to_string();
@@ -213,7 +210,7 @@ async fn refuses_bad_logins_with_unauthorized_access(peer: Peer) {
     .collect();
     for (name, mut args) in cases {
         args.extend(["--url".into(), url.clone(), "--mode".into(), "login".into()]);
-        let mut c = PeerProc::spawn(peer, &args);
+        let mut c = peer.spawn(&args);
         let e = c.next_event("error").await;
         assert_eq!(e["condition"], "amqp:unauthorized-access", "{name}: {e}");
         assert!(
@@ -225,10 +222,10 @@ async fn refuses_bad_logins_with_unauthorized_access(peer: Peer) {
     env.stop().await;
 }
 
-async fn refuses_sender_links_with_a_clear_error(peer: Peer) {
-    let env = Env::start().await;
+async fn refuses_sender_links_with_a_clear_error(peer: AmqpPeer) {
+    let env = TestServer::start().await;
     let p = env.project("Home").await;
-    let mut c = PeerProc::spawn(peer, &app_key_args(&env, &p, &["--mode", "send"]));
+    let mut c = peer.spawn(&app_key_args(&env, &p, &["--mode", "send"]));
     let e = c.next_event("error").await;
     assert_eq!(e["condition"], "amqp:not-allowed", "{e}");
     assert!(
@@ -247,7 +244,7 @@ macro_rules! over_every_peer {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name(Peer::Python).await
+                    super::$name(AmqpPeer::Python).await
                 }
             )*
         }
@@ -256,7 +253,7 @@ macro_rules! over_every_peer {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name(Peer::Node).await
+                    super::$name(AmqpPeer::Node).await
                 }
             )*
         }
@@ -266,11 +263,11 @@ macro_rules! over_every_peer {
 /// A stock client settles each message with its own disposition frame; the server merges
 /// runs of them into ranges before its AMQP engine (ADR 0003). Every message of a burst
 /// must come out acknowledged exactly once: none left, none redelivered, none dead.
-async fn a_burst_settled_one_by_one_is_acknowledged_exactly(peer: Peer) {
-    let env = Env::start().await;
+async fn a_burst_settled_one_by_one_is_acknowledged_exactly(peer: AmqpPeer) {
+    let env = TestServer::start().await;
     let p = env.project("Home").await;
     // One delivery per device is in flight at a time: many devices, many in flight.
-    let mut iots = p.iots.clone();
+    let mut iots = p.iots();
     for i in 0..37 {
         let d = env
             .ok(
@@ -294,8 +291,8 @@ async fn a_burst_settled_one_by_one_is_acknowledged_exactly(peer: Peer) {
     }
     // The reports, and one lifecycle message per device created above (those come
     // through the registry's outbox, a moment later).
-    let n = iots.len() * per_device + (iots.len() - p.iots.len());
-    let deadline = std::time::Instant::now() + amqp_common::PEER_WAIT;
+    let n = iots.len() * per_device + (iots.len() - p.devices.len());
+    let deadline = std::time::Instant::now() + WAIT;
     loop {
         let (_, st) = env
             .get(&format!("/api/v1/projects/{}/sync/stats", p.pid))
@@ -310,7 +307,7 @@ async fn a_burst_settled_one_by_one_is_acknowledged_exactly(peer: Peer) {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let args = app_key_args(&env, &p, &["--count", &n.to_string(), "--credit", "100"]);
-    let mut c = PeerProc::spawn(peer, &args);
+    let mut c = peer.spawn(&args);
     c.next_event("done").await;
     c.next_event("exit").await;
     let ids: std::collections::HashSet<String> = c
@@ -321,8 +318,8 @@ async fn a_burst_settled_one_by_one_is_acknowledged_exactly(peer: Peer) {
         .collect();
     assert_eq!(ids.len(), n, "every message once");
     // Acknowledged, all of them: nothing stacked, in flight or dead; acked_total = n.
-    env.wait_all_acknowledged(&p, n).await;
-    assert!(env.dead_letters(&p).await.is_empty());
+    env.wait_all_acknowledged(&p.pid, n).await;
+    assert!(env.dead_letters(&p.pid).await.is_empty());
     let merged = env.metric("iotsync_amqp_dispositions_merged_total").await;
     eprintln!("{peer:?}: {n} messages, {merged} disposition frames merged away");
     env.stop().await;
@@ -343,17 +340,13 @@ over_every_peer!(
 /// console's command line says.
 #[tokio::test]
 async fn the_consoles_python_sample_consumes_and_acknowledges() {
-    let env = Env::start().await;
-    // The sample signs with the wall clock, as a user's server does.
-    let wall = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    env.clock.set_ms(wall);
+    // The sample signs with the wall clock, as a user's server does; the kit's manual
+    // clock starts at the real time.
+    let env = TestServer::start().await;
     let p = env.project("Samples").await;
     env.report(&p, json!({"LightSwitch": 1})).await;
     env.report(&p, json!({"LightSwitch": 0})).await;
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let root = iotsync_testkit::repo_root();
     let run = tokio::process::Command::new("python3")
         .arg(root.join("crates/iotsync-sdk/examples/amqp_consumer.py"))
         .env("IOTSYNC_ENDPOINT", env.amqp_url())
@@ -362,7 +355,7 @@ async fn the_consoles_python_sample_consumes_and_acknowledges() {
         .env("IOTSYNC_MAX_MESSAGES", "2")
         .kill_on_drop(true)
         .output();
-    let out = tokio::time::timeout(amqp_common::PEER_WAIT, run)
+    let out = tokio::time::timeout(WAIT, run)
         .await
         .expect("the sample did not finish")
         .expect("python3 runs the sample");
@@ -374,7 +367,7 @@ async fn the_consoles_python_sample_consumes_and_acknowledges() {
     );
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{stdout}");
-    let topic = format!("/{}/{}/thing/event/property/post", p.pk, p.dn);
+    let topic = format!("/{}/{}/thing/event/property/post", p.pk, p.dn());
     for (line, value) in lines.iter().zip([1, 0]) {
         // generateTime messageId topic payload
         let mut parts = line.splitn(4, ' ');
@@ -390,6 +383,6 @@ async fn the_consoles_python_sample_consumes_and_acknowledges() {
         let pl: Value = serde_json::from_str(payload).unwrap();
         assert_eq!(pl["items"]["LightSwitch"]["value"], value, "{line}");
     }
-    env.wait_all_acknowledged(&p, 2).await;
+    env.wait_all_acknowledged(&p.pid, 2).await;
     env.stop().await;
 }

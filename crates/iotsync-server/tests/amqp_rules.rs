@@ -3,8 +3,6 @@
 //! the next login, link credit bounding what is in flight (Qpid Proton), the client's
 //! idle time-out honoured with heartbeats (Qpid Proton).
 
-mod amqp_common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,11 +12,11 @@ use fe2o3_amqp::types::definitions::{AmqpError as AmqpCondition, ErrorCondition}
 use fe2o3_amqp::{Connection, Session};
 use serde_json::json;
 
-use amqp_common::{Env, PeerProc, Project, PEER_WAIT};
 use iotsync_core::sign::amqp::{sign_password, AmqpAuthMode, AmqpCredentials};
 use iotsync_sdk::amqp::{AmqpConsumer, AmqpError, MessageStream};
+use iotsync_testkit::{PeerProc, Project, TestServer, WAIT};
 
-fn consumer(env: &Env, p: &Project, secret: &str, group: &str) -> AmqpConsumer {
+fn consumer(env: &TestServer, p: &Project, secret: &str, group: &str) -> AmqpConsumer {
     AmqpConsumer::builder()
         .endpoint(env.amqp_url())
         .app_key(p.app_key.clone())
@@ -33,7 +31,7 @@ fn consumer(env: &Env, p: &Project, secret: &str, group: &str) -> AmqpConsumer {
 
 /// Connects once; `Err` says why the login or attach failed.
 async fn connect(c: &AmqpConsumer) -> Result<MessageStream, AmqpError> {
-    tokio::time::timeout(PEER_WAIT, c.connect())
+    tokio::time::timeout(WAIT, c.connect())
         .await
         .expect("connect neither succeeded nor failed")
 }
@@ -48,7 +46,7 @@ fn refused(r: Result<MessageStream, AmqpError>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closes_a_connection_that_attaches_no_receiver_link_within_15_seconds() {
-    let env = Env::start().await;
+    let env = TestServer::start().await;
     let p = env.project("Home").await;
     let creds = AmqpCredentials {
         client_id: "no-link".into(),
@@ -93,7 +91,10 @@ async fn closes_a_connection_that_attaches_no_receiver_link_within_15_seconds() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuses_connection_attempts_of_a_group_beyond_the_per_minute_limit() {
-    let env = Env::start_with(Some("[delivery]\nconnects_per_minute = 3\n")).await;
+    let env = TestServer::builder()
+        .config("[delivery]\nconnects_per_minute = 3\n")
+        .start()
+        .await;
     let p = env.project("Home").await;
     let g1 = consumer(&env, &p, &p.app_secret, "analytics");
     let mut held = Vec::new();
@@ -118,7 +119,7 @@ async fn refuses_connection_attempts_of_a_group_beyond_the_per_minute_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_secret_takes_effect_at_the_next_login() {
-    let env = Env::start().await;
+    let env = TestServer::start().await;
     let p = env.project("Home").await;
     let old = consumer(&env, &p, &p.app_secret, "ops");
     // Logged in once with the old secret, so the server has seen (and may cache) it.
@@ -137,7 +138,7 @@ async fn a_rotated_secret_takes_effect_at_the_next_login() {
     let new = consumer(&env, &p, &new_secret, "ops");
     let mut s = connect(&new).await.expect("the new secret works at once");
     env.report(&p, json!({"LightSwitch": 1})).await;
-    let m = match tokio::time::timeout(PEER_WAIT, s.next()).await {
+    let m = match tokio::time::timeout(WAIT, s.next()).await {
         Ok(Some(Ok(m))) => m,
         _ => panic!("no message over the new login"),
     };
@@ -149,22 +150,15 @@ async fn a_rotated_secret_takes_effect_at_the_next_login() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn never_has_more_messages_in_flight_than_the_link_credit() {
-    let env = Env::start().await;
+    let env = TestServer::start().await;
     let mut p = env.project("Home").await;
     // The backlog keeps one message per device in flight: enough devices that the
     // link's credit (5) is the bound under test.
     for i in 4..=13 {
-        let d = env
-            .ok(
-                reqwest::Method::POST,
-                &format!("/api/v1/projects/{}/products/{}/devices", p.pid, p.pk),
-                Some(json!({ "deviceName": format!("lamp{i:04}") })),
-            )
-            .await;
-        p.iots.push(d["iotId"].as_str().unwrap().to_owned());
+        env.add_device(&mut p, &format!("lamp{i:04}")).await;
     }
     for n in 0..50 {
-        env.report_on(&p, n % p.iots.len(), json!({ "LightSwitch": n % 2 }))
+        env.report_on(&p, n % p.devices.len(), json!({ "LightSwitch": n % 2 }))
             .await;
     }
     let args: Vec<String> = [
@@ -188,7 +182,7 @@ async fn never_has_more_messages_in_flight_than_the_link_credit() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut probe = PeerProc::spawn_python_script("credit_probe.py", &args);
+    let mut probe = PeerProc::python("amqp/credit_probe.py", &args);
     let done = probe.next_event("done").await;
     assert_eq!(done["received"], 50, "{done}");
     assert_eq!(done["over_credit"], 0, "{done}");
@@ -200,7 +194,7 @@ async fn never_has_more_messages_in_flight_than_the_link_credit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_keep_an_idle_connection_open_past_the_clients_idle_timeout() {
-    let env = Env::start().await;
+    let env = TestServer::start().await;
     let p = env.project("Home").await;
     let args: Vec<String> = [
         "--url",
@@ -223,7 +217,7 @@ async fn heartbeats_keep_an_idle_connection_open_past_the_clients_idle_timeout()
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut probe = PeerProc::spawn_python_script("credit_probe.py", &args);
+    let mut probe = PeerProc::python("amqp/credit_probe.py", &args);
     probe.next_event("opened").await;
     // Proton closes the connection itself if nothing arrives within 2 s; the server's
     // heartbeats must keep it open through 7 idle seconds.

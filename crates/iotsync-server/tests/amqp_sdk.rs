@@ -2,18 +2,17 @@
 //! matters): access-key logins, TLS with the generated certificate, consumer groups,
 //! project isolation, every SPEC §4 message type, closing on disable.
 
-mod amqp_common;
-
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use amqp_common::{Env, Peer, PeerProc, Project, PEER_WAIT};
 use iotsync_sdk::amqp::{AmqpConsumer, AmqpError, AmqpMessage, MessageStream};
+use iotsync_testkit::peers::{app_key_args, AmqpPeer};
+use iotsync_testkit::{Project, TestServer, WAIT};
 
-fn consumer(env: &Env, p: &Project, group: Option<&str>, client: &str) -> AmqpConsumer {
+fn consumer(env: &TestServer, p: &Project, group: Option<&str>, client: &str) -> AmqpConsumer {
     let mut b = AmqpConsumer::builder()
         .endpoint(env.amqp_url())
         .app_key(p.app_key.clone())
@@ -28,7 +27,7 @@ fn consumer(env: &Env, p: &Project, group: Option<&str>, client: &str) -> AmqpCo
 }
 
 async fn next_msg(s: &mut MessageStream) -> AmqpMessage {
-    match tokio::time::timeout(PEER_WAIT, s.next()).await {
+    match tokio::time::timeout(WAIT, s.next()).await {
         Ok(Some(Ok(m))) => m,
         other => panic!(
             "expected a message, got {:?}",
@@ -47,19 +46,19 @@ async fn assert_quiet(s: &mut MessageStream) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_key_form_logs_in_with_every_hmac_method() {
-    let env = Env::start().await;
+    let env = TestServer::start().await;
     let p = env.project("Home").await;
     for method in ["hmacmd5", "hmacsha1", "hmacsha256"] {
-        let mut args = amqp_common::app_key_args(&env, &p, &["--mode", "login"]);
+        let mut args = app_key_args(&env, &p, &["--mode", "login"]);
         args.extend(["--auth", "aksign", "--sign-method", method].map(String::from));
-        let mut c = PeerProc::spawn(Peer::Python, &args);
+        let mut c = AmqpPeer::Python.spawn(&args);
         c.next_event("opened").await;
         c.next_event("done").await;
         // The same with a wrong secret is refused.
-        let mut bad = amqp_common::app_key_args(&env, &p, &["--mode", "login"]);
+        let mut bad = app_key_args(&env, &p, &["--mode", "login"]);
         bad[5] = "wrong-secret".into();
         bad.extend(["--auth", "aksign", "--sign-method", method].map(String::from));
-        let mut c = PeerProc::spawn(Peer::Python, &bad);
+        let mut c = AmqpPeer::Python.spawn(&bad);
         let e = c.next_event("error").await;
         assert_eq!(e["condition"], "amqp:unauthorized-access", "{method}: {e}");
     }
@@ -68,13 +67,13 @@ async fn access_key_form_logs_in_with_every_hmac_method() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_the_generated_certificate_delivers() {
-    let env = Env::start().await;
+    let env = TestServer::start().await;
     let p = env.project("Home").await;
     // Proton over amqps, verifying the server against the generated certificate.
-    let mut args = amqp_common::app_key_args(&env, &p, &["--count", "1"]);
+    let mut args = app_key_args(&env, &p, &["--count", "1"]);
     args[1] = env.amqps_url();
     args.extend(["--ca".to_string(), env.ca_file().display().to_string()]);
-    let mut c = PeerProc::spawn(Peer::Python, &args);
+    let mut c = AmqpPeer::Python.spawn(&args);
     c.next_event("opened").await;
     env.report(&p, json!({"LightSwitch": 1})).await;
     let m = c.next_event("message").await;
@@ -96,7 +95,7 @@ async fn tls_with_the_generated_certificate_delivers() {
     let m = next_msg(&mut s).await;
     assert_eq!(
         m.envelope.topic,
-        format!("/{}/{}/thing/event/property/post", p.pk, p.dn)
+        format!("/{}/{}/thing/event/property/post", p.pk, p.dn())
     );
     m.ack().await.unwrap();
     env.stop().await;
@@ -104,7 +103,7 @@ async fn tls_with_the_generated_certificate_delivers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_consumers_of_one_group_share_and_two_groups_each_get_all() {
-    let env = Env::start().await;
+    let env = TestServer::start().await;
     let p = env.project("Home").await;
     let mut a1 = consumer(&env, &p, Some("analytics"), "a1")
         .connect()
@@ -131,7 +130,7 @@ async fn two_consumers_of_one_group_share_and_two_groups_each_get_all() {
     }
     // Group "analytics": each message to exactly one of its two consumers.
     let (mut got1, mut got2) = (Vec::new(), Vec::new());
-    let deadline = std::time::Instant::now() + PEER_WAIT;
+    let deadline = std::time::Instant::now() + WAIT;
     while got1.len() + got2.len() < n {
         assert!(
             std::time::Instant::now() < deadline,
@@ -164,7 +163,7 @@ async fn two_consumers_of_one_group_share_and_two_groups_each_get_all() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn project_b_credentials_never_see_project_a_messages() {
-    let env = Env::start().await;
+    let env = TestServer::start().await;
     let a = env.project("A").await;
     let b = env.project("B").await;
     let mut sa = consumer(&env, &a, None, "ca").connect().await.unwrap();
@@ -193,11 +192,11 @@ fn payload(m: &AmqpMessage) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_type_arrives_with_its_topic_and_fields() {
     use reqwest::Method;
-    let env = Env::start().await;
+    let env = TestServer::start().await;
     let p = env.project("Home").await;
     let mut s = consumer(&env, &p, None, "all").connect().await.unwrap();
     let pid = &p.pid;
-    let iot = &p.iot;
+    let iot = &p.iot();
     let mut seen: Vec<(String, Value)> = Vec::new();
     let mut take = |m: AmqpMessage| {
         let v = payload(&m);
@@ -210,7 +209,7 @@ async fn every_message_type_arrives_with_its_topic_and_fields() {
     // Property post.
     env.report(&p, json!({"LightSwitch": 1})).await;
     let (m, t, v) = take(next_msg(&mut s).await);
-    assert_eq!(t, format!("/{}/{}/thing/event/property/post", p.pk, p.dn));
+    assert_eq!(t, format!("/{}/{}/thing/event/property/post", p.pk, p.dn()));
     for f in [
         "deviceType",
         "iotId",
@@ -231,7 +230,7 @@ async fn every_message_type_arrives_with_its_topic_and_fields() {
     )
     .await;
     let (m, t, v) = take(next_msg(&mut s).await);
-    assert_eq!(t, format!("/{}/{}/thing/event/Overheat/post", p.pk, p.dn));
+    assert_eq!(t, format!("/{}/{}/thing/event/Overheat/post", p.pk, p.dn()));
     for f in [
         "deviceType",
         "iotId",
@@ -258,7 +257,7 @@ async fn every_message_type_arrives_with_its_topic_and_fields() {
         )
         .await;
         let (m, t, v) = take(next_msg(&mut s).await);
-        assert_eq!(t, format!("/{}/{}/thing/lifecycle", p.pk, p.dn));
+        assert_eq!(t, format!("/{}/{}/thing/lifecycle", p.pk, p.dn()));
         assert_eq!(v["action"], action);
         for f in ["iotId", "productKey", "deviceName", "messageCreateTime"] {
             assert!(v.get(f).is_some(), "{t}: {f} in {v}");
@@ -310,7 +309,7 @@ async fn every_message_type_arrives_with_its_topic_and_fields() {
     )
     .await;
     let (m, t, v) = take(next_msg(&mut s).await);
-    assert_eq!(t, format!("/{}/{}/thing/user/binding", p.pk, p.dn));
+    assert_eq!(t, format!("/{}/{}/thing/user/binding", p.pk, p.dn()));
     assert_eq!(v["operation"], "Bind");
     for f in [
         "identityId",
@@ -327,7 +326,7 @@ async fn every_message_type_arrives_with_its_topic_and_fields() {
     // Device delete.
     env.ok(
         Method::DELETE,
-        &format!("/api/v1/projects/{pid}/devices/{}", p.iots[2]),
+        &format!("/api/v1/projects/{pid}/devices/{}", p.devices[2].iot),
         None,
     )
     .await;
@@ -341,10 +340,10 @@ async fn every_message_type_arrives_with_its_topic_and_fields() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabling_sync_closes_the_connection_with_the_reason() {
-    let env = Env::start().await;
+    let env = TestServer::start().await;
     let p = env.project("Home").await;
     // Proton sees the close frame's condition and description.
-    let mut c = PeerProc::spawn(Peer::Python, &amqp_common::app_key_args(&env, &p, &[]));
+    let mut c = AmqpPeer::Python.spawn(&app_key_args(&env, &p, &[]));
     c.next_event("opened").await;
     let mut s = consumer(&env, &p, None, "sdk").connect().await.unwrap();
     // Both consumers are attached once a message has been delivered to the group.
@@ -371,7 +370,7 @@ async fn disabling_sync_closes_the_connection_with_the_reason() {
     );
     // The SDK reports it too.
     let end = loop {
-        match tokio::time::timeout(PEER_WAIT, s.next()).await {
+        match tokio::time::timeout(WAIT, s.next()).await {
             Ok(Some(Ok(_))) => continue,
             Ok(Some(Err(e))) => break e,
             other => panic!("stream ended without the reason: {}", other.is_ok()),
@@ -390,7 +389,7 @@ async fn disabling_sync_closes_the_connection_with_the_reason() {
     // A new connection is refused with the reason while sync is off.
     let refused = consumer(&env, &p, None, "late").connect().await;
     match refused {
-        Ok(mut s) => match tokio::time::timeout(PEER_WAIT, s.next()).await {
+        Ok(mut s) => match tokio::time::timeout(WAIT, s.next()).await {
             Ok(Some(Err(AmqpError::Closed { description, .. }))) => {
                 assert!(description.contains("sync.disabled"), "{description}")
             }
@@ -418,15 +417,15 @@ async fn a_client_settling_one_by_one_gets_every_message_acknowledged_once() {
     use fe2o3_amqp::{link::receiver::CreditMode, Connection, Receiver, Session};
     use iotsync_core::sign::amqp::{sign_password, AmqpAuthMode, AmqpCredentials};
 
-    let env = Env::start().await;
+    let env = TestServer::start().await;
     let p = env.project("Home").await;
     let per_device = 40;
     for round in 0..per_device {
-        for i in 0..p.iots.len() {
+        for i in 0..p.devices.len() {
             env.report_on(&p, i, json!({ "Counter": round })).await;
         }
     }
-    let n = per_device * p.iots.len();
+    let n = per_device * p.devices.len();
     let creds = AmqpCredentials {
         client_id: "fe2o3-one-by-one".into(),
         auth: AmqpAuthMode::AppKey {
@@ -455,7 +454,7 @@ async fn a_client_settling_one_by_one_gets_every_message_acknowledged_once() {
         .unwrap();
     let mut ids = HashSet::new();
     for _ in 0..n {
-        let d = tokio::time::timeout(PEER_WAIT, rx.recv::<Body<AmqpValue>>())
+        let d = tokio::time::timeout(WAIT, rx.recv::<Body<AmqpValue>>())
             .await
             .expect("a message")
             .unwrap();
@@ -468,7 +467,7 @@ async fn a_client_settling_one_by_one_gets_every_message_acknowledged_once() {
         rx.accept(&d).await.unwrap();
     }
     // Acknowledged, all of them, before the client leaves.
-    env.wait_all_acknowledged(&p, n).await;
+    env.wait_all_acknowledged(&p.pid, n).await;
     let merged = env.metric("iotsync_amqp_dispositions_merged_total").await;
     eprintln!("{n} messages settled one by one, {merged} disposition frames merged away");
     let _ = rx.close().await;

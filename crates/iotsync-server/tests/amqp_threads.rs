@@ -2,16 +2,14 @@
 //! connections spread over them, and none left once the server has shut down. Alone in
 //! its test binary, so the threads counted by name are this server's.
 
-mod amqp_common;
-
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use amqp_common::{Env, PEER_WAIT};
 use iotsync_sdk::amqp::AmqpConsumer;
+use iotsync_testkit::{TestServer, WAIT};
 
 /// Threads of this process whose name starts with `prefix`.
 fn threads_named(prefix: &str) -> usize {
@@ -25,7 +23,7 @@ fn threads_named(prefix: &str) -> usize {
 /// Waits until `n` such threads exist: a thread names itself once it runs, and leaves
 /// `/proc` a moment after it said it finished (a deadline only to fail, not to time).
 async fn until_threads(prefix: &str, n: usize) {
-    let give_up = Instant::now() + PEER_WAIT;
+    let give_up = Instant::now() + WAIT;
     while threads_named(prefix) != n {
         assert!(
             Instant::now() < give_up,
@@ -38,7 +36,10 @@ async fn until_threads(prefix: &str, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_share_the_configured_threads_and_the_threads_end_with_the_server() {
-    let env = Env::start_with(Some("[amqp]\nio_threads = 3\n")).await;
+    let env = TestServer::builder()
+        .config("[amqp]\nio_threads = 3\n")
+        .start()
+        .await;
     until_threads("iotsync-amqp-", 3).await;
     let p = env.project("Home").await;
     let mut consumers = Vec::new();
@@ -63,7 +64,7 @@ async fn connections_share_the_configured_threads_and_the_threads_end_with_the_s
     }
     // Every message once, whichever thread its consumer's connection runs on.
     let mut seen = HashSet::new();
-    let give_up = Instant::now() + PEER_WAIT;
+    let give_up = Instant::now() + WAIT;
     while seen.len() < n {
         assert!(Instant::now() < give_up, "{} of {n} received", seen.len());
         for c in &mut consumers {

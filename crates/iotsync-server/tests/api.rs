@@ -1,146 +1,32 @@
 //! The management REST API over a real HTTP socket: the server runs in-process on port 0
 //! with a temporary data dir and the embedded SQLite registry.
 
-use reqwest::{Client, Method, StatusCode};
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use iotsync_backlog::Delivery;
-use iotsync_server::delivery::hub::{AttachRequest, ConsumerLink};
-use iotsync_server::delivery::{ChannelKind, Outcome};
-use iotsync_server::{ConfigOverrides, RunningServer, ServerConfig};
+use iotsync_server::delivery::Outcome;
+use iotsync_testkit::{assert_error, audit_actions, receive, TestServer, TOKEN};
 
-const TOKEN: &str = "test-operator-token-0123456789";
-
-struct Api {
-    server: Option<RunningServer>,
-    base: String,
-    http: Client,
-    _dir: tempfile::TempDir,
+/// The API tests' server, on the real clock (audit entries are ordered by time).
+async fn start() -> TestServer {
+    TestServer::builder().system_clock().start().await
 }
 
-impl Api {
-    async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let flags = ConfigOverrides {
-            data_dir: Some(dir.path().to_owned()),
-            api_listen: Some("127.0.0.1:0".into()),
-            operator_token: Some(TOKEN.into()),
-            ..Default::default()
-        }
-        .ephemeral_listeners();
-        let cfg = ServerConfig::layered(None, Default::default(), flags).unwrap();
-        let server = iotsync_server::start(cfg, iotsync_core::clock::system_clock())
-            .await
-            .unwrap();
-        let base = format!("http://{}", server.api_addr);
-        Self {
-            server: Some(server),
-            base,
-            http: Client::new(),
-            _dir: dir,
-        }
-    }
-
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{}", self.base, path))
-            .bearer_auth(TOKEN);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        let v = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
-        };
-        (status, v)
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.call(Method::GET, path, None).await
-    }
-    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.call(Method::POST, path, Some(body)).await
-    }
-    async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.call(Method::PUT, path, Some(body)).await
-    }
-
-    async fn project(&self) -> (String, Value) {
-        let (s, p) = self.post("/api/v1/projects", json!({"name": "Home"})).await;
-        assert_eq!(s, StatusCode::CREATED, "{p}");
-        (p["projectId"].as_str().unwrap().to_owned(), p)
-    }
-
-    async fn product(&self, pid: &str) -> String {
-        let (s, p) = self
-            .post(
-                &format!("/api/v1/projects/{pid}/products"),
-                json!({"name": "Lamp", "deviceType": "Light"}),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{p}");
-        p["productKey"].as_str().unwrap().to_owned()
-    }
-
-    async fn consumer(&self, pid: &str, group: &str) -> ConsumerLink {
-        let hub = self.server.as_ref().unwrap().hub();
-        hub.attach(AttachRequest {
-            project: pid.parse().unwrap(),
-            group: group.parse().unwrap(),
-            channel: ChannelKind::Amqp,
-            remote: "test".into(),
-            client_id: "test".into(),
-        })
-        .await
-        .unwrap()
-    }
-
-    /// Receives exactly `n` deliveries (acking each), failing after 20 s.
-    async fn receive(&self, link: &mut ConsumerLink, n: usize) -> Vec<Delivery> {
-        let mut got = Vec::new();
-        while got.len() < n {
-            let batch =
-                tokio::time::timeout(std::time::Duration::from_secs(20), link.next(n - got.len()))
-                    .await
-                    .unwrap_or_else(|_| panic!("only {} of {n} messages arrived", got.len()))
-                    .unwrap();
-            for d in batch {
-                link.settle(&d.token, Outcome::Accepted).await.unwrap();
-                got.push(d);
-            }
-        }
-        got
-    }
-
-    async fn stop(mut self) {
-        if let Some(s) = self.server.take() {
-            s.shutdown(std::time::Duration::from_secs(5)).await;
-        }
-    }
-}
-
-fn assert_error(r: &(StatusCode, Value), status: StatusCode, code: &str, field: Option<&str>) {
-    assert_eq!(r.0, status, "{}", r.1);
-    assert_eq!(r.1["code"], code, "{}", r.1);
-    assert!(
-        r.1["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{}",
-        r.1
-    );
-    match field {
-        Some(f) => assert_eq!(r.1["field"], f, "{}", r.1),
-        None => assert!(r.1.get("field").is_none(), "{}", r.1),
-    }
+/// A project named "Home": its id and the create answer.
+async fn project(api: &TestServer) -> (String, Value) {
+    let p = api
+        .post_expect(
+            "/api/v1/projects",
+            json!({"name": "Home"}),
+            StatusCode::CREATED,
+        )
+        .await;
+    (p["projectId"].as_str().unwrap().to_owned(), p)
 }
 
 #[tokio::test]
 async fn openapi_document_lists_the_core_paths() {
-    let api = Api::start().await;
+    let api = start().await;
     let doc: Value = reqwest::get(format!("{}/api/v1/openapi.json", api.base))
         .await
         .unwrap()
@@ -164,7 +50,7 @@ async fn openapi_document_lists_the_core_paths() {
 
 #[tokio::test]
 async fn every_call_needs_the_operator_token() {
-    let api = Api::start().await;
+    let api = start().await;
     let r = api
         .http
         .get(format!("{}/api/v1/projects", api.base))
@@ -187,8 +73,8 @@ async fn every_call_needs_the_operator_token() {
 
 #[tokio::test]
 async fn quick_start_creates_project_product_device_user_and_binding() {
-    let api = Api::start().await;
-    let (pid, p) = api.project().await;
+    let api = start().await;
+    let (pid, p) = project(&api).await;
     assert_eq!(p["appSecret"].as_str().unwrap().len(), 32);
     assert!(p["appKey"].as_str().is_some());
     // The secret is never shown again.
@@ -197,14 +83,8 @@ async fn quick_start_creates_project_product_device_user_and_binding() {
     let (_, list) = api.get("/api/v1/projects").await;
     assert!(!list.to_string().contains(p["appSecret"].as_str().unwrap()));
 
-    let (s, _) = api
-        .post(
-            &format!("/api/v1/projects/{pid}/sync/enable"),
-            json!({"method": "amqp"}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK);
-    let pk = api.product(&pid).await;
+    api.enable_sync(&pid, "amqp").await;
+    let pk = api.add_product(&pid).await;
     let (s, d) = api
         .post(
             &format!("/api/v1/projects/{pid}/products/{pk}/devices"),
@@ -242,8 +122,8 @@ async fn quick_start_creates_project_product_device_user_and_binding() {
     // Each change wrote its message (outbox, same transaction); the dispatcher moved it
     // into the backlog, where the default group (named after the appKey) receives it.
     let app_key = p["appKey"].as_str().unwrap();
-    let mut link = api.consumer(&pid, app_key).await;
-    let out = api.receive(&mut link, 3).await;
+    let mut link = api.attach(&pid, app_key).await;
+    let out = receive(&mut link, 3, Outcome::Accepted).await;
     let topics: Vec<&str> = out
         .iter()
         .map(|d| d.message.envelope.topic.as_str())
@@ -299,8 +179,7 @@ async fn quick_start_creates_project_product_device_user_and_binding() {
         .get(&format!("/api/v1/projects/{pid}/devices/{iot}"))
         .await;
     assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
-    let kinds: Vec<String> = api
-        .receive(&mut link, 5)
+    let kinds: Vec<String> = receive(&mut link, 5, Outcome::Accepted)
         .await
         .iter()
         .map(|d| d.message.kind.code().to_owned())
@@ -320,9 +199,9 @@ async fn quick_start_creates_project_product_device_user_and_binding() {
 
 #[tokio::test]
 async fn bad_inputs_get_a_stable_code_and_name_the_field() {
-    let api = Api::start().await;
-    let (pid, _) = api.project().await;
-    let pk = api.product(&pid).await;
+    let api = start().await;
+    let (pid, _) = project(&api).await;
+    let pk = api.add_product(&pid).await;
 
     // Not JSON at all.
     let r = api
@@ -469,9 +348,9 @@ async fn bad_inputs_get_a_stable_code_and_name_the_field() {
 
 #[tokio::test]
 async fn every_sync_rule_answers_with_its_clear_error() {
-    let api = Api::start().await;
-    let (pid, _) = api.project().await;
-    let pk = api.product(&pid).await;
+    let api = start().await;
+    let (pid, _) = project(&api).await;
+    let pk = api.add_product(&pid).await;
     let base = format!("/api/v1/projects/{pid}/sync");
 
     let (_, st) = api.get(&base).await;
@@ -541,7 +420,7 @@ async fn every_sync_rule_answers_with_its_clear_error() {
         Some("enabled"),
     );
     // A product created later is on.
-    let pk2 = api.product(&pid).await;
+    let pk2 = api.add_product(&pid).await;
     let (_, st) = api.get(&base).await;
     let later = st["products"]
         .as_array()
@@ -575,12 +454,7 @@ async fn every_sync_rule_answers_with_its_clear_error() {
     assert_eq!(r.1["method"], "amqp");
     // Every change is in the audit log: who, when, before, after.
     let (_, audit) = api.get(&format!("/api/v1/projects/{pid}/audit")).await;
-    let actions: Vec<&str> = audit["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["action"].as_str().unwrap())
-        .collect();
+    let actions = audit_actions(&audit);
     assert_eq!(
         actions,
         vec![
@@ -604,7 +478,7 @@ async fn every_sync_rule_answers_with_its_clear_error() {
 
 #[tokio::test]
 async fn imported_legacy_and_mixed_projects_keep_their_rules() {
-    let api = Api::start().await;
+    let api = start().await;
     let (s, mixed) = api
         .post(
             "/api/v1/admin/import",
@@ -679,8 +553,8 @@ async fn imported_legacy_and_mixed_projects_keep_their_rules() {
 
 #[tokio::test]
 async fn api_operations_show_activation_and_toggle_by_group() {
-    let api = Api::start().await;
-    let (pid, _) = api.project().await;
+    let api = start().await;
+    let (pid, _) = project(&api).await;
     let (s, cat) = api
         .get(&format!("/api/v1/projects/{pid}/api-operations"))
         .await;
@@ -732,10 +606,10 @@ async fn api_operations_show_activation_and_toggle_by_group() {
 
 #[tokio::test]
 async fn one_project_cannot_reach_anothers_things() {
-    let api = Api::start().await;
-    let (a, _) = api.project().await;
-    let (b, _) = api.project().await;
-    let pk = api.product(&a).await;
+    let api = start().await;
+    let (a, _) = project(&api).await;
+    let (b, _) = project(&api).await;
+    let pk = api.add_product(&a).await;
     let (_, d) = api
         .post(
             &format!("/api/v1/projects/{a}/products/{pk}/devices"),
@@ -775,8 +649,8 @@ async fn one_project_cannot_reach_anothers_things() {
 
 #[tokio::test]
 async fn rotating_credentials_returns_a_new_secret_once() {
-    let api = Api::start().await;
-    let (pid, p) = api.project().await;
+    let api = start().await;
+    let (pid, p) = project(&api).await;
     let (s, r) = api
         .post(&format!("/api/v1/projects/{pid}/rotate-secret"), json!({}))
         .await;

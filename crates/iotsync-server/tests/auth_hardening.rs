@@ -7,54 +7,37 @@
 //!   address (429 `auth.throttled` + Retry-After; CONNACK 5), while the real user from
 //!   another address (127.0.0.2) is served.
 
-mod gateway_support;
-
-use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use gateway_support::*;
 use iotsync_core::sign::api_gateway::{sign_request, OutgoingRequest};
-use iotsync_core::sign::device::{sign_password, DeviceClientId, DeviceUsername};
 use iotsync_core::{Clock, ManualClock, SystemClock};
-use iotsync_server::gateway::codec::{self, Connect, Packet};
-use iotsync_server::{ConfigOverrides, ServerConfig};
+use iotsync_testkit::peers;
+use iotsync_testkit::{Device, Project, RawDevice, TestServer, TOKEN};
 
 const YEAR_MS: i64 = 365 * 86_400_000;
 
 /// A server on `dir` (and `store_url`, if given) with `clock`, every listener on port 0.
-async fn start_on(dir: tempfile::TempDir, store_url: Option<String>, clock: ManualClock) -> Env {
-    let flags = ConfigOverrides {
-        data_dir: Some(dir.path().to_owned()),
-        operator_token: Some(TOKEN.into()),
-        store_url,
-        ..Default::default()
-    }
-    .ephemeral_listeners();
-    let cfg = ServerConfig::layered(None, Default::default(), flags).unwrap();
-    let server = iotsync_server::start(cfg, Arc::new(clock.clone()))
+async fn start_on(
+    dir: tempfile::TempDir,
+    store_url: Option<String>,
+    clock: ManualClock,
+) -> TestServer {
+    TestServer::builder()
+        .temp_dir(dir)
+        .clock(clock)
+        .overrides(|o| o.store_url = store_url)
+        .start()
         .await
-        .unwrap();
-    Env {
-        base: format!("http://{}", server.api_addr),
-        server: Some(server),
-        http: reqwest::Client::new(),
-        clock,
-        dir,
-    }
 }
 
 /// Stops the server and starts a new one on the same data dir and clock.
-async fn restart(env: Env) -> Env {
-    let Env {
-        server, dir, clock, ..
-    } = env;
-    if let Some(s) = server {
-        s.shutdown(Duration::from_secs(5)).await;
-    }
+async fn restart(env: TestServer) -> TestServer {
+    let clock = env.clock.clone();
+    let dir = env.stop().await;
     start_on(dir, None, clock).await
 }
 
@@ -65,7 +48,13 @@ struct Captured {
     body: Vec<u8>,
 }
 
-fn signed(env: &Env, p: &Project, path: &str, token: Option<&str>, params: Value) -> Captured {
+fn signed(
+    env: &TestServer,
+    p: &Project,
+    path: &str,
+    token: Option<&str>,
+    params: Value,
+) -> Captured {
     let mut request = json!({"apiVer": "1.0.0"});
     if let Some(t) = token {
         request["cloudToken"] = json!(t);
@@ -96,7 +85,7 @@ fn signed(env: &Env, p: &Project, path: &str, token: Option<&str>, params: Value
     }
 }
 
-async fn send(env: &Env, c: &Captured) -> Value {
+async fn send(env: &TestServer, c: &Captured) -> Value {
     let mut req = env
         .http
         .post(format!("{}{}", env.base, c.path))
@@ -109,7 +98,7 @@ async fn send(env: &Env, c: &Captured) -> Value {
     r.json().await.unwrap()
 }
 
-async fn cloud_token(env: &Env, p: &Project) -> String {
+async fn cloud_token(env: &TestServer, p: &Project) -> String {
     let r = send(
         env,
         &signed(
@@ -126,7 +115,7 @@ async fn cloud_token(env: &Env, p: &Project) -> String {
 }
 
 /// A user of `p` bound to its first device; the identityId.
-async fn bound_user(env: &Env, p: &Project) -> String {
+async fn bound_user(env: &TestServer, p: &Project) -> String {
     let (s, u) = env
         .post(
             &format!("/api/v1/projects/{}/users", p.pid),
@@ -147,7 +136,7 @@ async fn bound_user(env: &Env, p: &Project) -> String {
     id
 }
 
-async fn bind(env: &Env, p: &Project, identity: &str) {
+async fn bind(env: &TestServer, p: &Project, identity: &str) {
     let (s, v) = env
         .post(
             &format!("/api/v1/projects/{}/bindings", p.pid),
@@ -157,7 +146,7 @@ async fn bind(env: &Env, p: &Project, identity: &str) {
     assert!(s.is_success(), "{v}");
 }
 
-async fn bindings(env: &Env, p: &Project) -> usize {
+async fn bindings(env: &TestServer, p: &Project) -> usize {
     let (s, v) = env
         .get(&format!("/api/v1/projects/{}/bindings", p.pid))
         .await;
@@ -181,8 +170,8 @@ fn assert_replay_refused(r: &Value) {
 
 #[tokio::test]
 async fn a_signed_unbind_replayed_after_a_restart_is_refused() {
-    let env = Env::start().await;
-    let p = env.project("Home", &["lamp0001"]).await;
+    let env = TestServer::start().await;
+    let p = env.project_with_devices("Home", &["lamp0001"]).await;
     let identity = bound_user(&env, &p).await;
     let token = cloud_token(&env, &p).await;
     let unbind = signed(
@@ -254,7 +243,7 @@ async fn a_signed_call_replayed_on_a_second_server_sharing_postgres_is_refused()
         ManualClock::new(now),
     )
     .await;
-    let p = one.project("Home", &["lamp0001"]).await;
+    let p = one.project_with_devices("Home", &["lamp0001"]).await;
     let identity = bound_user(&one, &p).await;
     let token = cloud_token(&one, &p).await;
     let unbind = signed(
@@ -284,45 +273,26 @@ async fn a_signed_call_replayed_on_a_second_server_sharing_postgres_is_refused()
 
 #[tokio::test]
 async fn a_device_password_with_a_year_old_timestamp_is_refused_and_a_fresh_one_works() {
-    let env = Env::start().await;
-    let p = env.project("Home", &["lamp0001"]).await;
+    let env = TestServer::start().await;
+    let p = env.project_with_devices("Home", &["lamp0001"]).await;
     let dev = p.devices[0].clone();
     // paho signs with its own clock: a year later on the server, its timestamp is a
     // year old.
     env.clock.advance_ms(YEAR_MS);
-    let mut paho = Peer::paho(&env, &p.pk, &dev, "connect-only", &[]);
+    let mut paho = peers::paho(&env, &p.pk, &dev, "connect-only", &[]);
     // CONNACK 4 of MQTT 3.1.1 → paho v2 reason code 134 "bad user name or password".
-    assert_eq!(paho.expect("connack").await["code"], 134);
+    assert_eq!(paho.next_event("connack").await["code"], 134);
     paho.finish().await;
     env.clock.set_ms(SystemClock.now_ms());
-    let mut paho = Peer::paho(&env, &p.pk, &dev, "connect-only", &["--seconds", "1"]);
-    assert_eq!(paho.expect("connack").await["code"], 0);
+    let mut paho = peers::paho(&env, &p.pk, &dev, "connect-only", &["--seconds", "1"]);
+    assert_eq!(paho.next_event("connack").await["code"], 0);
     paho.finish().await;
     env.stop().await;
 }
 
 /// A raw MQTT CONNECT from `local` (an address of 127/8); the CONNACK return code.
-async fn connack(env: &Env, local: &str, p: &Project, dev: &Dev, secret: &str) -> u8 {
-    let ts = env.clock.now_ms();
-    let client_id: DeviceClientId =
-        format!("raw|securemode=3,signmethod=hmacsha256,timestamp={ts}|")
-            .parse()
-            .unwrap();
-    let username: DeviceUsername = format!("{}&{}", dev.dn, p.pk).parse().unwrap();
-    let mut out = Vec::new();
-    codec::encode(
-        &Packet::Connect(Box::new(Connect {
-            protocol_name: "MQTT".into(),
-            protocol_level: 4,
-            clean_session: true,
-            keep_alive_s: 30,
-            client_id: client_id.to_string(),
-            will: None,
-            username: Some(username.to_string()),
-            password: Some(sign_password(&client_id, &username, secret).into_bytes()),
-        })),
-        &mut out,
-    );
+async fn connack(env: &TestServer, local: &str, p: &Project, dev: &Device, secret: &str) -> u8 {
+    let out = RawDevice::connect_packet(&p.pk, &dev.dn, secret, env.clock.now_ms(), 30);
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.bind(format!("{local}:0").parse().unwrap()).unwrap();
     let mut s = sock
@@ -341,8 +311,8 @@ async fn connack(env: &Env, local: &str, p: &Project, dev: &Dev, secret: &str) -
 
 #[tokio::test]
 async fn wrong_device_passwords_slow_their_address_and_not_the_device_elsewhere() {
-    let env = Env::start().await;
-    let p = env.project("Home", &["lamp0001"]).await;
+    let env = TestServer::start().await;
+    let p = env.project_with_devices("Home", &["lamp0001"]).await;
     let dev = p.devices[0].clone();
     // Defaults: five free failures per address and device, then 1 s, doubling.
     for i in 0..6 {
@@ -373,7 +343,7 @@ fn client_from(local: &str) -> reqwest::Client {
         .unwrap()
 }
 
-async fn projects_with(env: &Env, http: &reqwest::Client, token: &str) -> reqwest::Response {
+async fn projects_with(env: &TestServer, http: &reqwest::Client, token: &str) -> reqwest::Response {
     http.get(format!("{}/api/v1/projects", env.base))
         .bearer_auth(token)
         .send()
@@ -381,7 +351,7 @@ async fn projects_with(env: &Env, http: &reqwest::Client, token: &str) -> reqwes
         .unwrap()
 }
 
-async fn sign_in(env: &Env, http: &reqwest::Client, token: &str) -> reqwest::Response {
+async fn sign_in(env: &TestServer, http: &reqwest::Client, token: &str) -> reqwest::Response {
     http.post(format!("{}/console/session", env.base))
         .json(&json!({"token": token}))
         .send()
@@ -405,7 +375,7 @@ async fn assert_throttled(r: reqwest::Response) {
 
 #[tokio::test]
 async fn wrong_operator_tokens_and_console_sign_ins_answer_429_and_spare_other_addresses() {
-    let env = Env::start().await;
+    let env = TestServer::start().await;
     let attacker = client_from("127.0.0.1");
     let operator = client_from("127.0.0.2");
     let wrong = "wrong-operator-token-000000";

@@ -2,11 +2,10 @@
 //! API-gateway signature itself (tests/peers/cloud/call.py), acting on a paho-mqtt
 //! device. Produced messages are read through the in-process delivery hub.
 
-mod gateway_support;
-
 use serde_json::{json, Value};
 
-use gateway_support::*;
+use iotsync_testkit::peers::{self, run};
+use iotsync_testkit::{repo_root, Project, TestServer};
 
 /// Options of one cloud call.
 #[derive(Default)]
@@ -17,7 +16,7 @@ struct Call<'a> {
     tamper: bool,
 }
 
-async fn cloud(env: &Env, p: &Project, path: &str, params: Value, o: Call<'_>) -> Value {
+async fn cloud(env: &TestServer, p: &Project, path: &str, params: Value, o: Call<'_>) -> Value {
     let script = repo_root().join("tests/peers/cloud/call.py");
     let mut args = vec![
         script.display().to_string(),
@@ -54,7 +53,7 @@ async fn cloud(env: &Env, p: &Project, path: &str, params: Value, o: Call<'_>) -
     v["body"].clone()
 }
 
-async fn token(env: &Env, p: &Project) -> String {
+async fn token(env: &TestServer, p: &Project) -> String {
     let r = cloud(
         env,
         p,
@@ -68,7 +67,7 @@ async fn token(env: &Env, p: &Project) -> String {
     r["data"]["cloudToken"].as_str().unwrap().to_owned()
 }
 
-async fn activate(env: &Env, p: &Project, group: &str, on: bool) {
+async fn activate(env: &TestServer, p: &Project, group: &str, on: bool) {
     let (s, v) = env
         .call(
             reqwest::Method::PUT,
@@ -81,15 +80,15 @@ async fn activate(env: &Env, p: &Project, group: &str, on: bool) {
 
 #[tokio::test]
 async fn properties_set_reaches_the_paho_device_and_its_reply_is_a_control_record() {
-    let env = Env::start().await;
-    let p = env.project("Home", &["lamp0001"]).await;
+    let env = TestServer::start().await;
+    let p = env.project_with_devices("Home", &["lamp0001"]).await;
     activate(&env, &p, "thing_model", true).await;
     let dev = p.devices[0].clone();
     let mut c = env.consumer(&p).await;
     c.until("/thing/lifecycle").await;
-    let mut paho = Peer::paho(&env, &p.pk, &dev, "serve", &[]);
-    assert_eq!(paho.expect("connack").await["code"], 0);
-    paho.expect("ready").await;
+    let mut paho = peers::paho(&env, &p.pk, &dev, "serve", &[]);
+    assert_eq!(paho.next_event("connack").await["code"], 0);
+    paho.next_event("ready").await;
     c.until("/mqtt/status").await;
 
     let t = token(&env, &p).await;
@@ -121,7 +120,7 @@ async fn properties_set_reaches_the_paho_device_and_its_reply_is_a_control_recor
     .await;
     assert_eq!(r["code"], 200, "{r}");
     let rid = r["data"]["requestId"].as_str().unwrap().to_owned();
-    let d = paho.expect("downlink").await;
+    let d = paho.next_event("downlink").await;
     assert_eq!(
         d["topic"],
         format!("/sys/{}/{}/thing/service/property/set", p.pk, dev.dn)
@@ -158,7 +157,7 @@ async fn properties_set_reaches_the_paho_device_and_its_reply_is_a_control_recor
     .await;
     assert_eq!(r["code"], 200, "{r}");
     assert_eq!(r["data"]["output"]["echo"], json!({"times": 3}));
-    let d = paho.expect("downlink").await;
+    let d = paho.next_event("downlink").await;
     assert_eq!(
         d["topic"],
         format!("/sys/{}/{}/thing/service/Blink", p.pk, dev.dn)
@@ -200,8 +199,8 @@ async fn properties_set_reaches_the_paho_device_and_its_reply_is_a_control_recor
 
 #[tokio::test]
 async fn bad_signature_reused_nonce_and_stale_timestamp_are_refused() {
-    let env = Env::start().await;
-    let p = env.project("Home", &["lamp0001"]).await;
+    let env = TestServer::start().await;
+    let p = env.project_with_devices("Home", &["lamp0001"]).await;
     let params = json!({"grantType": "project", "res": p.pid});
     let r = cloud(
         &env,
@@ -273,8 +272,8 @@ async fn bad_signature_reused_nonce_and_stale_timestamp_are_refused() {
 
 #[tokio::test]
 async fn replaced_and_expired_tokens_are_refused() {
-    let env = Env::start().await;
-    let p = env.project("Home", &["lamp0001"]).await;
+    let env = TestServer::start().await;
+    let p = env.project_with_devices("Home", &["lamp0001"]).await;
     activate(&env, &p, "thing_model", true).await;
     let iot = json!({"iotId": p.devices[0].iot});
     let first = token(&env, &p).await;
@@ -344,8 +343,8 @@ async fn replaced_and_expired_tokens_are_refused() {
 
 #[tokio::test]
 async fn inactive_group_answers_service_not_activated_and_changes_nothing() {
-    let env = Env::start().await;
-    let p = env.project("Home", &["lamp0001"]).await;
+    let env = TestServer::start().await;
+    let p = env.project_with_devices("Home", &["lamp0001"]).await;
     let dev = &p.devices[0];
     let (_, u) = env
         .post(
@@ -433,9 +432,9 @@ async fn inactive_group_answers_service_not_activated_and_changes_nothing() {
 
 #[tokio::test]
 async fn project_b_cannot_touch_project_a_devices() {
-    let env = Env::start().await;
-    let a = env.project("A", &["lamp0001"]).await;
-    let b = env.project("B", &["lamp0002"]).await;
+    let env = TestServer::start().await;
+    let a = env.project_with_devices("A", &["lamp0001"]).await;
+    let b = env.project_with_devices("B", &["lamp0002"]).await;
     activate(&env, &b, "thing_model", true).await;
     let tb = token(&env, &b).await;
     let a_dev = &a.devices[0];
@@ -493,8 +492,8 @@ async fn project_b_cannot_touch_project_a_devices() {
 
 #[tokio::test]
 async fn catalogue_operations_answer_with_the_project_data() {
-    let env = Env::start().await;
-    let p = env.project("Home", &["lamp0001"]).await;
+    let env = TestServer::start().await;
+    let p = env.project_with_devices("Home", &["lamp0001"]).await;
     for g in ["thing_model", "user_account", "device_binding", "data_sync"] {
         activate(&env, &p, g, true).await;
     }

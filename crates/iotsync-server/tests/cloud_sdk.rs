@@ -1,17 +1,15 @@
 //! The SDK's cloud API client against the running server: it signs, gets the token,
 //! renews it when it was replaced, and surfaces answer codes.
 
-mod gateway_support;
-
 use serde_json::json;
 
-use gateway_support::*;
 use iotsync_sdk::cloud::{code, CloudClient, CloudConfig};
+use iotsync_testkit::TestServer;
 
 #[tokio::test]
 async fn sdk_client_signs_manages_the_token_and_reports_codes() {
-    let env = Env::start().await;
-    let p = env.project("Home", &["lamp0001"]).await;
+    let env = TestServer::start().await;
+    let p = env.project_with_devices("Home", &["lamp0001"]).await;
     let client = CloudClient::new(CloudConfig::new(
         &env.base,
         &p.app_key,

@@ -7,22 +7,21 @@
 //! `tests/peers/node_modules/playwright-core`: `scripts/install-test-deps.sh` installs them.
 //! Screenshots of every page land in `target/console-screenshots/`.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use iotsync_server::delivery::hub::{AttachRequest, ConsumerLink};
 use iotsync_server::delivery::{ChannelKind, Outcome};
-use iotsync_server::{ConfigOverrides, RunningServer, ServerConfig};
+use iotsync_server::RunningServer;
+use iotsync_testkit::{receive, PeerProc, Rest, TestServer, TOKEN};
 
-const TOKEN: &str = "console-e2e-operator-token-0123456789";
 const STEP_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    iotsync_testkit::repo_root()
 }
 
 /// The browser peer's prerequisites, or a panic that says how to get them.
@@ -51,57 +50,27 @@ fn prerequisites() -> (PathBuf, PathBuf) {
 }
 
 /// The Playwright script, one JSON command per line.
-struct Browser {
-    child: Child,
-    stdin: ChildStdin,
-    lines: tokio::sync::mpsc::Receiver<String>,
-}
+struct Browser(PeerProc);
 
 impl Browser {
     fn spawn(script: &Path, chromium: &Path, base: &str, shots: &Path) -> Self {
-        let mut child = Command::new("node")
-            .arg(script)
+        let mut cmd = Command::new("node");
+        cmd.arg(script)
             .env("BASE_URL", base)
             .env("TOKEN", TOKEN)
             .env("SCREENSHOT_DIR", shots)
-            .env("CHROMIUM", chromium)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting node");
-        let stdin = child.stdin.take().expect("node stdin");
-        let stdout = child.stdout.take().expect("node stdout");
-        let (tx, lines) = tokio::sync::mpsc::channel(16);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if line.starts_with('{') {
-                    if tx.blocking_send(line).is_err() {
-                        break;
-                    }
-                } else {
-                    eprintln!("[node] {line}");
-                }
-            }
-        });
-        Self {
-            child,
-            stdin,
-            lines,
-        }
+            .env("CHROMIUM", chromium);
+        // It closes its browser when stdin ends; only then is it killed.
+        Self(PeerProc::spawn("browser", cmd).graceful(Duration::from_secs(5)))
     }
 
     /// Runs one step of the script; panics with the script's error (and screenshot).
     async fn step(&mut self, cmd: Value) -> Value {
         let name = cmd["cmd"].as_str().unwrap_or("?").to_owned();
-        writeln!(self.stdin, "{cmd}").expect("writing to node");
-        self.stdin.flush().expect("flushing to node");
-        let line = tokio::time::timeout(STEP_TIMEOUT, self.lines.recv())
+        self.0.send(&cmd);
+        let v = tokio::time::timeout(STEP_TIMEOUT, self.0.next_unbounded())
             .await
-            .unwrap_or_else(|_| panic!("browser step {name} timed out"))
-            .unwrap_or_else(|| panic!("the browser script exited during step {name}"));
-        let v: Value = serde_json::from_str(&line).expect("a JSON answer");
+            .unwrap_or_else(|_| panic!("browser step {name} timed out"));
         assert_eq!(
             v["ok"],
             true,
@@ -114,68 +83,34 @@ impl Browser {
     }
 }
 
-impl Drop for Browser {
-    fn drop(&mut self) {
-        // Only our own child: it closes its browser when stdin ends, else it is killed.
-        for _ in 0..50 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn rest(base: &str, method: reqwest::Method, path: &str, body: Value) -> Value {
-    let resp = reqwest::Client::new()
-        .request(method, format!("{base}/api/v1{path}"))
-        .bearer_auth(TOKEN)
-        .json(&body)
-        .send()
+    Rest::new(base, TOKEN)
+        .ok(method, &format!("/api/v1{path}"), Some(body))
         .await
-        .unwrap();
-    let status = resp.status();
-    let v: Value = resp.json().await.unwrap_or(Value::Null);
-    assert!(status.is_success(), "{path}: {status} {v}");
-    v
 }
 
 async fn start_server(dir: &Path) -> RunningServer {
-    let flags = ConfigOverrides {
-        data_dir: Some(dir.to_owned()),
-        api_listen: Some("127.0.0.1:0".into()),
-        operator_token: Some(TOKEN.into()),
-        // Port 0: the console must show the ports actually bound.
-        amqp_listen: Some("127.0.0.1:0".into()),
-        amqps_listen: Some(String::new()),
-        http2_listen: Some("127.0.0.1:0".into()),
-        http2_tls_listen: Some(String::new()),
-        mqtt_listen: Some("127.0.0.1:0".into()),
-        mqtts_listen: Some(String::new()),
-        ..Default::default()
-    };
-    let cfg = ServerConfig::layered(None, Default::default(), flags).unwrap();
-    iotsync_server::start(cfg, iotsync_core::clock::system_clock())
+    TestServer::builder()
+        .system_clock()
+        .data_dir(dir)
+        .overrides(|o| {
+            // Port 0: the console must show the ports actually bound.
+            o.amqp_listen = Some("127.0.0.1:0".into());
+            o.amqps_listen = Some(String::new());
+            o.http2_listen = Some("127.0.0.1:0".into());
+            o.http2_tls_listen = Some(String::new());
+            o.mqtts_listen = Some(String::new());
+        })
+        .start_bare()
         .await
-        .unwrap()
 }
 
-/// Receives exactly `n` deliveries and settles each with `outcome`.
+/// Receives exactly `n` deliveries and settles each with `outcome`; their topics.
 async fn consume(link: &mut ConsumerLink, n: usize, outcome: Outcome) -> Vec<String> {
-    let mut topics = Vec::new();
-    while topics.len() < n {
-        let batch = tokio::time::timeout(Duration::from_secs(20), link.next(n - topics.len()))
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {n} messages arrived", topics.len()))
-            .unwrap();
-        for d in batch {
-            link.settle(&d.token, outcome).await.unwrap();
-            topics.push(d.message.envelope.topic.clone());
-        }
-    }
-    topics
+    let got = receive(link, n, outcome).await;
+    got.iter()
+        .map(|d| d.message.envelope.topic.clone())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,8 +3,6 @@
 //! a declared group collects what was produced before any consumer of it connected
 //! (issue 12), over AMQP (fe2o3 and python-qpid-proton) and HTTP/2 (grpcio).
 
-mod amqp_common;
-
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use fe2o3_amqp::connection::{ConnectionHandle, OpenError};
@@ -13,10 +11,11 @@ use fe2o3_amqp::types::sasl::SaslCode;
 use fe2o3_amqp::{Connection, Receiver, Session};
 use serde_json::json;
 
-use amqp_common::{app_key_args, Env, PeerProc, Project, PEER_WAIT};
 use iotsync_core::sign::amqp::{sign_password, AmqpAuthMode, AmqpCredentials};
+use iotsync_testkit::peers::{app_key_args, AmqpPeer};
+use iotsync_testkit::{Project, TestServer, WAIT};
 
-fn creds(env: &Env, p: &Project, group: &str) -> AmqpCredentials {
+fn creds(env: &TestServer, p: &Project, group: &str) -> AmqpCredentials {
     AmqpCredentials {
         client_id: "lockout".into(),
         auth: AmqpAuthMode::AppKey {
@@ -30,7 +29,7 @@ fn creds(env: &Env, p: &Project, group: &str) -> AmqpCredentials {
 
 /// Opens an AMQP connection from `source` (a loopback address) with SASL PLAIN.
 async fn open_from(
-    env: &Env,
+    env: &TestServer,
     source: Ipv4Addr,
     username: String,
     password: String,
@@ -42,7 +41,7 @@ async fn open_from(
         .await
         .unwrap();
     tokio::time::timeout(
-        PEER_WAIT,
+        WAIT,
         Connection::builder()
             .container_id("lockout")
             .hostname("localhost")
@@ -62,7 +61,7 @@ fn sasl_code(r: Result<ConnectionHandle<()>, OpenError>) -> SaslCode {
 }
 
 /// The real consumer: logs in from `source`, attaches a receiver and takes one message.
-async fn real_consumer_receives(env: &Env, p: &Project, source: Ipv4Addr) -> String {
+async fn real_consumer_receives(env: &TestServer, p: &Project, source: Ipv4Addr) -> String {
     let c = creds(env, p, "ops");
     let mut conn = open_from(env, source, c.username(), sign_password(&c, &p.app_secret))
         .await
@@ -72,7 +71,7 @@ async fn real_consumer_receives(env: &Env, p: &Project, source: Ipv4Addr) -> Str
         .await
         .unwrap();
     let d = tokio::time::timeout(
-        PEER_WAIT,
+        WAIT,
         rx.recv::<fe2o3_amqp::types::messaging::Body<fe2o3_amqp::types::primitives::Value>>(),
     )
     .await
@@ -89,10 +88,10 @@ async fn real_consumer_receives(env: &Env, p: &Project, source: Ipv4Addr) -> Str
 async fn two_hundred_bad_passwords_do_not_lock_the_real_consumer_out() {
     // The group's budget (100 per minute by default) would be gone after 200 attempts if
     // failures counted against it.
-    let env = Env::start_with(Some(
-        "[auth]\nbackoff_initial = \"1s\"\nbackoff_max = \"4s\"\n",
-    ))
-    .await;
+    let env = TestServer::builder()
+        .config("[auth]\nbackoff_initial = \"1s\"\nbackoff_max = \"4s\"\n")
+        .start()
+        .await;
     let p = env.project("Home").await;
     let (s, v) = env
         .post(
@@ -145,7 +144,7 @@ async fn two_hundred_bad_passwords_do_not_lock_the_real_consumer_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_declared_group_collects_before_its_first_consumer_connects_over_amqp() {
-    let env = Env::start().await;
+    let env = TestServer::start().await;
     let p = env.project("Home").await;
     let (s, v) = env
         .post(
@@ -160,7 +159,7 @@ async fn a_declared_group_collects_before_its_first_consumer_connects_over_amqp(
     }
     // python-qpid-proton, a consumer nobody here wrote.
     let args = app_key_args(&env, &p, &["--group", "billing", "--count", "3"]);
-    let mut peer = PeerProc::spawn(amqp_common::Peer::Python, &args);
+    let mut peer = AmqpPeer::Python.spawn(&args);
     let mut got = Vec::new();
     for _ in 0..3 {
         let m = peer.next_event("message").await;
@@ -172,7 +171,7 @@ async fn a_declared_group_collects_before_its_first_consumer_connects_over_amqp(
     }
     // Only the reports went to the group (not the devices' lifecycle messages), and all
     // three were acknowledged.
-    let deadline = std::time::Instant::now() + PEER_WAIT;
+    let deadline = std::time::Instant::now() + WAIT;
     loop {
         let (_, st) = env
             .get(&format!("/api/v1/projects/{}/sync/stats", p.pid))
@@ -205,7 +204,7 @@ mod grpc {
     use iotsync_sdk::http2::pb::{consume_request, consume_response, ConsumeRequest, Credit};
     use tonic::metadata::{MetadataKey, MetadataValue};
 
-    async fn channel_from(env: &Env, source: Ipv4Addr) -> tonic::transport::Channel {
+    async fn channel_from(env: &TestServer, source: Ipv4Addr) -> tonic::transport::Channel {
         let addr = env.server().addr("http2").expect("http2 listener");
         tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .unwrap()
@@ -218,7 +217,7 @@ mod grpc {
     /// One Consume call signed with `secret`; Ok(first message topic) or the status.
     async fn consume(
         ch: &tonic::transport::Channel,
-        env: &Env,
+        env: &TestServer,
         p: &Project,
         secret: &str,
     ) -> Result<String, tonic::Status> {
@@ -243,7 +242,7 @@ mod grpc {
             );
         }
         let mut stream = client.consume(req).await?.into_inner();
-        let first = tokio::time::timeout(PEER_WAIT, stream.message())
+        let first = tokio::time::timeout(WAIT, stream.message())
             .await
             .expect("no message for the real consumer")?
             .expect("the stream ended");
@@ -256,10 +255,10 @@ mod grpc {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_hundred_bad_signatures_do_not_lock_the_real_grpc_consumer_out() {
-        let env = Env::start_with(Some(
-            "[auth]\nbackoff_initial = \"1s\"\nbackoff_max = \"4s\"\n",
-        ))
-        .await;
+        let env = TestServer::builder()
+            .config("[auth]\nbackoff_initial = \"1s\"\nbackoff_max = \"4s\"\n")
+            .start()
+            .await;
         let p = env.project("Home").await;
         for (path, body) in [
             ("sync/disable", json!({})),

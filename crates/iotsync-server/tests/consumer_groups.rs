@@ -4,103 +4,14 @@
 
 use std::time::Duration;
 
-use reqwest::{Client, Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use iotsync_server::{ConfigOverrides, RunningServer, ServerConfig};
+use iotsync_testkit::{assert_error, audit_actions, wait_for, TestServer};
 
-const TOKEN: &str = "test-operator-token-0123456789";
-
-struct Api {
-    server: Option<RunningServer>,
-    base: String,
-    http: Client,
-    dir: tempfile::TempDir,
-}
-
-impl Api {
-    async fn start() -> Self {
-        Self::start_in(tempfile::tempdir().unwrap()).await
-    }
-
-    async fn start_in(dir: tempfile::TempDir) -> Self {
-        let flags = ConfigOverrides {
-            data_dir: Some(dir.path().to_owned()),
-            api_listen: Some("127.0.0.1:0".into()),
-            operator_token: Some(TOKEN.into()),
-            ..Default::default()
-        }
-        .ephemeral_listeners();
-        let cfg = ServerConfig::layered(None, Default::default(), flags).unwrap();
-        let server = iotsync_server::start(cfg, iotsync_core::clock::system_clock())
-            .await
-            .unwrap();
-        let base = format!("http://{}", server.api_addr);
-        Self {
-            server: Some(server),
-            base,
-            http: Client::new(),
-            dir,
-        }
-    }
-
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{}", self.base, path))
-            .bearer_auth(TOKEN);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        let v = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
-        };
-        (status, v)
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.call(Method::GET, path, None).await
-    }
-    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.call(Method::POST, path, Some(body)).await
-    }
-    async fn delete(&self, path: &str) -> (StatusCode, Value) {
-        self.call(Method::DELETE, path, None).await
-    }
-
-    async fn stats(&self, pid: &str) -> Value {
-        let (s, v) = self
-            .get(&format!("/api/v1/projects/{pid}/sync/stats"))
-            .await;
-        assert_eq!(s, StatusCode::OK, "{v}");
-        v
-    }
-
-    async fn stop(mut self) -> tempfile::TempDir {
-        if let Some(s) = self.server.take() {
-            s.shutdown(Duration::from_secs(5)).await;
-        }
-        self.dir
-    }
-}
-
-fn assert_error(r: &(StatusCode, Value), status: StatusCode, code: &str, field: Option<&str>) {
-    assert_eq!(r.0, status, "{}", r.1);
-    assert_eq!(r.1["code"], code, "{}", r.1);
-    assert!(
-        r.1["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{}",
-        r.1
-    );
-    match field {
-        Some(f) => assert_eq!(r.1["field"], f, "{}", r.1),
-        None => assert!(r.1.get("field").is_none(), "{}", r.1),
-    }
+/// The server of these tests, on the real clock (audit entries are ordered by time).
+async fn start() -> TestServer {
+    TestServer::builder().system_clock().start().await
 }
 
 fn group<'a>(stats: &'a Value, name: &str) -> Option<&'a Value> {
@@ -111,20 +22,9 @@ fn group<'a>(stats: &'a Value, name: &str) -> Option<&'a Value> {
         .find(|g| g["group"] == name)
 }
 
-async fn wait_for(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    let until = std::time::Instant::now() + Duration::from_secs(20);
-    while !f().await {
-        assert!(
-            std::time::Instant::now() < until,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn groups_are_declared_listed_and_deleted_with_clear_errors_and_audit() {
-    let api = Api::start().await;
+    let api = start().await;
     let (s, p) = api.post("/api/v1/projects", json!({"name": "Home"})).await;
     assert_eq!(s, StatusCode::CREATED, "{p}");
     let pid = p["projectId"].as_str().unwrap().to_owned();
@@ -234,13 +134,7 @@ async fn groups_are_declared_listed_and_deleted_with_clear_errors_and_audit() {
     assert_error(&r, StatusCode::NOT_FOUND, "not_found", None);
 
     // Enabling sync declares the default group; the list shows both.
-    let (s, _) = api
-        .post(
-            &format!("/api/v1/projects/{pid}/sync/enable"),
-            json!({"method": "amqp"}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK);
+    api.enable_sync(&pid, "amqp").await;
     let (_, list) = api.get(&base).await;
     let names: Vec<&str> = list
         .as_array()
@@ -279,12 +173,7 @@ async fn groups_are_declared_listed_and_deleted_with_clear_errors_and_audit() {
     );
 
     let (_, audit) = api.get(&format!("/api/v1/projects/{pid}/audit")).await;
-    let actions: Vec<&str> = audit["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["action"].as_str().unwrap())
-        .collect();
+    let actions = audit_actions(&audit);
     assert_eq!(
         &actions[..4],
         &[
@@ -307,7 +196,7 @@ async fn groups_are_declared_listed_and_deleted_with_clear_errors_and_audit() {
 
 #[tokio::test]
 async fn a_declared_group_collects_what_its_filter_takes_and_a_delete_is_counted() {
-    let api = Api::start().await;
+    let api = start().await;
     let (_, p) = api.post("/api/v1/projects", json!({"name": "Home"})).await;
     let pid = p["projectId"].as_str().unwrap().to_owned();
     api.post(
@@ -381,7 +270,11 @@ async fn a_declared_group_collects_what_its_filter_takes_and_a_delete_is_counted
 
     // Declarations survive a restart and the backlog has them again.
     let dir = api.stop().await;
-    let api = Api::start_in(dir).await;
+    let api = TestServer::builder()
+        .system_clock()
+        .temp_dir(dir)
+        .start()
+        .await;
     let (_, list) = api
         .get(&format!("/api/v1/projects/{pid}/consumer-groups"))
         .await;
@@ -393,17 +286,18 @@ async fn a_declared_group_collects_what_its_filter_takes_and_a_delete_is_counted
 
 #[tokio::test]
 async fn a_mixed_project_appends_each_message_only_to_the_groups_that_take_it() {
-    let api = Api::start().await;
-    let (s, p) = api
-        .post(
-            "/api/v1/admin/import",
-            json!({"name": "Old shop", "appKey": "31415927", "appSecret": "imported-secret-1",
-                   "sync": {"enabled": true, "deviceData": "http2", "userData": "legacy_http",
-                            "legacyHttpUrl": "http://127.0.0.1:9/push"}}),
+    let api = start().await;
+    let url = "http://127.0.0.1:9/push";
+    let mut p = api
+        .import(
+            "31415927",
+            "imported-secret-1",
+            "http2",
+            "legacy_http",
+            Some(url),
         )
         .await;
-    assert_eq!(s, StatusCode::CREATED, "{p}");
-    let pid = p["projectId"].as_str().unwrap().to_owned();
+    let pid = p.pid.clone();
     let (_, list) = api
         .get(&format!("/api/v1/projects/{pid}/consumer-groups"))
         .await;
@@ -414,20 +308,7 @@ async fn a_mixed_project_appends_each_message_only_to_the_groups_that_take_it() 
     assert_eq!(list[1]["internal"], true);
     assert_eq!(list[1]["retry"], "legacy_http");
 
-    let (_, prod) = api
-        .post(
-            &format!("/api/v1/projects/{pid}/products"),
-            json!({"name": "Lamp", "deviceType": "Light"}),
-        )
-        .await;
-    let pk = prod["productKey"].as_str().unwrap();
-    let (_, d) = api
-        .post(
-            &format!("/api/v1/projects/{pid}/products/{pk}/devices"),
-            json!({"deviceName": "lamp-01"}),
-        )
-        .await;
-    let iot = d["iotId"].as_str().unwrap();
+    let iot = api.add_device(&mut p, "lamp-01").await.iot;
     for i in 0..4 {
         api.post(
             &format!("/api/v1/projects/{pid}/devices/{iot}/properties"),

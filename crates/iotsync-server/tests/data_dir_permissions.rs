@@ -2,15 +2,13 @@
 //! file in it 0600 — the registry with its `-wal`/`-shm`, backlog segments, TLS files,
 //! the lock — and a data dir an older version left wider is tightened at start.
 
-mod gateway_support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use reqwest::StatusCode;
 use serde_json::json;
 
-use gateway_support::*;
+use iotsync_testkit::{Project, TestServer};
 
 /// Every path under `root` (itself included) with its permission bits.
 fn modes(root: &Path) -> Vec<(PathBuf, u32, bool)> {
@@ -35,7 +33,7 @@ fn assert_private(root: &Path) {
     }
 }
 
-async fn activity(env: &Env, p: &Project) {
+async fn activity(env: &TestServer, p: &Project) {
     for i in 0..20 {
         let (s, v) = env
             .post(
@@ -54,8 +52,8 @@ async fn activity(env: &Env, p: &Project) {
 async fn data_dir_is_created_private_and_tightened_at_start() {
     let parent = tempfile::tempdir().unwrap();
     let data = parent.path().join("data");
-    let env = Env::start_in(Some(data.clone())).await;
-    let p = env.project("Perm", &["lamp0001"]).await;
+    let env = TestServer::builder().data_dir(&data).start().await;
+    let p = env.project_with_devices("Perm", &["lamp0001"]).await;
     activity(&env, &p).await;
     let names: Vec<String> = modes(&data)
         .iter()
@@ -94,7 +92,7 @@ async fn data_dir_is_created_private_and_tightened_at_start() {
         let wide = if dir { 0o755 } else { 0o644 };
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(wide)).unwrap();
     }
-    let env = Env::start_in(Some(data.clone())).await;
+    let env = TestServer::builder().data_dir(&data).start().await;
     assert_private(&data);
     activity(&env, &p).await;
     assert_private(&data);

@@ -2,215 +2,31 @@
 //! consumers attached through the delivery hub (the same handle every channel uses).
 //! Time is a manual clock, so backoff and retention are tested without sleeping on them.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::{Client, StatusCode};
-use serde_json::{json, Value};
+use reqwest::StatusCode;
+use serde_json::json;
 
-use iotsync_backlog::Delivery;
-use iotsync_core::{Clock, ManualClock};
-use iotsync_server::delivery::hub::{AttachRequest, ConsumerLink, LinkEnd};
+use iotsync_core::Clock;
+use iotsync_server::delivery::hub::LinkEnd;
 use iotsync_server::delivery::{ChannelKind, Outcome};
-use iotsync_server::{ConfigOverrides, RunningServer, ServerConfig};
+use iotsync_testkit::{ack_all, nothing, payload, take, Project, TestServer, T0};
 
-const TOKEN: &str = "test-operator-token-0123456789";
-const T0: i64 = 1_800_000_000_000;
-
-struct Env {
-    server: Option<RunningServer>,
-    base: String,
-    http: Client,
-    clock: ManualClock,
-    _dir: tempfile::TempDir,
+/// The delivery tests' server: a manual clock at [`T0`], so generate times are exact.
+async fn start() -> TestServer {
+    TestServer::builder().clock_at(T0).start().await
 }
 
-struct Project {
-    pid: String,
-    app_key: String,
-    pk: String,
-    iot: String,
-}
-
-impl Env {
-    async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let flags = ConfigOverrides {
-            data_dir: Some(dir.path().to_owned()),
-            api_listen: Some("127.0.0.1:0".into()),
-            operator_token: Some(TOKEN.into()),
-            ..Default::default()
-        }
-        .ephemeral_listeners();
-        let cfg = ServerConfig::layered(None, Default::default(), flags).unwrap();
-        let clock = ManualClock::new(T0);
-        let server = iotsync_server::start(cfg, Arc::new(clock.clone()))
-            .await
-            .unwrap();
-        Self {
-            base: format!("http://{}", server.api_addr),
-            server: Some(server),
-            http: Client::new(),
-            clock,
-            _dir: dir,
-        }
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{}", self.base, path))
-            .bearer_auth(TOKEN);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let r = req.send().await.unwrap();
-        let s = r.status();
-        let t = r.text().await.unwrap();
-        (
-            s,
-            if t.is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_str(&t).unwrap_or(Value::String(t))
-            },
-        )
-    }
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.call(reqwest::Method::GET, path, None).await
-    }
-    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.call(reqwest::Method::POST, path, Some(body)).await
-    }
-
-    /// A project with sync on (amqp), one product, one device.
-    async fn project(&self) -> Project {
-        let (_, p) = self.post("/api/v1/projects", json!({"name": "Home"})).await;
-        let pid = p["projectId"].as_str().unwrap().to_owned();
-        let (s, _) = self
-            .post(
-                &format!("/api/v1/projects/{pid}/sync/enable"),
-                json!({"method": "amqp"}),
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK);
-        let (_, pr) = self
-            .post(
-                &format!("/api/v1/projects/{pid}/products"),
-                json!({"name": "Lamp", "deviceType": "Light"}),
-            )
-            .await;
-        let pk = pr["productKey"].as_str().unwrap().to_owned();
-        let (_, d) = self
-            .post(
-                &format!("/api/v1/projects/{pid}/products/{pk}/devices"),
-                json!({"deviceName": "lamp0001"}),
-            )
-            .await;
-        Project {
-            pid,
-            app_key: p["appKey"].as_str().unwrap().to_owned(),
-            pk,
-            iot: d["iotId"].as_str().unwrap().to_owned(),
-        }
-    }
-
-    async fn consumer(&self, pid: &str, group: &str) -> ConsumerLink {
-        self.server
-            .as_ref()
-            .unwrap()
-            .hub()
-            .attach(AttachRequest {
-                project: pid.parse().unwrap(),
-                group: group.parse().unwrap(),
-                channel: ChannelKind::Amqp,
-                remote: "test".into(),
-                client_id: "test".into(),
-            })
-            .await
-            .unwrap()
-    }
-
-    async fn report(&self, p: &Project, items: Value) -> Value {
-        let (s, v) = self
-            .post(
-                &format!("/api/v1/projects/{}/devices/{}/properties", p.pid, p.iot),
-                json!({"items": items}),
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK, "{v}");
-        v
-    }
-
-    /// Polls the figures until `pred` holds (the dispatcher moves outbox rows shortly
-    /// after the API answers).
-    async fn stats_until(&self, pid: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let (_, st) = self
-                .get(&format!("/api/v1/projects/{pid}/sync/stats"))
-                .await;
-            if pred(&st) {
-                return st;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "figures never matched: {st}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(s) = self.server.take() {
-            s.shutdown(Duration::from_secs(5)).await;
-        }
-    }
-}
-
-/// Next `n` deliveries without settling them (fails after 20 s).
-async fn take(link: &mut ConsumerLink, n: usize) -> Vec<Delivery> {
-    let mut got = Vec::new();
-    while got.len() < n {
-        let batch = tokio::time::timeout(Duration::from_secs(20), link.next(n - got.len()))
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {n} deliveries arrived", got.len()))
-            .unwrap();
-        got.extend(batch);
-    }
-    got
-}
-
-async fn ack_all(link: &ConsumerLink, ds: &[Delivery]) {
-    for d in ds {
-        link.settle(&d.token, Outcome::Accepted).await.unwrap();
-    }
-}
-
-/// Asserts nothing is delivered within a short while.
-async fn nothing(link: &mut ConsumerLink) {
-    let r = tokio::time::timeout(Duration::from_millis(400), link.next(10)).await;
-    assert!(
-        r.is_err(),
-        "unexpected delivery: {:?}",
-        r.ok().map(|x| x.ok().map(|v| v.len()))
-    );
-}
-
-fn payload(d: &Delivery) -> Value {
-    serde_json::from_slice(&d.message.envelope.payload).unwrap()
+/// A project with sync on (amqp), one product, the device lamp0001.
+async fn project(env: &TestServer) -> Project {
+    env.project_with_devices("Home", &["lamp0001"]).await
 }
 
 #[tokio::test]
 async fn property_report_arrives_with_the_spec_payload() {
-    let env = Env::start().await;
-    let p = env.project().await;
-    let mut link = env.consumer(&p.pid, &p.app_key).await;
+    let env = start().await;
+    let p = project(&env).await;
+    let mut link = env.attach(&p.pid, &p.app_key).await;
     let lifecycle = take(&mut link, 1).await;
     ack_all(&link, &lifecycle).await;
     let out = env
@@ -232,7 +48,7 @@ async fn property_report_arrives_with_the_spec_payload() {
     assert_eq!(d.message.envelope.generate_time, T0);
     assert_eq!(
         payload(&d),
-        json!({"deviceType": "Light", "iotId": p.iot, "productKey": p.pk, "deviceName": "lamp0001",
+        json!({"deviceType": "Light", "iotId": p.iot(), "productKey": p.pk, "deviceName": "lamp0001",
                "gmtCreate": T0, "items": {"Brightness": {"value": 80, "time": T0 - 5},
                                           "LightSwitch": {"value": 1, "time": T0}}})
     );
@@ -241,7 +57,8 @@ async fn property_report_arrives_with_the_spec_payload() {
     let (_, props) = env
         .get(&format!(
             "/api/v1/projects/{}/devices/{}/properties",
-            p.pid, p.iot
+            p.pid,
+            p.iot()
         ))
         .await;
     assert_eq!(props.as_array().unwrap().len(), 2);
@@ -250,7 +67,8 @@ async fn property_report_arrives_with_the_spec_payload() {
         .post(
             &format!(
                 "/api/v1/projects/{}/devices/{}/events/Overheat",
-                p.pid, p.iot
+                p.pid,
+                p.iot()
             ),
             json!({"value": {"temperature": 91}, "type": "alert"}),
         )
@@ -271,9 +89,9 @@ async fn property_report_arrives_with_the_spec_payload() {
 
 #[tokio::test]
 async fn bad_reports_are_refused_and_store_nothing() {
-    let env = Env::start().await;
-    let p = env.project().await;
-    let base = format!("/api/v1/projects/{}/devices/{}", p.pid, p.iot);
+    let env = start().await;
+    let p = project(&env).await;
+    let base = format!("/api/v1/projects/{}/devices/{}", p.pid, p.iot());
     for (body, field) in [
         (json!({"items": {}}), "items"),
         (json!({"items": {"bad id": 1}}), "items.bad id"),
@@ -321,9 +139,9 @@ async fn bad_reports_are_refused_and_store_nothing() {
 
 #[tokio::test]
 async fn a_product_switched_off_produces_no_device_data() {
-    let env = Env::start().await;
-    let p = env.project().await;
-    let mut link = env.consumer(&p.pid, &p.app_key).await;
+    let env = start().await;
+    let p = project(&env).await;
+    let mut link = env.attach(&p.pid, &p.app_key).await;
     let l = take(&mut link, 1).await;
     ack_all(&link, &l).await;
     // A report while the product is on (ingest now knows the device and its product)...
@@ -343,13 +161,13 @@ async fn a_product_switched_off_produces_no_device_data() {
     nothing(&mut link).await;
     // Disabling the device is seen at once too.
     env.post(
-        &format!("/api/v1/projects/{}/devices/{}/disable", p.pid, p.iot),
+        &format!("/api/v1/projects/{}/devices/{}/disable", p.pid, p.iot()),
         json!({}),
     )
     .await;
     let (s, e) = env
         .post(
-            &format!("/api/v1/projects/{}/devices/{}/properties", p.pid, p.iot),
+            &format!("/api/v1/projects/{}/devices/{}/properties", p.pid, p.iot()),
             json!({"items": {"x": 1}}),
         )
         .await;
@@ -362,9 +180,9 @@ async fn a_product_switched_off_produces_no_device_data() {
 
 #[tokio::test]
 async fn released_messages_come_back_and_rejected_ones_are_dead_letters() {
-    let env = Env::start().await;
-    let p = env.project().await;
-    let mut link = env.consumer(&p.pid, &p.app_key).await;
+    let env = start().await;
+    let p = project(&env).await;
+    let mut link = env.attach(&p.pid, &p.app_key).await;
     let l = take(&mut link, 1).await;
     ack_all(&link, &l).await;
     env.report(&p, json!({"a": 1})).await;
@@ -429,9 +247,9 @@ async fn released_messages_come_back_and_rejected_ones_are_dead_letters() {
 
 #[tokio::test]
 async fn an_unacknowledged_delivery_is_redelivered_after_the_ack_timeout() {
-    let env = Env::start().await;
-    let p = env.project().await;
-    let mut link = env.consumer(&p.pid, &p.app_key).await;
+    let env = start().await;
+    let p = project(&env).await;
+    let mut link = env.attach(&p.pid, &p.app_key).await;
     let first = take(&mut link, 1).await.remove(0);
     nothing(&mut link).await;
     env.clock.advance_ms(30_001);
@@ -462,12 +280,12 @@ async fn an_unacknowledged_delivery_is_redelivered_after_the_ack_timeout() {
 
 #[tokio::test]
 async fn a_dropped_consumers_deliveries_go_to_the_next_one_at_once() {
-    let env = Env::start().await;
-    let p = env.project().await;
-    let mut a = env.consumer(&p.pid, &p.app_key).await;
+    let env = start().await;
+    let p = project(&env).await;
+    let mut a = env.attach(&p.pid, &p.app_key).await;
     let got = take(&mut a, 1).await;
     drop(a); // the connection dropped without settling
-    let mut b = env.consumer(&p.pid, &p.app_key).await;
+    let mut b = env.attach(&p.pid, &p.app_key).await;
     let again = take(&mut b, 1).await;
     assert_eq!(
         again[0].message.envelope.message_id,
@@ -478,11 +296,11 @@ async fn a_dropped_consumers_deliveries_go_to_the_next_one_at_once() {
 
 #[tokio::test]
 async fn consumers_of_one_group_share_and_groups_each_get_everything() {
-    let env = Env::start().await;
-    let p = env.project().await;
-    let mut a = env.consumer(&p.pid, &p.app_key).await;
-    let mut b = env.consumer(&p.pid, &p.app_key).await;
-    let mut other = env.consumer(&p.pid, "analytics").await;
+    let env = start().await;
+    let p = project(&env).await;
+    let mut a = env.attach(&p.pid, &p.app_key).await;
+    let mut b = env.attach(&p.pid, &p.app_key).await;
+    let mut other = env.attach(&p.pid, "analytics").await;
     let l = take(&mut a, 1).await;
     ack_all(&a, &l).await;
     for i in 0..20 {
@@ -514,9 +332,9 @@ async fn consumers_of_one_group_share_and_groups_each_get_everything() {
 
 #[tokio::test]
 async fn disabling_sync_closes_consumers_and_keeps_the_stack() {
-    let env = Env::start().await;
-    let p = env.project().await;
-    let mut link = env.consumer(&p.pid, &p.app_key).await;
+    let env = start().await;
+    let p = project(&env).await;
+    let mut link = env.attach(&p.pid, &p.app_key).await;
     let l = take(&mut link, 1).await;
     ack_all(&link, &l).await;
     env.report(&p, json!({"a": 1})).await;
@@ -554,7 +372,7 @@ async fn disabling_sync_closes_consumers_and_keeps_the_stack() {
         json!({"method": "amqp"}),
     )
     .await;
-    let mut again = env.consumer(&p.pid, &p.app_key).await;
+    let mut again = env.attach(&p.pid, &p.app_key).await;
     let d = take(&mut again, 1).await.remove(0);
     assert_eq!(payload(&d)["items"]["a"]["value"], 1);
     env.stop().await;
@@ -562,8 +380,8 @@ async fn disabling_sync_closes_consumers_and_keeps_the_stack() {
 
 #[tokio::test]
 async fn expired_messages_are_counted_not_silently_lost() {
-    let env = Env::start().await;
-    let p = env.project().await;
+    let env = start().await;
+    let p = project(&env).await;
     let st = env
         .stats_until(&p.pid, |st| st["groups"][0]["stacked"] == 1)
         .await;
@@ -582,15 +400,7 @@ async fn expired_messages_are_counted_not_silently_lost() {
         assert!(std::time::Instant::now() < deadline, "not expired: {st}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let metrics = env
-        .http
-        .get(format!("{}/metrics", env.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = env.metrics_text().await;
     assert!(
         metrics.contains(&format!(
             "iotsync_backlog_expired_total{{group=\"{}\",project=\"{}\"}} 1",
@@ -623,12 +433,12 @@ async fn expired_messages_are_counted_not_silently_lost() {
 
 #[tokio::test]
 async fn figures_show_stacked_rates_and_consumers() {
-    let env = Env::start().await;
-    let p = env.project().await;
+    let env = start().await;
+    let p = project(&env).await;
     for i in 0..5 {
         env.report(&p, json!({"n": i})).await;
     }
-    let link = env.consumer(&p.pid, &p.app_key).await;
+    let link = env.attach(&p.pid, &p.app_key).await;
     let st = env
         .stats_until(&p.pid, |st| st["groups"][0]["stacked"] == 6)
         .await;
@@ -649,7 +459,7 @@ async fn figures_show_stacked_rates_and_consumers() {
 
 #[tokio::test]
 async fn switching_http2_to_amqp_carries_the_stack_over_with_amqp_retention() {
-    let env = Env::start().await;
+    let env = start().await;
     let (_, p) = env
         .post("/api/v1/projects", json!({"name": "Switch"}))
         .await;
@@ -670,20 +480,7 @@ async fn switching_http2_to_amqp_carries_the_stack_over_with_amqp_retention() {
         .await;
     assert_eq!(st["retentionMs"], 7 * 86_400_000i64, "HTTP/2 keeps 7 days");
     // An HTTP/2 consumer is connected when the project switches.
-    let mut h2 = env
-        .server
-        .as_ref()
-        .unwrap()
-        .hub()
-        .attach(AttachRequest {
-            project: pid.parse().unwrap(),
-            group: app_key.parse().unwrap(),
-            channel: ChannelKind::Http2,
-            remote: "test".into(),
-            client_id: "h2".into(),
-        })
-        .await
-        .unwrap();
+    let mut h2 = env.attach_as(&pid, &app_key, ChannelKind::Http2).await;
     let (s, _) = env
         .post(
             &format!("/api/v1/projects/{pid}/sync/switch"),
@@ -701,7 +498,7 @@ async fn switching_http2_to_amqp_carries_the_stack_over_with_amqp_retention() {
         .await;
     assert_eq!(st["groups"][0]["stacked"], 1, "the stack carries over");
     // The same message, byte for byte, now reaches an AMQP consumer.
-    let mut amqp = env.consumer(&pid, &app_key).await;
+    let mut amqp = env.attach(&pid, &app_key).await;
     let d = take(&mut amqp, 1).await.remove(0);
     assert_eq!(payload(&d)["loginName"], "ann");
     // And it is held to AMQP retention from now on: one day after generateTime it expires.
@@ -714,7 +511,7 @@ async fn switching_http2_to_amqp_carries_the_stack_over_with_amqp_retention() {
 
 #[tokio::test]
 async fn an_imported_project_with_sync_on_stacks_messages_before_any_consumer() {
-    let env = Env::start().await;
+    let env = start().await;
     let (s, p) = env
         .post(
             "/api/v1/admin/import",
@@ -736,7 +533,7 @@ async fn an_imported_project_with_sync_on_stacks_messages_before_any_consumer() 
         st["groups"][0]["group"], "55667788",
         "the default group is the appKey"
     );
-    let mut link = env.consumer(&pid, "55667788").await;
+    let mut link = env.attach(&pid, "55667788").await;
     let d = take(&mut link, 1).await.remove(0);
     assert_eq!(payload(&d)["loginName"], "zoe");
     env.stop().await;

@@ -5,8 +5,6 @@
 //!
 //! Runs on a 20 MB tmpfs, so it needs root to mount one (CI is root); skipped otherwise.
 
-mod gateway_support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -14,8 +12,8 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use gateway_support::*;
 use iotsync_server::gateway::codec::Packet;
+use iotsync_testkit::{Device, Project, RawDevice, TestServer};
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
@@ -72,7 +70,7 @@ fn free_bytes(p: &Path) -> u64 {
 }
 
 /// What one REST write answered: 201, or 507 with a disk-full code. Anything else fails.
-async fn write_user(env: &Env, pid: &str, login: &str) -> Result<String, String> {
+async fn write_user(env: &TestServer, pid: &str, login: &str) -> Result<String, String> {
     let (s, v) = env
         .post(
             &format!("/api/v1/projects/{pid}/users"),
@@ -95,7 +93,12 @@ async fn write_user(env: &Env, pid: &str, login: &str) -> Result<String, String>
 
 /// Publishes big QoS 1 property posts until the gateway refuses (or the connection
 /// closes); returns (PUBACKed, `_reply` codes that were not 200).
-async fn publish_until_refused(env: &Env, p: &Project, dev: &Dev, start: u16) -> (u32, Vec<Value>) {
+async fn publish_until_refused(
+    env: &TestServer,
+    p: &Project,
+    dev: &Device,
+    start: u16,
+) -> (u32, Vec<Value>) {
     let (code, mut d) = RawDevice::connect(env, &p.pk, dev).await;
     if code != 0 {
         assert_eq!(
@@ -146,8 +149,8 @@ async fn disk_filled_through_mqtt_answers_507_and_recovers_without_losing_a_201(
     let ballast = fs.path.join("ballast");
     std::fs::write(&ballast, vec![0u8; 4 << 20]).unwrap();
 
-    let env = Env::start_in(Some(data.clone())).await;
-    let p = env.project("Full", &["lamp0001"]).await;
+    let env = TestServer::builder().data_dir(&data).start().await;
+    let p = env.project_with_devices("Full", &["lamp0001"]).await;
     let dev = p.devices[0].clone();
     let mut committed: Vec<(String, String)> = Vec::new(); // (login, identityId) answered 201
     let mut reply_errors = Vec::new();
@@ -253,7 +256,7 @@ async fn disk_filled_through_mqtt_answers_507_and_recovers_without_losing_a_201(
     env.stop().await;
 
     // A clean restart on the same data dir: every 201 is there.
-    let env = Env::start_in(Some(data.clone())).await;
+    let env = TestServer::builder().data_dir(&data).start().await;
     for (login, id) in &committed {
         let (s, u) = env
             .get(&format!("/api/v1/projects/{}/users/{id}", p.pid))

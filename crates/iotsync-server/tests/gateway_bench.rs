@@ -4,14 +4,12 @@
 //! default 500), BENCH_SECONDS (default 10). Mosquitto on 127.0.0.1:1883 is measured as
 //! the peer for connection memory in the same run. Results go to docs/benchmarks.md.
 
-mod gateway_support;
-
 use std::time::Duration;
 
 use serde_json::json;
 
-use gateway_support::*;
 use iotsync_core::SystemClock;
+use iotsync_testkit::{repo_root, PeerProc, TestServer};
 
 fn rss_kb(pid: &str) -> i64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -47,9 +45,9 @@ async fn bench_idle_connections_and_publish_latency() {
     let n = env_or("BENCH_DEVICES", 10_000) as usize;
     let rate = env_or("BENCH_RATE", 500);
     let seconds = env_or("BENCH_SECONDS", 10);
-    let env = Env::start().await;
+    let env = TestServer::start().await;
     let reg = env.server().registry();
-    let p = env.project("Bench", &[]).await;
+    let p = env.project_with_devices("Bench", &[]).await;
     let pid: iotsync_core::ProjectId = p.pid.parse().unwrap();
     let pk: iotsync_core::ProductKey = p.pk.parse().unwrap();
     let t = std::time::Instant::now();
@@ -71,7 +69,8 @@ async fn bench_idle_connections_and_publish_latency() {
     let me = std::process::id().to_string();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = rss_kb(&me);
-    let mut idle = Peer::spawn(
+    let mut idle = PeerProc::command(
+        "peer",
         "python3",
         &[
             script.display().to_string(),
@@ -82,7 +81,7 @@ async fn bench_idle_connections_and_publish_latency() {
             file.display().to_string(),
         ],
     );
-    let held = idle.expect("held").await;
+    let held = idle.next_event("held").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss_kb(&me);
     let iot_per_conn = (after - before) as f64 * 1024.0 / n as f64;
@@ -91,7 +90,8 @@ async fn bench_idle_connections_and_publish_latency() {
     // Idle connections: Mosquitto, same count, same client.
     let mosq = mosquitto_pid().expect("mosquitto must run on 127.0.0.1:1883 (the peer)");
     let mb = rss_kb(&mosq);
-    let mut midle = Peer::spawn(
+    let mut midle = PeerProc::command(
+        "peer",
         "python3",
         &[
             script.display().to_string(),
@@ -102,7 +102,7 @@ async fn bench_idle_connections_and_publish_latency() {
             n.to_string(),
         ],
     );
-    let mheld = midle.expect("held").await;
+    let mheld = midle.next_event("held").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ma = rss_kb(&mosq);
     let mosq_per_conn = (ma - mb) as f64 * 1024.0 / n as f64;
@@ -138,7 +138,8 @@ async fn bench_idle_connections_and_publish_latency() {
     let lat_devices: Vec<_> = specs.iter().take(100).cloned().collect();
     let lfile = env.dir.path().join("latency-devices.json");
     std::fs::write(&lfile, serde_json::to_vec(&lat_devices).unwrap()).unwrap();
-    let mut pubr = Peer::spawn(
+    let mut pubr = PeerProc::command(
+        "peer",
         "python3",
         &[
             script.display().to_string(),
@@ -153,7 +154,7 @@ async fn bench_idle_connections_and_publish_latency() {
             seconds.to_string(),
         ],
     );
-    pubr.expect("held").await;
+    pubr.next_event("held").await;
     let mut lat = Vec::new();
     let expected = (rate * seconds) as usize;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds + 30);

@@ -3,16 +3,13 @@
 //! credentials. Produced messages are read through the in-process delivery hub (the
 //! AMQP channel was not available when these were written).
 
-mod gateway_support;
-
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use gateway_support::*;
-use iotsync_core::sign::device::{sign_password, DeviceClientId, DeviceUsername};
-use iotsync_server::gateway::codec::{self, Connect, Packet};
+use iotsync_testkit::peers::{self, mosquitto};
+use iotsync_testkit::{repo_root, Device, Msg, PeerProc, RawDevice, TestServer};
 
 fn topics(ms: &[Msg]) -> Vec<String> {
     ms.iter().map(|m| m.topic.clone()).collect()
@@ -20,34 +17,34 @@ fn topics(ms: &[Msg]) -> Vec<String> {
 
 #[tokio::test]
 async fn paho_device_reports_properties_and_events_as_spec_messages() {
-    let env = Env::start().await;
-    let p = env.project("Home", &["lamp0001"]).await;
+    let env = TestServer::start().await;
+    let p = env.project_with_devices("Home", &["lamp0001"]).await;
     let dev = p.devices[0].clone();
     let mut c = env.consumer(&p).await;
     c.until("/thing/lifecycle").await;
 
-    let mut paho = Peer::paho(&env, &p.pk, &dev, "post", &[]);
-    assert_eq!(paho.expect("connack").await["code"], 0);
-    let prop = paho.expect("puback").await;
+    let mut paho = peers::paho(&env, &p.pk, &dev, "post", &[]);
+    assert_eq!(paho.next_event("connack").await["code"], 0);
+    let prop = paho.next_event("puback").await;
     assert_eq!(prop["acked"], true);
-    let r = paho.expect("reply").await;
+    let r = paho.next_event("reply").await;
     assert_eq!(r["reply"]["id"], "1");
     assert_eq!(r["reply"]["code"], 200);
-    assert_eq!(paho.expect("puback").await["acked"], true);
-    let r = paho.expect("reply").await;
+    assert_eq!(paho.next_event("puback").await["acked"], true);
+    let r = paho.next_event("reply").await;
     assert_eq!(
         (r["step"].as_str(), &r["reply"]["code"]),
         (Some("event"), &json!(200))
     );
-    let r = paho.expect("reply").await;
+    let r = paho.next_event("reply").await;
     assert_eq!(r["step"], "malformed");
     assert_eq!(r["reply"]["code"], 460);
-    let r = paho.expect("reply").await;
+    let r = paho.next_event("reply").await;
     assert_eq!(r["step"], "unknown_method");
     assert_eq!(r["reply"]["id"], "4");
     assert_eq!(r["reply"]["code"], 404);
-    assert_eq!(paho.expect("still_connected").await["value"], true);
-    paho.expect("done").await;
+    assert_eq!(paho.next_event("still_connected").await["value"], true);
+    paho.next_event("done").await;
     assert!(paho.finish().await.success());
 
     let ms = c.until("/mqtt/status").await;
@@ -103,8 +100,8 @@ async fn paho_device_reports_properties_and_events_as_spec_messages() {
 
 #[tokio::test]
 async fn mosquitto_pub_property_post_arrives_between_online_and_offline() {
-    let env = Env::start().await;
-    let p = env.project("Home", &["sensor01"]).await;
+    let env = TestServer::start().await;
+    let p = env.project_with_devices("Home", &["sensor01"]).await;
     let dev = p.devices[0].clone();
     let mut c = env.consumer(&p).await;
     c.until("/thing/lifecycle").await;
@@ -129,12 +126,12 @@ async fn mosquitto_pub_property_post_arrives_between_online_and_offline() {
 
 #[tokio::test]
 async fn wrong_password_is_refused_with_the_mqtt_return_code() {
-    let env = Env::start().await;
-    let p = env.project("Home", &["lamp0001"]).await;
+    let env = TestServer::start().await;
+    let p = env.project_with_devices("Home", &["lamp0001"]).await;
     let mut wrong = p.devices[0].clone();
     wrong.secret = "not-the-device-secret".into();
-    let mut paho = Peer::paho(&env, &p.pk, &wrong, "connect-only", &[]);
-    let code = paho.expect("connack").await["code"].as_i64().unwrap();
+    let mut paho = peers::paho(&env, &p.pk, &wrong, "connect-only", &[]);
+    let code = paho.next_event("connack").await["code"].as_i64().unwrap();
     // paho v2 reports CONNACK 4 of MQTT 3.1.1 as reason code 134 "bad user name or password".
     assert_eq!(code, 134);
     paho.finish().await;
@@ -147,7 +144,7 @@ async fn wrong_password_is_refused_with_the_mqtt_return_code() {
         "{err}"
     );
     // Unknown device: the same answer, so names cannot be probed.
-    let ghost = Dev {
+    let ghost = Device {
         iot: String::new(),
         dn: "ghost001".into(),
         secret: "x".into(),
@@ -163,8 +160,8 @@ async fn wrong_password_is_refused_with_the_mqtt_return_code() {
 
 #[tokio::test]
 async fn disabled_device_is_not_authorized() {
-    let env = Env::start().await;
-    let p = env.project("Home", &["lamp0001"]).await;
+    let env = TestServer::start().await;
+    let p = env.project_with_devices("Home", &["lamp0001"]).await;
     let dev = p.devices[0].clone();
     let (s, v) = env
         .post(
@@ -173,17 +170,19 @@ async fn disabled_device_is_not_authorized() {
         )
         .await;
     assert!(s.is_success(), "{v}");
-    let mut paho = Peer::paho(&env, &p.pk, &dev, "connect-only", &[]);
+    let mut paho = peers::paho(&env, &p.pk, &dev, "connect-only", &[]);
     // CONNACK 5 "not authorized" → paho v2 reason code 135.
-    assert_eq!(paho.expect("connack").await["code"], 135);
+    assert_eq!(paho.next_event("connack").await["code"], 135);
     paho.finish().await;
     env.stop().await;
 }
 
 #[tokio::test]
 async fn device_publishing_on_another_devices_topic_is_disconnected() {
-    let env = Env::start().await;
-    let p = env.project("Home", &["lamp0001", "lamp0002"]).await;
+    let env = TestServer::start().await;
+    let p = env
+        .project_with_devices("Home", &["lamp0001", "lamp0002"])
+        .await;
     let mut c = env.consumer(&p).await;
     // Both devices' lifecycle messages, in one batch or two.
     let mut lifecycles = 0;
@@ -195,15 +194,15 @@ async fn device_publishing_on_another_devices_topic_is_disconnected() {
             .filter(|m| m.topic.ends_with("/thing/lifecycle"))
             .count();
     }
-    let mut paho = Peer::paho(
+    let mut paho = peers::paho(
         &env,
         &p.pk,
         &p.devices[0],
         "foreign",
         &["--foreign-dn", "lamp0002"],
     );
-    assert_eq!(paho.expect("connack").await["code"], 0);
-    assert_eq!(paho.expect("disconnected").await["value"], true);
+    assert_eq!(paho.next_event("connack").await["code"], 0);
+    assert_eq!(paho.next_event("disconnected").await["value"], true);
     paho.finish().await;
 
     let topic = format!("/sys/{}/lamp0001/thing/event/property/post", p.pk);
@@ -230,17 +229,17 @@ async fn device_publishing_on_another_devices_topic_is_disconnected() {
 
 #[tokio::test]
 async fn second_connect_takes_over_and_status_stays_online() {
-    let env = Env::start().await;
-    let p = env.project("Home", &["lamp0001"]).await;
+    let env = TestServer::start().await;
+    let p = env.project_with_devices("Home", &["lamp0001"]).await;
     let dev = p.devices[0].clone();
     let mut c = env.consumer(&p).await;
     c.until("/thing/lifecycle").await;
-    let mut first = Peer::paho(&env, &p.pk, &dev, "connect-only", &[]);
-    assert_eq!(first.expect("connack").await["code"], 0);
-    first.expect("ready").await;
-    let mut second = Peer::paho(&env, &p.pk, &dev, "connect-only", &[]);
-    assert_eq!(second.expect("connack").await["code"], 0);
-    second.expect("ready").await;
+    let mut first = peers::paho(&env, &p.pk, &dev, "connect-only", &[]);
+    assert_eq!(first.next_event("connack").await["code"], 0);
+    first.next_event("ready").await;
+    let mut second = peers::paho(&env, &p.pk, &dev, "connect-only", &[]);
+    assert_eq!(second.next_event("connack").await["code"], 0);
+    second.next_event("ready").await;
     // The first one is thrown out (paho may reconnect on its own; stop it).
     first.finish().await;
 
@@ -269,15 +268,16 @@ async fn second_connect_takes_over_and_status_stays_online() {
 
 #[tokio::test]
 async fn tls_listener_accepts_a_paho_device() {
-    let env = Env::start().await;
-    let p = env.project("Home", &["lamp0001"]).await;
+    let env = TestServer::start().await;
+    let p = env.project_with_devices("Home", &["lamp0001"]).await;
     let mut c = env.consumer(&p).await;
     c.until("/thing/lifecycle").await;
     let port = env.server().addr("mqtts").expect("mqtts listener").port();
     let ca = env.server().tls.cert_file.display().to_string();
     let script = repo_root().join("tests/peers/mqtt/device.py");
     let d = &p.devices[0];
-    let mut paho = Peer::spawn(
+    let mut paho = PeerProc::command(
+        "peer",
         "python3",
         &[
             script.display().to_string(),
@@ -295,9 +295,9 @@ async fn tls_listener_accepts_a_paho_device() {
             ca,
         ],
     );
-    assert_eq!(paho.expect("connack").await["code"], 0);
-    assert_eq!(paho.expect("puback").await["acked"], true);
-    paho.expect("done").await;
+    assert_eq!(paho.next_event("connack").await["code"], 0);
+    assert_eq!(paho.next_event("puback").await["acked"], true);
+    paho.next_event("done").await;
     paho.finish().await;
     c.until("/property/post").await;
     env.stop().await;
@@ -307,32 +307,14 @@ async fn tls_listener_accepts_a_paho_device() {
 /// (1.5 × keep-alive) and records the device offline.
 #[tokio::test]
 async fn silent_device_is_dropped_after_its_keep_alive() {
-    let env = Env::start().await;
-    let p = env.project("Home", &["lamp0001"]).await;
+    let env = TestServer::start().await;
+    let p = env.project_with_devices("Home", &["lamp0001"]).await;
     let dev = &p.devices[0];
     let mut c = env.consumer(&p).await;
     c.until("/thing/lifecycle").await;
     // A fresh timestamp: one outside auth.device_timestamp_window is refused.
     let ts = iotsync_core::Clock::now_ms(&env.clock);
-    let client_id: DeviceClientId =
-        format!("raw1|securemode=3,signmethod=hmacsha256,timestamp={ts}|")
-            .parse()
-            .unwrap();
-    let username: DeviceUsername = format!("{}&{}", dev.dn, p.pk).parse().unwrap();
-    let mut out = Vec::new();
-    codec::encode(
-        &Packet::Connect(Box::new(Connect {
-            protocol_name: "MQTT".into(),
-            protocol_level: 4,
-            clean_session: true,
-            keep_alive_s: 1,
-            client_id: client_id.to_string(),
-            will: None,
-            username: Some(username.to_string()),
-            password: Some(sign_password(&client_id, &username, &dev.secret).into_bytes()),
-        })),
-        &mut out,
-    );
+    let out = RawDevice::connect_packet(&p.pk, &dev.dn, &dev.secret, ts, 1);
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", env.mqtt_port()))
         .await
         .unwrap();
@@ -357,12 +339,13 @@ async fn silent_device_is_dropped_after_its_keep_alive() {
 /// python-qpid-proton consumer receives the SPEC §4 messages over the AMQP channel.
 #[tokio::test]
 async fn paho_device_messages_reach_a_proton_amqp_consumer_in_order() {
-    let env = Env::start().await;
-    let p = env.project("Home", &["lamp0001"]).await;
+    let env = TestServer::start().await;
+    let p = env.project_with_devices("Home", &["lamp0001"]).await;
     let amqp = env.server().addr("amqp").expect("amqp listener");
     let script = repo_root().join("tests/peers/amqp/consumer.py");
     let ts = iotsync_core::Clock::now_ms(&env.clock);
-    let mut consumer = Peer::spawn(
+    let mut consumer = PeerProc::command(
+        "peer",
         "python3",
         &[
             script.display().to_string(),
@@ -376,13 +359,13 @@ async fn paho_device_messages_reach_a_proton_amqp_consumer_in_order() {
             ts.to_string(),
         ],
     );
-    let mut paho = Peer::paho(&env, &p.pk, &p.devices[0], "post", &[]);
-    assert_eq!(paho.expect("connack").await["code"], 0);
-    paho.expect("done").await;
+    let mut paho = peers::paho(&env, &p.pk, &p.devices[0], "post", &[]);
+    assert_eq!(paho.next_event("connack").await["code"], 0);
+    paho.next_event("done").await;
     paho.finish().await;
     let mut got = Vec::new();
     while got.len() < 5 {
-        let m = consumer.expect("message").await;
+        let m = consumer.next_event("message").await;
         got.push(m);
     }
     let topics: Vec<&str> = got.iter().map(|m| m["topic"].as_str().unwrap()).collect();

@@ -2,14 +2,12 @@
 //! generated at test time from the published `.proto`, signing its metadata itself.
 //! A missing peer (python3, grpcio, grpcio-tools) fails these tests.
 
-#[path = "http2_common/mod.rs"]
-mod common;
-
 use std::collections::{BTreeSet, HashMap};
 
 use serde_json::{json, Value};
 
-use common::{grpcio, payload_of, Env};
+use iotsync_testkit::peers::{grpcio, payload_of};
+use iotsync_testkit::{repo_root, PeerProc, TestServer};
 
 fn ids(lines: &[Value], event: &str) -> Vec<String> {
     lines
@@ -21,12 +19,12 @@ fn ids(lines: &[Value], event: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcio_receives_property_event_lifecycle_account_and_binding_messages_and_acks() {
-    let env = Env::start().await;
-    let p = env.project("http2").await;
+    let env = TestServer::start().await;
+    let p = env.synced_project("http2").await;
     env.produce_each_kind(&p).await;
     let mut peer = grpcio(&env, &p, &["--max", "5"]);
-    let lines = peer.collect("message", 5, 60).await;
-    peer.until("done", 30).await;
+    let lines = peer.collect("message", 5).await;
+    peer.next_event("done").await;
     let msgs: Vec<&Value> = lines.iter().filter(|v| v["event"] == "message").collect();
     let topics: Vec<&str> = msgs.iter().map(|m| m["topic"].as_str().unwrap()).collect();
     let dn = "lamp0001";
@@ -56,7 +54,7 @@ async fn grpcio_receives_property_event_lifecycle_account_and_binding_messages_a
         .unwrap();
     let payload: Value = serde_json::from_slice(&payload_of(prop)).unwrap();
     assert_eq!(payload["items"]["LightSwitch"]["value"], 1);
-    assert_eq!(payload["iotId"], p.iot.as_str());
+    assert_eq!(payload["iotId"], p.iot());
 
     // Every ack counted: nothing stacked for the default group.
     let mut stacked = Value::Null;
@@ -73,12 +71,12 @@ async fn grpcio_receives_property_event_lifecycle_account_and_binding_messages_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_failure_is_redelivered_with_the_same_message_id() {
-    let env = Env::start().await;
-    let p = env.project("http2").await;
+    let env = TestServer::start().await;
+    let p = env.synced_project("http2").await;
     env.reports(&p, 2).await;
     // The lifecycle message and two reports; the first delivery is refused.
     let mut peer = grpcio(&env, &p, &["--fail-first", "1", "--max", "3"]);
-    let failed = peer.until("acked", 60).await;
+    let failed = peer.next_event("acked").await;
     assert_eq!(failed["success"], false);
     let id = failed["messageId"].as_str().unwrap().to_owned();
     // The backlog's retry backoff (1 s ± 20 %) runs on the manual clock, from the nack.
@@ -86,7 +84,7 @@ async fn commit_failure_is_redelivered_with_the_same_message_id() {
     env.clock.advance_ms(2_000);
     let mut lines = Vec::new();
     loop {
-        let v = peer.next(30).await;
+        let v = peer.next().await;
         if v["event"] == "done" {
             break;
         }
@@ -109,26 +107,20 @@ async fn commit_failure_is_redelivered_with_the_same_message_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_signature_stale_random_and_unknown_app_key_are_unauthenticated() {
-    let env = Env::start().await;
-    let p = env.project("http2").await;
+    let env = TestServer::start().await;
+    let p = env.synced_project("http2").await;
     let cases: [(&str, Vec<&str>); 3] = [
         ("bad signature", vec!["--bad-sign"]),
         ("stale random", vec!["--random-offset-ms", "-1000000"]),
         ("unknown appKey", vec![]),
     ];
     for (what, extra) in cases {
-        let mut p2 = common::Project {
-            pid: p.pid.clone(),
-            app_key: p.app_key.clone(),
-            app_secret: p.app_secret.clone(),
-            pk: p.pk.clone(),
-            iot: p.iot.clone(),
-        };
+        let mut p2 = p.clone();
         if what == "unknown appKey" {
             p2.app_key = "99999999".into();
         }
         let mut peer = grpcio(&env, &p2, &extra);
-        let st = peer.until("status", 60).await;
+        let st = peer.next_event("status").await;
         assert_eq!(st["code"], "UNAUTHENTICATED", "{what}: {st}");
         let details = st["details"].as_str().unwrap();
         if what == "stale random" {
@@ -142,20 +134,20 @@ async fn bad_signature_stale_random_and_unknown_app_key_are_unauthenticated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_clients_in_flight_messages_reach_the_next_client() {
-    let env = Env::start().await;
-    let p = env.project("http2").await;
+    let env = TestServer::start().await;
+    let p = env.synced_project("http2").await;
     env.reports(&p, 4).await;
     // Holds what it gets unacknowledged (one message: per device, the next waits for
     // it), then dies without a word.
     let mut first = grpcio(&env, &p, &["--ack-first", "0"]);
-    let held = first.until("message", 60).await["messageId"]
+    let held = first.next_event("message").await["messageId"]
         .as_str()
         .unwrap()
         .to_owned();
-    first.kill().await;
+    first.kill();
     let mut second = grpcio(&env, &p, &["--max", "5"]);
-    let lines = second.collect("message", 5, 60).await;
-    second.until("done", 30).await;
+    let lines = second.collect("message", 5).await;
+    second.next_event("done").await;
     let got: BTreeSet<String> = ids(&lines, "message").into_iter().collect();
     assert_eq!(got.len(), 5);
     assert!(got.contains(&held), "{held} not in {got:?}");
@@ -169,13 +161,13 @@ async fn a_killed_clients_in_flight_messages_reach_the_next_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabling_ends_the_stream_with_a_reason_and_reenabling_needs_a_new_connection() {
-    let env = Env::start().await;
-    let p = env.project("http2").await;
+    let env = TestServer::start().await;
+    let p = env.synced_project("http2").await;
     let mut peer = grpcio(&env, &p, &["--ack-first", "1"]);
-    peer.until("acked", 60).await;
+    peer.next_event("acked").await;
     let base = format!("/api/v1/projects/{}/sync", p.pid);
     env.post(&format!("{base}/disable"), json!({})).await;
-    let st = peer.until("status", 30).await;
+    let st = peer.next_event("status").await;
     assert_eq!(st["code"], "FAILED_PRECONDITION", "{st}");
     assert!(
         st["details"].as_str().unwrap().starts_with("sync.disabled"),
@@ -184,7 +176,7 @@ async fn disabling_ends_the_stream_with_a_reason_and_reenabling_needs_a_new_conn
 
     // While disabled, a new connection is refused with the reason.
     let mut refused = grpcio(&env, &p, &[]);
-    let st = refused.until("status", 60).await;
+    let st = refused.next_event("status").await;
     assert_eq!(st["code"], "FAILED_PRECONDITION", "{st}");
     assert!(
         st["details"].as_str().unwrap().contains("not enabled"),
@@ -198,22 +190,22 @@ async fn disabling_ends_the_stream_with_a_reason_and_reenabling_needs_a_new_conn
     assert_eq!(s, 200, "{v}");
     env.reports(&p, 1).await;
     let mut again = grpcio(&env, &p, &["--max", "1"]);
-    let m = again.until("message", 60).await;
+    let m = again.next_event("message").await;
     assert!(
         m["topic"].as_str().unwrap().ends_with("/property/post"),
         "{m}"
     );
-    again.until("done", 30).await;
+    again.next_event("done").await;
     env.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumers_of_one_group_share_and_groups_each_get_everything() {
-    let env = Env::start().await;
-    let p = env.project("http2").await;
+    let env = TestServer::start().await;
+    let p = env.synced_project("http2").await;
     // Named group first, so it exists before the messages are produced.
     let mut g2 = grpcio(&env, &p, &["--group", "analytics", "--max", "4"]);
-    g2.until("ready", 60).await;
+    g2.next_event("ready").await;
     let mut tries = 0;
     while env.group_stats(&p.pid, "analytics").await.is_null() {
         tries += 1;
@@ -222,8 +214,8 @@ async fn consumers_of_one_group_share_and_groups_each_get_everything() {
     }
     env.reports(&p, 4).await;
     let mut d = grpcio(&env, &p, &["--max", "5"]);
-    let a = d.collect("message", 5, 60).await;
-    let b = g2.collect("message", 4, 60).await;
+    let a = d.collect("message", 5).await;
+    let b = g2.collect("message", 4).await;
     let a: HashMap<String, Vec<u8>> = a
         .iter()
         .filter(|v| v["event"] == "message")
@@ -238,10 +230,10 @@ async fn consumers_of_one_group_share_and_groups_each_get_everything() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_listener_serves_grpcio_with_the_development_certificate() {
-    let env = Env::start().await;
-    let p = env.project("http2").await;
+    let env = TestServer::start().await;
+    let p = env.synced_project("http2").await;
     let target = env.server().addr("http2-tls").unwrap().to_string();
-    let root = common::repo_root();
+    let root = repo_root();
     let ca = env.server().tls.cert_file.to_string_lossy().into_owned();
     let args: Vec<String> = [
         root.join("tests/peers/grpc/consumer.py")
@@ -261,20 +253,20 @@ async fn tls_listener_serves_grpcio_with_the_development_certificate() {
         "1".into(),
     ]
     .into();
-    let mut peer = common::Peer::spawn("grpcio-tls", "python3", &args);
-    let m = peer.until("message", 60).await;
+    let mut peer = PeerProc::command("grpcio-tls", "python3", &args);
+    let m = peer.next_event("message").await;
     assert!(
         m["topic"].as_str().unwrap().ends_with("/thing/lifecycle"),
         "{m}"
     );
-    peer.until("done", 30).await;
+    peer.next_event("done").await;
     env.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_declared_group_collects_before_its_first_consumer_connects() {
-    let env = Env::start().await;
-    let p = env.project("http2").await;
+    let env = TestServer::start().await;
+    let p = env.synced_project("http2").await;
     let (s, v) = env
         .post(
             &format!("/api/v1/projects/{}/consumer-groups", p.pid),
@@ -286,8 +278,8 @@ async fn a_declared_group_collects_before_its_first_consumer_connects() {
     // account and a binding; the group takes the last two.
     env.produce_each_kind(&p).await;
     let mut peer = grpcio(&env, &p, &["--group", "crm", "--max", "2"]);
-    let lines = peer.collect("message", 2, 60).await;
-    peer.until("done", 30).await;
+    let lines = peer.collect("message", 2).await;
+    peer.next_event("done").await;
     let mut topics: Vec<&str> = lines
         .iter()
         .filter(|v| v["event"] == "message")

@@ -2,9 +2,6 @@
 //! commit failures, handler style, and reconnecting by itself after the platform closed
 //! the stream (sync disabled, then enabled again).
 
-#[path = "http2_common/mod.rs"]
-mod common;
-
 use std::time::Duration;
 
 use serde_json::json;
@@ -12,9 +9,9 @@ use serde_json::json;
 use iotsync_sdk::backoff::Backoff;
 use iotsync_sdk::http2::{Commit, Http2Consumer, Http2Error, Http2Message, Http2MessageStream};
 
-use common::{Env, Project};
+use iotsync_testkit::{Project, TestServer};
 
-fn consumer(env: &Env, p: &Project) -> Http2Consumer {
+fn consumer(env: &TestServer, p: &Project) -> Http2Consumer {
     Http2Consumer::builder()
         .endpoint(format!("http://{}", env.http2_target()))
         .app_key(&p.app_key)
@@ -47,8 +44,8 @@ async fn next_message(s: &mut Http2MessageStream) -> Http2Message {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_consumer_acks_and_a_commit_failure_comes_back() {
-    let env = Env::start().await;
-    let p = env.project("http2").await;
+    let env = TestServer::start().await;
+    let p = env.synced_project("http2").await;
     env.reports(&p, 1).await;
     let c = consumer(&env, &p);
     let mut s = c.stream();
@@ -82,8 +79,8 @@ async fn sdk_consumer_acks_and_a_commit_failure_comes_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_consumer_reconnects_by_itself_after_sync_is_enabled_again() {
-    let env = Env::start().await;
-    let p = env.project("http2").await;
+    let env = TestServer::start().await;
+    let p = env.synced_project("http2").await;
     let c = consumer(&env, &p);
     let mut s = c.stream();
     next_message(&mut s).await.ack().await.unwrap();
@@ -107,8 +104,8 @@ async fn sdk_consumer_reconnects_by_itself_after_sync_is_enabled_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_handler_style_acks_what_the_handler_commits() {
-    let env = Env::start().await;
-    let p = env.project("http2").await;
+    let env = TestServer::start().await;
+    let p = env.synced_project("http2").await;
     env.reports(&p, 2).await;
     let c = consumer(&env, &p);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

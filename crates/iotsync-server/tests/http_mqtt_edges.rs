@@ -2,13 +2,11 @@
 //! have the API's JSON shape (or the cloud envelope), and a QoS 1 PUBLISH with packet
 //! identifier 0 is refused by closing the connection (MQTT 3.1.1 §2.3.1).
 
-mod gateway_support;
-
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use gateway_support::*;
 use iotsync_server::gateway::codec::{Packet, Publish};
+use iotsync_testkit::{RawDevice, TestServer, TOKEN};
 
 fn json_of(r: &reqwest::Response) -> bool {
     r.headers()
@@ -19,7 +17,7 @@ fn json_of(r: &reqwest::Response) -> bool {
 
 #[tokio::test]
 async fn invalid_utf8_in_a_path_answers_the_json_error_shape() {
-    let env = Env::start().await;
+    let env = TestServer::start().await;
     let r = env
         .http
         .get(format!("{}/api/v1/projects/%FF%FE", env.base))
@@ -37,7 +35,7 @@ async fn invalid_utf8_in_a_path_answers_the_json_error_shape() {
 
 #[tokio::test]
 async fn method_not_allowed_answers_a_json_error_and_keeps_allow() {
-    let env = Env::start().await;
+    let env = TestServer::start().await;
     let r = env
         .http
         .delete(format!("{}/api/v1/projects", env.base))
@@ -60,7 +58,7 @@ async fn method_not_allowed_answers_a_json_error_and_keeps_allow() {
 
 #[tokio::test]
 async fn oversized_cloud_body_answers_the_cloud_envelope() {
-    let env = Env::start().await;
+    let env = TestServer::start().await;
     let body = format!("{{\"id\":\"1\",\"pad\":\"{}\"}}", "x".repeat(3 << 20));
     let r = env
         .http
@@ -84,8 +82,8 @@ async fn oversized_cloud_body_answers_the_cloud_envelope() {
 
 #[tokio::test]
 async fn qos1_publish_with_packet_id_zero_closes_the_connection() {
-    let env = Env::start().await;
-    let p = env.project("Pid", &["lamp0001"]).await;
+    let env = TestServer::start().await;
+    let p = env.project_with_devices("Pid", &["lamp0001"]).await;
     let dev = &p.devices[0];
     let (code, mut d) = RawDevice::connect(&env, &p.pk, dev).await;
     assert_eq!(code, 0);

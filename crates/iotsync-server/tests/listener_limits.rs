@@ -2,8 +2,6 @@
 //! after SASL), and every listener's connection caps and time-outs (API, h2c, AMQP,
 //! MQTT) against floods of idle and half-sent connections, over real sockets.
 
-mod amqp_common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,8 +11,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{timeout, Instant};
 
-use amqp_common::{Env, Project, PEER_WAIT, TOKEN};
 use iotsync_core::sign::amqp::{sign_password, AmqpAuthMode, AmqpCredentials};
+use iotsync_testkit::{Project, TestServer, TOKEN, WAIT};
 
 /// The frame of issue 15: a 24-byte sasl-init whose mechanism (sym32) claims 1 GiB.
 const BOMB: [u8; 24] = [
@@ -132,7 +130,10 @@ fn is_sys_perm_outcome(bytes: &[u8]) -> bool {
         && bytes.windows(2).any(|w| w == [0x50, 0x03])
 }
 
-async fn tls_client(env: &Env, addr: SocketAddr) -> tokio_rustls::client::TlsStream<TcpStream> {
+async fn tls_client(
+    env: &TestServer,
+    addr: SocketAddr,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, ServerName};
     let mut roots = rustls::RootCertStore::empty();
@@ -152,7 +153,7 @@ async fn tls_client(env: &Env, addr: SocketAddr) -> tokio_rustls::client::TlsStr
         .unwrap()
 }
 
-async fn consumer_gets_a_message(env: &Env, p: &Project, endpoint: String) {
+async fn consumer_gets_a_message(env: &TestServer, p: &Project, endpoint: String) {
     let mut b = iotsync_sdk::amqp::AmqpConsumer::builder()
         .endpoint(endpoint.clone())
         .app_key(p.app_key.clone())
@@ -165,7 +166,7 @@ async fn consumer_gets_a_message(env: &Env, p: &Project, endpoint: String) {
     }
     let mut s = b.build().unwrap().connect().await.unwrap();
     env.report(p, json!({"LightSwitch": 1})).await;
-    match timeout(PEER_WAIT, s.next()).await {
+    match timeout(WAIT, s.next()).await {
         Ok(Some(Ok(m))) => m.ack().await.unwrap(),
         other => panic!(
             "expected a message, got {:?}",
@@ -176,7 +177,7 @@ async fn consumer_gets_a_message(env: &Env, p: &Project, endpoint: String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sasl_init_claiming_a_gibibyte_is_refused_on_amqp_and_amqps() {
-    let env = Env::start().await;
+    let env = TestServer::start().await;
     let p = env.project("Home").await;
     let amqp = env.server().addr("amqp").unwrap();
     let amqps = env.server().addr("amqps").unwrap();
@@ -198,7 +199,7 @@ async fn a_sasl_init_claiming_a_gibibyte_is_refused_on_amqp_and_amqps() {
 
 /// Logs in over SASL with the project's credentials; the stream is then at the AMQP
 /// protocol header.
-async fn logged_in(env: &Env, p: &Project) -> TcpStream {
+async fn logged_in(env: &TestServer, p: &Project) -> TcpStream {
     let creds = AmqpCredentials {
         client_id: "raw".into(),
         auth: AmqpAuthMode::AppKey {
@@ -243,7 +244,7 @@ async fn logged_in(env: &Env, p: &Project) -> TcpStream {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_sasl_frames_claiming_more_than_they_hold_close_the_connection() {
-    let env = Env::start().await;
+    let env = TestServer::start().await;
     let p = env.project("Home").await;
     // A frame whose size claims 2 GiB.
     let huge_frame = [0x7f, 0xff, 0xff, 0xff, 0x02, 0x00, 0x00, 0x00];
@@ -273,7 +274,7 @@ async fn after_sasl_frames_claiming_more_than_they_hold_close_the_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_and_half_sent_api_connections_are_closed_while_the_api_answers() {
-    let mut env = Env::start_with(Some(LIMITS)).await;
+    let mut env = TestServer::builder().config(LIMITS).start().await;
     // The server closes idle keep-alive connections after 2 s here: a pooled one could be
     // reused just as it is closed (IncompleteMessage). One connection per request.
     env.http = reqwest::Client::builder()
@@ -361,7 +362,7 @@ async fn per_source_cap_holds(name: &str, addr: SocketAddr, n: usize) -> Vec<Tcp
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_the_per_source_cap_connections_are_closed_and_other_sources_are_served() {
-    let env = Env::start_with(Some(CAPS)).await;
+    let env = TestServer::builder().config(CAPS).start().await;
     let p = env.project("Home").await;
     let api = env.server().api_addr;
     let held = per_source_cap_holds("api", api, 5).await;
@@ -394,7 +395,7 @@ async fn over_the_per_source_cap_connections_are_closed_and_other_sources_are_se
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_amqp_and_mqtt_close_sockets_that_never_finish_their_handshake() {
-    let mut env = Env::start_with(Some(LIMITS)).await;
+    let mut env = TestServer::builder().config(LIMITS).start().await;
     // The server closes idle keep-alive connections after 2 s here: a pooled one could be
     // reused just as it is closed (IncompleteMessage). One connection per request.
     env.http = reqwest::Client::builder()
@@ -435,7 +436,7 @@ async fn h2c_amqp_and_mqtt_close_sockets_that_never_finish_their_handshake() {
         .await
         .unwrap();
     let mut head = [0u8; 9];
-    timeout(PEER_WAIT, h2.read_exact(&mut head))
+    timeout(WAIT, h2.read_exact(&mut head))
         .await
         .unwrap()
         .unwrap();

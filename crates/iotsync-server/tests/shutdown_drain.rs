@@ -1,20 +1,18 @@
 //! A clean shutdown drains the property writer (issue 15, finding 9): last values of
 //! reports answered before the stop are in the registry after a restart.
 
-mod gateway_support;
-
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use gateway_support::*;
+use iotsync_testkit::TestServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn last_reported_values_survive_a_clean_shutdown() {
     let parent = tempfile::tempdir().unwrap();
     let data = parent.path().join("data");
-    let env = Env::start_in(Some(data.clone())).await;
+    let env = TestServer::builder().data_dir(&data.clone()).start().await;
     let p = env
-        .project("Drain", &["lamp0001", "lamp0002", "lamp0003", "lamp0004"])
+        .project_with_devices("Drain", &["lamp0001", "lamp0002", "lamp0003", "lamp0004"])
         .await;
     // In-process and concurrent, so reports are answered faster than the writer's
     // batches commit and some are still queued when the stop comes.
@@ -44,7 +42,7 @@ async fn last_reported_values_survive_a_clean_shutdown() {
     // Straight to a clean stop: nothing read the values (no settle) in between.
     env.stop().await;
 
-    let env = Env::start_in(Some(data)).await;
+    let env = TestServer::builder().data_dir(&data).start().await;
     for d in &p.devices {
         let (s, v) = env
             .get(&format!(

@@ -2,25 +2,23 @@
 //! with a status that says why, nothing is lost, and a message seen over both channels is
 //! byte-identical (grpcio's bytes against python-qpid-proton's Data section).
 
-#[path = "http2_common/mod.rs"]
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use common::{grpcio, payload_of, repo_root, Env, Peer};
+use iotsync_testkit::peers::{grpcio, payload_of};
+use iotsync_testkit::{repo_root, PeerProc, TestServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switching_http2_to_amqp_mid_stream_loses_nothing_and_keeps_bytes_identical() {
-    let env = Env::start().await;
-    let p = env.project("http2").await;
+    let env = TestServer::start().await;
+    let p = env.synced_project("http2").await;
     env.reports(&p, 4).await; // lifecycle + 4 reports
 
     // grpcio acks three messages and holds the fourth when the switch comes.
     let mut g = grpcio(&env, &p, &["--ack-first", "3"]);
-    let lines = g.collect("message", 4, 60).await;
+    let lines = g.collect("message", 4).await;
     let by_id = |lines: &[Value]| -> BTreeMap<String, Value> {
         lines
             .iter()
@@ -50,7 +48,7 @@ async fn switching_http2_to_amqp_mid_stream_loses_nothing_and_keeps_bytes_identi
         .post(&format!("{base}/switch"), json!({"method": "amqp"}))
         .await;
     assert_eq!(s, 200, "{v}");
-    let st = g.until("status", 30).await;
+    let st = g.next_event("status").await;
     assert_eq!(st["code"], "UNAVAILABLE", "{st}");
     assert!(
         st["details"].as_str().unwrap().starts_with("sync.switched"),
@@ -61,7 +59,7 @@ async fn switching_http2_to_amqp_mid_stream_loses_nothing_and_keeps_bytes_identi
     assert_eq!(stats["retentionMs"], 86_400_000, "{stats}");
     // HTTP/2 is refused now, with the reason.
     let mut late = grpcio(&env, &p, &[]);
-    let st = late.until("status", 60).await;
+    let st = late.next_event("status").await;
     assert_eq!(st["code"], "FAILED_PRECONDITION", "{st}");
 
     env.reports(&p, 2).await;
@@ -82,9 +80,9 @@ async fn switching_http2_to_amqp_mid_stream_loses_nothing_and_keeps_bytes_identi
         "--count".into(),
         "4".into(),
     ];
-    let mut amqp = Peer::spawn("proton", "python3", &args);
-    let lines = amqp.collect("message", 4, 60).await;
-    amqp.until("done", 30).await;
+    let mut amqp = PeerProc::command("proton", "python3", &args);
+    let lines = amqp.collect("message", 4).await;
+    amqp.next_event("done").await;
     let amqp_msgs = by_id(&lines);
 
     // Nothing lost: 7 messages, each acked over HTTP/2 or received over AMQP.

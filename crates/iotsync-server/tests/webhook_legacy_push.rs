@@ -2,9 +2,6 @@
 //! `http.server`, checking the MD5 sign itself. The retry schedule (10 s, 30 s, …) runs on
 //! the server's manual clock, so no test waits for minutes.
 
-#[path = "http2_common/mod.rs"]
-mod common;
-
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -12,36 +9,25 @@ use serde_json::{json, Value};
 use iotsync_server::channels::webhook::{LEGACY_GROUP, LEGACY_SCHEDULE_SECS};
 use iotsync_server::delivery::ChannelKind;
 
-use common::{grpcio, receiver, Env, Peer};
+use iotsync_testkit::peers::{grpcio, receiver};
+use iotsync_testkit::{PeerProc, TestServer};
 
-async fn push(r: &mut Peer) -> Value {
-    let v = r.until("push", 30).await;
+async fn push(r: &mut PeerProc) -> Value {
+    let v = r.next_event("push").await;
     assert_eq!(v["signOk"], true, "{v}");
     v
 }
 
 /// No further push arrives within `ms` of real time.
-async fn quiet(r: &mut Peer, ms: u64) {
-    if let Ok(Some(v)) = tokio::time::timeout(Duration::from_millis(ms), r.lines.recv()).await {
+async fn quiet(r: &mut PeerProc, ms: u64) {
+    if let Some(v) = r.line_within(Duration::from_millis(ms)).await {
         panic!("unexpected: {v}");
     }
 }
 
-async fn wait_stat(env: &Env, pid: &str, group: &str, key: &str, want: u64) {
-    let mut last = Value::Null;
-    for _ in 0..100 {
-        last = env.group_stats(pid, group).await;
-        if last[key] == want {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{group}.{key} never became {want}: {last}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_answered_500_then_200_is_retried_after_10_seconds_then_delivered() {
-    let env = Env::start().await;
+    let env = TestServer::start().await;
     let (mut rx, url) = receiver("31415926", "imported-secret-1", "500,200").await;
     let p = env
         .import(
@@ -53,7 +39,7 @@ async fn a_push_answered_500_then_200_is_retried_after_10_seconds_then_delivered
         )
         .await;
     env.wait_consumer(&p.pid, ChannelKind::Webhook).await;
-    let ident = env.user(&p, "ann").await;
+    let ident = env.add_user(&p.pid, "ann").await;
 
     let first = push(&mut rx).await;
     assert_eq!(first["status"], 500);
@@ -64,7 +50,7 @@ async fn a_push_answered_500_then_200_is_retried_after_10_seconds_then_delivered
     assert_eq!(msg["action"], "create");
 
     // The failed push is back in the group, waiting for the group's retry policy.
-    wait_stat(&env, &p.pid, LEGACY_GROUP, "retryWaiting", 1).await;
+    env.wait_stat(&p.pid, LEGACY_GROUP, "retryWaiting", 1).await;
     // Not before 10 s (by the platform's clock)…
     env.clock.advance_ms(9_000);
     quiet(&mut rx, 300).await;
@@ -73,7 +59,7 @@ async fn a_push_answered_500_then_200_is_retried_after_10_seconds_then_delivered
     let second = push(&mut rx).await;
     assert_eq!(second["status"], 200);
     assert_eq!(second["message"], first["message"]);
-    wait_stat(&env, &p.pid, LEGACY_GROUP, "stacked", 0).await;
+    env.wait_stat(&p.pid, LEGACY_GROUP, "stacked", 0).await;
     env.clock.advance_ms(3_600_000);
     quiet(&mut rx, 300).await;
     env.stop().await;
@@ -83,7 +69,7 @@ async fn a_push_answered_500_then_200_is_retried_after_10_seconds_then_delivered
 async fn a_user_created_right_after_a_mixed_import_is_pushed() {
     // Issue 12's race: the legacy group used to exist only from the pusher's first
     // attach, some 300 ms after the import answered, and what came before was lost.
-    let env = Env::start().await;
+    let env = TestServer::start().await;
     let (mut rx, url) = receiver("11235813", "imported-secret-6", "200").await;
     let p = env
         .import(
@@ -95,13 +81,13 @@ async fn a_user_created_right_after_a_mixed_import_is_pushed() {
         )
         .await;
     // No waiting for the pusher: the user comes at once.
-    let ident = env.user(&p, "fay").await;
+    let ident = env.add_user(&p.pid, "fay").await;
     let v = push(&mut rx).await;
     assert_eq!(v["status"], 200);
     assert_eq!(v["msgCode"], "account.create");
     let msg: Value = serde_json::from_str(v["message"].as_str().unwrap()).unwrap();
     assert_eq!(msg["identityId"], ident.as_str());
-    wait_stat(&env, &p.pid, LEGACY_GROUP, "stacked", 0).await;
+    env.wait_stat(&p.pid, LEGACY_GROUP, "stacked", 0).await;
     let st = env.group_stats(&p.pid, LEGACY_GROUP).await;
     assert_eq!(st["appendedTotal"], 1, "{st}");
     // The default group (device data only) never saw it.
@@ -112,7 +98,7 @@ async fn a_user_created_right_after_a_mixed_import_is_pushed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_never_answered_200_is_dead_lettered_after_16_pushes() {
-    let env = Env::start().await;
+    let env = TestServer::start().await;
     let (mut rx, url) = receiver("27182818", "imported-secret-2", "500").await;
     let p = env
         .import(
@@ -124,7 +110,7 @@ async fn a_push_never_answered_200_is_dead_lettered_after_16_pushes() {
         )
         .await;
     env.wait_consumer(&p.pid, ChannelKind::Webhook).await;
-    env.user(&p, "bob").await;
+    env.add_user(&p.pid, "bob").await;
     let mut message = Value::Null;
     for n in 1..=16usize {
         let v = push(&mut rx).await;
@@ -136,13 +122,13 @@ async fn a_push_never_answered_200_is_dead_lettered_after_16_pushes() {
         assert_eq!(v["message"], message);
         if n < 16 {
             // Released by the pusher: the backlog schedules the next push from then.
-            wait_stat(&env, &p.pid, LEGACY_GROUP, "retryWaiting", 1).await;
+            env.wait_stat(&p.pid, LEGACY_GROUP, "retryWaiting", 1).await;
             env.clock
                 .advance_ms(LEGACY_SCHEDULE_SECS[n - 1] as i64 * 1000);
         }
     }
-    wait_stat(&env, &p.pid, LEGACY_GROUP, "deadLetters", 1).await;
-    wait_stat(&env, &p.pid, LEGACY_GROUP, "stacked", 0).await;
+    env.wait_stat(&p.pid, LEGACY_GROUP, "deadLetters", 1).await;
+    env.wait_stat(&p.pid, LEGACY_GROUP, "stacked", 0).await;
     env.clock.advance_ms(2 * 3_600_000);
     quiet(&mut rx, 300).await;
     let (s, dl) = env
@@ -155,7 +141,7 @@ async fn a_push_never_answered_200_is_dead_lettered_after_16_pushes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_refused_counts_as_a_failed_push_and_a_new_url_is_used() {
-    let env = Env::start().await;
+    let env = TestServer::start().await;
     // Nobody listens at the imported URL.
     let dead = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -171,8 +157,8 @@ async fn a_connection_refused_counts_as_a_failed_push_and_a_new_url_is_used() {
         )
         .await;
     env.wait_consumer(&p.pid, ChannelKind::Webhook).await;
-    env.user(&p, "cat").await;
-    wait_stat(&env, &p.pid, LEGACY_GROUP, "retryWaiting", 1).await;
+    env.add_user(&p.pid, "cat").await;
+    env.wait_stat(&p.pid, LEGACY_GROUP, "retryWaiting", 1).await;
     let (mut rx, url) = receiver("16180339", "imported-secret-3", "200").await;
     let (s, v) = env
         .put(
@@ -187,13 +173,13 @@ async fn a_connection_refused_counts_as_a_failed_push_and_a_new_url_is_used() {
     let v = push(&mut rx).await;
     assert_eq!(v["status"], 200);
     assert_eq!(v["msgCode"], "account.create");
-    wait_stat(&env, &p.pid, LEGACY_GROUP, "stacked", 0).await;
+    env.wait_stat(&p.pid, LEGACY_GROUP, "stacked", 0).await;
     env.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_projects_push_user_data_to_the_webhook_and_stream_device_data_over_http2() {
-    let env = Env::start().await;
+    let env = TestServer::start().await;
     let (mut rx, url) = receiver("14142135", "imported-secret-4", "200").await;
     let mut p = env
         .import(
@@ -205,12 +191,12 @@ async fn mixed_projects_push_user_data_to_the_webhook_and_stream_device_data_ove
         )
         .await;
     env.wait_consumer(&p.pid, ChannelKind::Webhook).await;
-    env.device(&mut p).await;
-    let ident = env.user(&p, "dan").await;
+    env.add_device(&mut p, "lamp0001").await;
+    let ident = env.add_user(&p.pid, "dan").await;
     let (s, v) = env
         .post(
             &format!("/api/v1/projects/{}/bindings", p.pid),
-            json!({"identityId": ident, "iotId": p.iot, "owned": 1}),
+            json!({"identityId": ident, "iotId": p.iot(), "owned": 1}),
         )
         .await;
     assert_eq!(s, 201, "{v}");
@@ -228,8 +214,8 @@ async fn mixed_projects_push_user_data_to_the_webhook_and_stream_device_data_ove
 
     // Device data: lifecycle + property report, over HTTP/2 only.
     let mut g = grpcio(&env, &p, &["--max", "2"]);
-    let lines = g.collect("message", 2, 60).await;
-    g.until("done", 30).await;
+    let lines = g.collect("message", 2).await;
+    g.next_event("done").await;
     let topics: Vec<&str> = lines
         .iter()
         .filter(|v| v["event"] == "message")
@@ -313,18 +299,18 @@ async fn mixed_projects_push_user_data_to_the_webhook_and_stream_device_data_ove
     assert_eq!(v["mode"], "single");
     // The pusher is gone; user data now travels over HTTP/2.
     for _ in 0..100 {
-        if !env.has_consumer(&p.pid, ChannelKind::Webhook).await {
+        if !env.has_consumer(&p.pid, ChannelKind::Webhook) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    assert!(!env.has_consumer(&p.pid, ChannelKind::Webhook).await);
-    env.user(&p, "eve").await;
+    assert!(!env.has_consumer(&p.pid, ChannelKind::Webhook));
+    env.add_user(&p.pid, "eve").await;
     // The default group takes everything again; a device-data delivery left in flight
     // by the earlier client may come first.
     let mut g = grpcio(&env, &p, &[]);
     loop {
-        let m = g.until("message", 60).await;
+        let m = g.next_event("message").await;
         let topic = m["topic"].as_str().unwrap();
         if topic.starts_with("/_account/") {
             break;
@@ -341,7 +327,7 @@ async fn mixed_projects_push_user_data_to_the_webhook_and_stream_device_data_ove
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn legacy_push_cannot_be_enabled_again_once_disabled() {
-    let env = Env::start().await;
+    let env = TestServer::start().await;
     let (mut rx, url) = receiver("17320508", "imported-secret-5", "200").await;
     let p = env
         .import(
@@ -369,13 +355,13 @@ async fn legacy_push_cannot_be_enabled_again_once_disabled() {
     assert_eq!(s, 409, "{e}");
     // Nothing is pushed any more.
     for _ in 0..100 {
-        if !env.has_consumer(&p.pid, ChannelKind::Webhook).await {
+        if !env.has_consumer(&p.pid, ChannelKind::Webhook) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    assert!(!env.has_consumer(&p.pid, ChannelKind::Webhook).await);
-    env.user(&p, "fay").await;
+    assert!(!env.has_consumer(&p.pid, ChannelKind::Webhook));
+    env.add_user(&p.pid, "fay").await;
     quiet(&mut rx, 500).await;
     env.stop().await;
 }

@@ -5,7 +5,8 @@ It checks the MD5 sign itself: md5("appKey=${appKey}&message=${message}&msgCode=
 
 Answers the n-th push with the n-th status of --plan (the last one repeats); a 200 comes
 with the body {"code":200,"message":"success"}, anything else with {"code":<status>}.
-A push with a bad sign is answered 401.
+A push with a bad sign is answered 401. With --verdicts stdin each push is printed first
+and answered with the status read from the next line of stdin (the test decides).
 
 Prints one JSON object per line on stdout:
   {"event":"listening", "port"}
@@ -25,6 +26,7 @@ def main():
     ap.add_argument("--app-key", required=True)
     ap.add_argument("--app-secret", required=True)
     ap.add_argument("--plan", default="200", help="comma-separated statuses, e.g. 500,200")
+    ap.add_argument("--verdicts", choices=["plan", "stdin"], default="plan")
     a = ap.parse_args()
     plan = [int(s) for s in a.plan.split(",")]
     lock = threading.Lock()
@@ -47,7 +49,15 @@ def main():
             with lock:
                 count[0] += 1
                 i = count[0]
-            status = plan[min(i, len(plan)) - 1] if sign_ok else 401
+            if not sign_ok:
+                status = 401
+            elif a.verdicts == "stdin":
+                with lock:
+                    out(event="push", n=i, path=self.path, appKey=app_key, msgCode=msg_code,
+                        message=message, signOk=sign_ok, status=None)
+                    status = int(sys.stdin.readline().strip() or 0) or 500
+            else:
+                status = plan[min(i, len(plan)) - 1]
             reply = {"code": 200, "message": "success"} if status == 200 else {"code": status}
             data = json.dumps(reply).encode()
             self.send_response(status)
@@ -55,6 +65,8 @@ def main():
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
+            if a.verdicts == "stdin" and sign_ok:
+                return
             out(event="push", n=i, path=self.path, appKey=app_key, msgCode=msg_code, message=message,
                 signOk=sign_ok, status=status)
 
