@@ -12,92 +12,48 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use reqwest::{Client, Method, StatusCode};
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use iotsync_server::api::ApiRoute;
 use iotsync_server::delivery::hub::{AttachRequest, ConsumerLink};
 use iotsync_server::delivery::{ChannelKind, Outcome};
-use iotsync_server::{ConfigOverrides, RunningServer, ServerConfig};
-
-const TOKEN: &str = "test-operator-token-0123456789";
+use iotsync_testkit::{TestServer, TOKEN};
 
 /// Examples schemathesis generates per operation and phase (fuzzing; the coverage phase
 /// adds its own deterministic cases). Bounded so the run stays within a few minutes on a
 /// 2-core machine.
 const EXAMPLES_PER_OPERATION: u32 = 100;
 
-struct Server {
-    server: Option<RunningServer>,
-    base: String,
-    http: Client,
-    _dir: tempfile::TempDir,
+/// The kit's server on the system clock (schemathesis and the probes sign nothing, but
+/// dead letters and audit times must be real), with the two calls this file adds.
+struct Server(TestServer);
+
+impl std::ops::Deref for Server {
+    type Target = TestServer;
+    fn deref(&self) -> &TestServer {
+        &self.0
+    }
 }
 
 impl Server {
     async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let flags = ConfigOverrides {
-            data_dir: Some(dir.path().to_owned()),
-            api_listen: Some("127.0.0.1:0".into()),
-            operator_token: Some(TOKEN.into()),
-            ..Default::default()
-        }
-        .ephemeral_listeners();
-        let cfg = ServerConfig::layered(None, Default::default(), flags).unwrap();
-        let server = iotsync_server::start(cfg, iotsync_core::clock::system_clock())
-            .await
-            .unwrap();
-        let base = format!("http://{}", server.api_addr);
-        Self {
-            server: Some(server),
-            base,
-            http: Client::new(),
-            _dir: dir,
-        }
-    }
-
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{}", self.base, path))
-            .bearer_auth(TOKEN);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        let v = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
-        };
-        (status, v)
+        Server(TestServer::builder().system_clock().start().await)
     }
 
     /// A POST that must answer 201; returns the body.
     async fn create(&self, path: &str, body: Value) -> Value {
-        let (s, v) = self.call(Method::POST, path, Some(body)).await;
-        assert_eq!(s, StatusCode::CREATED, "POST {path}: {v}");
-        v
+        self.post_expect(path, body, StatusCode::CREATED).await
     }
 
     async fn document(&self) -> Value {
-        let resp = self
-            .http
-            .get(format!("{}/api/v1/openapi.json", self.base))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::OK);
-        resp.json().await.unwrap()
+        let (status, doc) = self.get("/api/v1/openapi.json").await;
+        assert_eq!(status, StatusCode::OK, "{doc}");
+        doc
     }
 
-    async fn stop(mut self) {
-        if let Some(s) = self.server.take() {
-            s.shutdown(Duration::from_secs(5)).await;
-        }
+    async fn stop(self) {
+        self.0.stop().await;
     }
 }
 
@@ -494,7 +450,7 @@ async fn fixture(s: &Server) -> Fixture {
     .await;
     // Two property reports, rejected by a consumer of the default group: the stats, the
     // stack and the dead-letter list have something in them.
-    let hub = s.server.as_ref().unwrap().hub();
+    let hub = s.server().hub();
     let mut consumer = hub
         .attach(AttachRequest {
             project: pid.parse().unwrap(),
