@@ -1,5 +1,7 @@
 //! SPEC §5 behaviours of the embedded engine, one scenario per test, with a manual clock.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 mod common;
 
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! Disk full: appends fail with a clear error, nothing stored is lost, appends succeed
 //! again once space returns. Runs on a 2 MiB tmpfs (needs root, as CI has).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 mod common;
 
 use std::path::{Path, PathBuf};

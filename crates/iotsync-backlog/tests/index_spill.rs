@@ -2,6 +2,8 @@
 //! spill file and come back, and delivery, order, dead letters, expiry and restart work
 //! as with everything in memory, while the slots' memory stays within the budget.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 mod common;
 
 use std::collections::HashMap;

@@ -18,6 +18,8 @@
 //! - counters (stacked, in flight, dead letters, appended, acked, expired, timed out,
 //!   consumer loss) match the model, across restarts too.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 mod common;
 
 use std::time::Duration;

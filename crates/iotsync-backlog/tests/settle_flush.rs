@@ -3,6 +3,8 @@
 //! at any moment is what a crash would leave, so each test copies the directory while
 //! the engine runs and opens the copy.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 mod common;
 
 use std::path::Path;

@@ -11,6 +11,8 @@
 //!
 //! `cargo bench -p iotsync-cli --bench soak -- --kills 100 [--seed S]`. Loopback only.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

@@ -1,6 +1,8 @@
 //! `iotsync admin …` as an operator runs it: the real binary against a real
 //! `iotsync serve` (its own process, port 0, fresh data dir).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 use std::path::Path;
 use std::process::{Command, Output};
 

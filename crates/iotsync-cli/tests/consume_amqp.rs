@@ -1,6 +1,8 @@
 //! `iotsync consume amqp` against `iotsync serve`, both as child processes the way a user
 //! runs them: a property report made through REST arrives as one JSON line and is acked.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 use std::path::Path;
 use std::process::Command;
 

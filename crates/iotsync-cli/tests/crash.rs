@@ -5,6 +5,8 @@
 //!
 //! `IOTSYNC_CRASH_ROUNDS` sets the number of kills (default 20; the soak bench uses 100).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};

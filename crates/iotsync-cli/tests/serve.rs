@@ -1,5 +1,7 @@
 //! `iotsync serve` as a user runs it: a child process on port 0 with a fresh data dir.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 use std::path::Path;
 use std::process::Command;
 

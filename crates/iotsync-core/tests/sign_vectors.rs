@@ -3,6 +3,8 @@
 //! `python3 crates/iotsync-core/tests/gen_sign_vectors.py`; the constants below are its
 //! output, pasted unchanged). The inputs here must match the ones in that script.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 use iotsync_core::sign::amqp::{self, AmqpAuthMode, AmqpCredentials};
 use iotsync_core::sign::api_gateway::{self, GatewayRequest, OutgoingRequest};
 use iotsync_core::sign::device::{self, DeviceClientId, DeviceUsername};

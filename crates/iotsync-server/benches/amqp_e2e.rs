@@ -32,6 +32,8 @@
 //! The server runs in-process on its own tokio runtime (threads `iotsync-srv`), the
 //! clients on another (`bench-cli`), so CPU time can be split by thread.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

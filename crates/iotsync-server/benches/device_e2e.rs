@@ -24,6 +24,8 @@
 //! The MQTT client here is written for the bench (CONNECT, PUBLISH QoS 1, PUBACK,
 //! SUBSCRIBE): independent of the server's codec, and checked against Mosquitto.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;

@@ -11,6 +11,8 @@
 //! 8 concurrent appenders (group commit). Latency = time from just before the durable
 //! append to receipt by the consumer (so it includes the fsync).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -4,6 +4,8 @@
 //!
 //! `cargo bench -p iotsync-server --bench ingest` (env: REPORTS, REPORTERS, DEVICES)
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 use std::sync::Arc;
 use std::time::Instant;
 

@@ -2,6 +2,8 @@
 //! and rhea (Node). Every scenario runs over both, over real sockets, with the server's
 //! clock manual (peers sign with it; retries are made due by advancing it).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 use serde_json::{json, Value};
 
 use iotsync_testkit::peers::{app_key_args, AmqpPeer};

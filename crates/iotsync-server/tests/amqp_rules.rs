@@ -3,6 +3,8 @@
 //! the next login, link credit bounding what is in flight (Qpid Proton), the client's
 //! idle time-out honoured with heartbeats (Qpid Proton).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 use std::sync::Arc;
 use std::time::Duration;
 

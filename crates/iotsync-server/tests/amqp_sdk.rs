@@ -2,6 +2,8 @@
 //! matters): access-key logins, TLS with the generated certificate, consumer groups,
 //! project isolation, every SPEC §4 message type, closing on disable.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;

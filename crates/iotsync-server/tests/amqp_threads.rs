@@ -2,6 +2,8 @@
 //! connections spread over them, and none left once the server has shut down. Alone in
 //! its test binary, so the threads counted by name are this server's.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

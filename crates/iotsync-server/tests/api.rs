@@ -1,6 +1,8 @@
 //! The management REST API over a real HTTP socket: the server runs in-process on port 0
 //! with a temporary data dir and the embedded SQLite registry.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 

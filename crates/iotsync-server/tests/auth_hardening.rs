@@ -7,6 +7,8 @@
 //!   address (429 `auth.throttled` + Retry-After; CONNACK 5), while the real user from
 //!   another address (127.0.0.2) is served.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 use std::time::Duration;
 
 use reqwest::StatusCode;

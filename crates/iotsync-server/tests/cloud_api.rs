@@ -2,6 +2,8 @@
 //! API-gateway signature itself (tests/peers/cloud/call.py), acting on a paho-mqtt
 //! device. Produced messages are read through the in-process delivery hub.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 use serde_json::{json, Value};
 
 use iotsync_testkit::peers::{self, run};

@@ -7,6 +7,8 @@
 //! `tests/peers/node_modules/playwright-core`: `scripts/install-test-deps.sh` installs them.
 //! Screenshots of every page land in `target/console-screenshots/`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;

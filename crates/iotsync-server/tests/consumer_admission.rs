@@ -3,6 +3,8 @@
 //! a declared group collects what was produced before any consumer of it connected
 //! (issue 12), over AMQP (fe2o3 and python-qpid-proton) and HTTP/2 (grpcio).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use fe2o3_amqp::connection::{ConnectionHandle, OpenError};

@@ -2,6 +2,8 @@
 //! validation and audit; a declared group collects before any consumer connects; a
 //! mixed project's messages are appended only to the groups that take them.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 use std::time::Duration;
 
 use reqwest::StatusCode;

@@ -2,6 +2,8 @@
 //! file in it 0600 — the registry with its `-wal`/`-shm`, backlog segments, TLS files,
 //! the lock — and a data dir an older version left wider is tightened at start.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 

@@ -2,6 +2,8 @@
 //! consumers attached through the delivery hub (the same handle every channel uses).
 //! Time is a manual clock, so backoff and retention are tested without sleeping on them.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 use std::time::Duration;
 
 use reqwest::StatusCode;

@@ -5,6 +5,8 @@
 //!
 //! Runs on a 20 MB tmpfs, so it needs root to mount one (CI is root); skipped otherwise.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;

@@ -4,6 +4,8 @@
 //! default 500), BENCH_SECONDS (default 10). Mosquitto on 127.0.0.1:1883 is measured as
 //! the peer for connection memory in the same run. Results go to docs/benchmarks.md.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 use std::time::Duration;
 
 use serde_json::json;

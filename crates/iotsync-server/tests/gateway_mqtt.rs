@@ -3,6 +3,8 @@
 //! credentials. Produced messages are read through the in-process delivery hub (the
 //! AMQP channel was not available when these were written).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 use std::time::Duration;
 
 use serde_json::{json, Value};

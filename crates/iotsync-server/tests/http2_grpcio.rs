@@ -2,6 +2,8 @@
 //! generated at test time from the published `.proto`, signing its metadata itself.
 //! A missing peer (python3, grpcio, grpcio-tools) fails these tests.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 use std::collections::{BTreeSet, HashMap};
 
 use serde_json::{json, Value};

@@ -2,6 +2,8 @@
 //! commit failures, handler style, and reconnecting by itself after the platform closed
 //! the stream (sync disabled, then enabled again).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 use std::time::Duration;
 
 use serde_json::json;

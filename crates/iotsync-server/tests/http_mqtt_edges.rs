@@ -2,6 +2,8 @@
 //! have the API's JSON shape (or the cloud envelope), and a QoS 1 PUBLISH with packet
 //! identifier 0 is refused by closing the connection (MQTT 3.1.1 §2.3.1).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

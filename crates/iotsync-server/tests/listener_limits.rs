@@ -2,6 +2,8 @@
 //! after SASL), and every listener's connection caps and time-outs (API, h2c, AMQP,
 //! MQTT) against floods of idle and half-sent connections, over real sockets.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -8,6 +8,8 @@
 //! The server runs in-process on port 0 with a temporary data dir and the embedded SQLite
 //! registry; schemathesis (PyPI) is the real outside client (`scripts/install-test-deps.sh`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

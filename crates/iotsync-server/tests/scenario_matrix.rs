@@ -13,6 +13,8 @@
 //! Time: the server's clock is manual, so "redelivered after the backoff" is shown by
 //! advancing it; the real time only bounds how long a test waits for what must happen.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;

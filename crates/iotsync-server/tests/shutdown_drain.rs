@@ -1,6 +1,8 @@
 //! A clean shutdown drains the property writer (issue 15, finding 9): last values of
 //! reports answered before the stop are in the registry after a restart.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

@@ -2,6 +2,8 @@
 //! with a status that says why, nothing is lost, and a message seen over both channels is
 //! byte-identical (grpcio's bytes against python-qpid-proton's Data section).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 

@@ -2,6 +2,8 @@
 //! `http.server`, checking the MD5 sign itself. The retry schedule (10 s, 30 s, …) runs on
 //! the server's manual clock, so no test waits for minutes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 use std::time::Duration;
 
 use serde_json::{json, Value};

@@ -3,6 +3,8 @@
 //! `IOTSYNC_TEST_PG_URL` or `postgres://postgres@127.0.0.1:5432/test`; a missing server
 //! fails the PostgreSQL half, it never skips.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 use std::sync::Arc;
 
 use iotsync_core::api_catalog::ApiGroup;

@@ -1,6 +1,8 @@
 //! Cloud API storage (SPEC §9): cloud tokens and the property timeline, on SQLite and on
 //! the real PostgreSQL (each test in its own schema; a missing server fails, never skips).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
 use std::sync::Arc;
 
 use iotsync_core::{ManualClock, ProjectId};

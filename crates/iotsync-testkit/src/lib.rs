@@ -14,6 +14,9 @@
 //!
 //! Every wait here is a failure bound ([`WAIT`]), never a timing assertion.
 
+// Test code: a fixture that cannot be set up panics the test that asked for it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod binary;
 mod fixtures;
 mod hub;
