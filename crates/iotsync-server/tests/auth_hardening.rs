@@ -198,40 +198,9 @@ async fn a_signed_unbind_replayed_after_a_restart_is_refused() {
     env.stop().await;
 }
 
-/// A fresh schema on the real PostgreSQL (a missing server fails the test).
-async fn pg_schema() -> (String, String) {
-    use sqlx::Connection;
-    let base = std::env::var("IOTSYNC_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
-    let schema = format!("auth_{:x}{:x}", SystemClock.now_ms(), std::process::id());
-    let mut admin = sqlx::PgConnection::connect(&base)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {base} is required for this test: {e}"));
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    (
-        format!("{base}{sep}options=-c%20search_path%3D{schema}"),
-        schema,
-    )
-}
-
-async fn drop_schema(schema: &str) {
-    use sqlx::Connection;
-    let base = std::env::var("IOTSYNC_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
-    if let Ok(mut c) = sqlx::PgConnection::connect(&base).await {
-        let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-            .execute(&mut c)
-            .await;
-    }
-}
-
 #[tokio::test]
 async fn a_signed_call_replayed_on_a_second_server_sharing_postgres_is_refused() {
-    let (url, schema) = pg_schema().await;
+    let (url, schema) = iotsync_testkit::pg::create_schema("auth").await;
     let now = SystemClock.now_ms();
     let one = start_on(
         tempfile::tempdir().unwrap(),
@@ -270,7 +239,7 @@ async fn a_signed_call_replayed_on_a_second_server_sharing_postgres_is_refused()
     assert_eq!(send(&two, &fresh).await["code"], 200);
     one.stop().await;
     two.stop().await;
-    drop_schema(&schema).await;
+    iotsync_testkit::pg::drop_schema(&schema).await;
 }
 
 #[tokio::test]

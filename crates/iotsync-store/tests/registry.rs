@@ -12,81 +12,11 @@ use iotsync_core::sync_rules::{ImportedSync, Route, SyncCommand, SyncMethod, Syn
 use iotsync_core::{ManualClock, MessageKind, ProjectId};
 use iotsync_store::*;
 
-const T0: i64 = 1_700_000_000_000;
+mod common;
 
-struct Harness {
-    reg: SqlRegistry,
-    clock: ManualClock,
-    _dir: Option<tempfile::TempDir>,
-    pg_schema: Option<String>,
-}
-
-fn pg_base_url() -> String {
-    std::env::var("IOTSYNC_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
-}
-
-async fn sqlite() -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(T0);
-    let reg = SqlRegistry::open_sqlite(&dir.path().join("registry.db"), Arc::new(clock.clone()))
-        .await
-        .unwrap();
-    Harness {
-        reg,
-        clock,
-        _dir: Some(dir),
-        pg_schema: None,
-    }
-}
-
-async fn postgres() -> Harness {
-    use sqlx::Connection;
-    let base = pg_base_url();
-    let schema = format!("t_{}", uuid_like());
-    let mut admin = sqlx::PgConnection::connect(&base)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {base} is required for this test: {e}"));
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
-    let clock = ManualClock::new(T0);
-    let reg = SqlRegistry::connect(&url, Arc::new(clock.clone()))
-        .await
-        .unwrap();
-    Harness {
-        reg,
-        clock,
-        _dir: None,
-        pg_schema: Some(schema),
-    }
-}
-
-fn uuid_like() -> String {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    let n = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{:x}{:x}", n, std::process::id())
-}
+use common::{postgres, sqlite, Harness, T0};
 
 impl Harness {
-    async fn done(self) {
-        self.reg.close().await;
-        if let Some(schema) = self.pg_schema {
-            use sqlx::Connection;
-            if let Ok(mut c) = sqlx::PgConnection::connect(&pg_base_url()).await {
-                let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-                    .execute(&mut c)
-                    .await;
-            }
-        }
-    }
-
     async fn outbox_kinds(&self) -> Vec<(String, String)> {
         self.reg
             .outbox_peek(1000)

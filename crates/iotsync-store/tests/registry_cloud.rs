@@ -9,79 +9,11 @@ use iotsync_core::{ManualClock, ProjectId};
 use iotsync_store::*;
 use serde_json::json;
 
-const T0: i64 = 1_700_000_000_000;
+mod common;
 
-struct Harness {
-    reg: SqlRegistry,
-    /// Where `reg` lives, for a second registry on the same database (another node).
-    url: String,
-    _dir: Option<tempfile::TempDir>,
-    pg_schema: Option<String>,
-}
-
-fn pg_base_url() -> String {
-    std::env::var("IOTSYNC_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
-}
-
-async fn sqlite() -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!(
-        "sqlite://{}?mode=rwc",
-        dir.path().join("registry.db").display()
-    );
-    let reg = SqlRegistry::connect(&url, Arc::new(ManualClock::new(T0)))
-        .await
-        .unwrap();
-    Harness {
-        reg,
-        url,
-        _dir: Some(dir),
-        pg_schema: None,
-    }
-}
-
-async fn postgres() -> Harness {
-    use sqlx::Connection;
-    let base = pg_base_url();
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let schema = format!("tc_{:x}{:x}", n, std::process::id());
-    let mut admin = sqlx::PgConnection::connect(&base)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {base} is required for this test: {e}"));
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
-    let reg = SqlRegistry::connect(&url, Arc::new(ManualClock::new(T0)))
-        .await
-        .unwrap();
-    Harness {
-        reg,
-        url,
-        _dir: None,
-        pg_schema: Some(schema),
-    }
-}
+use common::{postgres, sqlite, Harness, T0};
 
 impl Harness {
-    async fn done(self) {
-        self.reg.close().await;
-        if let Some(schema) = self.pg_schema {
-            use sqlx::Connection;
-            if let Ok(mut c) = sqlx::PgConnection::connect(&pg_base_url()).await {
-                let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-                    .execute(&mut c)
-                    .await;
-            }
-        }
-    }
-
     async fn device(&self) -> (ProjectId, Device) {
         let p = self.reg.create_project("Home", "test").await.unwrap();
         let pid = p.project.project_id;

@@ -21,6 +21,9 @@ mod binary;
 mod fixtures;
 mod hub;
 pub mod peers;
+/// A PostgreSQL schema of its own per test (one file with the store's tests).
+#[path = "../../iotsync-store/tests/common/pg.rs"]
+pub mod pg;
 mod rest;
 mod server;
 
