@@ -395,6 +395,9 @@ fn start_iotsync() -> (Broker, String, String) {
         .unwrap_or_else(|| stop("cannot tell where the bench runs from"));
     let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
         Some("debug") => "dev".to_owned(),
+        // `cargo bench` builds with the bench profile into target/release: the same
+        // profile for the binary shares every artifact (release would build them again).
+        Some("release") => "bench".to_owned(),
         Some(p) => p.to_owned(),
         None => "release".to_owned(),
     };
@@ -784,7 +787,20 @@ fn measure(
     // Phase 3: half of the delivered rate, latency recorded.
     let half = (r.delivered_rate / 2.0).max(1.0) as u64;
     c.rate.store(half, Ordering::Relaxed);
-    std::thread::sleep(Duration::from_secs(2));
+    // Steady state first: whatever phase 2 left queued drains before latency counts
+    // (two seconds in a row within 10 % of the aimed rate; 30 s at most).
+    let settle_until = Instant::now() + Duration::from_secs(30);
+    let mut steady = 0;
+    while steady < 2 && Instant::now() < settle_until {
+        let d0 = c.delivered.load(Ordering::Relaxed);
+        std::thread::sleep(Duration::from_secs(1));
+        let got = (c.delivered.load(Ordering::Relaxed) - d0) as f64;
+        steady = if (got - half as f64).abs() <= half as f64 * 0.1 {
+            steady + 1
+        } else {
+            0
+        };
+    }
     if let Ok(mut l) = c.latencies.lock() {
         l.clear();
     }

@@ -164,6 +164,13 @@ impl SqlRegistry {
                             conn.execute("PRAGMA synchronous = FULL").await?;
                             conn.execute("PRAGMA busy_timeout = 10000").await?;
                             conn.execute("PRAGMA foreign_keys = ON").await?;
+                            // The property history is the big table and its indexes take
+                            // random inserts (docs/benchmarks.md, device_e2e): with
+                            // SQLite's 2 MiB default cache every insert re-read pages
+                            // through pread. Reads go through a shared mapping instead,
+                            // and each connection caches 32 MiB of pages.
+                            conn.execute("PRAGMA mmap_size = 268435456").await?;
+                            conn.execute("PRAGMA cache_size = -32768").await?;
                             Ok(())
                         })
                     })
@@ -611,6 +618,13 @@ async fn unbind_all(
 /// Last values (newest per device property) and history of reports, with multi-row
 /// statements; devices no longer in their project are skipped. `trim(key_hash)` says
 /// which (device, property) histories to bound now.
+/// Rows per multi-row statement. SQLite resolves a bound parameter's name by walking the
+/// statement's parameter list, so a statement with n parameters costs n² to bind (sqlx
+/// binds by name): at 250 rows × 4 parameters that was 18 % of the server's CPU under
+/// a device flood (perf, device_e2e bench). 32 rows keep the statement count low and the
+/// binding cheap.
+const ROWS_PER_STATEMENT: usize = 32;
+
 async fn write_properties(
     tx: &mut AnyConnection,
     batch: &[(ProjectId, IotId, Vec<PropertyValue>)],
@@ -621,7 +635,7 @@ async fn write_properties(
     wanted.sort();
     wanted.dedup();
     let mut alive = std::collections::HashSet::new();
-    for chunk in wanted.chunks(400) {
+    for chunk in wanted.chunks(ROWS_PER_STATEMENT * 4) {
         let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
         let sql = format!(
             "SELECT iot_id, project_id FROM devices WHERE iot_id IN ({})",
@@ -654,7 +668,7 @@ async fn write_properties(
         }
     }
     let latest: Vec<_> = latest.into_iter().collect();
-    for chunk in latest.chunks(250) {
+    for chunk in latest.chunks(ROWS_PER_STATEMENT) {
         let values: Vec<String> = (0..chunk.len())
             .map(|k| {
                 format!(
@@ -683,7 +697,7 @@ async fn write_properties(
         q.execute(&mut *tx).await?;
     }
     // History: every report, in order, one multi-row insert per chunk.
-    for chunk in rows.chunks(250) {
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         let values: Vec<String> = (0..chunk.len())
             .map(|k| {
                 format!(

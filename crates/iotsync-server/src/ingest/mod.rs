@@ -128,9 +128,9 @@ enum PropertyOp {
 }
 
 /// Reports waiting for the property writer, at most (backpressure beyond).
-const PROPERTY_QUEUE: usize = 8192;
+const PROPERTY_QUEUE: usize = 16384;
 /// Reports written per registry transaction, at most.
-const PROPERTY_BATCH: usize = 1024;
+const PROPERTY_BATCH: usize = 8192;
 
 /// Writes reported last values and history behind the report, many reports per registry
 /// transaction. The report's message is what must be durable before the device is
