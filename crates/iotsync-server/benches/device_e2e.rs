@@ -7,6 +7,7 @@
 //! ```text
 //! cargo bench -p iotsync-server --bench device_e2e -- [--quick] [--devices N]
 //!     [--window W] [--secs S] [--only iotsync|mosquitto] [--mosquitto PATH]
+//!     [--consumer sdk|fe2o3]
 //! ```
 //!
 //! Per broker, three phases:
@@ -60,6 +61,9 @@ struct Args {
     only: Option<String>,
     mosquitto: String,
     quick: bool,
+    /// The AMQP consumer on the iotsync side: `sdk` (the Rust SDK) or `fe2o3` (fe2o3's
+    /// stock receiver, one accepted disposition per message).
+    consumer: String,
 }
 
 fn args() -> Args {
@@ -70,6 +74,7 @@ fn args() -> Args {
         only: None,
         mosquitto: "/usr/sbin/mosquitto".into(),
         quick: false,
+        consumer: "sdk".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -81,6 +86,7 @@ fn args() -> Args {
             "--only" => a.only = it.next(),
             "--mosquitto" => a.mosquitto = it.next().unwrap_or(a.mosquitto),
             "--quick" => a.quick = true,
+            "--consumer" => a.consumer = it.next().unwrap_or(a.consumer),
             "--bench" => {}
             other => {
                 eprintln!("device_e2e: unknown argument {other}");
@@ -90,6 +96,10 @@ fn args() -> Args {
     }
     if a.quick {
         a.secs = a.secs.min(8);
+    }
+    if a.consumer != "sdk" && a.consumer != "fe2o3" {
+        eprintln!("device_e2e: --consumer takes sdk or fe2o3");
+        std::process::exit(2);
     }
     a
 }
@@ -681,6 +691,75 @@ async fn iotsync_consumer(endpoint: String, app_key: String, app_secret: String,
     }
 }
 
+/// fe2o3's stock receiver, signed in with the app-key form, accepting each message with
+/// its own disposition frame.
+async fn iotsync_consumer_fe2o3(
+    endpoint: String,
+    app_key: String,
+    app_secret: String,
+    c: Arc<Counters>,
+) {
+    use fe2o3_amqp::link::receiver::CreditMode;
+    use fe2o3_amqp::sasl_profile::SaslProfile;
+    use fe2o3_amqp::types::messaging::Body;
+    use fe2o3_amqp::types::primitives::Value as AmqpValue;
+    use fe2o3_amqp::{Connection, Receiver, Session};
+    use iotsync_core::sign::amqp::{sign_password as amqp_password, AmqpAuthMode, AmqpCredentials};
+
+    let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
+        stop(&format!("fe2o3 consumer: {what}: {e}"))
+    };
+    let creds = AmqpCredentials {
+        client_id: "device-e2e-fe2o3".into(),
+        auth: AmqpAuthMode::AppKey {
+            random_ms: support::now_us() / 1000,
+        },
+        app_key: app_key
+            .parse()
+            .unwrap_or_else(|e| fail("app key", &format!("{e:?}"))),
+        group: None,
+        iot_instance_id: None,
+    };
+    let addr = endpoint.trim_start_matches("amqp://").to_owned();
+    let tcp = TcpStream::connect(&addr)
+        .await
+        .unwrap_or_else(|e| fail("connect", &e));
+    tcp.set_nodelay(true).ok();
+    let mut conn = Connection::builder()
+        .container_id("device-e2e")
+        .hostname("localhost")
+        .sasl_profile(SaslProfile::Plain {
+            username: creds.username(),
+            password: amqp_password(&creds, &app_secret),
+        })
+        .idle_time_out(60_000u32)
+        .open_with_stream(tcp)
+        .await
+        .unwrap_or_else(|e| fail("open", &e));
+    let mut session = Session::begin(&mut conn)
+        .await
+        .unwrap_or_else(|e| fail("session", &e));
+    let mut rx = Receiver::builder()
+        .name("device-e2e-receiver")
+        .source("default")
+        .credit_mode(CreditMode::Auto(1000))
+        .attach(&mut session)
+        .await
+        .unwrap_or_else(|e| fail("attach", &e));
+    while let Ok(d) = rx.recv::<Body<AmqpValue>>().await {
+        if let Body::Data(batch) = d.body() {
+            let payload: Vec<u8> = batch.iter().flat_map(|b| b.0.iter().copied()).collect();
+            // Devices going online/offline are synced too; only the reports count.
+            if payload.windows(8).any(|w| w == b"\"items\":") {
+                on_delivery(&c, &payload);
+            }
+        }
+        if rx.accept(&d).await.is_err() {
+            return;
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 
 struct Result1 {
@@ -865,8 +944,21 @@ fn main() {
     if a.only.as_deref() != Some("mosquitto") {
         let (broker, api, amqp) = start_iotsync();
         let (app_key, app_secret, devices) = pubs.block_on(iotsync_fleet(&api, a.devices));
+        let fe2o3 = a.consumer == "fe2o3";
+        println!(
+            "iotsync consumer: {}",
+            if fe2o3 {
+                "fe2o3 stock receiver"
+            } else {
+                "Rust SDK"
+            }
+        );
         results.push(measure(&broker, devices, &a, &pubs, &subs, move |c| {
-            Box::pin(iotsync_consumer(amqp, app_key, app_secret, c))
+            if fe2o3 {
+                Box::pin(iotsync_consumer_fe2o3(amqp, app_key, app_secret, c))
+            } else {
+                Box::pin(iotsync_consumer(amqp, app_key, app_secret, c))
+            }
         }));
     }
     if a.only.as_deref() != Some("iotsync") {
