@@ -20,6 +20,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[path = "../../iotsync-server/benches/support/mqtt.rs"]
+mod mqtt;
+
 use iotsync_core::sign::device::{sign_password, DeviceClientId, DeviceUsername};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -115,29 +118,6 @@ fn tokens(payload: &[u8]) -> Vec<String> {
 
 // --- a minimal MQTT 3.1.1 device (CONNECT, QoS 1 PUBLISH, PUBACK) ---
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn packet(first: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![first];
-    let mut n = body.len();
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(body);
-    out
-}
-
 /// Reads one packet: (type, body); `None` when the connection ended.
 async fn read_packet(s: &mut tokio::net::TcpStream) -> Option<(u8, Vec<u8>)> {
     let mut first = [0u8; 1];
@@ -172,16 +152,16 @@ async fn mqtt_connect(
             .parse()
             .ok()?;
     let user: DeviceUsername = format!("{dn}&{pk}").parse().ok()?;
-    let mut body = Vec::new();
-    put_str(&mut body, "MQTT");
-    body.extend_from_slice(&[4, 0xC2, 0, 60]);
-    put_str(&mut body, &cid.to_string());
-    put_str(&mut body, &user.to_string());
-    put_str(&mut body, &sign_password(&cid, &user, secret));
+    let connect = mqtt::connect_packet(
+        &cid.to_string(),
+        Some(&user.to_string()),
+        Some(&sign_password(&cid, &user, secret)),
+        60,
+    );
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .ok()?;
-    s.write_all(&packet(0x10, &body)).await.ok()?;
+    s.write_all(&connect).await.ok()?;
     match read_packet(&mut s).await? {
         (2, b) if b.get(1) == Some(&0) => Some(s),
         _ => None,
@@ -212,14 +192,14 @@ async fn device(
             let payload = json!({"id": n.to_string(), "version": "1.0",
                 "params": {"Seq": token}})
             .to_string();
-            let mut body = Vec::new();
-            put_str(
-                &mut body,
+            let mut publish = Vec::new();
+            mqtt::publish_qos1(
+                &mut publish,
                 &format!("/sys/{pk}/{dn}/thing/event/property/post"),
+                pid,
+                payload.as_bytes(),
             );
-            body.extend_from_slice(&pid.to_be_bytes());
-            body.extend_from_slice(payload.as_bytes());
-            if s.write_all(&packet(0x32, &body)).await.is_err() {
+            if s.write_all(&publish).await.is_err() {
                 break;
             }
             let acked = loop {

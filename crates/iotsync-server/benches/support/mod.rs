@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod mqtt;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub fn now_us() -> i64 {
