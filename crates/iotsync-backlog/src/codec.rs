@@ -36,6 +36,20 @@ pub(crate) const TAG_LEASED: u8 = 16;
 /// A relocated message that also carries each group's attempt count (written from now
 /// on; `TAG_RELOCATED` is still read).
 pub(crate) const TAG_RELOCATED2: u8 = 17;
+/// A project snapshot that also carries `keepAcknowledged` and each group's seek/purge
+/// counters (written from now on; the older ones are still read).
+pub(crate) const TAG_PROJECT_STATE3: u8 = 18;
+/// A group was sought to a time (or purged: `from_ms == i64::MAX`) and got a new
+/// generation: everything it took from `from_ms` on is owed again, what it owed before
+/// is dropped.
+pub(crate) const TAG_SEEK: u8 = 19;
+/// The project's `keepAcknowledged` setting changed.
+pub(crate) const TAG_KEEP_ACKED: u8 = 20;
+/// A relocated message that also carries who took it, who dropped it, when it was last
+/// acknowledged and its expiry mark (written from now on).
+pub(crate) const TAG_RELOCATED3: u8 = 21;
+/// The highest tag a frame may carry.
+const TAG_MAX: u8 = TAG_RELOCATED3;
 
 /// Byte offset of the `owners` field inside a message body (tag, proj, pseq).
 pub(crate) const MSG_OWNERS_AT: usize = 1 + 4 + 8;
@@ -51,6 +65,10 @@ pub(crate) struct GroupCounters {
     pub nacked: u64,
     pub timed_out: u64,
     pub unreadable: u64,
+    /// (message) drops by purge or seek: what the group owed and will not get.
+    pub dropped: u64,
+    /// Messages owed again by a seek (acknowledged or dropped before it).
+    pub replayed: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +91,17 @@ pub(crate) struct ProjectSnapshot {
     pub next_gen: u32,
     pub discarded: u64,
     pub dropped_by_group_delete: u64,
+    pub keep_acked: bool,
     pub groups: Vec<GroupSnapshot>,
+}
+
+/// What a relocated copy keeps of a message's retention state (`TAG_RELOCATED3`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RetainMarks {
+    pub takers: u32,
+    pub dropped: u32,
+    pub acked_s: u32,
+    pub meta: u16,
 }
 
 /// A dead-letter mark carried by a relocated message.
@@ -92,6 +120,7 @@ pub(crate) struct MsgHead {
     pub owners: u32,
     pub generate_time: i64,
     pub key_hash: u32,
+    pub id_hash: u16,
 }
 
 /// A decoded record, as replay sees it.
@@ -103,6 +132,8 @@ pub(crate) enum Record {
         dead: Vec<DeadMark>,
         /// Attempt counts per group slot at relocation (`None` in the older format).
         tries: Option<Vec<(u8, u32)>>,
+        /// Retention state at relocation (`None` before `TAG_RELOCATED3`).
+        retain: Option<RetainMarks>,
     },
     Ack {
         proj: u32,
@@ -162,6 +193,16 @@ pub(crate) enum Record {
         proj: u32,
         cutoff_s: u32,
     },
+    Seek {
+        proj: u32,
+        group: u8,
+        gen: u32,
+        from_ms: i64,
+    },
+    KeepAcked {
+        proj: u32,
+        keep: bool,
+    },
     ProjectState(ProjectSnapshot),
 }
 
@@ -177,6 +218,12 @@ fn derr(what: &str) -> DecodeError {
 /// serialises two keys more than needed; it never reorders.
 pub(crate) fn key_hash(key: &str) -> u32 {
     crc32fast::hash(key.as_bytes())
+}
+
+/// 16 bits of a message id's hash, kept in its slot: a lookup by id reads the body only
+/// of the slots whose hash matches (1 in 65 536 of the others).
+pub(crate) fn id_hash(id: &str) -> u16 {
+    (crc32fast::hash(id.as_bytes()) >> 16) as u16
 }
 
 /// Appends framed records to a buffer.
@@ -255,10 +302,11 @@ impl Enc {
         &mut self,
         dead: &[DeadMark],
         tries: &[(u8, u32)],
+        retain: RetainMarks,
         owners: u32,
         original_body: &[u8],
     ) {
-        self.begin(TAG_RELOCATED2);
+        self.begin(TAG_RELOCATED3);
         self.u8(dead.len() as u8);
         for d in dead {
             self.u8(d.group);
@@ -270,6 +318,10 @@ impl Enc {
             self.u8(*g);
             self.u32(*a);
         }
+        self.u32(retain.takers);
+        self.u32(retain.dropped);
+        self.u32(retain.acked_s);
+        self.buf.extend_from_slice(&retain.meta.to_le_bytes());
         let inner = self.buf.len();
         self.buf.extend_from_slice(original_body);
         if self.buf.len() >= inner + MSG_OWNERS_AT + 4 {
@@ -401,8 +453,22 @@ impl Enc {
         self.u32(cutoff_s);
         self.end();
     }
+    pub fn seek(&mut self, proj: u32, group: u8, gen: u32, from_ms: i64) {
+        self.begin(TAG_SEEK);
+        self.u32(proj);
+        self.u8(group);
+        self.u32(gen);
+        self.i64(from_ms);
+        self.end();
+    }
+    pub fn keep_acked(&mut self, proj: u32, keep: bool) {
+        self.begin(TAG_KEEP_ACKED);
+        self.u32(proj);
+        self.u8(keep as u8);
+        self.end();
+    }
     pub fn project_state(&mut self, s: &ProjectSnapshot) {
-        self.begin(TAG_PROJECT_STATE2);
+        self.begin(TAG_PROJECT_STATE3);
         self.u32(s.proj);
         self.str8(&s.id);
         self.u64(s.next_pseq);
@@ -432,6 +498,11 @@ impl Enc {
             self.spec(&g.spec);
         }
         self.u64(s.dropped_by_group_delete);
+        self.u8(s.keep_acked as u8);
+        for g in &s.groups {
+            self.u64(g.counters.dropped);
+            self.u64(g.counters.replayed);
+        }
         self.end();
     }
 }
@@ -562,12 +633,15 @@ fn msg_head(d: &mut Dec<'_>) -> Result<MsgHead, DecodeError> {
         d.str8()?;
     }
     let key = d.str16()?;
+    d.str16()?;
+    let id = d.str8()?;
     Ok(MsgHead {
         proj,
         pseq,
         owners,
         generate_time,
         key_hash: key_hash(key),
+        id_hash: id_hash(id),
     })
 }
 
@@ -584,18 +658,29 @@ fn tries_marks(d: &mut Dec<'_>) -> Result<Vec<(u8, u32)>, DecodeError> {
 pub(crate) type AttemptMarks = Vec<(u8, u32)>;
 
 /// Reads the marks in front of a relocated record's message body.
-fn relocation_marks(
-    d: &mut Dec<'_>,
-    tag: u8,
-) -> Result<(Vec<DeadMark>, Option<AttemptMarks>), DecodeError> {
+type RelocationMarks = (Vec<DeadMark>, Option<AttemptMarks>, Option<RetainMarks>);
+
+fn relocation_marks(d: &mut Dec<'_>, tag: u8) -> Result<RelocationMarks, DecodeError> {
     d.u8()?;
     let dead = dead_marks(d)?;
-    let tries = if tag == TAG_RELOCATED2 {
+    let tries = if tag == TAG_RELOCATED2 || tag == TAG_RELOCATED3 {
         Some(tries_marks(d)?)
     } else {
         None
     };
-    Ok((dead, tries))
+    let retain = if tag == TAG_RELOCATED3 {
+        let (takers, dropped, acked_s) = (d.u32()?, d.u32()?, d.u32()?);
+        let m = d.take(2)?;
+        Some(RetainMarks {
+            takers,
+            dropped,
+            acked_s,
+            meta: u16::from_le_bytes([m[0], m[1]]),
+        })
+    } else {
+        None
+    };
+    Ok((dead, tries, retain))
 }
 
 fn dead_marks(d: &mut Dec<'_>) -> Result<Vec<DeadMark>, DecodeError> {
@@ -617,12 +702,13 @@ pub(crate) fn decode(body: &[u8]) -> Result<Record, DecodeError> {
     let tag = *body.first().ok_or_else(|| derr("empty record"))?;
     Ok(match tag {
         TAG_MSG => Record::Msg(msg_head(&mut d)?),
-        TAG_RELOCATED | TAG_RELOCATED2 => {
-            let (dead, tries) = relocation_marks(&mut d, tag)?;
+        TAG_RELOCATED | TAG_RELOCATED2 | TAG_RELOCATED3 => {
+            let (dead, tries, retain) = relocation_marks(&mut d, tag)?;
             Record::Relocated {
                 head: msg_head(&mut d)?,
                 dead,
                 tries,
+                retain,
             }
         }
         _ => {
@@ -679,8 +765,19 @@ pub(crate) fn decode(body: &[u8]) -> Result<Record, DecodeError> {
                     proj: d.u32()?,
                     cutoff_s: d.u32()?,
                 },
-                TAG_PROJECT_STATE | TAG_PROJECT_STATE2 => {
-                    let v2 = tag == TAG_PROJECT_STATE2;
+                TAG_SEEK => Record::Seek {
+                    proj: d.u32()?,
+                    group: d.u8()?,
+                    gen: d.u32()?,
+                    from_ms: d.i64()?,
+                },
+                TAG_KEEP_ACKED => Record::KeepAcked {
+                    proj: d.u32()?,
+                    keep: d.u8()? != 0,
+                },
+                TAG_PROJECT_STATE | TAG_PROJECT_STATE2 | TAG_PROJECT_STATE3 => {
+                    let v3 = tag == TAG_PROJECT_STATE3;
+                    let v2 = tag == TAG_PROJECT_STATE2 || v3;
                     let proj = d.u32()?;
                     let id = d.str8()?.to_owned();
                     let next_pseq = d.u64()?;
@@ -704,6 +801,8 @@ pub(crate) fn decode(body: &[u8]) -> Result<Record, DecodeError> {
                             nacked: d.u64()?,
                             timed_out: d.u64()?,
                             unreadable: d.u64()?,
+                            dropped: 0,
+                            replayed: 0,
                         };
                         let spec = if v2 { spec(&mut d)? } else { GroupSpec::all() };
                         groups.push(GroupSnapshot {
@@ -716,6 +815,13 @@ pub(crate) fn decode(body: &[u8]) -> Result<Record, DecodeError> {
                         });
                     }
                     let dropped_by_group_delete = if v2 { d.u64()? } else { 0 };
+                    let keep_acked = v3 && d.u8()? != 0;
+                    if v3 {
+                        for g in &mut groups {
+                            g.counters.dropped = d.u64()?;
+                            g.counters.replayed = d.u64()?;
+                        }
+                    }
                     Record::ProjectState(ProjectSnapshot {
                         proj,
                         id,
@@ -725,6 +831,7 @@ pub(crate) fn decode(body: &[u8]) -> Result<Record, DecodeError> {
                         next_gen,
                         discarded,
                         dropped_by_group_delete,
+                        keep_acked,
                         groups,
                     })
                 }
@@ -738,7 +845,7 @@ pub(crate) fn decode(body: &[u8]) -> Result<Record, DecodeError> {
 
 /// The message body inside a message or relocated record body.
 pub(crate) fn message_body(body: &[u8]) -> Result<&[u8], DecodeError> {
-    if let Some(&tag @ (TAG_RELOCATED | TAG_RELOCATED2)) = body.first() {
+    if let Some(&tag @ (TAG_RELOCATED | TAG_RELOCATED2 | TAG_RELOCATED3)) = body.first() {
         let mut d = Dec::new(body);
         relocation_marks(&mut d, tag)?;
         Ok(&body[d.at..])
@@ -750,7 +857,7 @@ pub(crate) fn message_body(body: &[u8]) -> Result<&[u8], DecodeError> {
 /// Decodes the full message of a message or relocated body, for delivery.
 pub(crate) fn decode_message(body: &[u8], project: &ProjectId) -> Result<SyncMessage, DecodeError> {
     let mut d = Dec::new(body);
-    if let Some(&tag @ (TAG_RELOCATED | TAG_RELOCATED2)) = body.first() {
+    if let Some(&tag @ (TAG_RELOCATED | TAG_RELOCATED2 | TAG_RELOCATED3)) = body.first() {
         relocation_marks(&mut d, tag)?;
     }
     if d.u8()? != TAG_MSG {
@@ -799,7 +906,7 @@ pub(crate) fn check_frame(b: &[u8]) -> Option<usize> {
         return None;
     }
     let tag = b[FRAME_HEADER];
-    if !(TAG_MSG..=TAG_RELOCATED2).contains(&tag) {
+    if !(TAG_MSG..=TAG_MAX).contains(&tag) {
         return None;
     }
     (crc32fast::hash(&b[FRAME_HEADER..FRAME_HEADER + len]) == crc).then_some(len)
@@ -841,6 +948,7 @@ mod tests {
                 owners: 0b101,
                 generate_time: 1_700_000_000_123,
                 key_hash: key_hash("dev-1"),
+                id_hash: id_hash("m-1"),
             })
         );
         assert_eq!(
@@ -860,11 +968,23 @@ mod tests {
             attempts: 3,
             at_ms: 9,
         }];
-        r.relocated(&marks, &[(0, 4)], 0b10, &body);
+        let retain = RetainMarks {
+            takers: 0b11,
+            dropped: 0b01,
+            acked_s: 77,
+            meta: 123 | 1 << 15,
+        };
+        r.relocated(&marks, &[(0, 4)], retain, 0b10, &body);
         let n = check_frame(&r.buf).unwrap();
         let rbody = &r.buf[FRAME_HEADER..FRAME_HEADER + n];
         match decode(rbody).unwrap() {
-            Record::Relocated { head, dead, tries } => {
+            Record::Relocated {
+                head,
+                dead,
+                tries,
+                retain: got,
+            } => {
+                assert_eq!(got, Some(retain));
                 assert_eq!(tries, Some(vec![(0, 4)]));
                 assert_eq!(head.owners, 0b10);
                 assert_eq!(head.pseq, 5);
@@ -875,6 +995,32 @@ mod tests {
         assert_eq!(
             decode_message(rbody, &"p1".parse().unwrap()).unwrap(),
             message()
+        );
+    }
+
+    #[test]
+    fn seek_and_keep_records_round_trip() {
+        let mut e = Enc::default();
+        e.seek(3, 2, 9, 1_700_000_000_456);
+        e.keep_acked(3, true);
+        let n = check_frame(&e.buf).unwrap();
+        assert_eq!(
+            decode(&e.buf[FRAME_HEADER..FRAME_HEADER + n]).unwrap(),
+            Record::Seek {
+                proj: 3,
+                group: 2,
+                gen: 9,
+                from_ms: 1_700_000_000_456
+            }
+        );
+        let rest = &e.buf[FRAME_HEADER + n..];
+        let m = check_frame(rest).unwrap();
+        assert_eq!(
+            decode(&rest[FRAME_HEADER..FRAME_HEADER + m]).unwrap(),
+            Record::KeepAcked {
+                proj: 3,
+                keep: true
+            }
         );
     }
 
@@ -899,6 +1045,7 @@ mod tests {
             next_gen: 4,
             discarded: 2,
             dropped_by_group_delete: 11,
+            keep_acked: true,
             groups: vec![GroupSnapshot {
                 slot: 1,
                 gen: 3,
@@ -913,6 +1060,8 @@ mod tests {
                     nacked: 6,
                     timed_out: 7,
                     unreadable: 8,
+                    dropped: 9,
+                    replayed: 10,
                 },
                 spec: GroupSpec {
                     filter: GroupFilter {

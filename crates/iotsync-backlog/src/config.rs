@@ -78,6 +78,14 @@ pub struct BacklogConfig {
     pub settle_flush_interval: Duration,
     /// Settlement records waiting past this many bytes are written at once.
     pub settle_flush_bytes: usize,
+    /// Whether a new project keeps acknowledged messages stored until retention, so a
+    /// group can be sought back to a time (`Backlog::seek`); per project with
+    /// `Backlog::set_keep_acknowledged`. The server turns it on; off, an acknowledged
+    /// message's space is freed as soon as no group owes it.
+    pub keep_acknowledged: bool,
+    /// A message past retention stays this much longer as a trace: its lookup answers
+    /// "expired" (with its envelope) instead of "not found".
+    pub expired_trace: Duration,
 }
 
 impl Default for BacklogConfig {
@@ -96,6 +104,8 @@ impl Default for BacklogConfig {
             index_memory_bytes: 32 * 1024 * 1024,
             settle_flush_interval: Duration::from_millis(10),
             settle_flush_bytes: 256 * 1024,
+            keep_acknowledged: false,
+            expired_trace: Duration::from_secs(3600),
         }
     }
 }

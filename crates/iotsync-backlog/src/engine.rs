@@ -15,15 +15,18 @@ use tracing::error;
 use crate::codec::decode_message;
 use crate::config::BacklogConfig;
 use crate::error::{BacklogError, CommitError};
-use crate::index::{DeadRef, Index, Pick, SpillPool, TokenOp, MAX_GROUPS_PER_PROJECT};
+use crate::index::{
+    DeadRef, Index, Pick, ScanStep, SpillPool, TokenOp, MAX_GROUPS_PER_PROJECT, PURGE_FROM,
+};
 
 /// The index's spill file in the backlog directory (a cache: removed at open).
 const SPILL_FILE: &str = "index.spill";
 use crate::recovery::recover;
 use crate::segment::{self, HEADER};
 use crate::types::{
-    AppendOutcome, AvailabilityWatch, ConsumerId, DeadLetter, Delivery, GroupInfo, GroupSpec,
-    LeaseToken, ProjectStats, RecoveryReport, TickReport,
+    AppendOutcome, AvailabilityWatch, ConsumerId, DeadLetter, Delivery, GroupInfo,
+    GroupMessageState, GroupSpec, LeaseToken, MessageQuery, MessageTrace, ProjectStats,
+    RecoveryReport, SeekOutcome, TickReport,
 };
 use crate::writer::{self, lock, Active, Pending, PendingMsg, Shared, State};
 use crate::Backlog;
@@ -468,6 +471,92 @@ impl EmbeddedBacklog {
         Ok(n)
     }
 
+    async fn seek_to(
+        &self,
+        project: &ProjectId,
+        group: &ConsumerGroup,
+        from_ms: i64,
+    ) -> Result<SeekOutcome, BacklogError> {
+        let (out, waiter) = self.with_state(|st| {
+            let (idx, slot) = Self::locate(st, project, group)?;
+            let State { index, pending, .. } = st;
+            index
+                .seek(idx, slot, from_ms, None, Some(&mut pending.enc))
+                .ok_or_else(|| BacklogError::UnknownGroup {
+                    project: project.clone(),
+                    group: group.clone(),
+                })
+        })?;
+        Self::durable(waiter).await?;
+        Ok(out)
+    }
+
+    /// Runs one scan step under the lock; returns the candidates with their files.
+    fn scan_step(
+        &self,
+        project: &ProjectId,
+        f: impl FnOnce(&mut Index, u32) -> ScanStep,
+    ) -> Result<(ScanStep, HashMap<u32, Arc<File>>), BacklogError> {
+        let mut st = lock(&self.shared.state);
+        let idx = Self::project_idx(&st, project)?;
+        let step = f(&mut st.index, idx);
+        let files = Self::files_for(&st, step.0.iter().map(|(_, s)| s.seg));
+        Ok((step, files))
+    }
+
+    /// Reads candidate messages and keeps those `keep` accepts, with their states.
+    fn traces(
+        &self,
+        project: &ProjectId,
+        cands: Vec<(u64, crate::index::Slot)>,
+        files: HashMap<u32, Arc<File>>,
+        keep: impl Fn(&SyncMessage) -> bool,
+    ) -> Vec<MessageTrace> {
+        let locs: Vec<(u32, u32, u32)> = cands.iter().map(|(_, s)| (s.seg, s.off, s.len)).collect();
+        let bodies = Self::read_bodies(&files, &locs);
+        let found: Vec<(u64, SyncMessage)> = cands
+            .iter()
+            .zip(bodies)
+            .filter_map(|((pseq, _), b)| {
+                let m = b.ok().and_then(|b| decode_message(&b, project).ok())?;
+                keep(&m).then_some((*pseq, m))
+            })
+            .collect();
+        if found.is_empty() {
+            return Vec::new();
+        }
+        let mut st = lock(&self.shared.state);
+        let Some(idx) = st.index.project_idx(project) else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(found.len());
+        for (pseq, message) in found {
+            let Some(slot) = st.index.held_slot(idx, pseq) else {
+                continue;
+            };
+            let p = &st.index.projects[idx as usize];
+            let groups = st
+                .index
+                .trace_states(idx, pseq, &slot)
+                .into_iter()
+                .filter_map(|(gi, state, attempts)| {
+                    Some(GroupMessageState {
+                        group: p.group(gi)?.name.clone(),
+                        state,
+                        attempts,
+                    })
+                })
+                .collect();
+            out.push(MessageTrace {
+                seq: pseq,
+                message,
+                expired: slot.expired(),
+                groups,
+            });
+        }
+        out
+    }
+
     fn settle(&self, token: &LeaseToken, op: TokenOp) -> Result<(), BacklogError> {
         let now = self.now();
         let mut st = lock(&self.shared.state);
@@ -716,6 +805,118 @@ impl Backlog for EmbeddedBacklog {
         self.settle_dead(project, message_id, false).await
     }
 
+    async fn set_keep_acknowledged(
+        &self,
+        project: &ProjectId,
+        keep: bool,
+    ) -> Result<(), BacklogError> {
+        let (_, waiter) = self.with_state(|st| {
+            let State { index, pending, .. } = st;
+            let idx = index.ensure_project(project, &mut pending.enc);
+            index.set_keep_acked(idx, keep, Some(&mut pending.enc));
+            Ok(())
+        })?;
+        Self::durable(waiter).await
+    }
+
+    async fn seek(
+        &self,
+        project: &ProjectId,
+        group: &ConsumerGroup,
+        from_ms: i64,
+    ) -> Result<SeekOutcome, BacklogError> {
+        let now = self.now();
+        if from_ms > now {
+            return Err(BacklogError::SeekInFuture {
+                from_ms,
+                now_ms: now,
+            });
+        }
+        self.seek_to(project, group, from_ms).await
+    }
+
+    async fn purge(
+        &self,
+        project: &ProjectId,
+        group: &ConsumerGroup,
+    ) -> Result<SeekOutcome, BacklogError> {
+        self.seek_to(project, group, PURGE_FROM).await
+    }
+
+    async fn find_message(
+        &self,
+        project: &ProjectId,
+        message_id: &MessageId,
+    ) -> Result<Option<MessageTrace>, BacklogError> {
+        let h = crate::codec::id_hash(message_id.as_str());
+        // Ids made by iotsync are UUIDv7: their time finds the stretch to look in.
+        let window = uuid_v7_ms(message_id.as_str()).map(|t| {
+            let mut st = lock(&self.shared.state);
+            match Self::project_idx(&st, project) {
+                Ok(idx) => st.index.time_range(idx, t, t),
+                Err(_) => (0, 0),
+            }
+        });
+        let mut ranges = Vec::new();
+        if let Some(w) = window {
+            ranges.push(w);
+        }
+        ranges.push((0, u64::MAX));
+        for (lo, hi) in ranges {
+            let mut pos = lo;
+            loop {
+                let ((cands, resume), files) =
+                    self.scan_step(project, |ix, idx| ix.id_candidates(idx, h, pos, hi))?;
+                if !cands.is_empty() {
+                    let mut t = self.traces(project, cands, files, |m| {
+                        &m.envelope.message_id == message_id
+                    });
+                    if !t.is_empty() {
+                        return Ok(Some(t.swap_remove(0)));
+                    }
+                }
+                match resume {
+                    Some(r) => pos = r,
+                    None => break,
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    async fn device_messages(
+        &self,
+        project: &ProjectId,
+        query: &MessageQuery,
+    ) -> Result<Vec<MessageTrace>, BacklogError> {
+        let key = crate::codec::key_hash(&query.ordering_key);
+        let range = (query.from_ms, query.to_ms);
+        let (lo, hi) = {
+            let mut st = lock(&self.shared.state);
+            let idx = Self::project_idx(&st, project)?;
+            st.index.time_range(idx, range.0, range.1)
+        };
+        let mut pos = query.before_seq.map_or(hi, |b| b.min(hi));
+        let mut out = Vec::new();
+        while out.len() < query.limit {
+            let want = query.limit - out.len();
+            let ((cands, resume), files) = self.scan_step(project, |ix, idx| {
+                ix.key_candidates(idx, key, range, lo, pos, want)
+            })?;
+            if !cands.is_empty() {
+                out.extend(self.traces(project, cands, files, |m| {
+                    m.ordering_key == query.ordering_key
+                }));
+            }
+            match resume {
+                Some(r) => pos = r,
+                None => break,
+            }
+        }
+        out.truncate(query.limit);
+        Ok(out)
+    }
+
     async fn stats(&self, project: &ProjectId) -> Result<ProjectStats, BacklogError> {
         let now = self.now();
         let mut st = lock(&self.shared.state);
@@ -753,4 +954,14 @@ pub fn segment_files(dir: &Path) -> Result<Vec<PathBuf>, BacklogError> {
         .into_iter()
         .map(|(_, p)| p)
         .collect())
+}
+
+/// The millisecond time of a UUIDv7 written as 32 hex digits (how iotsync makes message
+/// ids), if `id` is one.
+fn uuid_v7_ms(id: &str) -> Option<i64> {
+    let b = id.as_bytes();
+    if b.len() != 32 || b[12] != b'7' || !b.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    i64::from_str_radix(&id[..12], 16).ok()
 }

@@ -50,6 +50,9 @@ pub enum BacklogError {
         message_id: MessageId,
         reason: String,
     },
+    /// A seek to a time that has not come yet.
+    #[error("cannot seek to {from_ms}: it is later than now ({now_ms}, ms since the epoch)")]
+    SeekInFuture { from_ms: i64, now_ms: i64 },
     /// The engine was closed (or its writer stopped).
     #[error("backlog is closed")]
     Closed,

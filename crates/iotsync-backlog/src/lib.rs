@@ -51,8 +51,8 @@ pub use error::BacklogError;
 pub use index::MAX_GROUPS_PER_PROJECT;
 pub use types::{
     AppendOutcome, AvailabilityWatch, ConsumerId, DamagedRange, DeadLetter, Delivery, GroupInfo,
-    GroupRetry, GroupSpec, GroupStats, IndexMemory, LeaseToken, ProjectStats, RecoveryReport,
-    TickReport,
+    GroupMessageState, GroupRetry, GroupSpec, GroupStats, IndexMemory, LeaseToken, MessageQuery,
+    MessageState, MessageTrace, ProjectStats, RecoveryReport, SeekOutcome, TickReport,
 };
 
 /// The durable backlog, as the dispatcher and the REST figures see it. Object-safe:
@@ -148,6 +148,52 @@ pub trait Backlog: Send + Sync + 'static {
         project: &ProjectId,
         message_id: &MessageId,
     ) -> Result<usize, BacklogError>;
+
+    /// Whether the project's acknowledged messages stay stored until retention, so a
+    /// seek can deliver them again (off: freed once no group owes them). Durable.
+    async fn set_keep_acknowledged(
+        &self,
+        project: &ProjectId,
+        keep: bool,
+    ) -> Result<(), BacklogError>;
+
+    /// Seeks a group to a time: it receives again, in append order per ordering key,
+    /// every message it takes that is still stored and was produced at or after
+    /// `from_ms`, acknowledged or not; what it owed from before is dropped and counted
+    /// (`dropped_total`). In-flight deliveries are settled as dropped (their tokens are
+    /// unknown leases from now on). Dead letters stay. Before the oldest stored message
+    /// means from the oldest; later than now is `SeekInFuture`. Durable when it returns.
+    async fn seek(
+        &self,
+        project: &ProjectId,
+        group: &ConsumerGroup,
+        from_ms: i64,
+    ) -> Result<SeekOutcome, BacklogError>;
+
+    /// Drops everything the group owes (dead letters excepted), counted in
+    /// `dropped_total`; in-flight deliveries are settled as dropped. Durable.
+    async fn purge(
+        &self,
+        project: &ProjectId,
+        group: &ConsumerGroup,
+    ) -> Result<SeekOutcome, BacklogError>;
+
+    /// A stored message of the project by id, with its state in every group that took
+    /// it; `None` if the project holds no such message (never had it, or it is gone
+    /// past retention and its trace time).
+    async fn find_message(
+        &self,
+        project: &ProjectId,
+        message_id: &MessageId,
+    ) -> Result<Option<MessageTrace>, BacklogError>;
+
+    /// A device's stored messages produced in a time range, newest first, at most
+    /// `query.limit`.
+    async fn device_messages(
+        &self,
+        project: &ProjectId,
+        query: &MessageQuery,
+    ) -> Result<Vec<MessageTrace>, BacklogError>;
 
     /// Figures of the project and each of its groups.
     async fn stats(&self, project: &ProjectId) -> Result<ProjectStats, BacklogError>;

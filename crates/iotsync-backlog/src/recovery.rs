@@ -23,10 +23,20 @@ pub(crate) struct Recovered {
 
 fn apply(index: &mut Index, rec: Record, loc: (u32, u32, u32)) {
     match rec {
-        Record::Msg(h) => index.replay_msg(&h, None, None, loc),
-        Record::Relocated { head, dead, tries } => {
-            index.replay_msg(&head, Some(&dead), tries.as_deref(), loc)
-        }
+        Record::Msg(h) => index.replay_msg(&h, None, None, None, loc),
+        Record::Relocated {
+            head,
+            dead,
+            tries,
+            retain,
+        } => index.replay_msg(&head, Some(&dead), tries.as_deref(), retain, loc),
+        Record::Seek {
+            proj,
+            group,
+            gen,
+            from_ms,
+        } => index.replay_seek(proj, group, gen, from_ms),
+        Record::KeepAcked { proj, keep } => index.replay_keep_acked(proj, keep),
         Record::Ack { proj, group, pseq } => index.replay_ack(proj, group, pseq),
         Record::Reject {
             proj,

@@ -86,6 +86,10 @@ pub struct GroupStats {
     /// Messages dropped because their record could not be read back (disk corruption
     /// after start); always logged.
     pub unreadable_total: u64,
+    /// Messages the group owed and dropped by a purge or a seek.
+    pub dropped_total: u64,
+    /// Messages owed again by a seek.
+    pub replayed_total: u64,
 }
 
 /// Figures of one project.
@@ -99,6 +103,8 @@ pub struct ProjectStats {
     pub discarded_no_group: u64,
     /// (message, group) pairs a group still owed when it was deleted.
     pub dropped_by_group_delete: u64,
+    /// Acknowledged messages stay stored until retention (seek can replay them).
+    pub keep_acknowledged: bool,
     pub groups: Vec<GroupStats>,
 }
 
@@ -237,4 +243,84 @@ impl GroupSpec {
 pub struct GroupInfo {
     pub name: ConsumerGroup,
     pub spec: GroupSpec,
+}
+
+/// What a `seek` (or `purge`) did to a group.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SeekOutcome {
+    /// The time sought to (ms since the epoch; `None` for a purge).
+    pub from_ms: Option<i64>,
+    /// Messages the group owes again that it had acknowledged or dropped before.
+    pub replayed: u64,
+    /// Messages the group owed and now will not get (produced before `from`, or all of
+    /// them for a purge); counted in the group's `dropped_total`.
+    pub dropped: u64,
+    /// Deliveries in flight when it happened: settled as dropped (a late ack of one is
+    /// refused as an unknown lease), or delivered again if the seek covers them.
+    pub in_flight: u64,
+    /// What the group owes now (dead letters excluded).
+    pub owed: u64,
+}
+
+/// Where a message stands for one group that took it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageState {
+    /// Waiting for delivery (never delivered since the engine opened, or parked behind
+    /// an earlier message of its device).
+    Stacked,
+    InFlight {
+        consumer: ConsumerId,
+        ack_deadline_ms: i64,
+    },
+    /// Waiting for a redelivery due at `due_ms` (0: at once).
+    RetryWaiting {
+        due_ms: i64,
+    },
+    DeadLettered {
+        at_ms: i64,
+    },
+    /// Acknowledged; `at_ms` is when the message was last acknowledged by any group
+    /// (second resolution; unknown after a restart).
+    Acknowledged {
+        at_ms: Option<i64>,
+    },
+    /// Dropped without delivery by a purge or a seek past it.
+    Dropped,
+    /// Past retention before this group acknowledged it.
+    Expired,
+}
+
+/// One group's view of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMessageState {
+    pub group: ConsumerGroup,
+    pub state: MessageState,
+    /// Deliveries to this group so far (0: not delivered since the last seek / open).
+    pub attempts: u32,
+}
+
+/// A message found by id or by device, with its state in every group that took it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageTrace {
+    /// The message's sequence number in its project (pass as `before_seq` to page on).
+    pub seq: u64,
+    pub message: SyncMessage,
+    /// Past retention: kept only as a trace until `BacklogConfig::expired_trace` later.
+    pub expired: bool,
+    pub groups: Vec<GroupMessageState>,
+}
+
+/// A device's messages in a time range, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageQuery {
+    /// The device's ordering key (`iotsync_core::device_ordering_key`).
+    pub ordering_key: String,
+    /// Produced at or after (ms since the epoch).
+    pub from_ms: i64,
+    /// Produced at or before (ms since the epoch).
+    pub to_ms: i64,
+    /// Only messages with a smaller seq (the previous page's last).
+    pub before_seq: Option<u64>,
+    pub limit: usize,
 }

@@ -426,8 +426,16 @@ fn maintain(shared: &Shared, st: &mut State) {
         };
         let marks = st.index.dead_marks(proj, pseq);
         let tries = st.index.attempt_marks(proj, pseq);
+        let retain = crate::codec::RetainMarks {
+            takers: s.takers,
+            dropped: s.dropped,
+            acked_s: s.acked_s,
+            meta: s.meta,
+        };
         let start = st.pending.enc.buf.len();
-        st.pending.enc.relocated(&marks, &tries, s.owners, inner);
+        st.pending
+            .enc
+            .relocated(&marks, &tries, retain, s.owners, inner);
         let len = st.pending.enc.buf.len() - start;
         st.pending.relocs.push(PendingReloc {
             proj,

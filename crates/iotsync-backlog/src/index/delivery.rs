@@ -283,7 +283,11 @@ impl Index {
                 g.release_key(key);
             }
             log.ack(t.proj, t.group, t.seq);
-            self.disown(t.proj, t.seq, t.group);
+            let (bit, at) = (!(1u32 << t.group), super::gen_s(now).max(1));
+            self.change_slot(t.proj, t.seq, |s| {
+                s.owners &= bit;
+                s.acked_s = at;
+            });
             self.projects[t.proj as usize].pop_front();
         } else {
             g.stacked -= 1;

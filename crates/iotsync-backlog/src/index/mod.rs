@@ -28,6 +28,7 @@ use crate::config::BacklogConfig;
 use crate::types::{ConsumerId, GroupSpec, GroupStats, LeaseToken, ProjectStats};
 
 mod delivery;
+mod ops;
 mod replay;
 mod slots;
 #[cfg(test)]
@@ -38,6 +39,7 @@ mod verify;
 pub const MAX_GROUPS_PER_PROJECT: usize = 32;
 pub(crate) const UNWRITTEN: u32 = u32::MAX;
 use crate::types::GroupRetry;
+pub(crate) use ops::{ScanStep, PURGE_FROM};
 pub(crate) use slots::SpillPool;
 use slots::{Slots, CHUNK};
 /// Slot times are seconds since 2020-01-01 (u32 lasts until 2156).
@@ -53,8 +55,8 @@ pub(crate) fn cutoff_s(now_ms: i64, retention_ms: i64) -> u32 {
     gen_s(now_ms.saturating_sub(retention_ms))
 }
 
-/// One appended message, as small as it can be: where its record is and what routing
-/// needs. Bodies stay on disk.
+/// One appended message, as small as it can be: where its record is, what routing
+/// needs, and what seek, purge and lookups need (issue 14). Bodies stay on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Slot {
     pub seg: u32,
@@ -62,7 +64,48 @@ pub(crate) struct Slot {
     pub len: u32,
     pub key: u32,
     pub gen_s: u32,
+    /// Groups that still owe it (in flight, waiting, parked, fresh or dead-lettered).
     pub owners: u32,
+    /// Groups that took it at append (routing), kept after they acknowledge it while the
+    /// project keeps acknowledged messages: a seek makes them owe it again.
+    pub takers: u32,
+    /// Groups that dropped it without delivery (purge, seek); once the slot is
+    /// `EXPIRED`: the groups that still owed it at expiry.
+    pub dropped: u32,
+    /// When a group last acknowledged it (`gen_s` units, 0 = never).
+    pub acked_s: u32,
+    /// Bits 0–9: the milliseconds of generateTime; bit 15: `EXPIRED`.
+    pub meta: u16,
+    pub id_hash: u16,
+}
+
+/// `Slot::meta`: past retention; kept only as a trace (lookups answer "expired") until
+/// `BacklogConfig::expired_trace` later.
+pub(crate) const EXPIRED: u16 = 1 << 15;
+
+impl Slot {
+    /// Still stored: owed, kept after acknowledgement, or kept as an expired trace.
+    pub fn held(&self) -> bool {
+        self.owners != 0 || self.takers != 0 || self.meta & EXPIRED != 0
+    }
+
+    pub fn expired(&self) -> bool {
+        self.meta & EXPIRED != 0
+    }
+
+    /// generateTime in ms since the epoch.
+    pub fn gen_ms(&self) -> i64 {
+        (self.gen_s as i64 + EPOCH_S) * 1000 + (self.meta & 0x3FF) as i64
+    }
+}
+
+pub(crate) fn slot_meta(generate_time_ms: i64) -> u16 {
+    generate_time_ms.rem_euclid(1000) as u16
+}
+
+/// `gen_s` units (seconds since 2020) back to ms since the epoch.
+pub(crate) fn ms_of_s(s: u32) -> i64 {
+    (s as i64 + EPOCH_S) * 1000
 }
 
 const TOMBSTONE: Slot = Slot {
@@ -72,6 +115,11 @@ const TOMBSTONE: Slot = Slot {
     key: 0,
     gen_s: 0,
     owners: 0,
+    takers: 0,
+    dropped: 0,
+    acked_s: 0,
+    meta: 0,
+    id_hash: 0,
 };
 
 #[derive(Debug, Clone, Copy)]
@@ -304,8 +352,13 @@ pub(crate) struct Project {
     /// its newest snapshot).
     pub named: bool,
     pub slots: Slots,
-    /// Lower bound of `gen_s` of owned slots per chunk of `CHUNK` pseqs (retention scan).
+    /// Lower bound of `gen_s` of held, unexpired slots per chunk of `CHUNK` pseqs
+    /// (retention scan).
     pub chunks: BTreeMap<u64, u32>,
+    /// The same for slots kept as expired traces.
+    pub trace_chunks: BTreeMap<u64, u32>,
+    /// Acknowledged messages stay stored until retention (for seek).
+    pub keep_acked: bool,
     pub groups: Vec<Option<Group>>,
     pub retention_ms: i64,
     pub paused: bool,
@@ -313,7 +366,7 @@ pub(crate) struct Project {
     pub discarded: u64,
     /// (message, group) pairs owed by groups when they were deleted.
     pub dropped_by_group_delete: u64,
-    /// Slots with at least one owner.
+    /// Held slots (owed, kept after acknowledgement, or expired traces).
     pub live: u64,
     /// Dead-letter marks met during replay, by (group slot, pseq): kept apart because a
     /// record may name a group before the snapshot that defines it.
@@ -324,13 +377,21 @@ pub(crate) struct Project {
 }
 
 impl Project {
-    fn new(idx: u32, id: ProjectId, retention_ms: i64, pool: Arc<SpillPool>) -> Self {
+    fn new(
+        idx: u32,
+        id: ProjectId,
+        retention_ms: i64,
+        keep_acked: bool,
+        pool: Arc<SpillPool>,
+    ) -> Self {
         Self {
             idx,
             id,
             named: true,
             slots: Slots::new(pool),
             chunks: BTreeMap::new(),
+            trace_chunks: BTreeMap::new(),
+            keep_acked,
             groups: (0..MAX_GROUPS_PER_PROJECT).map(|_| None).collect(),
             retention_ms,
             paused: false,
@@ -388,15 +449,22 @@ impl Project {
         *e = (*e).min(gen_s);
     }
 
-    /// Drops fully-done slots from the front.
+    fn note_trace_chunk(&mut self, pseq: u64, gen_s: u32) {
+        let e = self.trace_chunks.entry(pseq / CHUNK).or_insert(u32::MAX);
+        *e = (*e).min(gen_s);
+    }
+
+    /// Drops slots no longer held from the front.
     fn pop_front(&mut self) {
-        self.slots.pop_front_while(|s| s.owners == 0);
+        self.slots.pop_front_while(|s| !s.held());
         let first_chunk = self.base() / CHUNK;
-        while let Some((&c, _)) = self.chunks.first_key_value() {
-            if c >= first_chunk {
-                break;
+        for map in [&mut self.chunks, &mut self.trace_chunks] {
+            while let Some((&c, _)) = map.first_key_value() {
+                if c >= first_chunk {
+                    break;
+                }
+                map.pop_first();
             }
-            self.chunks.pop_first();
         }
     }
 
@@ -410,6 +478,7 @@ impl Project {
             next_gen: self.next_gen,
             discarded: self.discarded,
             dropped_by_group_delete: self.dropped_by_group_delete,
+            keep_acked: self.keep_acked,
             groups: self
                 .groups
                 .iter()
@@ -463,6 +532,9 @@ pub(crate) struct Index {
     ack_timeout_ms: i64,
     retry: crate::config::RetryPolicy,
     default_retention_ms: i64,
+    keep_acked_default: bool,
+    /// Expired messages stay as traces this much longer (seconds).
+    trace_grace_s: u32,
     max_scan: usize,
     max_parked: usize,
 }
@@ -487,6 +559,8 @@ impl Index {
             ack_timeout_ms: cfg.ack_timeout.as_millis() as i64,
             retry: cfg.retry.clone(),
             default_retention_ms: cfg.default_retention.as_millis() as i64,
+            keep_acked_default: cfg.keep_acknowledged,
+            trace_grace_s: cfg.expired_trace.as_secs().min(u32::MAX as u64) as u32,
             max_scan: cfg.max_scan_per_lease.max(1),
             max_parked: cfg.max_parked_per_group.max(1),
         }
@@ -520,6 +594,7 @@ impl Index {
             idx,
             id.clone(),
             self.default_retention_ms,
+            self.keep_acked_default,
             self.pool.clone(),
         );
         log.project_state(&p.snapshot());
@@ -530,25 +605,45 @@ impl Index {
 
     // ---- slot ownership and disk accounting -------------------------------------------
 
-    /// Clears group `g`'s ownership of `pseq`; keeps project and segment counts right.
-    fn disown(&mut self, proj: u32, pseq: u64, g: u8) {
+    /// Changes a slot with `f`; keeps the held counts of project and segment right. A
+    /// project that does not keep acknowledged messages lets go of one nobody owes.
+    pub(crate) fn change_slot(&mut self, proj: u32, pseq: u64, f: impl FnOnce(&mut Slot)) {
         let p = &mut self.projects[proj as usize];
+        let keep = p.keep_acked;
         let Some(s) = p.slot_mut(pseq) else { return };
-        if s.owners & (1 << g) == 0 {
+        let was = s.held();
+        f(s);
+        if !keep && s.owners == 0 && !s.expired() {
+            s.takers = 0;
+            s.dropped = 0;
+        }
+        let now = s.held();
+        if was == now {
             return;
         }
-        s.owners &= !(1 << g);
-        if s.owners == 0 {
-            let (seg, len) = (s.seg, s.len);
-            // Saturating: replay does not keep these counts (it recounts at the end).
+        let (seg, len) = (s.seg, s.len as u64);
+        // Saturating: replay does not keep these counts (it recounts at the end).
+        if now {
+            p.live += 1;
+        } else {
             p.live = p.live.saturating_sub(1);
-            if seg != UNWRITTEN {
-                if let Some(si) = self.segs.get_mut(&seg) {
+        }
+        if seg != UNWRITTEN {
+            if let Some(si) = self.segs.get_mut(&seg) {
+                if now {
+                    si.live += 1;
+                    si.live_bytes += len;
+                } else {
                     si.live = si.live.saturating_sub(1);
-                    si.live_bytes = si.live_bytes.saturating_sub(len as u64);
+                    si.live_bytes = si.live_bytes.saturating_sub(len);
                 }
             }
         }
+    }
+
+    /// Clears group `g`'s ownership of `pseq`; keeps project and segment counts right.
+    fn disown(&mut self, proj: u32, pseq: u64, g: u8) {
+        self.change_slot(proj, pseq, |s| s.owners &= !(1 << g));
     }
 
     // ---- append --------------------------------------------------------------------
@@ -576,6 +671,11 @@ impl Index {
             key: key_hash(&m.ordering_key),
             gen_s: g,
             owners,
+            takers: owners,
+            dropped: 0,
+            acked_s: 0,
+            meta: slot_meta(m.envelope.generate_time),
+            id_hash: crate::codec::id_hash(m.envelope.message_id.as_str()),
         });
         p.live += 1;
         p.note_chunk(pseq, g);
@@ -597,7 +697,7 @@ impl Index {
         let Some(s) = p.slots.set_location(pseq, seg, off, len) else {
             return;
         };
-        if s.owners != 0 {
+        if s.held() {
             let si = self.segs.entry(seg).or_default();
             si.live += 1;
             si.live_bytes += len as u64;
@@ -609,8 +709,9 @@ impl Index {
         let p = &mut self.projects[proj as usize];
         let Some(s) = p.slot_mut(pseq) else { return };
         let owners = s.owners;
+        let held = s.held();
         *s = TOMBSTONE;
-        if owners != 0 {
+        if held {
             p.live -= 1;
         }
         for (i, g) in p.groups.iter_mut().enumerate() {
@@ -630,7 +731,7 @@ impl Index {
         let Some(&s) = p.slots.get(pseq) else {
             return;
         };
-        if s.owners == 0 || s.seg != old_seg {
+        if !s.held() || s.seg != old_seg {
             return;
         }
         let old_len = s.len;
@@ -696,8 +797,13 @@ impl Index {
             let p = &self.projects[proj as usize];
             (p.base(), p.next_pseq())
         };
+        let bit = !(1u32 << slot);
         for pseq in base..next {
-            self.disown(proj, pseq, slot);
+            self.change_slot(proj, pseq, |s| {
+                s.owners &= bit;
+                s.takers &= bit;
+                s.dropped &= bit;
+            });
         }
         let p = &mut self.projects[proj as usize];
         p.groups[slot as usize] = None;
@@ -721,14 +827,27 @@ impl Index {
         total
     }
 
-    /// Expires the project's owned slots with `gen_s < cutoff` (also used by replay).
+    /// Expires the project's held slots with `gen_s < cutoff` (also used by replay):
+    /// what groups still owed is counted (`expired_total`) and remembered; the slot stays
+    /// as a trace (lookups answer "expired") until `cutoff - trace grace`, then goes.
+    /// Returns the (message, group) pairs expired that were owed.
     pub fn expire_project(&mut self, proj: u32, cutoff: u32) -> u64 {
-        let chunks: Vec<u64> = self.projects[proj as usize]
-            .chunks
-            .iter()
-            .filter(|(_, m)| **m < cutoff)
-            .map(|(c, _)| *c)
-            .collect();
+        let n = self.expire_phase(proj, cutoff, false);
+        let trace_cutoff = cutoff.saturating_sub(self.trace_grace_s);
+        self.expire_phase(proj, trace_cutoff, true);
+        self.projects[proj as usize].pop_front();
+        n
+    }
+
+    fn expire_phase(&mut self, proj: u32, cutoff: u32, traces: bool) -> u64 {
+        let chunks: Vec<u64> = {
+            let p = &self.projects[proj as usize];
+            let m = if traces { &p.trace_chunks } else { &p.chunks };
+            m.iter()
+                .filter(|(_, m)| **m < cutoff)
+                .map(|(c, _)| *c)
+                .collect()
+        };
         let mut n = 0;
         for c in chunks {
             let (base, next) = {
@@ -740,11 +859,20 @@ impl Index {
                 let Some(s) = self.projects[proj as usize].slot(pseq).copied() else {
                     continue;
                 };
-                if s.owners == 0 {
+                if !s.held() || s.expired() != traces {
                     continue;
                 }
                 if s.gen_s >= cutoff {
                     new_min = new_min.min(s.gen_s);
+                    continue;
+                }
+                if traces {
+                    self.change_slot(proj, pseq, |s| {
+                        s.takers = 0;
+                        s.dropped = 0;
+                        s.owners = 0;
+                        s.meta &= !EXPIRED;
+                    });
                     continue;
                 }
                 for gi in 0..MAX_GROUPS_PER_PROJECT as u8 {
@@ -759,17 +887,26 @@ impl Index {
                         g.counters.expired += 1;
                         n += 1;
                     }
-                    self.disown(proj, pseq, gi);
                 }
+                self.change_slot(proj, pseq, |s| {
+                    s.dropped = s.owners;
+                    s.owners = 0;
+                    s.meta |= EXPIRED;
+                });
+                self.projects[proj as usize].note_trace_chunk(pseq, s.gen_s);
             }
             let p = &mut self.projects[proj as usize];
-            if new_min == u32::MAX {
-                p.chunks.remove(&c);
+            let m = if traces {
+                &mut p.trace_chunks
             } else {
-                p.chunks.insert(c, new_min);
+                &mut p.chunks
+            };
+            if new_min == u32::MAX {
+                m.remove(&c);
+            } else {
+                m.insert(c, new_min);
             }
         }
-        self.projects[proj as usize].pop_front();
         n
     }
 
@@ -890,6 +1027,8 @@ impl Index {
                 nacked_total: g.counters.nacked,
                 timed_out_total: g.counters.timed_out,
                 unreadable_total: g.counters.unreadable,
+                dropped_total: g.counters.dropped,
+                replayed_total: g.counters.replayed,
             });
         }
         ProjectStats {
@@ -899,6 +1038,7 @@ impl Index {
             stored_messages: p.live,
             discarded_no_group: p.discarded,
             dropped_by_group_delete: p.dropped_by_group_delete,
+            keep_acknowledged: p.keep_acked,
             groups: out,
         }
     }
@@ -942,7 +1082,7 @@ impl Index {
         let mut v = Vec::new();
         for p in &self.projects {
             p.slots.for_each_upto_seg(seg, |pseq, s| {
-                if s.seg == seg && s.owners != 0 {
+                if s.seg == seg && s.held() {
                     v.push((p.idx, pseq, *s));
                 }
             });

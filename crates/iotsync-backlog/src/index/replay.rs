@@ -6,9 +6,10 @@
 use iotsync_core::ProjectId;
 
 use super::{
-    gen_s, unreachable_id, DeadInfo, Group, Index, Project, CHUNK, MAX_GROUPS_PER_PROJECT,
+    gen_s, slot_meta, unreachable_id, DeadInfo, Group, Index, Project, CHUNK,
+    MAX_GROUPS_PER_PROJECT,
 };
-use crate::codec::{DeadMark, MsgHead, ProjectSnapshot};
+use crate::codec::{DeadMark, MsgHead, ProjectSnapshot, RetainMarks};
 use crate::types::GroupSpec;
 
 impl Index {
@@ -23,6 +24,7 @@ impl Index {
                 idx,
                 placeholder,
                 self.default_retention_ms,
+                self.keep_acked_default,
                 self.pool.clone(),
             );
             p.named = false;
@@ -37,6 +39,7 @@ impl Index {
         h: &MsgHead,
         dead: Option<&[DeadMark]>,
         tries: Option<&[(u8, u32)]>,
+        retain: Option<RetainMarks>,
         loc: (u32, u32, u32),
     ) {
         let p = self.replay_project(h.proj);
@@ -58,6 +61,21 @@ impl Index {
             s.key = h.key_hash;
             s.gen_s = g;
             s.owners = h.owners;
+            s.id_hash = h.id_hash;
+            match retain {
+                Some(r) => {
+                    s.takers = r.takers;
+                    s.dropped = r.dropped;
+                    s.acked_s = r.acked_s;
+                    s.meta = r.meta;
+                }
+                None => {
+                    s.takers = h.owners;
+                    s.dropped = 0;
+                    s.acked_s = 0;
+                    s.meta = slot_meta(h.generate_time);
+                }
+            }
         }
         p.note_chunk(h.pseq, g);
         match dead {
@@ -176,6 +194,18 @@ impl Index {
         self.replay_project(proj).paused = paused;
     }
 
+    pub fn replay_seek(&mut self, proj: u32, slot: u8, gen: u32, from_ms: i64) {
+        self.replay_project(proj);
+        if (slot as usize) < MAX_GROUPS_PER_PROJECT {
+            self.seek(proj, slot, from_ms, Some(gen), None);
+        }
+    }
+
+    pub fn replay_keep_acked(&mut self, proj: u32, keep: bool) {
+        self.replay_project(proj);
+        self.set_keep_acked(proj, keep, None);
+    }
+
     pub fn replay_expire(&mut self, proj: u32, cutoff: u32) {
         self.replay_project(proj);
         self.expire_project(proj, cutoff);
@@ -200,6 +230,7 @@ impl Index {
         p.next_gen = p.next_gen.max(s.next_gen);
         p.discarded = s.discarded;
         p.dropped_by_group_delete = s.dropped_by_group_delete;
+        let keep_acked = s.keep_acked;
         let mut keep = [false; MAX_GROUPS_PER_PROJECT];
         for gs in &s.groups {
             let Some(slot) = p.groups.get_mut(gs.slot as usize) else {
@@ -226,6 +257,7 @@ impl Index {
             }
         }
         self.by_id.insert(id, s.proj);
+        self.set_keep_acked(s.proj, keep_acked, None);
     }
 
     /// After replay: drop what no group owns, recount, and make every owed message
@@ -249,23 +281,37 @@ impl Index {
                 }
             }
             p.chunks.clear();
+            p.trace_chunks.clear();
             let mut stacked = [0u64; MAX_GROUPS_PER_PROJECT];
             let mut live = 0;
-            let (segs, chunks) = (&mut self.segs, &mut p.chunks);
+            let keep_acked = p.keep_acked;
+            let (segs, chunks, traces) = (&mut self.segs, &mut p.chunks, &mut p.trace_chunks);
             p.slots.for_each_mut(|pseq, s| {
                 for (gi, (ok, start)) in valid.iter().enumerate() {
-                    if s.owners & (1 << gi) != 0 && (!ok || pseq < *start) {
+                    if (s.owners | s.takers | s.dropped) & (1 << gi) != 0 && (!ok || pseq < *start)
+                    {
                         s.owners &= !(1 << gi);
+                        s.takers &= !(1 << gi);
+                        s.dropped &= !(1 << gi);
                     }
                 }
-                if s.owners == 0 {
+                if !keep_acked && s.owners == 0 && !s.expired() {
+                    s.takers = 0;
+                    s.dropped = 0;
+                }
+                if !s.held() {
                     return;
                 }
                 live += 1;
                 let si = segs.entry(s.seg).or_default();
                 si.live += 1;
                 si.live_bytes += s.len as u64;
-                let e = chunks.entry(pseq / CHUNK).or_insert(u32::MAX);
+                let map = if s.expired() {
+                    &mut *traces
+                } else {
+                    &mut *chunks
+                };
+                let e = map.entry(pseq / CHUNK).or_insert(u32::MAX);
                 *e = (*e).min(s.gen_s);
                 for (gi, st) in stacked.iter_mut().enumerate() {
                     if s.owners & (1 << gi) != 0 {

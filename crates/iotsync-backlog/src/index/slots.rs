@@ -29,7 +29,7 @@ use crate::types::IndexMemory;
 
 /// Slots per chunk (fewer only for budgets too small to hold eight such chunks).
 pub(crate) const CHUNK: u64 = 1024;
-const SLOT_BYTES: usize = 24;
+const SLOT_BYTES: usize = 40;
 #[cfg(test)]
 const PAGE_BYTES: usize = CHUNK as usize * SLOT_BYTES;
 const NO_PAGE: u32 = u32::MAX;
@@ -227,9 +227,12 @@ impl SpillPool {
 
 fn encode(slots: &[Slot], buf: &mut [u8]) {
     for (s, b) in slots.iter().zip(buf.chunks_exact_mut(SLOT_BYTES)) {
-        for (i, v) in [s.seg, s.off, s.len, s.key, s.gen_s, s.owners]
-            .into_iter()
-            .enumerate()
+        let packed = s.meta as u32 | (s.id_hash as u32) << 16;
+        for (i, v) in [
+            s.seg, s.off, s.len, s.key, s.gen_s, s.owners, s.takers, s.dropped, s.acked_s, packed,
+        ]
+        .into_iter()
+        .enumerate()
         {
             b[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
         }
@@ -246,6 +249,11 @@ fn decode(buf: &[u8], slots: &mut [Slot]) {
             key: u(3),
             gen_s: u(4),
             owners: u(5),
+            takers: u(6),
+            dropped: u(7),
+            acked_s: u(8),
+            meta: u(9) as u16,
+            id_hash: (u(9) >> 16) as u16,
         };
     }
 }
@@ -641,6 +649,11 @@ mod tests {
             key: (i % 7) as u32,
             gen_s: 1000 + i as u32,
             owners: 0b11,
+            takers: 0b111,
+            dropped: 0b100,
+            acked_s: 7 + i as u32,
+            meta: (i % 1000) as u16,
+            id_hash: (i % 65_536) as u16,
         }
     }
 

@@ -14,7 +14,7 @@ impl Index {
         }
         for p in &self.projects {
             let mut live = 0u64;
-            p.slots.for_each(|_, s| live += (s.owners != 0) as u64);
+            p.slots.for_each(|_, s| live += s.held() as u64);
             check(live == p.live, || {
                 format!("project {}: live {} != counted {live}", p.id, p.live)
             })?;
