@@ -691,7 +691,7 @@ impl Backlog for EmbeddedBacklog {
             index.projects[idx as usize].retention_ms = ms;
             pending.enc.retention(idx, ms);
             let cutoff = crate::index::cutoff_s(now, ms);
-            if index.expire_project(idx, cutoff) > 0 {
+            if index.expire_project(idx, cutoff).1 > 0 {
                 pending.enc.expire(idx, cutoff);
             }
             Ok(())

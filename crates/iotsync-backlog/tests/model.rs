@@ -16,7 +16,13 @@
 //! - attempt counts go up by one per delivery, across restarts and crashes too;
 //! - nothing unacked and unexpired is lost (the final drain delivers all of it);
 //! - counters (stacked, in flight, dead letters, appended, acked, expired, timed out,
-//!   consumer loss) match the model, across restarts too.
+//!   consumer loss, dropped and replayed by seek / purge) match the model, across
+//!   restarts too;
+//! - a seek to a time makes the group owe again exactly the stored messages it takes
+//!   produced at or after it, once per seek (acknowledged ones too when the project keeps
+//!   them), and drops what it owed from before; a purge drops everything owed; nothing
+//!   produced before the time comes back; dead letters and expired messages stay;
+//! - a lookup by id shows each group's state as the model has it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
 
@@ -57,6 +63,14 @@ enum Op {
     Retention(bool),
     DeadRetry(usize),
     DeadDrop(usize),
+    /// Seek a group to `now - back_ms`.
+    Seek {
+        group: usize,
+        back_ms: i64,
+    },
+    Purge(usize),
+    /// Look a message up by id and compare every group's state.
+    Find(usize),
     Restart,
     /// Copy the files as they are on disk (no final snapshot) and open the copy.
     Crash,
@@ -77,6 +91,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<bool>().prop_map(Op::Retention),
         1 => any::<usize>().prop_map(Op::DeadRetry),
         1 => any::<usize>().prop_map(Op::DeadDrop),
+        1 => (0..GROUPS, prop_oneof![0i64..3_000, 0..DAY, 0..3 * DAY]).prop_map(|(group, back_ms)| Op::Seek { group, back_ms }),
+        1 => (0..GROUPS).prop_map(Op::Purge),
+        1 => any::<usize>().prop_map(Op::Find),
         1 => Just(Op::Restart),
         1 => Just(Op::Crash),
     ]
@@ -115,6 +132,8 @@ struct Counters {
     acked: u64,
     expired: u64,
     rejected: u64,
+    dropped: u64,
+    replayed: u64,
 }
 
 /// Group 1's schedule: dead letter after this many deliveries.
@@ -144,6 +163,10 @@ struct Model {
     redelivered: Vec<[bool; GROUPS]>,
     counters: [Counters; GROUPS],
     retention: i64,
+    /// Past retention (whatever its groups' states): a seek never brings it back.
+    expired_msg: Vec<bool>,
+    /// The project keeps acknowledged messages.
+    keep: bool,
 }
 
 impl Model {
@@ -153,6 +176,10 @@ impl Model {
         for (i, (_, _, gen, _)) in self.msgs.iter().enumerate() {
             if gen.div_euclid(1000) >= cutoff {
                 continue;
+            }
+            let owed = self.st[i].iter().any(|s| s.owed() || *s == St::Dead);
+            if owed || self.keep {
+                self.expired_msg[i] = true;
             }
             for g in 0..GROUPS {
                 if matches!(
@@ -181,6 +208,48 @@ impl Model {
             }
         }
         n
+    }
+
+    /// Still stored: some group owes it (or it is a dead letter), or the project keeps
+    /// acknowledged messages; and not past retention.
+    /// (Without keeping, a message nobody owes is gone for good: nothing can make a
+    /// group owe it again.)
+    fn stored(&self, i: usize) -> bool {
+        if self.keep {
+            !self.expired_msg[i]
+        } else {
+            self.st[i].iter().any(|s| s.owed() || *s == St::Dead)
+        }
+    }
+
+    /// The engine's seek (`from == i64::MAX`: purge): (replayed, dropped, owed).
+    fn seek(&mut self, g: usize, from: i64) -> (u64, u64, u64) {
+        let (mut replayed, mut dropped, mut owed) = (0, 0, 0);
+        for i in 0..self.msgs.len() {
+            let s = self.st[i][g];
+            self.redelivered[i][g] = false;
+            if s == St::Dead || s == St::NotTaken {
+                continue;
+            }
+            self.exempt[i][g] = false;
+            self.attempts[i][g] = 0;
+            if s == St::Expired || !self.stored(i) {
+                continue;
+            }
+            if self.msgs[i].2 >= from {
+                owed += 1;
+                if !s.owed() {
+                    replayed += 1;
+                }
+                self.st[i][g] = St::Pending;
+            } else if s.owed() {
+                dropped += 1;
+                self.st[i][g] = St::Dropped;
+            }
+        }
+        self.counters[g].dropped += dropped;
+        self.counters[g].replayed += replayed;
+        (replayed, dropped, owed)
     }
 
     /// A delivery failed (nack, time-out): retried, or dead once group 1's schedule is
@@ -351,6 +420,73 @@ impl Harness {
         assert_eq!(n, expect);
     }
 
+    async fn seek(&mut self, g: usize, from: Option<i64>) {
+        let out = match from {
+            Some(t) => self.b().seek(&self.p, &self.groups[g], t).await.unwrap(),
+            None => self.b().purge(&self.p, &self.groups[g]).await.unwrap(),
+        };
+        // Deliveries of the old generation are unknown leases from now on.
+        let was_in_flight = self
+            .m
+            .st
+            .iter()
+            .filter(|a| matches!(a[g], St::InFlight { .. }))
+            .count() as u64;
+        self.held.retain(|(hg, _, _)| *hg != g);
+        let want = self.m.seek(g, from.unwrap_or(i64::MAX));
+        assert_eq!(
+            (out.replayed, out.dropped, out.owed),
+            want,
+            "seek of group {g} to {from:?}: (replayed, dropped, owed)"
+        );
+        assert_eq!(out.in_flight, was_in_flight, "in flight at the seek");
+    }
+
+    async fn find(&self, pick: usize) {
+        use iotsync_backlog::MessageState as M;
+        if self.m.msgs.is_empty() {
+            return;
+        }
+        let i = pick % self.m.msgs.len();
+        let id = self.m.msgs[i].0.parse().unwrap();
+        let t = self.b().find_message(&self.p, &id).await.unwrap();
+        let Some(t) = t else {
+            assert!(
+                !self.m.stored(i)
+                    || self.m.st[i]
+                        .iter()
+                        .all(|s| matches!(s, St::Expired | St::NotTaken)),
+                "{} not found while {:?}",
+                self.m.msgs[i].0,
+                self.m.st[i]
+            );
+            return;
+        };
+        for (g, name) in self.groups.iter().enumerate() {
+            let got = t.groups.iter().find(|x| &x.group == name).map(|x| x.state);
+            let s = self.m.st[i][g];
+            let ok = match (s, got) {
+                (St::NotTaken, None) => true,
+                (St::Pending, Some(M::Stacked | M::RetryWaiting { .. })) => true,
+                (St::Waiting, Some(M::RetryWaiting { .. })) => true,
+                (St::InFlight { consumer, .. }, Some(M::InFlight { consumer: c, .. })) => {
+                    c.0 == consumer
+                }
+                (St::Acked, Some(M::Acknowledged { .. })) => true,
+                (St::Dead, Some(M::DeadLettered { .. })) => true,
+                // A dropped dead letter is let go like an acknowledged one.
+                (St::Dropped, Some(M::Dropped | M::Acknowledged { .. })) => true,
+                (St::Expired, Some(M::Expired)) => true,
+                _ => false,
+            };
+            assert!(
+                ok,
+                "{} in group {g}: model {s:?}, lookup {got:?}",
+                self.m.msgs[i].0
+            );
+        }
+    }
+
     async fn restart(&mut self) {
         if let Some(b) = self.b.take() {
             b.close().await.unwrap();
@@ -398,9 +534,11 @@ impl Harness {
                     gs.appended_total,
                     gs.acked_total,
                     gs.expired_total,
-                    gs.rejected_total
+                    gs.rejected_total,
+                    gs.dropped_total,
+                    gs.replayed_total,
                 ),
-                (c.appended, c.acked, c.expired, c.rejected),
+                (c.appended, c.acked, c.expired, c.rejected, c.dropped, c.replayed),
                 "totals of group {g}"
             );
         }
@@ -428,6 +566,7 @@ impl Harness {
                     self.m.exempt.push([false; GROUPS]);
                     self.m.attempts.push([0; GROUPS]);
                     self.m.redelivered.push([false; GROUPS]);
+                    self.m.expired_msg.push(false);
                     self.m.counters[0].appended += 1;
                     if !user {
                         self.m.counters[1].appended += 1;
@@ -485,6 +624,12 @@ impl Harness {
             }
             Op::DeadRetry(i) => self.dead(i, true).await,
             Op::DeadDrop(i) => self.dead(i, false).await,
+            Op::Seek { group, back_ms } => {
+                let now = self.clock_now();
+                self.seek(group, Some(now - back_ms)).await;
+            }
+            Op::Purge(group) => self.seek(group, None).await,
+            Op::Find(i) => self.find(i).await,
             Op::Restart => self.restart().await,
             Op::Crash => {
                 // A consistent copy needs an idle writer: flush until a copy finds every
@@ -550,7 +695,7 @@ impl Harness {
     }
 }
 
-fn run(ops: Vec<Op>, segment_bytes: u64, index_memory_bytes: usize) {
+fn run(ops: Vec<Op>, segment_bytes: u64, index_memory_bytes: usize, keep: bool) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -561,6 +706,7 @@ fn run(ops: Vec<Op>, segment_bytes: u64, index_memory_bytes: usize) {
         let cfg = BacklogConfig {
             segment_bytes,
             index_memory_bytes,
+            keep_acknowledged: keep,
             ..config()
         };
         let (b, _) = open(dir.path(), &clock, cfg.clone());
@@ -582,6 +728,8 @@ fn run(ops: Vec<Op>, segment_bytes: u64, index_memory_bytes: usize) {
                 redelivered: Vec::new(),
                 counters: Default::default(),
                 retention: DAY,
+                expired_msg: Vec::new(),
+                keep,
             },
             held: Vec::new(),
             p,
@@ -607,11 +755,12 @@ proptest! {
         ops in proptest::collection::vec(op(), 1..80),
         small in any::<bool>(),
         tiny_index in any::<bool>(),
+        keep in any::<bool>(),
     ) {
         // Small segments exercise rolling, deletion of finished segments and compaction;
         // a tiny index budget (8 chunks of 4 slots) sends most of the index to the spill
         // file and back.
         let index = if tiny_index { 1 } else { BacklogConfig::default().index_memory_bytes };
-        run(ops, if small { 2048 } else { 64 << 20 }, index);
+        run(ops, if small { 2048 } else { 64 << 20 }, index, keep);
     }
 }

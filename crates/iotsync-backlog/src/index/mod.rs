@@ -609,7 +609,8 @@ impl Index {
     /// project that does not keep acknowledged messages lets go of one nobody owes.
     pub(crate) fn change_slot(&mut self, proj: u32, pseq: u64, f: impl FnOnce(&mut Slot)) {
         let p = &mut self.projects[proj as usize];
-        let keep = p.keep_acked;
+        // (A project replay has not named yet keeps it for now: see `replay_clear`.)
+        let keep = p.keep_acked || !p.named;
         let Some(s) = p.slot_mut(pseq) else { return };
         let was = s.held();
         f(s);
@@ -818,11 +819,13 @@ impl Index {
         let mut total = 0;
         for pi in 0..self.projects.len() {
             let cutoff = cutoff_s(now, self.projects[pi].retention_ms);
-            let n = self.expire_project(pi as u32, cutoff);
-            if n > 0 {
+            let (n, changed) = self.expire_project(pi as u32, cutoff);
+            // Logged whenever a slot changed, not only when a group owed it: a retained
+            // message that expired must not come back with a seek after a restart.
+            if changed > 0 {
                 log.expire(pi as u32, cutoff);
-                total += n;
             }
+            total += n;
         }
         total
     }
@@ -830,16 +833,17 @@ impl Index {
     /// Expires the project's held slots with `gen_s < cutoff` (also used by replay):
     /// what groups still owed is counted (`expired_total`) and remembered; the slot stays
     /// as a trace (lookups answer "expired") until `cutoff - trace grace`, then goes.
-    /// Returns the (message, group) pairs expired that were owed.
-    pub fn expire_project(&mut self, proj: u32, cutoff: u32) -> u64 {
-        let n = self.expire_phase(proj, cutoff, false);
+    /// Returns the (message, group) pairs expired that were owed, and how many slots
+    /// changed.
+    pub fn expire_project(&mut self, proj: u32, cutoff: u32) -> (u64, u64) {
+        let (n, a) = self.expire_phase(proj, cutoff, false);
         let trace_cutoff = cutoff.saturating_sub(self.trace_grace_s);
-        self.expire_phase(proj, trace_cutoff, true);
+        let (_, b) = self.expire_phase(proj, trace_cutoff, true);
         self.projects[proj as usize].pop_front();
-        n
+        (n, a + b)
     }
 
-    fn expire_phase(&mut self, proj: u32, cutoff: u32, traces: bool) -> u64 {
+    fn expire_phase(&mut self, proj: u32, cutoff: u32, traces: bool) -> (u64, u64) {
         let chunks: Vec<u64> = {
             let p = &self.projects[proj as usize];
             let m = if traces { &p.trace_chunks } else { &p.chunks };
@@ -848,7 +852,7 @@ impl Index {
                 .map(|(c, _)| *c)
                 .collect()
         };
-        let mut n = 0;
+        let (mut n, mut changed) = (0, 0);
         for c in chunks {
             let (base, next) = {
                 let p = &self.projects[proj as usize];
@@ -866,6 +870,7 @@ impl Index {
                     new_min = new_min.min(s.gen_s);
                     continue;
                 }
+                changed += 1;
                 if traces {
                     self.change_slot(proj, pseq, |s| {
                         s.takers = 0;
@@ -907,7 +912,7 @@ impl Index {
                 m.insert(c, new_min);
             }
         }
-        n
+        (n, changed)
     }
 
     // ---- dead letters ----------------------------------------------------------------

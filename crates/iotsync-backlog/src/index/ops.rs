@@ -38,12 +38,19 @@ impl Index {
             log.keep_acked(proj, keep);
         }
         if !keep {
-            let (base, next) = (p.base(), p.next_pseq());
-            for pseq in base..next {
-                self.change_slot(proj, pseq, |_| {});
-            }
-            self.projects[proj as usize].pop_front();
+            self.let_go_unowed(proj);
         }
+    }
+
+    /// Lets go of the project's acknowledged messages nobody owes any more (it does not
+    /// keep them).
+    pub(crate) fn let_go_unowed(&mut self, proj: u32) {
+        let p = &self.projects[proj as usize];
+        let (base, next) = (p.base(), p.next_pseq());
+        for pseq in base..next {
+            self.change_slot(proj, pseq, |_| {});
+        }
+        self.projects[proj as usize].pop_front();
     }
 
     /// Seeks group `slot` to `from_ms` (`PURGE_FROM`: purge). `gen` is the new
@@ -57,6 +64,10 @@ impl Index {
         log: Option<&mut Enc>,
     ) -> Option<SeekOutcome> {
         let replaying = gen.is_some();
+        // The project as it was, logged in front of the seek (see below).
+        let before = log
+            .is_some()
+            .then(|| self.projects[proj as usize].snapshot());
         let p = &mut self.projects[proj as usize];
         let (base, next) = (p.base(), p.next_pseq());
         let new_gen = gen.unwrap_or(p.next_gen);
@@ -64,23 +75,32 @@ impl Index {
         if replaying {
             p.replay_prior.retain(|(g, _), _| *g != slot);
         }
-        let g = p.groups.get_mut(slot as usize)?.as_mut()?;
-        let old_gen = g.gen;
+        // Replay may meet the seek of a group whose defining snapshot comes later (its
+        // create record was in a deleted segment): the slots change all the same.
         let mut out = SeekOutcome {
             from_ms: (from_ms != PURGE_FROM).then_some(from_ms),
-            in_flight: g.in_flight.len() as u64,
             ..Default::default()
         };
-        g.gen = new_gen;
-        g.in_flight.clear();
-        g.deadlines.clear();
-        g.retry.clear();
-        g.retry_due.clear();
-        g.keys.clear();
-        g.parked = 0;
-        g.park_ready.clear();
-        g.prior.clear();
-        let start = g.start_pseq.max(base);
+        let mut old_gen = None;
+        let mut start = base;
+        match p.groups.get_mut(slot as usize)?.as_mut() {
+            Some(g) => {
+                old_gen = Some(g.gen);
+                out.in_flight = g.in_flight.len() as u64;
+                g.gen = new_gen;
+                g.in_flight.clear();
+                g.deadlines.clear();
+                g.retry.clear();
+                g.retry_due.clear();
+                g.keys.clear();
+                g.parked = 0;
+                g.park_ready.clear();
+                g.prior.clear();
+                start = g.start_pseq.max(base);
+            }
+            None if replaying => {}
+            None => return None,
+        }
         let bit = 1u32 << slot;
         for pseq in start..next {
             let p = &mut self.projects[proj as usize];
@@ -129,9 +149,15 @@ impl Index {
             }
         }
         if let Some(log) = log {
+            // A snapshot first: replay then meets the seek with the project and the
+            // group defined and its setting known (else records of a project whose
+            // defining snapshot comes later would be replayed provisionally).
+            if let Some(snap) = &before {
+                log.project_state(snap);
+            }
             log.seek(proj, slot, new_gen, from_ms);
         }
-        if !replaying {
+        if let (false, Some(old_gen)) = (replaying, old_gen) {
             for m in self.consumers.values_mut() {
                 for e in m.iter_mut() {
                     if *e == (proj, slot, old_gen) {

@@ -107,9 +107,17 @@ impl Index {
 
     fn replay_clear(&mut self, proj: u32, slot: u8, pseq: u64) -> bool {
         let p = self.replay_project(proj);
+        // As live: a project that does not keep acknowledged messages lets go of one
+        // nobody owes (so a later seek record finds what the live seek found). A project
+        // not yet named by a snapshot keeps it for now; `finish_replay` lets it go.
+        let let_go = p.named && !p.keep_acked;
         match p.slot_mut(pseq) {
             Some(s) if s.owners & (1 << slot) != 0 => {
                 s.owners &= !(1 << slot);
+                if let_go && s.owners == 0 && !s.expired() {
+                    s.takers = 0;
+                    s.dropped = 0;
+                }
                 true
             }
             _ => false,
@@ -217,6 +225,7 @@ impl Index {
         };
         let p = self.replay_project(s.proj);
         p.id = id.clone();
+        let first_naming = !p.named;
         p.named = true;
         if p.next_pseq() < s.next_pseq {
             if p.slots.is_empty() {
@@ -258,6 +267,10 @@ impl Index {
         }
         self.by_id.insert(id, s.proj);
         self.set_keep_acked(s.proj, keep_acked, None);
+        if first_naming && !keep_acked {
+            // Records met before this snapshot kept what this project lets go.
+            self.let_go_unowed(s.proj);
+        }
     }
 
     /// After replay: drop what no group owns, recount, and make every owed message
