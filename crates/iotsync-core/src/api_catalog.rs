@@ -147,6 +147,10 @@ pub const OPERATIONS: &[ApiOperation] = &[
         "Remove a user's binding to a device; produces a binding message."),
     op(ApiGroup::DataSync, "/cloud/sync/stats/get", "Get sync figures",
         "Backlog figures per consumer group: stacked messages, oldest age, rates, redeliveries, expirations, dead letters, consumers."),
+    op(ApiGroup::DataSync, "/cloud/sync/message/get", "Get a pushed message",
+        "A message by its messageId: topic, generate time, payload, and its state in every consumer group (stacked, in flight, acknowledged, dead-lettered, expired, dropped)."),
+    op(ApiGroup::DataSync, "/cloud/sync/message/query", "Query a device's pushed messages",
+        "A device's messages in a time range, newest first, each with its state in every consumer group; paged by beforeSeq."),
 ];
 
 /// The operation served at `path`, if any.

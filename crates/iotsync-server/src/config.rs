@@ -108,6 +108,20 @@ pub struct DeliveryConfig {
     /// Memory for the backlog index's per-message slots; beyond it they go to a spill
     /// file, so memory does not grow with the backlog.
     pub index_memory: HumanSize,
+    /// New projects keep acknowledged messages until retention (seek needs them).
+    #[serde(default = "keep_acknowledged_default")]
+    pub keep_acknowledged: bool,
+    /// Expired messages stay this long as traces (lookups answer "expired").
+    #[serde(default = "expired_trace_default")]
+    pub expired_trace: HumanDuration,
+}
+
+fn keep_acknowledged_default() -> bool {
+    true
+}
+
+fn expired_trace_default() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(3600))
 }
 
 impl DeliveryConfig {
@@ -129,6 +143,8 @@ impl DeliveryConfig {
             },
             default_retention: self.retention_amqp.0,
             index_memory_bytes: usize::try_from(self.index_memory.0).unwrap_or(usize::MAX),
+            keep_acknowledged: self.keep_acknowledged,
+            expired_trace: self.expired_trace.0,
             ..Default::default()
         }
     }

@@ -279,6 +279,7 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
         dispatcher: dispatcher_handle,
         rates: Arc::new(delivery::rates::RateSampler::default()),
         throttles,
+        keep_acknowledged_default: ctx.cfg.delivery.keep_acknowledged,
     };
     let mut tasks = Vec::new();
     let mut listeners = Vec::new();

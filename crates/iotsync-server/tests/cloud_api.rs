@@ -571,3 +571,77 @@ async fn catalogue_operations_answer_with_the_project_data() {
     assert_eq!(r["code"], 404);
     env.stop().await;
 }
+
+#[tokio::test]
+async fn a_message_is_traced_through_the_cloud_api_and_another_projects_is_not_found() {
+    let env = TestServer::start().await;
+    let p = env.project_with_devices("Home", &["lamp0001"]).await;
+    let other = env.project_with_devices("Other", &["lamp0002"]).await;
+    activate(&env, &p, "data_sync", true).await;
+    let mine = env.report(&p, json!({"Brightness": 5})).await;
+    let theirs = env.report(&other, json!({"Brightness": 6})).await;
+    let t = token(&env, &p).await;
+    let call = |path: &'static str, params: Value| {
+        let t = t.clone();
+        let env = &env;
+        let p = &p;
+        async move {
+            cloud(
+                env,
+                p,
+                path,
+                params,
+                Call {
+                    token: Some(&t),
+                    ..Call::default()
+                },
+            )
+            .await
+        }
+    };
+    let r = call(
+        "/cloud/sync/message/get",
+        json!({"messageId": mine["messageId"]}),
+    )
+    .await;
+    assert_eq!(r["code"], 200, "{r}");
+    assert_eq!(r["data"]["messageId"], mine["messageId"], "{r}");
+    assert_eq!(r["data"]["groups"][0]["group"], p.app_key.as_str(), "{r}");
+    assert_eq!(r["data"]["groups"][0]["state"], "stacked", "{r}");
+    assert_eq!(
+        r["data"]["payload"]["items"]["Brightness"]["value"], 5,
+        "{r}"
+    );
+    // Another project's message id is not this project's business.
+    let r = call(
+        "/cloud/sync/message/get",
+        json!({"messageId": theirs["messageId"]}),
+    )
+    .await;
+    assert_eq!(r["code"], 404, "{r}");
+    let r = call("/cloud/sync/message/get", json!({})).await;
+    assert_eq!(r["code"], 460, "{r}");
+    let r = call(
+        "/cloud/sync/message/query",
+        json!({"iotId": p.iot(), "limit": 10}),
+    )
+    .await;
+    assert_eq!(r["code"], 200, "{r}");
+    let ids: Vec<&Value> = r["data"]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["messageId"])
+        .collect();
+    assert!(ids.contains(&&mine["messageId"]), "{r}");
+    // Another project's device is not found either.
+    let r = call("/cloud/sync/message/query", json!({"iotId": other.iot()})).await;
+    assert_eq!(r["code"], 404, "{r}");
+    let r = call(
+        "/cloud/sync/message/query",
+        json!({"iotId": p.iot(), "from": 10, "to": 5}),
+    )
+    .await;
+    assert_eq!(r["code"], 460, "{r}");
+    env.stop().await;
+}

@@ -247,6 +247,16 @@ pub trait Registry: Send + Sync + 'static {
     async fn all_groups(&self) -> StoreResult<Vec<DeclaredGroup>>;
 
     // Audit
+    /// Records an operator action that changes no registry row (e.g. a backlog seek or
+    /// purge) in the project's audit log.
+    async fn record_audit(
+        &self,
+        project: &ProjectId,
+        actor: &str,
+        action: &str,
+        details: serde_json::Value,
+    ) -> StoreResult<()>;
+
     async fn audit_log(
         &self,
         project: &ProjectId,

@@ -2326,6 +2326,28 @@ impl Registry for SqlRegistry {
         rows.iter().map(group_from).collect()
     }
 
+    async fn record_audit(
+        &self,
+        project: &ProjectId,
+        actor: &str,
+        action: &str,
+        details: serde_json::Value,
+    ) -> StoreResult<()> {
+        let mut conn = self.pool.acquire().await?;
+        load_settings(&mut conn, project).await?;
+        let at = self.clock.now_ms();
+        audit(
+            &mut conn,
+            Some(project),
+            actor,
+            at,
+            action,
+            serde_json::Value::Null,
+            details,
+        )
+        .await
+    }
+
     async fn audit_log(
         &self,
         project: &ProjectId,

@@ -131,6 +131,10 @@ pub struct GroupFigures {
     pub redelivered_total: u64,
     pub expired_total: u64,
     pub rejected_total: u64,
+    /// Messages the group owed and dropped by a purge or a seek.
+    pub dropped_total: u64,
+    /// Messages owed again by a seek.
+    pub replayed_total: u64,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -189,6 +193,8 @@ pub async fn figures(st: &ApiState, pid: &iotsync_core::ProjectId) -> ApiResult<
                     redelivered_total: g.redelivered_total,
                     expired_total: g.expired_total,
                     rejected_total: g.rejected_total,
+                    dropped_total: g.dropped_total,
+                    replayed_total: g.replayed_total,
                     group: g.group,
                 }
             })

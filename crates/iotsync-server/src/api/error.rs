@@ -143,6 +143,7 @@ impl From<iotsync_backlog::BacklogError> for ApiError {
             B::MessageTooLarge { .. } | B::InvalidMessage { .. } => {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_argument", e.to_string())
             }
+            B::SeekInFuture { .. } => ApiError::invalid("from", e.to_string()),
             B::TooManyGroups { .. } => ApiError::new(
                 StatusCode::CONFLICT,
                 "backlog.too_many_groups",

@@ -7,6 +7,7 @@ pub mod error;
 pub mod extract;
 mod metrics;
 mod openapi;
+pub mod operations;
 mod projects;
 mod registry;
 mod sync;
@@ -47,6 +48,8 @@ pub struct ApiState {
     pub rates: Arc<crate::delivery::rates::RateSampler>,
     /// `operator` throttles wrong bearer tokens and console sign-ins.
     pub throttles: Arc<crate::throttle::Throttles>,
+    /// Whether a project the backlog has not met yet keeps acknowledged messages.
+    pub keep_acknowledged_default: bool,
 }
 
 /// The actor recorded in the audit log for operator-token calls.
@@ -206,6 +209,12 @@ fn operator_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(consumer_groups::create, consumer_groups::list))
         .routes(routes!(consumer_groups::get, consumer_groups::delete))
         .routes(routes!(projects::import))
+        // Backlog operations (issue 14).
+        .routes(routes!(operations::seek))
+        .routes(routes!(operations::purge))
+        .routes(routes!(operations::get_message))
+        .routes(routes!(operations::list_messages))
+        .routes(routes!(operations::get_settings, operations::put_settings))
 }
 
 /// The routes anyone may call (no operator token).

@@ -118,6 +118,8 @@ pub async fn dispatch(
             Ok(json!({}))
         }
         "/cloud/sync/stats/get" => stats(st, project).await,
+        "/cloud/sync/message/get" => message_get(st, project, p).await,
+        "/cloud/sync/message/query" => message_query(st, project, p).await,
         other => Err(CloudError::new(
             code::NOT_FOUND,
             format!("operation {other} is not served"),
@@ -448,4 +450,66 @@ async fn stats(st: &CloudState, project: &ProjectId) -> CloudResult<Value> {
         "storedMessages": s.stored_messages,
         "groups": groups,
     }))
+}
+
+fn backlog_failure(e: iotsync_backlog::BacklogError) -> CloudError {
+    tracing::error!(error = %e, "backlog lookup");
+    CloudError::new(code::INTERNAL, "internal error")
+}
+
+/// A message of the calling project by id, with its state in every group (another
+/// project's id finds nothing: 404).
+async fn message_get(
+    st: &CloudState,
+    project: &ProjectId,
+    p: &Map<String, Value>,
+) -> CloudResult<Value> {
+    let mid: iotsync_core::MessageId = str_param(p, "messageId")
+        .ok_or_else(|| CloudError::bad("params.messageId is required"))?
+        .parse()
+        .map_err(|e: iotsync_core::IdError| CloudError::bad(format!("messageId: {}", e.reason)))?;
+    let found = crate::api::operations::find(st.backlog.as_ref(), project, &mid)
+        .await
+        .map_err(backlog_failure)?;
+    match found {
+        Some(t) => {
+            let v = crate::api::operations::message_view(t, &st.hub.consumers(project));
+            serde_json::to_value(v).map_err(|_| CloudError::new(code::INTERNAL, "internal error"))
+        }
+        None => Err(CloudError::new(
+            code::NOT_FOUND,
+            format!("no message {mid} in this project (never produced, or past retention)"),
+        )),
+    }
+}
+
+/// A device's messages in a time range, newest first, paged by `beforeSeq`.
+async fn message_query(
+    st: &CloudState,
+    project: &ProjectId,
+    p: &Map<String, Value>,
+) -> CloudResult<Value> {
+    let d = device(st, project, p).await?;
+    let before = match int_param(p, "beforeSeq")? {
+        Some(v) if v < 0 => return Err(CloudError::bad("params.beforeSeq must be >= 0")),
+        v => v.map(|v| v as u64),
+    };
+    let limit = match int_param(p, "limit")? {
+        Some(v) if v < 1 => return Err(CloudError::bad("params.limit must be between 1 and 200")),
+        v => v.map(|v| v as usize),
+    };
+    let q = crate::api::operations::query_of(
+        iotsync_core::device_ordering_key(&d.iot_id),
+        int_param(p, "from")?,
+        int_param(p, "to")?,
+        before,
+        limit,
+        st.clock.now_ms(),
+    )
+    .map_err(|(field, msg)| CloudError::bad(format!("params.{field}: {msg}")))?;
+    let list = crate::api::operations::device_page(st.backlog.as_ref(), project, &q)
+        .await
+        .map_err(backlog_failure)?;
+    let page = crate::api::operations::page_of(list, q.limit, &st.hub.consumers(project));
+    serde_json::to_value(page).map_err(|_| CloudError::new(code::INTERNAL, "internal error"))
 }
