@@ -355,7 +355,7 @@ pub struct DeclaredGroup {
 /// oldest stacked one older than `oldest_age_max_ms`, more than `dead_letters_max` dead
 /// letters. None set: the group never alerts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AlertThresholds {
     /// Alerting while more messages than this are stacked.
     #[schema(minimum = 0, maximum = 9223372036854775807_i64)]
