@@ -351,9 +351,9 @@ pub struct DeclaredGroup {
 }
 
 /// Alert thresholds of one consumer group (issue 14). The group is alerting while any
-/// threshold that is set is exceeded: more than `stacked_max` messages stacked, the
-/// oldest stacked one older than `oldest_age_max_ms`, more than `dead_letters_max` dead
-/// letters. None set: the group never alerts.
+/// threshold that is set is exceeded: more than `stackedMax` messages stacked, the
+/// oldest stacked one older than `oldestAgeMaxMs`, more than `deadLettersMax` dead
+/// letters. None set (each left out or null): the group never alerts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AlertThresholds {
