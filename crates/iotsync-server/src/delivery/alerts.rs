@@ -34,8 +34,7 @@ use iotsync_store::{AlertThresholds, GroupAlerts, Registry};
 const WEBHOOK_QUEUE: usize = 256;
 
 /// The figures a group is judged on.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AlertFigures {
     pub stacked: u64,
     pub oldest_age_ms: Option<i64>,
@@ -202,7 +201,7 @@ impl AlertEngine {
         backlog: Arc<dyn Backlog>,
         clock: SharedClock,
         cfg: &crate::config::AlertsConfig,
-    ) -> anyhow::Result<(Self, AlertHandle, Option<AlertWebhook>)> {
+    ) -> Result<(Self, AlertHandle, Option<AlertWebhook>), reqwest::Error> {
         let handle = AlertHandle::default();
         let (webhook_tx, webhook) = if cfg.webhook_url.is_empty() {
             (None, None)
@@ -416,7 +415,7 @@ impl AlertWebhook {
         rx: mpsc::Receiver<AlertEvent>,
         clock: SharedClock,
         handle: AlertHandle,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .connect_timeout(retry.timeout)
             .timeout(retry.timeout)
