@@ -96,6 +96,14 @@ struct ServeArgs {
     /// Log format: text or json.
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<String>,
+    /// Operator webhook for consumer-group alerts: a signed JSON POST when a group starts
+    /// and stops alerting (docs/alerts.md). Needs --alert-webhook-secret.
+    #[arg(long, value_name = "URL")]
+    alert_webhook_url: Option<String>,
+    /// HMAC-SHA256 key of the alert webhook's X-Iotsync-Signature (at least 16
+    /// characters). Prefer IOTSYNC_ALERT_WEBHOOK_SECRET: a flag shows in `ps`.
+    #[arg(long, value_name = "SECRET")]
+    alert_webhook_secret: Option<String>,
 }
 
 fn init_logs(cfg: &ServerConfig) {
@@ -150,6 +158,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         mqtts_listen: args.mqtts_listen,
         log_level: args.log_level,
         log_format: args.log_format,
+        alert_webhook_url: args.alert_webhook_url,
+        alert_webhook_secret: args.alert_webhook_secret,
         // No flags for [auth]: file and IOTSYNC_AUTH_* only.
         ..Default::default()
     };

@@ -37,6 +37,8 @@ fn version_and_help_are_helpful() {
         "--mqtt-listen",
         "--mqtts-listen",
         "--operator-token",
+        "--alert-webhook-url",
+        "--alert-webhook-secret",
         "--config",
     ] {
         assert!(help.contains(flag), "missing {flag} in help");
@@ -63,6 +65,21 @@ fn a_bad_setting_fails_at_start_naming_its_key() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("port"));
+    // An alert webhook without its signing secret.
+    let out = bin()
+        .args([
+            "serve",
+            "--alert-webhook-url",
+            "http://127.0.0.1:9/hook",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env_remove("IOTSYNC_ALERT_WEBHOOK_SECRET")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("alerts.webhook_secret"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

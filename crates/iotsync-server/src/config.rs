@@ -26,6 +26,55 @@ pub struct ServerConfig {
     pub log: LogConfig,
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
+    pub alerts: AlertsConfig,
+}
+
+/// `[alerts]`: the consumer-group alert evaluator and the operator webhook
+/// (docs/alerts.md). Thresholds themselves are runtime settings, in the store.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// How often every group with thresholds is checked.
+    pub evaluate_every: HumanDuration,
+    /// Empty: no webhook.
+    pub webhook_url: String,
+    /// The webhook signature's HMAC key.
+    pub webhook_secret: String,
+}
+
+impl AlertsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: &str| ConfigError::Invalid {
+            key: format!("alerts.{key}"),
+            reason: reason.to_owned(),
+        };
+        let every = self.evaluate_every.0;
+        if every < std::time::Duration::from_millis(100)
+            || every > std::time::Duration::from_secs(60)
+        {
+            return Err(invalid("evaluate_every", "must be between 100ms and 1m"));
+        }
+        if self.webhook_url.is_empty() {
+            return Ok(());
+        }
+        match reqwest::Url::parse(&self.webhook_url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            _ => {
+                return Err(invalid(
+                    "webhook_url",
+                    "must be an http:// or https:// URL (or empty: no webhook)",
+                ))
+            }
+        }
+        let s = &self.webhook_secret;
+        if s.chars().count() < 16 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid(
+                "webhook_secret",
+                "must be at least 16 characters without whitespace when alerts.webhook_url is set",
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -482,6 +531,8 @@ pub struct ConfigOverrides {
     pub mqtts_listen: Option<String>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
+    pub alert_webhook_url: Option<String>,
+    pub alert_webhook_secret: Option<String>,
     pub auth: AuthOverrides,
 }
 
@@ -501,6 +552,8 @@ pub const ENV_VARS: &[&str] = &[
     "IOTSYNC_MQTTS_LISTEN",
     "IOTSYNC_LOG_LEVEL",
     "IOTSYNC_LOG_FORMAT",
+    "IOTSYNC_ALERT_WEBHOOK_URL",
+    "IOTSYNC_ALERT_WEBHOOK_SECRET",
     "IOTSYNC_AUTH_FAILURES_PER_CREDENTIAL",
     "IOTSYNC_AUTH_FAILURES_PER_SOURCE",
     "IOTSYNC_AUTH_BACKOFF_INITIAL",
@@ -528,6 +581,8 @@ impl ConfigOverrides {
             mqtts_listen: get("IOTSYNC_MQTTS_LISTEN"),
             log_level: get("IOTSYNC_LOG_LEVEL"),
             log_format: get("IOTSYNC_LOG_FORMAT"),
+            alert_webhook_url: get("IOTSYNC_ALERT_WEBHOOK_URL"),
+            alert_webhook_secret: get("IOTSYNC_ALERT_WEBHOOK_SECRET"),
             auth: AuthOverrides::from_env(&get),
         }
     }
@@ -568,6 +623,8 @@ impl ConfigOverrides {
         set!(self.mqtts_listen, c.mqtt.tls_listen);
         set!(self.log_level, c.log.level);
         set!(self.log_format, c.log.format);
+        set!(self.alert_webhook_url, c.alerts.webhook_url);
+        set!(self.alert_webhook_secret, c.alerts.webhook_secret);
         self.auth.apply(&mut c.auth)
     }
 }
@@ -762,6 +819,7 @@ impl ServerConfig {
         }
         self.limits.validate()?;
         self.auth.validate()?;
+        self.alerts.validate()?;
         Ok(())
     }
 }
@@ -939,6 +997,57 @@ mod tests {
             .unwrap_err();
             let e = format!("{e:#}");
             assert!(e.contains(key) && e.contains(says), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_alert_webhook_comes_from_the_environment_and_needs_a_secret() {
+        let env = |pairs: &[(&'static str, &'static str)]| {
+            let pairs = pairs.to_vec();
+            ConfigOverrides::from_env(move |k| {
+                pairs
+                    .iter()
+                    .find(|(name, _)| *name == k)
+                    .map(|(_, v)| v.to_string())
+            })
+        };
+        let d = ServerConfig::defaults();
+        assert!(d.alerts.webhook_url.is_empty());
+        assert_eq!(d.alerts.evaluate_every.0, std::time::Duration::from_secs(1));
+        let c = ServerConfig::layered(
+            None,
+            env(&[
+                ("IOTSYNC_ALERT_WEBHOOK_URL", "https://ops.example.com/hook"),
+                ("IOTSYNC_ALERT_WEBHOOK_SECRET", "0123456789abcdef"),
+            ]),
+            Default::default(),
+        )
+        .unwrap();
+        assert_eq!(c.alerts.webhook_url, "https://ops.example.com/hook");
+        assert_eq!(c.alerts.webhook_secret, "0123456789abcdef");
+        for (pairs, file, key) in [
+            (
+                &[("IOTSYNC_ALERT_WEBHOOK_URL", "https://ops.example.com/hook")][..],
+                "",
+                "alerts.webhook_secret",
+            ),
+            (
+                &[
+                    ("IOTSYNC_ALERT_WEBHOOK_URL", "ftp://ops.example.com/"),
+                    ("IOTSYNC_ALERT_WEBHOOK_SECRET", "0123456789abcdef"),
+                ][..],
+                "",
+                "alerts.webhook_url",
+            ),
+            (
+                &[][..],
+                "[alerts]\nevaluate_every = \"10ms\"\n",
+                "alerts.evaluate_every",
+            ),
+        ] {
+            let file = (!file.is_empty()).then_some(("f.toml", file));
+            let e = ServerConfig::layered(file, env(pairs), Default::default()).unwrap_err();
+            assert!(e.to_string().contains(key), "{e}");
         }
     }
 

@@ -267,6 +267,13 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
         shutdown: shutdown_rx.clone(),
     };
 
+    let (alert_engine, alerts, alert_webhook) = delivery::alerts::AlertEngine::new(
+        registry.clone(),
+        backlog.clone(),
+        clock.clone(),
+        &cfg.alerts,
+    )
+    .context("starting the group alert evaluator")?;
     let state = api::ApiState {
         registry: registry.clone(),
         backlog: backlog.clone(),
@@ -275,6 +282,7 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
         sync_listener: controller,
         hub: hub.clone(),
         groups: groups.clone(),
+        alerts,
         ingest: ingest.clone(),
         dispatcher: dispatcher_handle,
         rates: Arc::new(delivery::rates::RateSampler::default()),
@@ -332,6 +340,11 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
     ));
     tasks.push(api_task);
     tasks.push(dispatcher_task);
+    // Group alerts: every `alerts.evaluate_every`, and the operator webhook if set.
+    tasks.push(tokio::spawn(alert_engine.run(shutdown_rx.clone())));
+    if let Some(w) = alert_webhook {
+        tasks.push(tokio::spawn(w.run(shutdown_rx.clone())));
+    }
 
     Ok(RunningServer {
         api_addr,

@@ -186,6 +186,17 @@ async fn console_drives_projects_sync_settings_api_operations_and_monitoring_in_
         .await;
     let stacked = up["stacked"].as_u64().unwrap() as usize;
     assert!(stacked >= 1);
+    // A threshold the group is over, set from its card: the card turns red.
+    b.step(json!({"cmd": "alert_threshold"})).await;
+    let alerts = rest(
+        &base,
+        reqwest::Method::GET,
+        &format!("/projects/{pid}/consumer-groups/{app_key}/alerts"),
+        json!(null),
+    )
+    .await;
+    assert_eq!(alerts["stackedMax"], 0, "{alerts}");
+    assert_eq!(alerts["alerting"], true, "{alerts}");
 
     // …and a consumer of that group (through the in-process hub, as the AMQP channel
     // does) acks it: the count goes down, the consumer is listed.
@@ -209,6 +220,15 @@ async fn console_drives_projects_sync_settings_api_operations_and_monitoring_in_
     );
     b.step(json!({"cmd": "monitor", "expect": "down", "name": "13-monitoring-acked"}))
         .await;
+    b.step(json!({"cmd": "alert_recovered"})).await;
+    // Back to no thresholds, so the dead letters below do not alert.
+    rest(
+        &base,
+        reqwest::Method::PUT,
+        &format!("/projects/{pid}/consumer-groups/{app_key}/alerts"),
+        json!({}),
+    )
+    .await;
 
     // A rejected message becomes a dead letter: retried from the console, it comes back;
     // rejected again, it is dropped from the console.

@@ -246,6 +246,29 @@ pub trait Registry: Send + Sync + 'static {
     /// Every declared group (reconciling the backlog at start).
     async fn all_groups(&self) -> StoreResult<Vec<DeclaredGroup>>;
 
+    // Group alert thresholds (issue 14). They live and die with their group.
+    /// Replaces a group's thresholds (every one `None`: the group no longer alerts);
+    /// audited as `consumer_group.alerts` when they change. `NotFound` for an undeclared
+    /// group, `Invalid` (naming the threshold) for a value above [`AlertThresholds::MAX`].
+    async fn set_group_alerts(
+        &self,
+        project: &ProjectId,
+        name: &ConsumerGroup,
+        thresholds: &AlertThresholds,
+        actor: Actor<'_>,
+    ) -> StoreResult<GroupAlerts>;
+    /// A declared group's thresholds (none set if they never were); `NotFound` for an
+    /// undeclared group.
+    async fn group_alerts(
+        &self,
+        project: &ProjectId,
+        name: &ConsumerGroup,
+    ) -> StoreResult<GroupAlerts>;
+    /// The project's groups that have at least one threshold, by name.
+    async fn project_alerts(&self, project: &ProjectId) -> StoreResult<Vec<GroupAlerts>>;
+    /// Every group that has at least one threshold (the alert evaluator's round).
+    async fn all_group_alerts(&self) -> StoreResult<Vec<GroupAlerts>>;
+
     // Audit
     /// Records an operator action that changes no registry row (e.g. a backlog seek or
     /// purge) in the project's audit log.

@@ -349,3 +349,53 @@ pub struct DeclaredGroup {
     pub internal: bool,
     pub created_at: i64,
 }
+
+/// Alert thresholds of one consumer group (issue 14). The group is alerting while any
+/// threshold that is set is exceeded: more than `stackedMax` messages stacked, the
+/// oldest stacked one older than `oldestAgeMaxMs`, more than `deadLettersMax` dead
+/// letters. None set (each left out or null): the group never alerts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AlertThresholds {
+    /// Alerting while more messages than this are stacked.
+    #[schema(minimum = 0, maximum = 9223372036854775807_i64)]
+    pub stacked_max: Option<u64>,
+    /// Alerting while the oldest stacked message is older than this (ms).
+    #[schema(minimum = 0, maximum = 9223372036854775807_i64)]
+    pub oldest_age_max_ms: Option<u64>,
+    /// Alerting while the group has more dead letters than this.
+    #[schema(minimum = 0, maximum = 9223372036854775807_i64)]
+    pub dead_letters_max: Option<u64>,
+}
+
+impl AlertThresholds {
+    /// Largest value a threshold may have (the registry stores them as BIGINT).
+    pub const MAX: u64 = i64::MAX as u64;
+
+    /// No threshold is set: the group never alerts.
+    pub fn is_empty(&self) -> bool {
+        self.stacked_max.is_none()
+            && self.oldest_age_max_ms.is_none()
+            && self.dead_letters_max.is_none()
+    }
+
+    /// Each threshold with its API name, for checks and messages.
+    pub fn named(&self) -> [(&'static str, Option<u64>); 3] {
+        [
+            ("stackedMax", self.stacked_max),
+            ("oldestAgeMaxMs", self.oldest_age_max_ms),
+            ("deadLettersMax", self.dead_letters_max),
+        ]
+    }
+}
+
+/// The alert thresholds stored for one declared group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupAlerts {
+    pub project_id: ProjectId,
+    pub group: iotsync_core::ConsumerGroup,
+    pub thresholds: AlertThresholds,
+    /// When they were last set; `None` if they never were.
+    pub updated_at: Option<i64>,
+}

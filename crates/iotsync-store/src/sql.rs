@@ -267,6 +267,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0004_consumer_groups.sql"),
         include_str!("../migrations/postgres/0004_consumer_groups.sql"),
     ),
+    (
+        5,
+        "group_alerts",
+        include_str!("../migrations/sqlite/0005_group_alerts.sql"),
+        include_str!("../migrations/postgres/0005_group_alerts.sql"),
+    ),
 ];
 
 fn migrator(backend: StoreBackend) -> sqlx::migrate::Migrator {
@@ -835,6 +841,67 @@ async fn remove_group(
         json!(null),
     )
     .await
+}
+
+const ALERT_COLS: &str =
+    "project_id, name, stacked_max, oldest_age_max_ms, dead_letters_max, updated_at";
+
+fn alerts_from(row: &AnyRow) -> StoreResult<GroupAlerts> {
+    let threshold = |col: &str| -> StoreResult<Option<u64>> {
+        row.try_get::<Option<i64>, _>(col)?
+            .map(|v| {
+                u64::try_from(v)
+                    .map_err(|_| StoreError::Corrupt(format!("group_alerts.{col}: {v}")))
+            })
+            .transpose()
+    };
+    Ok(GroupAlerts {
+        project_id: parse(row, "project_id")?,
+        group: parse(row, "name")?,
+        thresholds: AlertThresholds {
+            stacked_max: threshold("stacked_max")?,
+            oldest_age_max_ms: threshold("oldest_age_max_ms")?,
+            dead_letters_max: threshold("dead_letters_max")?,
+        },
+        updated_at: Some(row.try_get("updated_at")?),
+    })
+}
+
+fn alerts_json(group: &ConsumerGroup, t: &AlertThresholds) -> serde_json::Value {
+    json!({
+        "group": group,
+        "stackedMax": t.stacked_max,
+        "oldestAgeMaxMs": t.oldest_age_max_ms,
+        "deadLettersMax": t.dead_letters_max,
+    })
+}
+
+/// A threshold as its BIGINT column holds it.
+fn threshold_column(field: &'static str, v: Option<u64>) -> StoreResult<Option<i64>> {
+    v.map(|v| {
+        i64::try_from(v).map_err(|_| StoreError::Invalid {
+            field,
+            reason: format!("must be at most {}", AlertThresholds::MAX),
+        })
+    })
+    .transpose()
+}
+
+async fn fetch_alerts(
+    conn: &mut AnyConnection,
+    project: &ProjectId,
+    name: &ConsumerGroup,
+) -> StoreResult<Option<GroupAlerts>> {
+    sqlx::query(&format!(
+        "SELECT {ALERT_COLS} FROM group_alerts WHERE project_id = $1 AND name = $2"
+    ))
+    .bind(project.as_str())
+    .bind(name.as_str())
+    .fetch_optional(&mut *conn)
+    .await?
+    .as_ref()
+    .map(alerts_from)
+    .transpose()
 }
 
 async fn check_group_limit(
@@ -2346,6 +2413,107 @@ impl Registry for SqlRegistry {
             details,
         )
         .await
+    }
+
+    async fn set_group_alerts(
+        &self,
+        project: &ProjectId,
+        name: &ConsumerGroup,
+        thresholds: &AlertThresholds,
+        actor: Actor<'_>,
+    ) -> StoreResult<GroupAlerts> {
+        let mut columns = [None; 3];
+        for (col, (field, v)) in columns.iter_mut().zip(thresholds.named()) {
+            *col = threshold_column(field, v)?;
+        }
+        let now = self.now();
+        let mut w = self.write().await?;
+        load_settings(&mut w.tx, project).await?;
+        fetch_group(&mut w.tx, project, name.as_str())
+            .await?
+            .ok_or_else(|| StoreError::not_found("consumer group", name))?;
+        let before = fetch_alerts(&mut w.tx, project, name)
+            .await?
+            .map(|a| a.thresholds)
+            .unwrap_or_default();
+        sqlx::query("DELETE FROM group_alerts WHERE project_id = $1 AND name = $2")
+            .bind(project.as_str())
+            .bind(name.as_str())
+            .execute(&mut *w.tx)
+            .await?;
+        // No threshold: no row, so the evaluator's round never reads the group.
+        if !thresholds.is_empty() {
+            sqlx::query(
+                "INSERT INTO group_alerts (project_id, name, stacked_max, oldest_age_max_ms, \
+                 dead_letters_max, updated_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(project.as_str())
+            .bind(name.as_str())
+            .bind(columns[0])
+            .bind(columns[1])
+            .bind(columns[2])
+            .bind(now)
+            .execute(&mut *w.tx)
+            .await?;
+        }
+        if before != *thresholds {
+            audit(
+                &mut w.tx,
+                Some(project),
+                actor,
+                now,
+                "consumer_group.alerts",
+                alerts_json(name, &before),
+                alerts_json(name, thresholds),
+            )
+            .await?;
+        }
+        w.tx.commit().await?;
+        Ok(GroupAlerts {
+            project_id: project.clone(),
+            group: name.clone(),
+            thresholds: *thresholds,
+            updated_at: (!thresholds.is_empty()).then_some(now),
+        })
+    }
+
+    async fn group_alerts(
+        &self,
+        project: &ProjectId,
+        name: &ConsumerGroup,
+    ) -> StoreResult<GroupAlerts> {
+        let mut conn = self.pool.acquire().await?;
+        load_settings(&mut conn, project).await?;
+        fetch_group(&mut conn, project, name.as_str())
+            .await?
+            .ok_or_else(|| StoreError::not_found("consumer group", name))?;
+        Ok(fetch_alerts(&mut conn, project, name)
+            .await?
+            .unwrap_or_else(|| GroupAlerts {
+                project_id: project.clone(),
+                group: name.clone(),
+                thresholds: AlertThresholds::default(),
+                updated_at: None,
+            }))
+    }
+
+    async fn project_alerts(&self, project: &ProjectId) -> StoreResult<Vec<GroupAlerts>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ALERT_COLS} FROM group_alerts WHERE project_id = $1 ORDER BY name"
+        ))
+        .bind(project.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(alerts_from).collect()
+    }
+
+    async fn all_group_alerts(&self) -> StoreResult<Vec<GroupAlerts>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ALERT_COLS} FROM group_alerts ORDER BY project_id, name"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(alerts_from).collect()
     }
 
     async fn audit_log(

@@ -1067,3 +1067,136 @@ async fn the_migration_declares_the_groups_of_projects_that_had_sync_on() {
     assert!(reg.list_groups(&off.project_id).await.unwrap().is_empty());
     reg.close().await;
 }
+
+both!(
+    group_alert_thresholds_are_set_read_audited_and_go_with_their_group,
+    h,
+    {
+        use iotsync_core::{ConsumerGroup, GroupFilterDoc};
+        let p = h.project().await;
+        let pid = p.project.project_id.clone();
+        let billing: ConsumerGroup = "billing".parse().unwrap();
+        // An undeclared group has no thresholds to read or set.
+        let e = h.reg.group_alerts(&pid, &billing).await.unwrap_err();
+        assert_eq!(e.code(), "not_found");
+        let t = AlertThresholds {
+            stacked_max: Some(100),
+            ..Default::default()
+        };
+        let e = h
+            .reg
+            .set_group_alerts(&pid, &billing, &t, "ops")
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), "not_found");
+        h.reg
+            .declare_group(&pid, &billing, &GroupFilterDoc::default(), 8, "ops")
+            .await
+            .unwrap();
+        let none = h.reg.group_alerts(&pid, &billing).await.unwrap();
+        assert!(none.thresholds.is_empty());
+        assert_eq!(none.updated_at, None);
+        assert!(h.reg.all_group_alerts().await.unwrap().is_empty());
+
+        h.clock.advance_ms(5);
+        let set = h
+            .reg
+            .set_group_alerts(&pid, &billing, &t, "ops")
+            .await
+            .unwrap();
+        assert_eq!(set.thresholds, t);
+        assert_eq!(set.updated_at, Some(T0 + 5));
+        assert_eq!(h.reg.group_alerts(&pid, &billing).await.unwrap(), set);
+        // Replaced whole: what the new set leaves out is no longer a threshold.
+        let all = AlertThresholds {
+            stacked_max: None,
+            oldest_age_max_ms: Some(AlertThresholds::MAX),
+            dead_letters_max: Some(0),
+        };
+        h.reg
+            .set_group_alerts(&pid, &billing, &all, "ops")
+            .await
+            .unwrap();
+        let got = h.reg.group_alerts(&pid, &billing).await.unwrap();
+        assert_eq!(got.thresholds, all);
+        assert_eq!(h.reg.project_alerts(&pid).await.unwrap(), vec![got.clone()]);
+        assert_eq!(h.reg.all_group_alerts().await.unwrap(), vec![got]);
+        // A value past the BIGINT column is refused, naming the threshold.
+        let e = h
+            .reg
+            .set_group_alerts(
+                &pid,
+                &billing,
+                &AlertThresholds {
+                    dead_letters_max: Some(AlertThresholds::MAX + 1),
+                    ..Default::default()
+                },
+                "ops",
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.code(), e.field()),
+            ("invalid_argument", Some("deadLettersMax"))
+        );
+        // Setting the same again is not a change; the audit log has the two that were.
+        h.reg
+            .set_group_alerts(&pid, &billing, &all, "ops")
+            .await
+            .unwrap();
+        let log = h.reg.audit_log(&pid, PageRequest::default()).await.unwrap();
+        assert_eq!(
+            log.items
+                .iter()
+                .filter(|a| a.action == "consumer_group.alerts")
+                .count(),
+            2
+        );
+        assert_eq!(log.items[0].action, "consumer_group.alerts");
+        assert_eq!(log.items[0].actor, "ops");
+        assert_eq!(log.items[0].before["stackedMax"], 100);
+        assert_eq!(log.items[0].after["stackedMax"], serde_json::Value::Null);
+        assert_eq!(log.items[0].after["deadLettersMax"], 0);
+        assert_eq!(log.items[0].after["group"], "billing");
+
+        // None set: the group no longer alerts and the round does not read it.
+        h.reg
+            .set_group_alerts(&pid, &billing, &AlertThresholds::default(), "ops")
+            .await
+            .unwrap();
+        assert!(h.reg.all_group_alerts().await.unwrap().is_empty());
+        assert!(h
+            .reg
+            .group_alerts(&pid, &billing)
+            .await
+            .unwrap()
+            .thresholds
+            .is_empty());
+
+        // Deleting the group deletes its thresholds: declared again, it has none.
+        h.reg
+            .set_group_alerts(&pid, &billing, &t, "ops")
+            .await
+            .unwrap();
+        h.reg.delete_group(&pid, &billing, "ops").await.unwrap();
+        assert!(h.reg.all_group_alerts().await.unwrap().is_empty());
+        h.reg
+            .declare_group(&pid, &billing, &GroupFilterDoc::default(), 8, "ops")
+            .await
+            .unwrap();
+        assert!(h
+            .reg
+            .group_alerts(&pid, &billing)
+            .await
+            .unwrap()
+            .thresholds
+            .is_empty());
+        // And deleting the project deletes them with its groups.
+        h.reg
+            .set_group_alerts(&pid, &billing, &t, "ops")
+            .await
+            .unwrap();
+        h.reg.delete_project(&pid, "ops").await.unwrap();
+        assert!(h.reg.all_group_alerts().await.unwrap().is_empty());
+    }
+);

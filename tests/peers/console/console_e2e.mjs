@@ -415,6 +415,49 @@ const steps = {
     return got;
   },
 
+  // Sets a stacked threshold the default group is over (it has a message stacked): after
+  // the API's error for a bad value, the card turns red with since when.
+  async alert_threshold() {
+    const card = page.locator(`section.group-card[data-group="${ctx.appKey}"]`);
+    await card.locator('details.alert-settings > summary').click();
+    const form = card.getByRole('form', { name: `Alert thresholds of ${ctx.appKey}` });
+    const stacked = form.getByLabel('Stacked messages above');
+    await stacked.fill('-1');
+    await form.getByRole('button', { name: 'Save thresholds' }).click();
+    const err = await until('the threshold error', async () => alertText(card));
+    if (!err.includes('stackedMax')) fail(`threshold error: ${err}`);
+    if ((await stacked.getAttribute('aria-invalid')) !== 'true') fail(`stackedMax not marked invalid (${err})`);
+    await stacked.fill('0');
+    await form.getByRole('button', { name: 'Save thresholds' }).click();
+    await until('the saved confirmation', async () => ((await card.locator('.msg.ok').textContent()) || '').includes('alerts when stacked > 0'));
+    const state = card.locator('.alert-state.alerting');
+    await until('the red alert state', async () => (await card.getAttribute('data-alert')) === 'alerting' && (await state.count()) === 1, 20000);
+    const text = await state.textContent();
+    if (!/Alerting since \S/.test(text)) fail(`alert text: ${text}`);
+    const [color, border] = await card.evaluate((el) => {
+      const s = getComputedStyle(el.querySelector('.alert-state.alerting'));
+      return [s.color, getComputedStyle(el).borderTopColor];
+    });
+    // --bad: #b3261e (light) or #ff8a80 (dark): red well above green and blue.
+    const red = (c) => { const [r, g, b] = c.match(/\d+/g).map(Number); return r > 150 && r > g + 60 && r > b + 60; };
+    if (!red(color) || !red(border)) fail(`alert not red: text ${color}, border ${border}`);
+    // The form kept what was typed across the page's refreshes.
+    await sleep(2500);
+    if ((await stacked.inputValue()) !== '0') fail(`the threshold box lost its value: ${await stacked.inputValue()}`);
+    await shot('12b-monitoring-alerting');
+    return { text };
+  },
+
+  // The group drained: the red state is gone.
+  async alert_recovered() {
+    const card = page.locator(`section.group-card[data-group="${ctx.appKey}"]`);
+    await until('the alert to end', async () => (await card.getAttribute('data-alert')) === 'ok'
+      && (await card.locator('.alert-state.alerting').count()) === 0, 20000);
+    const text = await card.locator('.alert-state').textContent();
+    if (!text.includes('Alerts when stacked > 0')) fail(`alert state: ${text}`);
+    return { text };
+  },
+
   async dead_letter_retry() {
     const dead = page.locator('section', { has: page.locator('#dead-title') });
     await until('a dead letter listed', async () => (await dead.locator('tbody tr').count()) === 1, 20000);

@@ -7,6 +7,7 @@
 //! | [`webhook`]     | the platform             | legacy HTTP push form `sign` (§8)      |
 //! | [`api_gateway`] | enterprise server        | cloud API `X-Ca-*` headers (§9)        |
 //! | [`device`]      | MQTT device              | client id / username / password (§10)  |
+//! | [`alert`]       | the platform             | operator alert webhook body (issue 14) |
 //!
 //! Everything here is pure: the caller supplies `now_ms` (from its `Clock`) and the
 //! secret it looked up. Replay protection that needs state (API-gateway nonces) is the
@@ -23,6 +24,7 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use subtle::ConstantTimeEq;
 
+pub mod alert;
 pub mod amqp;
 pub mod api_gateway;
 pub mod device;

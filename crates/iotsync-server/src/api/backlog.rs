@@ -135,6 +135,12 @@ pub struct GroupFigures {
     pub dropped_total: u64,
     /// Messages owed again by a seek.
     pub replayed_total: u64,
+    /// Over one of its alert thresholds at the last evaluation (docs/alerts.md).
+    pub alerting: bool,
+    /// Since when it is alerting (ms since the epoch).
+    pub alerting_since: Option<i64>,
+    /// Its alert thresholds (each null: not set).
+    pub thresholds: iotsync_store::AlertThresholds,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -167,6 +173,13 @@ pub async fn figures(st: &ApiState, pid: &iotsync_core::ProjectId) -> ApiResult<
     };
     let rates = st.rates.observe(st.clock.now_ms(), &stats);
     let live = st.hub.consumers(pid);
+    let thresholds: std::collections::HashMap<String, iotsync_store::AlertThresholds> = st
+        .registry
+        .project_alerts(pid)
+        .await?
+        .into_iter()
+        .map(|a| (a.group.to_string(), a.thresholds))
+        .collect();
     Ok(SyncFigures {
         project_id: pid.to_string(),
         paused: stats.paused,
@@ -179,7 +192,11 @@ pub async fn figures(st: &ApiState, pid: &iotsync_core::ProjectId) -> ApiResult<
             .into_iter()
             .map(|g| {
                 let r = rates.get(&g.group).copied().unwrap_or(Rates::default());
+                let since = st.alerts.alerting_since(pid, &g.group);
                 GroupFigures {
+                    alerting: since.is_some(),
+                    alerting_since: since,
+                    thresholds: thresholds.get(&g.group).copied().unwrap_or_default(),
                     consumers: live.iter().filter(|c| c.group == g.group).count() as u64,
                     stacked: g.stacked,
                     oldest_stacked_age_ms: g.oldest_stacked_age_ms,

@@ -29,6 +29,13 @@ pub mod names {
     pub const INDEX_RESIDENT: &str = "iotsync_backlog_index_memory_bytes";
     pub const INDEX_SPILLED: &str = "iotsync_backlog_index_spilled_bytes";
     pub const AMQP_MERGED: &str = "iotsync_amqp_dispositions_merged_total";
+    // Group alerts (docs/alerts.md); the figures they judge are the backlog series above.
+    pub const GROUP_ALERTING: &str = "iotsync_group_alerting";
+    pub const ALERT_STACKED_MAX: &str = "iotsync_group_alert_stacked_max";
+    pub const ALERT_OLDEST_AGE_MAX: &str = "iotsync_group_alert_oldest_age_max_seconds";
+    pub const ALERT_DEAD_LETTERS_MAX: &str = "iotsync_group_alert_dead_letters_max";
+    pub const ALERT_WEBHOOK_SENT: &str = "iotsync_alert_webhook_sent_total";
+    pub const ALERT_WEBHOOK_FAILED: &str = "iotsync_alert_webhook_failed_total";
 }
 
 /// The per-group series, in the order of [`group_values`]: (name, help, is a counter).
@@ -156,6 +163,14 @@ async fn gather(st: &ApiState) -> prometheus::Result<String> {
         false,
         &["project"],
     )?;
+    let alerting_family = Family::new(
+        &reg,
+        names::GROUP_ALERTING,
+        "1 while the group is over one of its alert thresholds.",
+        false,
+        &["project", "group"],
+    )?;
+    let alerting = st.alerts.alerting();
     let projects = st.registry.all_sync_settings().await.unwrap_or_default();
     for (pid, _, settings) in projects {
         if !settings.enabled && settings.last_method.is_none() {
@@ -171,8 +186,11 @@ async fn gather(st: &ApiState) -> prometheus::Result<String> {
             for (family, v) in groups.iter().zip(group_values(g, consumers)) {
                 family.set(&[pid.as_str(), &g.group], v);
             }
+            let on = alerting.contains_key(&(pid.clone(), g.group.clone()));
+            alerting_family.set(&[pid.as_str(), &g.group], f64::from(u8::from(on)));
         }
     }
+    alert_thresholds(st, &reg).await?;
     if let Some(m) = st.backlog.index_memory() {
         Family::new(
             &reg,
@@ -208,4 +226,55 @@ async fn gather(st: &ApiState) -> prometheus::Result<String> {
     let mut out = String::new();
     TextEncoder::new().encode_utf8(&reg.gather(), &mut out)?;
     Ok(out)
+}
+
+/// The groups' alert thresholds (only those set), to compare the backlog series with in
+/// Prometheus rules, and the webhook's counters.
+async fn alert_thresholds(st: &ApiState, reg: &Registry) -> prometheus::Result<()> {
+    let families = [
+        (
+            names::ALERT_STACKED_MAX,
+            "The group's stackedMax alert threshold.",
+        ),
+        (
+            names::ALERT_OLDEST_AGE_MAX,
+            "The group's oldestAgeMaxMs alert threshold, in seconds.",
+        ),
+        (
+            names::ALERT_DEAD_LETTERS_MAX,
+            "The group's deadLettersMax alert threshold.",
+        ),
+    ]
+    .iter()
+    .map(|(name, help)| Family::new(reg, name, help, false, &["project", "group"]))
+    .collect::<prometheus::Result<Vec<_>>>()?;
+    for a in st.registry.all_group_alerts().await.unwrap_or_default() {
+        let t = &a.thresholds;
+        let values = [
+            t.stacked_max.map(|v| v as f64),
+            t.oldest_age_max_ms.map(|v| v as f64 / 1000.0),
+            t.dead_letters_max.map(|v| v as f64),
+        ];
+        for (family, v) in families.iter().zip(values) {
+            if let Some(v) = v {
+                family.set(&[a.project_id.as_str(), a.group.as_str()], v);
+            }
+        }
+    }
+    let (sent, failed) = st.alerts.webhook_counts();
+    for (name, help, v) in [
+        (
+            names::ALERT_WEBHOOK_SENT,
+            "Alert webhook events delivered (a 2xx answer).",
+            sent,
+        ),
+        (
+            names::ALERT_WEBHOOK_FAILED,
+            "Alert webhook events given up on after every retry, or dropped on a full queue.",
+            failed,
+        ),
+    ] {
+        Family::new(reg, name, help, true, &[])?.set(&[], v as f64);
+    }
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! The management REST API (SPEC §12) under `/api/v1`, for the operator and the console.
 //! Every route but the OpenAPI document needs `Authorization: Bearer <operator token>`.
 
+mod alerts;
 mod backlog;
 mod consumer_groups;
 pub mod error;
@@ -43,6 +44,8 @@ pub struct ApiState {
     pub hub: Arc<crate::delivery::hub::DeliveryHub>,
     /// Declared consumer groups (registry + backlog).
     pub groups: Arc<crate::delivery::groups::GroupDirectory>,
+    /// The groups' alert state (the evaluator's side the API reads and kicks).
+    pub alerts: crate::delivery::alerts::AlertHandle,
     pub ingest: Arc<crate::ingest::Ingest>,
     pub dispatcher: crate::ingest::outbox_relay::DispatcherHandle,
     pub rates: Arc<crate::delivery::rates::RateSampler>,
@@ -208,6 +211,8 @@ fn operator_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(sync::set_api_group))
         .routes(routes!(consumer_groups::create, consumer_groups::list))
         .routes(routes!(consumer_groups::get, consumer_groups::delete))
+        // Group alerts (issue 14).
+        .routes(routes!(alerts::get, alerts::put))
         .routes(routes!(projects::import))
         // Backlog operations (issue 14).
         .routes(routes!(operations::seek))

@@ -12,8 +12,11 @@
 //! - [`controller`] turns accepted sync-setting transitions into backlog and consumer
 //!   actions (groups, retention, pause, closing connections), through [`SyncListener`],
 //!   which the API calls.
+//! - [`alerts`] checks groups against their alert thresholds every second or so and
+//!   tells the operator's webhook when one starts or stops alerting.
 
 pub mod admission;
+pub mod alerts;
 pub mod controller;
 pub mod groups;
 pub mod hub;

@@ -979,12 +979,91 @@ x-auth-param-group: ${p.appKey}          # optional; default group = AppKey
         h('span', { text: `max ${yLabel(max)}` })));
   }
 
-  function groupCard(pid, g, appKey) {
+  /** The thresholds that are set, as `stacked > 100` phrases. */
+  function thresholdPhrases(t) {
+    return [
+      t && t.stackedMax != null ? `stacked > ${fmtNum(t.stackedMax)}` : null,
+      t && t.oldestAgeMaxMs != null ? `oldest stacked > ${fmtAge(t.oldestAgeMaxMs)}` : null,
+      t && t.deadLettersMax != null ? `dead letters > ${fmtNum(t.deadLettersMax)}` : null,
+    ].filter(Boolean);
+  }
+
+  /** A group's alert state: red, with since when, while it is over a threshold. */
+  function alertState(g) {
+    const set = thresholdPhrases(g.thresholds);
+    if (g.alerting) {
+      return h('p', { class: 'alert-state alerting', 'data-alert': 'alerting' }, badge('Alerting', 'bad'),
+        h('strong', { text: `Alerting since ${fmtTime(g.alertingSince)}` }),
+        h('span', { text: `Over: ${set.join(' or ')}` }));
+    }
+    if (set.length) {
+      return h('p', { class: 'alert-state', 'data-alert': 'ok' }, badge('OK', 'ok'), h('span', { text: `Alerts when ${set.join(' or ')}.` }));
+    }
+    return h('p', { class: 'alert-state hint', 'data-alert': 'none', text: 'No alert thresholds: this group never alerts.' });
+  }
+
+  /** The form that sets a group's three thresholds (PUT …/alerts); empty: not set. */
+  function alertForm(pid, g, saved) {
+    const area = msgArea();
+    const t = g.thresholds || {};
+    const num = (dataField, value, step) => h('input', {
+      type: 'number', min: '0', step, inputmode: 'decimal', 'data-field': dataField,
+      value: value == null ? '' : String(value), placeholder: 'not set',
+    });
+    const stacked = num('stackedMax', t.stackedMax, '1');
+    const age = num('oldestAgeMaxMs', t.oldestAgeMaxMs == null ? null : t.oldestAgeMaxMs / 1000, 'any');
+    const dead = num('deadLettersMax', t.deadLettersMax, '1');
+    const btn = h('button', { type: 'submit', class: 'btn small' }, 'Save thresholds');
+    const form = h('form', { class: 'inline alert-form', novalidate: true, 'aria-label': `Alert thresholds of ${g.group}` },
+      field('Stacked messages above', stacked),
+      field('Oldest stacked older than (s)', age),
+      field('Dead letters above', dead),
+      btn);
+    // An empty box is "not set"; anything else goes to the API as typed, which answers
+    // for what it refuses (the field is marked).
+    const value = (input, scale) => {
+      const v = input.value.trim();
+      if (v === '') return input.validity && input.validity.badInput ? input.value : null;
+      return scale ? Math.round(Number(v) * scale) : Number(v);
+    };
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const body = { stackedMax: value(stacked), oldestAgeMaxMs: value(age, 1000), deadLettersMax: value(dead) };
+      const r = await act(btn, area, () => api('PUT', `${P(pid)}/consumer-groups/${enc(g.group)}/alerts`, body), form);
+      if (r) {
+        const set = thresholdPhrases(r);
+        showOk(area, set.length ? `Saved: ${g.group} alerts when ${set.join(' or ')}.` : `Saved: ${g.group} has no alert thresholds.`);
+        announce(`Alert thresholds of ${g.group} saved`);
+        saved();
+      }
+    });
+    return h('details', { class: 'alert-settings' }, h('summary', { text: 'Alert thresholds' }),
+      h('p', { class: 'hint', text: 'The group alerts (red here, iotsync_group_alerting on /metrics, the operator webhook if configured) while any threshold set is exceeded. Leave a box empty to not use it.' }),
+      form, area);
+  }
+
+  /** A group's card: made once (its form keeps what is typed), its figures refreshed. */
+  function groupCard(pid, g, appKey, saved) {
+    const slot = h('div');
+    const figures = h('div');
+    const card = h('section', { class: 'panel group-card', 'data-group': g.group, 'aria-labelledby': `g-${g.group}` },
+      h('header', {}, h('h3', { id: `g-${g.group}` }, 'Consumer group ', h('code', { text: g.group }), g.group === appKey ? [' ', badge('default')] : null)),
+      slot, figures, alertForm(pid, g, saved));
+    return { card, slot, figures };
+  }
+
+  function updateGroupCard(c, pid, g) {
+    c.card.classList.toggle('alerting', !!g.alerting);
+    c.card.dataset.alert = g.alerting ? 'alerting' : 'ok';
+    const sig = JSON.stringify([g.alerting, g.alertingSince, g.thresholds]);
+    if (sig !== c.alertSig) {
+      c.alertSig = sig;
+      fill(c.slot, alertState(g));
+    }
     const key = `${pid}/${g.group}`;
     const hist = state.history.get(key) || [];
     const m = (label, value, metric) => h('div', {}, h('dt', { text: label }), h('dd', { 'data-metric': metric, text: value }));
-    return h('section', { class: 'panel group-card', 'data-group': g.group, 'aria-labelledby': `g-${g.group}` },
-      h('header', {}, h('h3', { id: `g-${g.group}` }, 'Consumer group ', h('code', { text: g.group }), g.group === appKey ? [' ', badge('default')] : null)),
+    fill(c.figures,
       h('dl', { class: 'metrics' },
         m('Stacked messages', fmtNum(g.stacked), 'stacked'),
         m('Oldest stacked', fmtAge(g.oldestStackedAgeMs), 'oldest'),
@@ -1036,7 +1115,8 @@ x-auth-param-group: ${p.appKey}          # optional; default group = AppKey
       pause.setAttribute('aria-pressed', String(paused));
       pause.textContent = paused ? 'Resume live updates' : 'Pause live updates';
     });
-    const last = { consumers: '', dead: '', audit: '' };
+    const last = { consumers: '', dead: '', audit: '', groups: null };
+    const cards = new Map(); // group -> its card, made once
 
     const renderDead = (list) => {
       const sig = JSON.stringify(list);
@@ -1105,9 +1185,21 @@ x-auth-param-group: ${p.appKey}          # optional; default group = AppKey
           state.history.set(key, hist);
         }
         statusLine.textContent = `${stats.paused ? 'Data synchronization is off: nothing is delivered, stacked messages stay until their retention ends.' : 'Live'} · retention ${fmtAge(stats.retentionMs)} · ${fmtNum(stats.storedMessages)} messages stored · updated ${new Date(now).toLocaleTimeString()}`;
-        fill(groupsEl, ...(stats.groups.length
-          ? stats.groups.map((g) => groupCard(pid, g, p.appKey))
-          : [h('p', { class: 'empty', text: 'No consumer groups yet: enable data synchronization to start the backlog.' })]));
+        const names = stats.groups.map((g) => g.group);
+        for (const name of [...cards.keys()]) if (!names.includes(name)) cards.delete(name);
+        for (const g of stats.groups) {
+          if (!cards.has(g.group)) cards.set(g.group, groupCard(pid, g, p.appKey, () => tick()));
+          updateGroupCard(cards.get(g.group), pid, g);
+        }
+        // The cards are put in place only when the groups change, so a form being typed
+        // in keeps its focus.
+        const order = JSON.stringify(names);
+        if (order !== last.groups) {
+          last.groups = order;
+          fill(groupsEl, ...(names.length
+            ? names.map((n) => cards.get(n).card)
+            : [h('p', { class: 'empty', text: 'No consumer groups yet: enable data synchronization to start the backlog.' })]));
+        }
         const csig = JSON.stringify(consumers);
         if (csig !== last.consumers) {
           last.consumers = csig;
