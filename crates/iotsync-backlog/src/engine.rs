@@ -849,19 +849,21 @@ impl Backlog for EmbeddedBacklog {
         message_id: &MessageId,
     ) -> Result<Option<MessageTrace>, BacklogError> {
         let h = crate::codec::id_hash(message_id.as_str());
-        // Ids made by iotsync are UUIDv7: their time finds the stretch to look in.
-        let window = uuid_v7_ms(message_id.as_str()).map(|t| {
-            let mut st = lock(&self.shared.state);
-            match Self::project_idx(&st, project) {
-                Ok(idx) => st.index.time_range(idx, t, t),
-                Err(_) => (0, 0),
+        // iotsync makes an id from its message's generateTime
+        // (`MessageId::generate_at`): the id's time finds the stretch to look in, first
+        // narrow (appends are nearly in time order), then with the full slack; a UUIDv7
+        // not there is not stored. Any other id is looked for everywhere.
+        let ranges: Vec<(u64, u64)> = match uuid_v7_ms(message_id.as_str()) {
+            Some(t) => {
+                let mut st = lock(&self.shared.state);
+                let idx = Self::project_idx(&st, project)?;
+                [NEAR_MS, crate::index::SLACK_MS]
+                    .iter()
+                    .map(|w| st.index.seq_range(idx, t - w, t + w))
+                    .collect()
             }
-        });
-        let mut ranges = Vec::new();
-        if let Some(w) = window {
-            ranges.push(w);
-        }
-        ranges.push((0, u64::MAX));
+            None => vec![(0, u64::MAX)],
+        };
         for (lo, hi) in ranges {
             let mut pos = lo;
             loop {
@@ -955,6 +957,9 @@ pub fn segment_files(dir: &Path) -> Result<Vec<PathBuf>, BacklogError> {
         .map(|(_, p)| p)
         .collect())
 }
+
+/// How far from its id's time a message is first looked for.
+const NEAR_MS: i64 = 100;
 
 /// The millisecond time of a UUIDv7 written as 32 hex digits (how iotsync makes message
 /// ids), if `id` is one.

@@ -144,6 +144,18 @@ impl MessageId {
     pub fn generate() -> Self {
         Self(uuid::Uuid::now_v7().simple().to_string())
     }
+
+    /// A fresh UUIDv7 id whose time is `ms` (the message's generateTime), so the id
+    /// alone says where in the backlog the message is (lookups by id use it).
+    pub fn generate_at(ms: i64) -> Self {
+        let ms = ms.max(0) as u64;
+        let ts = uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            ms / 1000,
+            ((ms % 1000) * 1_000_000) as u32,
+        );
+        Self(uuid::Uuid::new_v7(ts).simple().to_string())
+    }
 }
 
 impl ProjectId {
@@ -211,6 +223,18 @@ mod tests {
         assert!("light_01@home:2.a-b".parse::<DeviceName>().is_ok());
         assert!("abc".parse::<DeviceName>().is_err());
         assert!("a b c d".parse::<DeviceName>().is_err());
+    }
+
+    #[test]
+    fn an_id_generated_at_a_time_carries_it() {
+        let id = MessageId::generate_at(1_700_000_000_123);
+        assert_eq!(id.as_str().len(), 32);
+        assert_eq!(&id.as_str()[12..13], "7");
+        assert_eq!(
+            i64::from_str_radix(&id.as_str()[..12], 16).unwrap(),
+            1_700_000_000_123
+        );
+        assert_ne!(id, MessageId::generate_at(1_700_000_000_123));
     }
 
     #[test]

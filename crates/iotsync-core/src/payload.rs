@@ -87,7 +87,7 @@ fn build(
         ordering_key,
         envelope: Envelope {
             topic,
-            message_id: MessageId::generate(),
+            message_id: MessageId::generate_at(now_ms),
             generate_time: now_ms,
             payload: bytes,
         },

@@ -5,8 +5,14 @@
 //! ```text
 //! cargo run --release -p iotsync-backlog --bin backlog-bench -- \
 //!     [--dir DIR] [--messages 2000000] [--appenders 8] [--batch 64] [--consumers 2] \
-//!     [--credit 1000] [--stacked 10000000] [--only throughput|stacked]
+//!     [--credit 1000] [--stacked 10000000] [--lookup 10000000] \
+//!     [--only throughput|stacked|lookup|keep]
 //! ```
+//!
+//! `lookup`: N stored messages (half acknowledged, kept) from 10 000 devices; the time of
+//! a lookup by messageId and of a device's newest 50 / a device's messages in one minute.
+//! `keep`: the disk a message costs once acknowledged, with and without
+//! `keepAcknowledged`.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +31,7 @@ struct Args {
     consumers: u64,
     credit: usize,
     stacked: u64,
+    lookup: u64,
     only: Option<String>,
 }
 
@@ -37,6 +44,7 @@ fn parse_args() -> Result<Args, String> {
         consumers: 2,
         credit: 1000,
         stacked: 10_000_000,
+        lookup: 10_000_000,
         only: None,
     };
     let mut it = std::env::args().skip(1);
@@ -51,6 +59,7 @@ fn parse_args() -> Result<Args, String> {
             "--consumers" => a.consumers = num()?.max(1),
             "--credit" => a.credit = num()? as usize,
             "--stacked" => a.stacked = num()?,
+            "--lookup" => a.lookup = num()?,
             "--only" => a.only = Some(v),
             other => return Err(format!("unknown option {other}")),
         }
@@ -353,6 +362,228 @@ async fn stacked(dir: &Path, a: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// A message as the server makes it: a UUIDv7 id from its generateTime.
+fn server_message(project: &ProjectId, device: u64, body: &[u8]) -> Result<SyncMessage, String> {
+    let now = system_clock().now_ms();
+    let mut m = message(project, device, 0, body)?;
+    m.envelope.generate_time = now;
+    m.envelope.message_id = iotsync_core::MessageId::generate_at(now);
+    Ok(m)
+}
+
+fn percentiles(mut v: Vec<Duration>) -> String {
+    v.sort();
+    let at = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)];
+    format!(
+        "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        at(0.5).as_secs_f64() * 1e3,
+        at(0.99).as_secs_f64() * 1e3,
+        at(1.0).as_secs_f64() * 1e3
+    )
+}
+
+/// Acks everything group `g` has (one consumer), up to `limit` messages.
+async fn ack_up_to(
+    b: &EmbeddedBacklog,
+    p: &ProjectId,
+    g: &ConsumerGroup,
+    limit: u64,
+) -> Result<u64, String> {
+    let mut acked = 0;
+    while acked < limit {
+        let ds = b
+            .lease(p, g, ConsumerId(7), 4096.min((limit - acked) as usize))
+            .await
+            .map_err(|e| e.to_string())?;
+        if ds.is_empty() {
+            break;
+        }
+        for d in &ds {
+            b.ack(&d.token).await.map_err(|e| e.to_string())?;
+        }
+        acked += ds.len() as u64;
+    }
+    Ok(acked)
+}
+
+async fn lookup(dir: &Path, a: &Args) -> Result<(), String> {
+    let cfg = BacklogConfig {
+        keep_acknowledged: true,
+        ..BacklogConfig::default()
+    };
+    let (b, _) =
+        EmbeddedBacklog::open(dir, cfg.clone(), system_clock()).map_err(|e| e.to_string())?;
+    let b = Arc::new(b);
+    let p: ProjectId = "lookup".parse().map_err(|e| format!("{e}"))?;
+    let g: ConsumerGroup = "g".parse().map_err(|e| format!("{e}"))?;
+    b.create_group(&p, &g, &iotsync_backlog::GroupSpec::all())
+        .await
+        .map_err(|e| e.to_string())?;
+    let body = payload();
+    let devices = 10_000u64;
+    let mut sample = Vec::new();
+    let fill_from = system_clock().now_ms();
+    let t = Instant::now();
+    let mut n = 0u64;
+    while n < a.lookup {
+        let k = 512.min(a.lookup - n);
+        let batch = (n..n + k)
+            .map(|i| server_message(&p, i % devices, &body))
+            .collect::<Result<Vec<_>, _>>()?;
+        if n % 10_007 < k {
+            sample.push((batch[0].envelope.message_id.clone(), batch[0].ordering_key.clone()));
+        }
+        b.append(batch).await.map_err(|e| e.to_string())?;
+        n += k;
+    }
+    let appended = t.elapsed();
+    let fill_ms = (system_clock().now_ms() - fill_from).max(1);
+    let t = Instant::now();
+    let acked = ack_up_to(&b, &p, &g, a.lookup / 2).await?;
+    println!(
+        "## Lookups with {} stored messages ({devices} devices, {} acknowledged and kept), index budget {} MiB",
+        a.lookup,
+        acked,
+        cfg.index_memory_bytes >> 20
+    );
+    println!(
+        "fill: append {:.1} s ({:.0} msg/s), ack {:.1} s; disk {} MiB; RSS {} MiB",
+        appended.as_secs_f64(),
+        a.lookup as f64 / appended.as_secs_f64(),
+        t.elapsed().as_secs_f64(),
+        dir_bytes(dir) >> 20,
+        rss_kib() / 1024
+    );
+    // Spread the samples over the whole backlog: ids near the head and far in the
+    // spilled past.
+    let mut by_id = Vec::new();
+    for (id, _) in &sample {
+        let t = Instant::now();
+        let found = b.find_message(&p, id).await.map_err(|e| e.to_string())?;
+        by_id.push(t.elapsed());
+        if found.is_none() {
+            return Err(format!("message {id} not found"));
+        }
+    }
+    println!("by messageId ({} lookups): {}", by_id.len(), percentiles(by_id));
+    let missing = iotsync_core::MessageId::generate_at(system_clock().now_ms() - 60_000);
+    let t = Instant::now();
+    let none = b.find_message(&p, &missing).await.map_err(|e| e.to_string())?;
+    println!(
+        "an id not stored (UUIDv7 of a minute ago): {:.2} ms, found {}",
+        t.elapsed().as_secs_f64() * 1e3,
+        none.is_some()
+    );
+    let mut newest = Vec::new();
+    let mut got = 0;
+    for (_, key) in sample.iter().take(1000) {
+        let q = iotsync_backlog::MessageQuery {
+            ordering_key: key.clone(),
+            from_ms: 0,
+            to_ms: i64::MAX,
+            before_seq: None,
+            limit: 50,
+        };
+        let t = Instant::now();
+        got += b.device_messages(&p, &q).await.map_err(|e| e.to_string())?.len();
+        newest.push(t.elapsed());
+    }
+    println!(
+        "a device's newest 50 ({} queries, {:.1} per query): {}",
+        newest.len(),
+        got as f64 / newest.len().max(1) as f64,
+        percentiles(newest)
+    );
+    let mut minute = Vec::new();
+    let mut got = 0;
+    for (i, (_, key)) in sample.iter().take(1000).enumerate() {
+        // A one-minute window starting somewhere in the fill.
+        let from = fill_from + (i as i64 * 997) % fill_ms;
+        let q = iotsync_backlog::MessageQuery {
+            ordering_key: key.clone(),
+            from_ms: from,
+            to_ms: from + 60_000,
+            before_seq: None,
+            limit: 50,
+        };
+        let t = Instant::now();
+        got += b.device_messages(&p, &q).await.map_err(|e| e.to_string())?.len();
+        minute.push(t.elapsed());
+    }
+    println!(
+        "a device's messages in one minute, limit 50 ({} queries, {:.1} per query): {}",
+        minute.len(),
+        got as f64 / minute.len().max(1) as f64,
+        percentiles(minute)
+    );
+    let t = Instant::now();
+    let absent = iotsync_backlog::MessageQuery {
+        ordering_key: "no-such-device".into(),
+        from_ms: 0,
+        to_ms: i64::MAX,
+        before_seq: None,
+        limit: 50,
+    };
+    let none = b.device_messages(&p, &absent).await.map_err(|e| e.to_string())?;
+    println!(
+        "a device with no messages, whole retention: {:.1} ms ({} found)",
+        t.elapsed().as_secs_f64() * 1e3,
+        none.len()
+    );
+    b.close().await.map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Disk per message once acknowledged, with and without keepAcknowledged.
+async fn keep_cost(root: &Path, n: u64) -> Result<(), String> {
+    println!("## Disk per message once acknowledged ({n} messages, 256-byte payloads)");
+    println!("| keepAcknowledged | disk after acking all | bytes per message |");
+    println!("|---|---:|---:|");
+    for keep in [false, true] {
+        let dir = root.join(format!("keep-{keep}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cfg = BacklogConfig {
+            keep_acknowledged: keep,
+            segment_bytes: 8 << 20,
+            ..BacklogConfig::default()
+        };
+        let (b, _) =
+            EmbeddedBacklog::open(&dir, cfg, system_clock()).map_err(|e| e.to_string())?;
+        let b = Arc::new(b);
+        let p: ProjectId = "keep".parse().map_err(|e| format!("{e}"))?;
+        let g: ConsumerGroup = "g".parse().map_err(|e| format!("{e}"))?;
+        b.create_group(&p, &g, &iotsync_backlog::GroupSpec::all())
+            .await
+            .map_err(|e| e.to_string())?;
+        let body = payload();
+        let mut i = 0;
+        while i < n {
+            let k = 512.min(n - i);
+            let batch = (i..i + k)
+                .map(|j| server_message(&p, j % 10_000, &body))
+                .collect::<Result<Vec<_>, _>>()?;
+            b.append(batch).await.map_err(|e| e.to_string())?;
+            i += k;
+        }
+        ack_up_to(&b, &p, &g, n).await?;
+        // Let the writer drop finished segments.
+        b.flush().await.map_err(|e| e.to_string())?;
+        b.tick().await.map_err(|e| e.to_string())?;
+        b.flush().await.map_err(|e| e.to_string())?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        b.flush().await.map_err(|e| e.to_string())?;
+        let bytes = dir_bytes(&dir);
+        b.close().await.map_err(|e| e.to_string())?;
+        println!(
+            "| {keep} | {:.1} MiB | {:.0} |",
+            bytes as f64 / (1 << 20) as f64,
+            bytes as f64 / n as f64
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}
+
 fn main() {
     if let Err(e) = real_main() {
         eprintln!("backlog-bench: {e}");
@@ -376,6 +607,17 @@ fn real_main() -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     rt.block_on(async {
+        let only = a.only.as_deref();
+        if only == Some("lookup") {
+            let d = root.join("lookup");
+            let _ = std::fs::remove_dir_all(&d);
+            lookup(&d, &a).await?;
+            let _ = std::fs::remove_dir_all(&d);
+            return Ok(());
+        }
+        if only == Some("keep") {
+            return keep_cost(&root, a.messages).await;
+        }
         if a.only.as_deref() != Some("stacked") {
             let d = root.join("throughput");
             let _ = std::fs::remove_dir_all(&d);

@@ -39,7 +39,7 @@ mod verify;
 pub const MAX_GROUPS_PER_PROJECT: usize = 32;
 pub(crate) const UNWRITTEN: u32 = u32::MAX;
 use crate::types::GroupRetry;
-pub(crate) use ops::{ScanStep, PURGE_FROM};
+pub(crate) use ops::{ScanStep, PURGE_FROM, SLACK_MS};
 pub(crate) use slots::SpillPool;
 use slots::{Slots, CHUNK};
 /// Slot times are seconds since 2020-01-01 (u32 lasts until 2156).

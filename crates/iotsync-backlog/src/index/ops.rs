@@ -15,7 +15,7 @@ use crate::types::{MessageState, SeekOutcome};
 
 /// Time-ordered lookups look this far either side of a time: generate times of one
 /// project are appended in nearly, not strictly, increasing order.
-const SLACK_MS: i64 = 10_000;
+pub(crate) const SLACK_MS: i64 = 2_000;
 /// Most slots one call looks at under the state lock (callers resume where it stopped).
 pub(crate) const SCAN_STEP: u64 = 64 * 1024;
 
@@ -198,8 +198,18 @@ impl Index {
 
     /// The seq range that may hold messages produced in `[from_ms, to_ms]`.
     pub fn time_range(&mut self, proj: u32, from_ms: i64, to_ms: i64) -> (u64, u64) {
-        let lo = self.seq_at_time(proj, from_ms.saturating_sub(SLACK_MS));
-        let hi = self.seq_at_time(proj, to_ms.saturating_add(SLACK_MS).saturating_add(1));
+        self.seq_range(
+            proj,
+            from_ms.saturating_sub(SLACK_MS),
+            to_ms.saturating_add(SLACK_MS),
+        )
+    }
+
+    /// The seqs from the first at or after `from_ms` to the first after `to_ms` (by the
+    /// binary search, without slack).
+    pub fn seq_range(&mut self, proj: u32, from_ms: i64, to_ms: i64) -> (u64, u64) {
+        let lo = self.seq_at_time(proj, from_ms);
+        let hi = self.seq_at_time(proj, to_ms.saturating_add(1));
         (lo, hi.max(lo))
     }
 
