@@ -530,6 +530,26 @@ async fn lookup(dir: &Path, a: &Args) -> Result<(), String> {
         t.elapsed().as_secs_f64() * 1e3,
         none.len()
     );
+    // The operator actions: each walks the project's stored slots under the lock.
+    let t = Instant::now();
+    let out = b
+        .seek(&p, &g, fill_from + fill_ms / 2)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "seek to the middle of the fill: {:.2} s (replayed {}, dropped {}, owed {})",
+        t.elapsed().as_secs_f64(),
+        out.replayed,
+        out.dropped,
+        out.owed
+    );
+    let t = Instant::now();
+    let out = b.purge(&p, &g).await.map_err(|e| e.to_string())?;
+    println!(
+        "purge: {:.2} s (dropped {})",
+        t.elapsed().as_secs_f64(),
+        out.dropped
+    );
     b.close().await.map_err(|e| e.to_string())?;
     Ok(())
 }
