@@ -115,6 +115,135 @@ async fn consume(link: &mut ConsumerLink, n: usize, outcome: Outcome) -> Vec<Str
         .collect()
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Replay, search and purge through the console (issue 14): six reports acknowledged,
+/// the default group replayed from the time of the first, the messages found by id and
+/// by device, a purge refused because a consumer drained the group meanwhile, then a
+/// second replay, one message seen in flight to the consumer holding it, and the purge.
+async fn backlog_operations(
+    b: &mut Browser,
+    server: &RunningServer,
+    base: &str,
+    pid: &str,
+    app_key: &str,
+    iot_id: &str,
+) {
+    // The picker goes to the second: start the six on a whole second, later than every
+    // message before them, so a replay from it brings back exactly these.
+    let from = (now_ms() / 1000 + 1) * 1000;
+    tokio::time::sleep(Duration::from_millis((from - now_ms()).max(0) as u64 + 5)).await;
+    let mut ids = Vec::new();
+    for x in 10..16 {
+        let r = rest(
+            base,
+            reqwest::Method::POST,
+            &format!("/projects/{pid}/devices/{iot_id}/properties"),
+            json!({"items": {"x": x}}),
+        )
+        .await;
+        ids.push(r["messageId"].as_str().unwrap().to_owned());
+    }
+    let hub = server.hub();
+    let attach = || {
+        hub.attach(AttachRequest {
+            project: pid.parse().unwrap(),
+            group: app_key.parse().unwrap(),
+            channel: ChannelKind::Amqp,
+            remote: "127.0.0.1:2".into(),
+            client_id: "console-e2e-replay".into(),
+        })
+    };
+    let mut link = attach().await.unwrap();
+    consume(&mut link, ids.len(), Outcome::Accepted).await;
+    drop(link);
+    let stats_path = format!("/projects/{pid}/sync/stats");
+    let group_figures = || async {
+        let s = rest(base, reqwest::Method::GET, &stats_path, json!(null)).await;
+        s["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["group"] == app_key)
+            .cloned()
+            .unwrap()
+    };
+
+    let r = b
+        .step(json!({"cmd": "replay", "from": from, "want": ids.len(), "name": "21-monitoring-replayed"}))
+        .await;
+    assert_eq!(r["replayed"], ids.len(), "{r}");
+    let g = group_figures().await;
+    assert_eq!(g["stacked"], ids.len(), "{g}");
+    assert_eq!(g["replayedTotal"], ids.len(), "{g}");
+
+    b.step(json!({"cmd": "search", "ids": ids, "from": from}))
+        .await;
+
+    // The purge names the count; a consumer drains the group while it is being confirmed:
+    // the purge is refused with the count it found.
+    let shown = b.step(json!({"cmd": "purge_open"})).await;
+    assert_eq!(shown["count"], ids.len(), "{shown}");
+    let mut link = attach().await.unwrap();
+    consume(&mut link, ids.len(), Outcome::Accepted).await;
+    drop(link);
+    b.step(json!({"cmd": "purge_refused"})).await;
+
+    // Replayed again; a consumer takes the first and holds it: the search shows to whom
+    // it is in flight. Then purged for good: nothing owed, the six dropped.
+    b.step(json!({"cmd": "replay", "from": from, "want": ids.len()}))
+        .await;
+    let mut link = attach().await.unwrap();
+    let held = iotsync_testkit::take(&mut link, 1).await;
+    assert_eq!(held[0].message.envelope.message_id.as_str(), ids[0]);
+    b.step(json!({"cmd": "in_flight", "id": ids[0]})).await;
+    let done = b.step(json!({"cmd": "purge", "want": ids.len()})).await;
+    drop(link);
+    assert_eq!(done["dropped"], ids.len(), "{done}");
+    assert!(
+        done["text"].as_str().unwrap().contains("(1 was in flight)"),
+        "{done}"
+    );
+    let g = group_figures().await;
+    assert_eq!(g["stacked"], 0, "{g}");
+    assert_eq!(g["droppedTotal"], ids.len(), "{g}");
+    let m = rest(
+        base,
+        reqwest::Method::GET,
+        &format!("/projects/{pid}/messages/{}", ids[0]),
+        json!(null),
+    )
+    .await;
+    assert_eq!(m["groups"][0]["state"], "dropped", "{m}");
+    let audit = rest(
+        base,
+        reqwest::Method::GET,
+        &format!("/projects/{pid}/audit?pageSize=10"),
+        json!(null),
+    )
+    .await;
+    let actions: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        &actions[..3],
+        &[
+            "consumer_group.purge",
+            "consumer_group.seek",
+            "consumer_group.seek"
+        ],
+        "{audit}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_drives_projects_sync_settings_api_operations_and_monitoring_in_a_browser() {
     let (chromium, script) = prerequisites();
@@ -170,6 +299,17 @@ async fn console_drives_projects_sync_settings_api_operations_and_monitoring_in_
         &["consumer_group.delete", "consumer_group.create"],
         "{audit}"
     );
+    // keepAcknowledged, switched off and on again from the settings page; on for the
+    // replay below.
+    b.step(json!({"cmd": "keep_acknowledged"})).await;
+    let keep = rest(
+        &base,
+        reqwest::Method::GET,
+        &format!("/projects/{pid}/sync/backlog-settings"),
+        json!(null),
+    )
+    .await;
+    assert_eq!(keep["keepAcknowledged"], true, "{keep}");
     b.step(json!({"cmd": "api_operations"})).await;
     b.step(json!({"cmd": "monitor", "expect": "zero"})).await;
 
@@ -245,6 +385,8 @@ async fn console_drives_projects_sync_settings_api_operations_and_monitoring_in_
     assert!(again[0].ends_with("/thing/event/property/post"));
     b.step(json!({"cmd": "dead_letter_drop"})).await;
     drop(link);
+
+    backlog_operations(&mut b, &server, &base, &pid, &app_key, &iot_id).await;
 
     b.step(json!({"cmd": "mixed_project"})).await;
     b.step(json!({"cmd": "phone"})).await;

@@ -103,6 +103,13 @@ async function groupMetric(appKey, metric) {
   return Number(t.replace(/[^0-9.]/g, ''));
 }
 
+/** The datetime-local value (the page's local time, to the second) of `ms`. */
+const localValue = (ms) => page.evaluate((t) => {
+  const d = new Date(t);
+  const p = (n) => String(n).padStart(2, '0');
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+}, ms);
+
 const ctx = {};
 
 const steps = {
@@ -458,6 +465,194 @@ const steps = {
     return { text };
   },
 
+  // keepAcknowledged on the settings page: on by default, off, on again (the API agrees).
+  async keep_acknowledged() {
+    const sw = page.getByRole('switch', { name: 'Keep acknowledged messages' });
+    await expectVisible(sw, 'the keep acknowledged switch');
+    if (!(await sw.isChecked())) fail('keepAcknowledged is not on by default');
+    const api = async () => (await rest('GET', `/projects/${ctx.projectId}/sync/backlog-settings`)).body.keepAcknowledged;
+    await sw.click();
+    await until('keepAcknowledged off', async () => !(await sw.isChecked()) && !(await sw.isDisabled()) && (await api()) === false);
+    await shot('10c-backlog-settings');
+    await sw.click();
+    await until('keepAcknowledged on', async () => (await sw.isChecked()) && !(await sw.isDisabled()) && (await api()) === true);
+    return { keepAcknowledged: true };
+  },
+
+  // Replays the default group from `from` (ms) with the card's date-time picker: a time
+  // in the future first (the API's error, the field marked), then `from`; the stack
+  // shows the replayed count.
+  async replay({ from, want, name }) {
+    const url = `${BASE}/#/p/${ctx.projectId}/monitoring`;
+    if (page.url() !== url) {
+      await page.goto(url);
+      await expectVisible(heading('Monitoring'), 'the Monitoring page');
+    }
+    const card = page.locator(`section.group-card[data-group="${ctx.appKey}"] .backlog-actions`);
+    await until('nothing stacked before the replay', async () => (await groupMetric(ctx.appKey, 'stacked')) === 0, 20000);
+    const form = card.getByRole('form', { name: `Replay ${ctx.appKey} from a time` });
+    const picker = form.getByLabel('Replay from');
+    if ((await picker.getAttribute('type')) !== 'datetime-local') fail('the replay time is not a date-time picker');
+    await picker.fill(await localValue(Date.now() + 86400000));
+    await form.getByRole('button', { name: 'Replay' }).click();
+    const err = await until('the future-time error', async () => {
+      const t = await alertText(card);
+      return t.includes('later than now') ? t : null;
+    });
+    if (!err.includes('invalid_argument')) fail(`replay error: ${err}`);
+    if ((await picker.getAttribute('aria-invalid')) !== 'true') fail(`the replay time is not marked invalid (${err})`);
+    await picker.fill(await localValue(from));
+    await form.getByRole('button', { name: 'Replay' }).click();
+    const ok = await until('the replay result', async () => {
+      const t = (await card.locator('.msg').textContent()) || '';
+      return t.startsWith('Replayed from') ? t : null;
+    });
+    const m = ok.match(/: (\d+) replayed, (\d+) dropped.* owes (\d+) now/);
+    if (!m) fail(`replay result: ${ok}`);
+    if ((await picker.getAttribute('aria-invalid')) === 'true') fail('the replay time stayed marked invalid');
+    const [replayed, dropped, owed] = m.slice(1).map(Number);
+    if (replayed !== want || owed !== want) fail(`replayed ${replayed}, owes ${owed}; want ${want}`);
+    await until(`stacked ${want} after the replay`, async () => (await groupMetric(ctx.appKey, 'stacked')) === want, 20000);
+    if (name) await shot(name);
+    return { replayed, dropped, owed, text: ok };
+  },
+
+  // The message search: an unknown id, one of `ids` by id (stacked in the default group
+  // after the replay), the device's messages since `from` in pages of 5, by productKey and
+  // device name without a range, and a range the API refuses.
+  async search({ ids, from }) {
+    const sec = page.locator('#message-search');
+    const results = sec.locator('#message-results');
+    const byId = sec.getByRole('search', { name: 'Find a message by ID' });
+    await byId.getByLabel('Message ID').fill('no-such-message-01');
+    await byId.getByRole('button', { name: 'Find message' }).click();
+    await until('not found', async () => ((await results.locator('[data-result=not-found]').textContent().catch(() => '')) || '').includes('Not found'));
+    await byId.getByLabel('Message ID').fill(ids[2]);
+    await byId.getByRole('button', { name: 'Find message' }).click();
+    const row = results.locator('#messages-table tbody tr', { hasText: ids[2] });
+    await expectVisible(row, 'the message found by id');
+    const st = row.locator(`li[data-group="${ctx.appKey}"]`);
+    if ((await st.getAttribute('data-state')) !== 'stacked') fail(`state after the replay: ${await st.getAttribute('data-state')}`);
+    const stText = await st.textContent();
+    if (!stText.includes('Stacked')) fail(`group state shown: ${stText}`);
+    const rowText = await row.textContent();
+    if (!rowText.includes('/thing/event/property/post')) fail(`topic not shown: ${rowText}`);
+    // The report of x = 12 (the third of the six, x = 10…15).
+    if (!rowText.includes('x = 12')) fail(`payload summary not shown: ${rowText}`);
+    await row.locator('details.payload > summary').click();
+    const full = await row.locator('details.payload pre').textContent();
+    if (!full.includes('"x"')) fail(`payload: ${full}`);
+    await shot('22-message-by-id');
+
+    // By device and time range, newest first, paged.
+    const dev = sec.getByRole('search', { name: "Search a device's messages" });
+    await dev.getByLabel('iotId').fill(ctx.iotId);
+    await dev.getByLabel('From (optional)').fill(await localValue(from));
+    await dev.getByLabel('Per page').selectOption('5');
+    await dev.getByRole('button', { name: 'Search device' }).click();
+    const listed = async () => results.locator('#messages-table tbody tr').allTextContents();
+    const first = await until('page 1 of the device', async () => {
+      const rows = await listed();
+      return rows.length === 5 && rows.every((t) => t.includes('/thing/event/property/post')) ? rows : null;
+    });
+    // Newest first: the last report (ids[5]) leads.
+    if (!first[0].includes(ids[5]) || !first[4].includes(ids[1])) fail(`page 1 order: ${first.map((t) => t.slice(0, 40)).join(' | ')}`);
+    if (!(await results.locator('[data-result=device]').textContent()).includes('page 1')) fail('no page number');
+    await shot('23-device-messages');
+    await results.getByRole('button', { name: 'Older' }).click();
+    const second = await until('page 2 of the device', async () => {
+      const rows = await listed();
+      return rows.length === 1 && rows[0].includes(ids[0]) ? rows : null;
+    });
+    if (!(await results.getByRole('button', { name: 'Older' }).isDisabled())) fail('Older offered on the last page');
+    await results.getByRole('button', { name: 'Newer' }).click();
+    await until('page 1 again', async () => (await listed()).length === 5);
+
+    // By productKey and device name, no range: the older reports too.
+    const devices = await rest('GET', `/projects/${ctx.projectId}/devices?pageSize=50`);
+    const lamp = devices.body.items.find((d) => d.iotId === ctx.iotId);
+    await dev.getByLabel('iotId').fill('');
+    await dev.getByLabel('From (optional)').fill('');
+    await dev.getByLabel('ProductKey').fill(lamp.productKey);
+    await dev.getByLabel('Device name').fill(lamp.deviceName);
+    await dev.getByLabel('Per page').selectOption('20');
+    await dev.getByRole('button', { name: 'Search device' }).click();
+    const all = await until('all of the device', async () => {
+      const rows = await listed();
+      return rows.length > ids.length ? rows : null;
+    });
+    // A range backwards: the API's error, its field marked.
+    await dev.getByLabel('From (optional)').fill(await localValue(from + 60000));
+    await dev.getByLabel('To (optional)').fill(await localValue(from));
+    await dev.getByRole('button', { name: 'Search device' }).click();
+    const err = await until('the range error', async () => alertText(sec));
+    if (!err.includes('later than to')) fail(`range error: ${err}`);
+    if ((await dev.getByLabel('From (optional)').getAttribute('aria-invalid')) !== 'true') fail('from not marked invalid');
+    if ((await results.locator('#messages-table').count()) !== 0) fail('stale results left beside the error');
+    await dev.getByLabel('From (optional)').fill('');
+    await dev.getByLabel('To (optional)').fill('');
+    ctx.messageIds = ids;
+    return { pages: [first.length, second.length], all: all.length };
+  },
+
+  // The message `id`, taken by a consumer that holds it: in flight, to that consumer.
+  async in_flight({ id }) {
+    const byId = page.getByRole('search', { name: 'Find a message by ID' });
+    await byId.getByLabel('Message ID').fill(id);
+    await byId.getByRole('button', { name: 'Find message' }).click();
+    const st = page.locator(`#messages-table tbody tr li[data-group="${ctx.appKey}"]`);
+    const text = await until('the message in flight', async () => (await st.getAttribute('data-state')) === 'inFlight' && st.textContent());
+    if (!text.includes('In flight') || !text.includes('to 127.0.0.1:2 (console-e2e-replay)') || !text.includes('ack due by')) fail(`in flight shown as: ${text}`);
+    await shot('25b-message-in-flight');
+    return { text };
+  },
+
+  // Opens the purge confirmation of the default group and leaves it open: it names the
+  // count the card shows.
+  async purge_open() {
+    const card = page.locator(`section.group-card[data-group="${ctx.appKey}"] .backlog-actions`);
+    const n = await groupMetric(ctx.appKey, 'stacked');
+    await card.getByRole('button', { name: `Purge ${ctx.appKey}` }).click();
+    const dlg = page.getByRole('dialog');
+    await expectVisible(dlg, 'the purge confirmation');
+    const title = await dlg.locator('#confirm-title').textContent();
+    const want = `Drop the ${n} message${n === 1 ? '' : 's'} group ${ctx.appKey} still owes?`;
+    if (title !== want) fail(`purge confirmation: "${title}", want "${want}"`);
+    await shot('24-purge-confirm', false);
+    return { count: n, title };
+  },
+
+  // Confirms the open purge after the group was drained meanwhile: the API's 409.
+  async purge_refused() {
+    const card = page.locator(`section.group-card[data-group="${ctx.appKey}"] .backlog-actions`);
+    await page.getByRole('dialog').getByRole('button', { name: 'Purge' }).click();
+    const err = await until('the purge conflict', async () => alertText(card));
+    if (!err.includes('purge.count_changed') || !err.includes('owes 0 messages now')) fail(`purge error: ${err}`);
+    await until('nothing stacked', async () => (await groupMetric(ctx.appKey, 'stacked')) === 0, 20000);
+    await until('purge not offered with nothing owed', async () => card.getByRole('button', { name: `Purge ${ctx.appKey}` }).isDisabled());
+    await shot('25-purge-refused');
+    return { error: err };
+  },
+
+  async purge({ want }) {
+    const card = page.locator(`section.group-card[data-group="${ctx.appKey}"] .backlog-actions`);
+    await card.getByRole('button', { name: `Purge ${ctx.appKey}` }).click();
+    const dlg = page.getByRole('dialog');
+    await expectVisible(dlg, 'the purge confirmation');
+    if (!(await dlg.locator('#confirm-title').textContent()).startsWith(`Drop the ${want} messages`)) fail('purge count');
+    await dlg.getByRole('button', { name: 'Purge' }).click();
+    const ok = await until('the purge result', async () => {
+      const t = (await card.locator('.msg').textContent()) || '';
+      return t.startsWith('Purged') ? t : null;
+    });
+    const m = ok.match(/: (\d+) dropped.* owes (\d+) now/);
+    if (!m || Number(m[2]) !== 0) fail(`purge result: ${ok}`);
+    await until('stacked 0 after the purge', async () => (await groupMetric(ctx.appKey, 'stacked')) === 0
+      && (await groupMetric(ctx.appKey, 'dropped')) === want, 20000);
+    await shot('26-purged');
+    return { dropped: Number(m[1]), text: ok };
+  },
+
   async dead_letter_retry() {
     const dead = page.locator('section', { has: page.locator('#dead-title') });
     await until('a dead letter listed', async () => (await dead.locator('tbody tr').count()) === 1, 20000);
@@ -533,6 +728,15 @@ const steps = {
     await page.goto(`${BASE}/#/p/${ctx.projectId}/monitoring`);
     await expectVisible(heading('Monitoring'), 'monitoring on a phone');
     await noHorizontalOverflow('Monitoring');
+    if (ctx.messageIds) {
+      const byId = page.getByRole('search', { name: 'Find a message by ID' });
+      await byId.getByLabel('Message ID').fill(ctx.messageIds[0]);
+      await byId.getByRole('button', { name: 'Find message' }).click();
+      await expectVisible(page.locator('#messages-table'), 'a message found on a phone');
+      await noHorizontalOverflow('Monitoring with a message found');
+      await page.locator('#message-results').scrollIntoViewIfNeeded();
+      await shot('19b-phone-message', false);
+    }
     await shot('19-phone-monitoring');
     await page.setViewportSize({ width: 1280, height: 900 });
     return {};

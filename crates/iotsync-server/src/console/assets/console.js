@@ -845,7 +845,31 @@ x-auth-param-group: ${p.appKey}          # optional; default group = AppKey
       productRows.length ? productRows : h('p', { class: 'empty', text: 'This project has no products yet.' }));
 
     const groups = await consumerGroupsPanel(p, () => fillSync(p, panel));
-    fill(panel, status, products, groups, connectionDetails(p, conn, s));
+    fill(panel, status, products, await backlogSettingsPanel(pid), groups, connectionDetails(p, conn, s));
+  }
+
+  /** Whether acknowledged messages stay stored until retention (what replay needs). */
+  async function backlogSettingsPanel(pid) {
+    const area = msgArea();
+    let keep = null;
+    try { keep = (await api('GET', `${P(pid)}/sync/backlog-settings`)).keepAcknowledged; } catch (e) { showError(area, e); }
+    const input = h('input', { type: 'checkbox', role: 'switch', checked: keep === true, disabled: keep === null, 'aria-describedby': 'keep-hint' });
+    const shown = h('span', { 'aria-hidden': 'true', text: keep ? 'On' : 'Off' });
+    input.addEventListener('change', async () => {
+      const want = input.checked;
+      const r = await act(input, area, () => api('PUT', `${P(pid)}/sync/backlog-settings`, { keepAcknowledged: want }));
+      const now = r ? r.keepAcknowledged : !want;
+      input.checked = now;
+      shown.textContent = now ? 'On' : 'Off';
+      if (r) announce(`Acknowledged messages ${now ? 'are kept until retention ends' : 'are freed at once'}`);
+    });
+    return h('section', { class: 'panel', 'aria-labelledby': 'backlog-title', id: 'backlog-settings' },
+      h('h2', { id: 'backlog-title', text: 'Backlog' }),
+      h('div', { class: 'switch-row' },
+        h('div', {}, h('strong', { text: 'Keep acknowledged messages' }),
+          h('p', { class: 'hint', id: 'keep-hint', text: 'On: acknowledged messages stay stored until their retention ends, so a consumer group can be replayed from a time (Monitoring, Replay from) and traced. Off: their disk is freed as soon as every group has acknowledged them, and a replay brings back only messages still stored for another group.' })),
+        h('label', { class: 'switch' }, input, h('span', { class: 'sr-only', text: 'Keep acknowledged messages' }), shown)),
+      area);
   }
 
   // ---------------------------------------------------------------- Consumer groups
@@ -1042,17 +1066,84 @@ x-auth-param-group: ${p.appKey}          # optional; default group = AppKey
       form, area);
   }
 
-  /** A group's card: made once (its form keeps what is typed), its figures refreshed. */
+  /** Ms since the epoch of a datetime-local value (the browser's local time); null if empty. */
+  function localMs(value) {
+    if (!value) return null;
+    const t = new Date(value).getTime();
+    return Number.isFinite(t) ? t : null;
+  }
+
+  /** A time picked in a datetime-local box, or a field error shown like the API's. */
+  function pickedTime(input, label, required) {
+    const ms = localMs(input.value);
+    if (ms !== null) return { ms };
+    if (input.value === '' && !(input.validity && input.validity.badInput) && !required) return { ms: null };
+    return { error: { body: { message: `${label}: choose a complete date and time.`, field: input.dataset.field } } };
+  }
+
+  /**
+   * Replay from a time (POST …/seek) and purge (POST …/purge) on one group's card;
+   * `c.g` is the group's latest figures, so the purge confirms the count shown now.
+   */
+  function backlogActions(pid, c, saved) {
+    const name = c.g.group;
+    const area = msgArea();
+    const hintId = `seek-hint-${name}`;
+    const from = h('input', { type: 'datetime-local', step: '1', 'data-field': 'from', required: true, 'aria-describedby': hintId });
+    const replay = h('button', { type: 'submit', class: 'btn small' }, 'Replay');
+    const form = h('form', { class: 'inline seek-form', novalidate: true, 'aria-label': `Replay ${name} from a time` },
+      field('Replay from', from), replay);
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const t = pickedTime(from, 'Replay from', true);
+      if (t.error) { clearMsg(area, form); showError(area, t.error, form); return; }
+      const r = await act(replay, area, () => api('POST', `${P(pid)}/consumer-groups/${enc(name)}/seek`, { from: t.ms }), form);
+      if (r) {
+        const at = fmtTime(r.from || t.ms);
+        showOk(area, `Replayed from ${at}: ${fmtNum(r.replayed)} replayed, ${fmtNum(r.dropped)} dropped (owed from before)`
+          + `${r.inFlight ? `, ${fmtNum(r.inFlight)} in-flight deliveries settled` : ''}. ${name} owes ${fmtNum(r.owed)} now.`);
+        announce(`${name} replayed from ${at}`);
+        saved();
+      }
+    });
+    const purge = h('button', { type: 'button', class: 'btn small ghost danger', 'aria-label': `Purge ${name}` }, 'Purge…');
+    purge.addEventListener('click', async () => {
+      const n = c.g.stacked || 0;
+      const ok = await confirmDialog(`Drop the ${fmtNum(n)} message${n === 1 ? '' : 's'} group ${name} still owes?`,
+        'They are never delivered to this group (counted as dropped); deliveries in flight are settled as dropped and their late acknowledgements ignored. Dead letters stay, and other groups are not affected.',
+        'Purge');
+      if (!ok) return;
+      const r = await act(purge, area, () => api('POST', `${P(pid)}/consumer-groups/${enc(name)}/purge`, { expectedStacked: n }));
+      // Done or refused (the count changed), the figures shown are old now.
+      saved();
+      if (r) {
+        const held = r.inFlight ? ` (${fmtNum(r.inFlight)} ${r.inFlight === 1 ? 'was' : 'were'} in flight)` : '';
+        showOk(area, `Purged ${name}: ${fmtNum(r.dropped)} dropped${held}. It owes ${fmtNum(r.owed)} now.`);
+        announce(`${name} purged`);
+      }
+    });
+    c.purge = purge;
+    return h('div', { class: 'backlog-actions' }, form,
+      h('p', { class: 'hint', id: hintId, text: 'Local time. The group receives again every stored message it takes produced since then, acknowledged or not, in order per device; what it owes from before is dropped.' }),
+      h('div', { class: 'purge-row' }, purge, h('span', { class: 'hint', text: 'Clears the group\'s backlog, as when the system behind it was rebuilt.' })),
+      area);
+  }
+
+  /** A group's card: made once (its forms keep what is typed), its figures refreshed. */
   function groupCard(pid, g, appKey, saved) {
     const slot = h('div');
     const figures = h('div');
-    const card = h('section', { class: 'panel group-card', 'data-group': g.group, 'aria-labelledby': `g-${g.group}` },
+    const c = { slot, figures, g };
+    c.card = h('section', { class: 'panel group-card', 'data-group': g.group, 'aria-labelledby': `g-${g.group}` },
       h('header', {}, h('h3', { id: `g-${g.group}` }, 'Consumer group ', h('code', { text: g.group }), g.group === appKey ? [' ', badge('default')] : null)),
-      slot, figures, alertForm(pid, g, saved));
-    return { card, slot, figures };
+      slot, figures, backlogActions(pid, c, saved), alertForm(pid, g, saved));
+    return c;
   }
 
   function updateGroupCard(c, pid, g) {
+    c.g = g;
+    // Nothing owed, nothing to purge (dead letters stay either way).
+    c.purge.disabled = !g.stacked;
     c.card.classList.toggle('alerting', !!g.alerting);
     c.card.dataset.alert = g.alerting ? 'alerting' : 'ok';
     const sig = JSON.stringify([g.alerting, g.alertingSince, g.thresholds]);
@@ -1074,7 +1165,9 @@ x-auth-param-group: ${p.appKey}          # optional; default group = AppKey
         m('In flight', fmtNum(g.inFlight), 'inflight'),
         m('Waiting for retry', fmtNum(g.retryWaiting), 'retry'),
         m('Redelivered (total)', fmtNum(g.redeliveredTotal), 'redelivered'),
-        m('Expired (total)', fmtNum(g.expiredTotal), 'expired')),
+        m('Expired (total)', fmtNum(g.expiredTotal), 'expired'),
+        m('Replayed (total)', fmtNum(g.replayedTotal), 'replayed'),
+        m('Dropped (total)', fmtNum(g.droppedTotal), 'dropped')),
       h('div', { class: 'charts' },
         chart('Stacked messages', [{ name: 'stacked', cls: 'stacked', area: true, values: hist.map((x) => x.stacked) }], 'stacked', (v) => fmtNum(v)),
         chart('Messages per second', [
@@ -1096,6 +1189,174 @@ x-auth-param-group: ${p.appKey}          # optional; default group = AppKey
     return h('ul', { class: 'props' },
       same.map((k) => h('li', {}, h('span', { class: 'muted', text: `${k}: ` }), h('code', { text: show(after[k]) }))),
       keys.map((k) => h('li', {}, h('span', { class: 'muted', text: `${k}: ` }), h('code', { text: show(before[k]) }), ' → ', h('code', { text: show(after[k]) }))));
+  }
+
+  // ---------------------------------------------------------------- Message search
+
+  const STATE_LABEL = {
+    stacked: 'Stacked', inFlight: 'In flight', retryWaiting: 'Waiting for retry', deadLettered: 'Dead letter',
+    acknowledged: 'Acknowledged', dropped: 'Dropped', expired: 'Expired',
+  };
+  const STATE_KIND = { stacked: 'warn', retryWaiting: 'warn', deadLettered: 'bad', expired: 'bad', acknowledged: 'ok' };
+
+  /** What else is known of a message's state in one group: attempts, to whom, when. */
+  function stateDetail(s) {
+    const parts = [`${fmtNum(s.attempts)} attempt${s.attempts === 1 ? '' : 's'}`];
+    if (s.state === 'inFlight') {
+      parts.push(s.consumer ? `to ${s.consumer.remote} (${s.consumer.clientId})` : 'to a consumer no longer connected');
+      if (s.ackDeadline) parts.push(`ack due by ${fmtTime(s.ackDeadline)}`);
+    }
+    if (s.nextDeliveryAt) parts.push(`delivered again at ${fmtTime(s.nextDeliveryAt)}`);
+    if (s.deadLetteredAt) parts.push(`dead letter since ${fmtTime(s.deadLetteredAt)}`);
+    if (s.acknowledgedAt) parts.push(`acknowledged at ${fmtTime(s.acknowledgedAt)}`);
+    if (s.state === 'dropped') parts.push('by a purge or a replay');
+    return parts.join(' · ');
+  }
+
+  function groupStates(m) {
+    if (!m.groups.length) return h('span', { class: 'muted', text: 'No group takes it.' });
+    return h('ul', { class: 'states' }, m.groups.map((s) => h('li', { 'data-group': s.group, 'data-state': s.state },
+      h('code', { text: s.group }), ' ', badge(STATE_LABEL[s.state] || s.state, STATE_KIND[s.state]),
+      h('span', { class: 'muted', text: ` ${stateDetail(s)}` }))));
+  }
+
+  // Said by the topic already; left out of a payload's one-line summary.
+  const DEVICE_KEYS = new Set(['deviceType', 'iotId', 'productKey', 'deviceName', 'gmtCreate']);
+
+  /** What a payload says, on one line: a property post's items as `name = value`. */
+  function payloadLine(p) {
+    if (!p || typeof p !== 'object' || Array.isArray(p)) return JSON.stringify(p);
+    if (p.items && typeof p.items === 'object' && !Array.isArray(p.items)) {
+      return Object.entries(p.items)
+        .map(([k, v]) => `${k} = ${JSON.stringify(v && typeof v === 'object' && 'value' in v ? v.value : v)}`).join(', ');
+    }
+    return JSON.stringify(Object.fromEntries(Object.entries(p).filter(([k]) => !DEVICE_KEYS.has(k))));
+  }
+
+  /** One line of the payload, the whole of it on demand. */
+  function payloadSummary(p) {
+    if (p === null || p === undefined) return h('span', { class: 'muted', text: 'not JSON' });
+    const one = payloadLine(p);
+    const short = one.length > 72 ? `${one.slice(0, 71)}…` : one;
+    return h('details', { class: 'payload' }, h('summary', {}, h('code', { class: 'wrap-anywhere', text: short })),
+      h('pre', { class: 'json', text: JSON.stringify(p, null, 2) }));
+  }
+
+  function messagesTable(list, empty) {
+    const t = table('Messages', [
+      { label: 'Message', cell: (m) => h('div', {}, h('code', { class: 'wrap-anywhere', text: m.messageId }),
+        h('div', { class: 'muted small', text: `${m.kind} · seq ${m.seq}` }), m.expired ? badge('Past retention', 'bad') : null) },
+      { label: 'Topic', cell: (m) => h('code', { class: 'wrap-anywhere', text: m.topic }) },
+      { label: 'Generated', cell: (m) => fmtTime(m.generateTime) },
+      { label: 'Payload', cell: (m) => payloadSummary(m.payload) },
+      { label: 'Per group', cell: (m) => groupStates(m) },
+    ], list, empty);
+    const el = t.querySelector('table');
+    if (el) el.id = 'messages-table';
+    return t;
+  }
+
+  /**
+   * Finds a message by id (GET …/messages/{id}) or lists a device's messages in a time
+   * range, newest first, paged with "Older" on nextBeforeSeq (GET …/messages?…).
+   */
+  function messageSearch(pid) {
+    const area = msgArea();
+    const results = h('div', { id: 'message-results' });
+    const text = (dataField, attrs) => h('input', { type: 'text', 'data-field': dataField, autocomplete: 'off', spellcheck: 'false', ...attrs });
+
+    const mid = h('input', { type: 'search', 'data-field': 'messageId', autocomplete: 'off', spellcheck: 'false', required: true });
+    const idBtn = h('button', { type: 'submit', class: 'btn' }, 'Find message');
+    const idForm = h('form', { class: 'inline', role: 'search', novalidate: true, 'aria-label': 'Find a message by ID' },
+      field('Message ID', mid), idBtn);
+
+    const iot = text('iotId');
+    const pk = text('productKey');
+    const dn = text('deviceName');
+    const from = h('input', { type: 'datetime-local', step: '1', 'data-field': 'from' });
+    const to = h('input', { type: 'datetime-local', step: '1', 'data-field': 'to' });
+    const limit = h('select', { 'data-field': 'limit' }, [5, 20, 50, 200].map((n) => h('option', { value: String(n), text: String(n), selected: n === 20 })));
+    const devBtn = h('button', { type: 'submit', class: 'btn' }, 'Search device');
+    const devForm = h('form', { class: 'device-search', role: 'search', novalidate: true, 'aria-label': "Search a device's messages" },
+      h('div', { class: 'row' }, field('iotId', iot), h('span', { class: 'or', text: 'or' }), field('ProductKey', pk), field('Device name', dn)),
+      h('div', { class: 'row' }, field('From (optional)', from), field('To (optional)', to), field('Per page', limit), devBtn));
+
+    // Runs a look-up: a 404 is an answer ("not found", in the results), other errors go
+    // to the message area with the form's field marked.
+    async function run(button, form, fn) {
+      clearMsg(area, form);
+      button.disabled = true;
+      try {
+        return await fn();
+      } catch (e) {
+        if (e.status === 404) {
+          fill(results, h('p', { class: 'empty not-found', 'data-result': 'not-found', text: `Not found: ${e.body.message}` }));
+        } else {
+          fill(results);
+          showError(area, e, form);
+        }
+        return undefined;
+      } finally {
+        if (button.isConnected) button.disabled = false;
+      }
+    }
+
+    idForm.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const id = mid.value.trim();
+      if (!id) { clearMsg(area, idForm); showError(area, { body: { message: 'Type the message ID to look up.', field: 'messageId' } }, idForm); return; }
+      const m = await run(idBtn, idForm, () => api('GET', `${P(pid)}/messages/${enc(id)}`));
+      if (m) {
+        fill(results, h('p', { class: 'hint', 'data-result': 'message', text: `Message ${m.messageId}: its state in every group that takes it.` }), messagesTable([m]));
+        announce(`Message ${m.messageId} found`);
+      }
+    });
+
+    // The device query of the last search and the pages seen: [undefined, seq, seq…],
+    // the last one shown; a page that fails to load leaves them as they were.
+    let query = null;
+    let pages = [];
+    async function showPage(button, want) {
+      const q = new URLSearchParams(query);
+      const before = want[want.length - 1];
+      if (before !== undefined) q.set('beforeSeq', String(before));
+      const r = await run(button, devForm, () => api('GET', `${P(pid)}/messages?${q}`));
+      if (!r) return;
+      pages = want;
+      const older = h('button', { type: 'button', class: 'btn small ghost', disabled: r.nextBeforeSeq === undefined }, 'Older');
+      const newer = h('button', { type: 'button', class: 'btn small ghost', disabled: pages.length <= 1 }, 'Newer');
+      older.addEventListener('click', () => showPage(older, [...pages, r.nextBeforeSeq]));
+      newer.addEventListener('click', () => showPage(newer, pages.slice(0, -1)));
+      const n = r.messages.length;
+      fill(results,
+        h('p', { class: 'hint', 'data-result': 'device', text: `${fmtNum(n)} message${n === 1 ? '' : 's'}, newest first · page ${pages.length}` }),
+        messagesTable(r.messages, pages.length > 1 ? 'No older messages.' : 'No stored message of this device in that time range.'),
+        h('div', { class: 'pager' }, newer, older));
+      announce(`${n} messages listed`);
+    }
+
+    devForm.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const q = new URLSearchParams();
+      if (iot.value.trim()) q.set('iotId', iot.value.trim());
+      if (pk.value.trim()) q.set('productKey', pk.value.trim());
+      if (dn.value.trim()) q.set('deviceName', dn.value.trim());
+      const f = pickedTime(from, 'From', false);
+      const t = pickedTime(to, 'To', false);
+      const bad = f.error || t.error;
+      if (bad) { clearMsg(area, devForm); showError(area, bad, devForm); return; }
+      if (f.ms !== null) q.set('from', String(f.ms));
+      // The box shows whole seconds: "to" takes in all of its second.
+      if (t.ms !== null) q.set('to', String(t.ms + 999));
+      q.set('limit', limit.value);
+      query = q.toString();
+      await showPage(devBtn, [undefined]);
+    });
+
+    return h('section', { class: 'panel', 'aria-labelledby': 'search-title', id: 'message-search' },
+      h('h2', { id: 'search-title', text: 'Find messages' }),
+      h('p', { class: 'hint', text: 'Trace a message an enterprise server says it never got: by its ID, or by device (iotId, or ProductKey and device name) and time range (local time). Each result shows its state in every consumer group that takes it.' }),
+      idForm, devForm, area, results);
   }
 
   async function renderMonitoring(pid) {
@@ -1224,6 +1485,7 @@ x-auth-param-group: ${p.appKey}          # optional; default group = AppKey
     setPage(`Monitoring · ${p.name}`, projectHead(p, 'monitoring'),
       h('div', { class: 'actions' }, statusLine, pause),
       h('section', { 'aria-labelledby': 'groups-title' }, h('h2', { id: 'groups-title', text: 'Backlog per consumer group' }), groupsEl),
+      messageSearch(pid),
       h('section', { class: 'panel', 'aria-labelledby': 'consumers-title' }, h('h2', { id: 'consumers-title', text: 'Connected consumers' }), consumersEl),
       h('section', { class: 'panel', 'aria-labelledby': 'dead-title' }, h('h2', { id: 'dead-title', text: 'Dead letters' }), deadArea, deadEl),
       h('section', { class: 'panel', 'aria-labelledby': 'audit-title' }, h('h2', { id: 'audit-title', text: 'Audit log' }),
