@@ -431,7 +431,10 @@ async fn lookup(dir: &Path, a: &Args) -> Result<(), String> {
             .map(|i| server_message(&p, i % devices, &body))
             .collect::<Result<Vec<_>, _>>()?;
         if n % 10_007 < k {
-            sample.push((batch[0].envelope.message_id.clone(), batch[0].ordering_key.clone()));
+            sample.push((
+                batch[0].envelope.message_id.clone(),
+                batch[0].ordering_key.clone(),
+            ));
         }
         b.append(batch).await.map_err(|e| e.to_string())?;
         n += k;
@@ -465,10 +468,17 @@ async fn lookup(dir: &Path, a: &Args) -> Result<(), String> {
             return Err(format!("message {id} not found"));
         }
     }
-    println!("by messageId ({} lookups): {}", by_id.len(), percentiles(by_id));
+    println!(
+        "by messageId ({} lookups): {}",
+        by_id.len(),
+        percentiles(by_id)
+    );
     let missing = iotsync_core::MessageId::generate_at(system_clock().now_ms() - 60_000);
     let t = Instant::now();
-    let none = b.find_message(&p, &missing).await.map_err(|e| e.to_string())?;
+    let none = b
+        .find_message(&p, &missing)
+        .await
+        .map_err(|e| e.to_string())?;
     println!(
         "an id not stored (UUIDv7 of a minute ago): {:.2} ms, found {}",
         t.elapsed().as_secs_f64() * 1e3,
@@ -485,7 +495,11 @@ async fn lookup(dir: &Path, a: &Args) -> Result<(), String> {
             limit: 50,
         };
         let t = Instant::now();
-        got += b.device_messages(&p, &q).await.map_err(|e| e.to_string())?.len();
+        got += b
+            .device_messages(&p, &q)
+            .await
+            .map_err(|e| e.to_string())?
+            .len();
         newest.push(t.elapsed());
     }
     println!(
@@ -507,7 +521,11 @@ async fn lookup(dir: &Path, a: &Args) -> Result<(), String> {
             limit: 50,
         };
         let t = Instant::now();
-        got += b.device_messages(&p, &q).await.map_err(|e| e.to_string())?.len();
+        got += b
+            .device_messages(&p, &q)
+            .await
+            .map_err(|e| e.to_string())?
+            .len();
         minute.push(t.elapsed());
     }
     println!(
@@ -524,7 +542,10 @@ async fn lookup(dir: &Path, a: &Args) -> Result<(), String> {
         before_seq: None,
         limit: 50,
     };
-    let none = b.device_messages(&p, &absent).await.map_err(|e| e.to_string())?;
+    let none = b
+        .device_messages(&p, &absent)
+        .await
+        .map_err(|e| e.to_string())?;
     println!(
         "a device with no messages, whole retention: {:.1} ms ({} found)",
         t.elapsed().as_secs_f64() * 1e3,
@@ -567,8 +588,7 @@ async fn keep_cost(root: &Path, n: u64) -> Result<(), String> {
             segment_bytes: 8 << 20,
             ..BacklogConfig::default()
         };
-        let (b, _) =
-            EmbeddedBacklog::open(&dir, cfg, system_clock()).map_err(|e| e.to_string())?;
+        let (b, _) = EmbeddedBacklog::open(&dir, cfg, system_clock()).map_err(|e| e.to_string())?;
         let b = Arc::new(b);
         let p: ProjectId = "keep".parse().map_err(|e| format!("{e}"))?;
         let g: ConsumerGroup = "g".parse().map_err(|e| format!("{e}"))?;
