@@ -210,6 +210,15 @@ async fn purge_during_a_burst_leaves_nothing_owed_and_no_acknowledged_message_re
         "the purge came after the burst, not during it: {st}"
     );
     assert_eq!(st["groups"][0]["droppedTotal"], dropped, "{st}");
+    let text = env.metrics_text().await;
+    let line = format!(
+        "iotsync_backlog_dropped_total{{group=\"{}\",project=\"{}\"}} {dropped}",
+        p.app_key, p.pid
+    );
+    assert!(
+        text.lines().any(|l| l == line),
+        "{line} not in /metrics:\n{text}"
+    );
     let mut d = AmqpPeer::Python.spawn(&app_key_args(&env, &p, &["--count", &owed.to_string()]));
     let got: Vec<Value> = if owed > 0 {
         d.collect("message", owed as usize).await

@@ -25,6 +25,8 @@ pub mod names {
     pub const REDELIVERED: &str = "iotsync_backlog_redelivered_total";
     pub const EXPIRED: &str = "iotsync_backlog_expired_total";
     pub const REJECTED: &str = "iotsync_backlog_rejected_total";
+    pub const DROPPED: &str = "iotsync_backlog_dropped_total";
+    pub const REPLAYED: &str = "iotsync_backlog_replayed_total";
     pub const PAUSED: &str = "iotsync_project_sync_paused";
     pub const INDEX_RESIDENT: &str = "iotsync_backlog_index_memory_bytes";
     pub const INDEX_SPILLED: &str = "iotsync_backlog_index_spilled_bytes";
@@ -39,7 +41,7 @@ pub mod names {
 }
 
 /// The per-group series, in the order of [`group_values`]: (name, help, is a counter).
-const GROUP_SERIES: [(&str, &str, bool); 11] = [
+const GROUP_SERIES: [(&str, &str, bool); 13] = [
     (
         names::STACKED,
         "Messages a group still has to acknowledge.",
@@ -71,9 +73,15 @@ const GROUP_SERIES: [(&str, &str, bool); 11] = [
         "Messages rejected to the dead-letter list.",
         true,
     ),
+    (
+        names::DROPPED,
+        "Messages a group owed and dropped by a purge or a seek.",
+        true,
+    ),
+    (names::REPLAYED, "Messages owed again by a seek.", true),
 ];
 
-fn group_values(g: &iotsync_backlog::GroupStats, consumers: usize) -> [f64; 11] {
+fn group_values(g: &iotsync_backlog::GroupStats, consumers: usize) -> [f64; 13] {
     [
         g.stacked as f64,
         g.oldest_stacked_age_ms.unwrap_or(0) as f64 / 1000.0,
@@ -86,6 +94,8 @@ fn group_values(g: &iotsync_backlog::GroupStats, consumers: usize) -> [f64; 11] 
         g.redelivered_total as f64,
         g.expired_total as f64,
         g.rejected_total as f64,
+        g.dropped_total as f64,
+        g.replayed_total as f64,
     ]
 }
 
