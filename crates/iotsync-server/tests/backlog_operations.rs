@@ -466,3 +466,29 @@ async fn bad_operations_get_clear_errors_and_change_nothing() {
     assert_eq!(env.stats(&p.pid).await["groups"][0]["stacked"], 3);
     env.stop().await;
 }
+
+#[tokio::test]
+async fn a_grpcio_consumer_acking_deliveries_a_purge_dropped_keeps_its_stream() {
+    let env = TestServer::start().await;
+    let p = env.synced_project("http2").await;
+    produce(&env, &p, 2).await;
+    // It holds everything it gets (the lifecycle message and the two reports).
+    let mut peer = grpcio(&env, &p, &["--ack-first", "0", "--ack-held-on-stdin"]);
+    peer.collect("message", 3).await;
+    let r = env
+        .post(&seek_path(&p, &p.app_key, "purge"), json!({}))
+        .await;
+    assert_eq!(r.0, StatusCode::OK, "{}", r.1);
+    assert_eq!(r.1["inFlight"], 3, "{}", r.1);
+    // Its acks of the purged deliveries are no longer leases: ignored, stream open.
+    peer.send(&json!("ack"));
+    peer.collect("acked", 3).await;
+    let after = produce(&env, &p, 1).await;
+    let m = peer.next_event("message").await;
+    assert_eq!(m["messageId"], after[0].0.as_str(), "{m}");
+    assert!(!peer.saw("status"), "the stream ended");
+    let st = env.stats(&p.pid).await;
+    assert_eq!(st["groups"][0]["droppedTotal"], 3, "{st}");
+    assert_eq!(st["groups"][0]["ackedTotal"], 0, "{st}");
+    env.stop().await;
+}

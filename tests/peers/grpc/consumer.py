@@ -13,8 +13,9 @@ Prints one JSON object per line on stdout:
 
 Policies: --fail-first N answers "commit failure" to the first delivery of the first N
 messages and acks their redelivery; --ack-first N acks only the first N messages and
-holds the rest unacknowledged (e.g. to be killed, or switched away); --max N half-closes
-after N successful acks.
+holds the rest unacknowledged (e.g. to be killed, or switched away); --ack-held-on-stdin
+acks every held message when a line arrives on stdin; --max N half-closes after N
+successful acks.
 """
 import argparse, base64, hashlib, hmac, json, os, queue, sys, tempfile, threading, time
 
@@ -57,6 +58,7 @@ def main():
     ap.add_argument("--fail-first", type=int, default=0)
     ap.add_argument("--ack-first", type=int, default=-1)
     ap.add_argument("--max", type=int, default=0)
+    ap.add_argument("--ack-held-on-stdin", action="store_true")
     ap.add_argument("--timeout", type=float, default=60.0)
     ap.add_argument("--ca", help="PEM CA file: connect with TLS")
     a = ap.parse_args()
@@ -99,6 +101,19 @@ def main():
     seen = set()
     failed = set()
     acked = set()
+    held = []
+    lock = threading.Lock()
+
+    def ack_held():
+        for _line in sys.stdin:
+            with lock:
+                ids, held[:] = list(held), []
+            for mid in ids:
+                q.put(pb.ConsumeRequest(ack=pb.Ack(message_id=mid, success=True)))
+                out(event="acked", messageId=mid, success=True)
+
+    if a.ack_held_on_stdin:
+        threading.Thread(target=ack_held, daemon=True).start()
     try:
         for resp in call:
             if not resp.HasField("message"):
@@ -114,6 +129,8 @@ def main():
                 out(event="acked", messageId=m.message_id, success=False)
                 continue
             if a.ack_first >= 0 and len(acked) >= a.ack_first and m.message_id not in acked:
+                with lock:
+                    held.append(m.message_id)
                 continue  # held unacknowledged
             q.put(pb.ConsumeRequest(ack=pb.Ack(message_id=m.message_id, success=True)))
             acked.add(m.message_id)

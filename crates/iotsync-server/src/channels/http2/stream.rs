@@ -194,10 +194,26 @@ impl ConsumerStream {
     }
 
     async fn settle(&self, token: &LeaseToken, outcome: Outcome) -> Result<(), Status> {
-        self.link.settle(token, outcome).await.map_err(|e| {
-            tracing::error!(consumer = self.link.id().0, error = %e, "http2: settle failed");
-            Status::unavailable("the platform cannot record acknowledgements right now")
-        })
+        match self.link.settle(token, outcome).await {
+            Ok(()) => Ok(()),
+            // The delivery is no longer leased: its group was sought or purged (or it
+            // timed out and was acknowledged elsewhere). Nothing to record; the stream
+            // goes on.
+            Err(iotsync_backlog::BacklogError::UnknownLease { seq }) => {
+                tracing::debug!(
+                    consumer = self.link.id().0,
+                    seq,
+                    "http2: ack of a delivery no longer leased"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(consumer = self.link.id().0, error = %e, "http2: settle failed");
+                Err(Status::unavailable(
+                    "the platform cannot record acknowledgements right now",
+                ))
+            }
+        }
     }
 
     async fn send(
