@@ -21,6 +21,99 @@ pub(crate) struct Recovered {
     pub last_segment: u32,
 }
 
+/// Projects an index can name (dense from 0; far more than any deployment).
+const MAX_PROJECTS: u32 = 1 << 20;
+/// Per-project sequence numbers and gaps a log can hold (a trillion messages, 4 G
+/// between two records of one project); beyond, a record is not believed.
+const MAX_PSEQ: u64 = 1 << 40;
+const MAX_GAP: u64 = 1 << 32;
+/// The longest run one lease record can name (a lease is bounded by credit).
+const MAX_LEASE_RUN: u32 = 1 << 20;
+
+/// Whether a record that checks out (CRC) is one the engine could have written: its
+/// numbers within what replay can hold. Such a record can only come from a damaged or
+/// crafted file; it is reported as damage instead of replayed.
+fn implausible(index: &Index, rec: &Record) -> Option<&'static str> {
+    use crate::index::MAX_GROUPS_PER_PROJECT as G;
+    let group_ok = |g: u8| (g as usize) < G;
+    let (proj, group, pseq) = match rec {
+        Record::Msg(h) => (h.proj, None, Some(h.pseq)),
+        Record::Relocated {
+            head, dead, tries, ..
+        } => {
+            if dead.iter().any(|d| !group_ok(d.group))
+                || tries.iter().flatten().any(|(g, _)| !group_ok(*g))
+            {
+                return Some("a group slot out of range");
+            }
+            (head.proj, None, Some(head.pseq))
+        }
+        Record::Seek { proj, group, .. } => (*proj, Some(*group), None),
+        Record::KeepAcked { proj, .. }
+        | Record::Retention { proj, .. }
+        | Record::Paused { proj, .. }
+        | Record::Expire { proj, .. } => (*proj, None, None),
+        Record::Ack { proj, group, pseq }
+        | Record::DeadRetry { proj, group, pseq }
+        | Record::DeadDrop { proj, group, pseq }
+        | Record::Reject {
+            proj, group, pseq, ..
+        } => (*proj, Some(*group), Some(*pseq)),
+        Record::GroupCreate {
+            proj,
+            group,
+            start_pseq,
+            ..
+        } => (*proj, Some(*group), Some(*start_pseq)),
+        Record::GroupDelete { proj, group } | Record::GroupSpec { proj, group, .. } => {
+            (*proj, Some(*group), None)
+        }
+        Record::Leased {
+            proj,
+            group,
+            first,
+            count,
+            ..
+        } => {
+            if *count > MAX_LEASE_RUN {
+                return Some("a lease run too long");
+            }
+            (*proj, Some(*group), Some(*first))
+        }
+        Record::ProjectState(s) => {
+            if s.groups.iter().any(|g| !group_ok(g.slot)) {
+                return Some("a group slot out of range");
+            }
+            (s.proj, None, Some(s.next_pseq))
+        }
+    };
+    if proj >= MAX_PROJECTS {
+        return Some("a project index out of range");
+    }
+    if group.is_some_and(|g| !group_ok(g)) {
+        return Some("a group slot out of range");
+    }
+    if let Some(pseq) = pseq {
+        if pseq >= MAX_PSEQ {
+            return Some("a sequence number out of range");
+        }
+        if let Some(p) = index.projects.get(proj as usize) {
+            let (base, next) = (p.base(), p.next_pseq());
+            let gap = if p.slots.is_empty() {
+                0
+            } else if pseq >= next {
+                pseq - next
+            } else {
+                base.saturating_sub(pseq)
+            };
+            if gap > MAX_GAP {
+                return Some("a sequence number far from the project's others");
+            }
+        }
+    }
+    None
+}
+
 fn apply(index: &mut Index, rec: Record, loc: (u32, u32, u32)) {
     match rec {
         Record::Msg(h) => index.replay_msg(&h, None, None, None, loc),
@@ -91,7 +184,15 @@ pub(crate) fn recover(dir: &Path, index: &mut Index) -> Result<Recovered, Backlo
         let scan = segment::scan(&bytes, |off, len, body| {
             report.records += 1;
             match decode(body) {
-                Ok(rec) => apply(index, rec, (*id, off, len)),
+                Ok(rec) => match implausible(index, &rec) {
+                    None => apply(index, rec, (*id, off, len)),
+                    Some(why) => undecodable.push(DamagedRange {
+                        path: path.clone(),
+                        offset: off as u64,
+                        len: len as u64,
+                        reason: format!("record checks out but cannot be the engine's: {why}"),
+                    }),
+                },
                 Err(e) => undecodable.push(DamagedRange {
                     path: path.clone(),
                     offset: off as u64,

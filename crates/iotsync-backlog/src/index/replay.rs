@@ -52,7 +52,10 @@ impl Index {
                 p.replay_prior.insert((*gi, h.pseq), *a);
             }
         }
-        if h.pseq < p.base() {
+        if p.slots.is_empty() {
+            // Start where the log does (not with tombstones from 0).
+            p.slots.reset(h.pseq);
+        } else if h.pseq < p.base() {
             p.slots.grow_front_to(h.pseq);
         }
         p.slots.grow_back_to(h.pseq + 1);
