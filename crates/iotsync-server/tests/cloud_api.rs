@@ -69,6 +69,21 @@ async fn token(env: &TestServer, p: &Project) -> String {
     r["data"]["cloudToken"].as_str().unwrap().to_owned()
 }
 
+/// A call with the project's live cloud token.
+async fn with_token(env: &TestServer, p: &Project, t: &str, path: &str, params: Value) -> Value {
+    cloud(
+        env,
+        p,
+        path,
+        params,
+        Call {
+            token: Some(t),
+            ..Call::default()
+        },
+    )
+    .await
+}
+
 async fn activate(env: &TestServer, p: &Project, group: &str, on: bool) {
     let (s, v) = env
         .call(
@@ -516,24 +531,7 @@ async fn catalogue_operations_answer_with_the_project_data() {
     )
     .await;
     let t = token(&env, &p).await;
-    let call = |path: &'static str, params: Value| {
-        let t = t.clone();
-        let env = &env;
-        let p = &p;
-        async move {
-            cloud(
-                env,
-                p,
-                path,
-                params,
-                Call {
-                    token: Some(&t),
-                    ..Default::default()
-                },
-            )
-            .await
-        }
-    };
+    let call = |path: &'static str, params: Value| with_token(&env, &p, &t, path, params);
     let r = call("/cloud/thing/properties/get", json!({"iotId": dev.iot})).await;
     assert_eq!(r["data"][0]["identifier"], "Brightness");
     assert_eq!(r["data"][0]["value"], 30);
@@ -581,24 +579,7 @@ async fn a_message_is_traced_through_the_cloud_api_and_another_projects_is_not_f
     let mine = env.report(&p, json!({"Brightness": 5})).await;
     let theirs = env.report(&other, json!({"Brightness": 6})).await;
     let t = token(&env, &p).await;
-    let call = |path: &'static str, params: Value| {
-        let t = t.clone();
-        let env = &env;
-        let p = &p;
-        async move {
-            cloud(
-                env,
-                p,
-                path,
-                params,
-                Call {
-                    token: Some(&t),
-                    ..Call::default()
-                },
-            )
-            .await
-        }
-    };
+    let call = |path: &'static str, params: Value| with_token(&env, &p, &t, path, params);
     let r = call(
         "/cloud/sync/message/get",
         json!({"messageId": mine["messageId"]}),

@@ -484,56 +484,20 @@ async fn lookup(dir: &Path, a: &Args) -> Result<(), String> {
         t.elapsed().as_secs_f64() * 1e3,
         none.is_some()
     );
-    let mut newest = Vec::new();
-    let mut got = 0;
-    for (_, key) in sample.iter().take(1000) {
-        let q = iotsync_backlog::MessageQuery {
-            ordering_key: key.clone(),
-            from_ms: 0,
-            to_ms: i64::MAX,
-            before_seq: None,
-            limit: 50,
-        };
-        let t = Instant::now();
-        got += b
-            .device_messages(&p, &q)
-            .await
-            .map_err(|e| e.to_string())?
-            .len();
-        newest.push(t.elapsed());
-    }
-    println!(
-        "a device's newest 50 ({} queries, {:.1} per query): {}",
-        newest.len(),
-        got as f64 / newest.len().max(1) as f64,
-        percentiles(newest)
-    );
-    let mut minute = Vec::new();
-    let mut got = 0;
-    for (i, (_, key)) in sample.iter().take(1000).enumerate() {
-        // A one-minute window starting somewhere in the fill.
-        let from = fill_from + (i as i64 * 997) % fill_ms;
-        let q = iotsync_backlog::MessageQuery {
-            ordering_key: key.clone(),
-            from_ms: from,
-            to_ms: from + 60_000,
-            before_seq: None,
-            limit: 50,
-        };
-        let t = Instant::now();
-        got += b
-            .device_messages(&p, &q)
-            .await
-            .map_err(|e| e.to_string())?
-            .len();
-        minute.push(t.elapsed());
-    }
-    println!(
-        "a device's messages in one minute, limit 50 ({} queries, {:.1} per query): {}",
-        minute.len(),
-        got as f64 / minute.len().max(1) as f64,
-        percentiles(minute)
-    );
+    let keys: Vec<String> = sample.iter().take(1000).map(|(_, k)| k.clone()).collect();
+    device_queries(&b, &p, "a device's newest 50", &keys, |_| (0, i64::MAX)).await?;
+    // A one-minute window starting somewhere in the fill.
+    device_queries(
+        &b,
+        &p,
+        "a device's messages in one minute, limit 50",
+        &keys,
+        |i| {
+            let from = fill_from + (i as i64 * 997) % fill_ms;
+            (from, from + 60_000)
+        },
+    )
+    .await?;
     let t = Instant::now();
     let absent = iotsync_backlog::MessageQuery {
         ordering_key: "no-such-device".into(),
@@ -572,6 +536,42 @@ async fn lookup(dir: &Path, a: &Args) -> Result<(), String> {
         out.dropped
     );
     b.close().await.map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// One device query per key (limit 50, the range `range(i)` for the i-th), timed.
+async fn device_queries(
+    b: &EmbeddedBacklog,
+    p: &ProjectId,
+    what: &str,
+    keys: &[String],
+    range: impl Fn(usize) -> (i64, i64),
+) -> Result<(), String> {
+    let mut times = Vec::new();
+    let mut got = 0;
+    for (i, key) in keys.iter().enumerate() {
+        let (from_ms, to_ms) = range(i);
+        let q = iotsync_backlog::MessageQuery {
+            ordering_key: key.clone(),
+            from_ms,
+            to_ms,
+            before_seq: None,
+            limit: 50,
+        };
+        let t = Instant::now();
+        got += b
+            .device_messages(p, &q)
+            .await
+            .map_err(|e| e.to_string())?
+            .len();
+        times.push(t.elapsed());
+    }
+    println!(
+        "{what} ({} queries, {:.1} per query): {}",
+        times.len(),
+        got as f64 / times.len().max(1) as f64,
+        percentiles(times)
+    );
     Ok(())
 }
 
