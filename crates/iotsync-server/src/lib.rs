@@ -233,10 +233,16 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let tls = tls::TlsMaterial::resolve(&cfg)?;
-    let throttles = Arc::new(throttle::Throttles::new(
-        throttle::AuthThrottleConfig::from_config(&cfg.auth),
-        clock.clone(),
-    ));
+    let throttle_cfg = throttle::AuthThrottleConfig::from_config(&cfg.auth);
+    let throttles = Arc::new(match registry.backend() {
+        // One node owns a SQLite registry: its memory is the whole picture.
+        iotsync_store::StoreBackend::Sqlite => {
+            throttle::Throttles::new(throttle_cfg, clock.clone())
+        }
+        iotsync_store::StoreBackend::Postgres => {
+            throttle::Throttles::shared(throttle_cfg, clock.clone(), registry.clone())
+        }
+    });
     let ctx = context::Context {
         cfg: Arc::new(cfg.clone()),
         registry: registry.clone(),

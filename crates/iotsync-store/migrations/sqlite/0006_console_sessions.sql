@@ -12,7 +12,7 @@ CREATE TABLE console_sessions (
 );
 CREATE INDEX console_sessions_by_expiry ON console_sessions(expires_at);
 
--- Failed sign-in counters (issue 13): one row per throttled key (a keyed SHA-256 of the
+-- Failed sign-in counters (issue 13): one row per throttled key (a SHA-256 of the
 -- source address and credential), written on failures only, so every node refuses an
 -- address that failed on any of them. Rows past forget_at are purged.
 CREATE TABLE auth_failures (
