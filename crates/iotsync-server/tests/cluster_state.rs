@@ -147,8 +147,7 @@ async fn cloud(
 }
 
 #[tokio::test]
-async fn a_cloud_nonce_used_on_node_1_is_refused_on_node_2_and_a_token_from_node_1_works_there()
-{
+async fn a_cloud_nonce_used_on_node_1_is_refused_on_node_2_and_a_token_from_node_1_works_there() {
     let c = cluster(2).await;
     let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
     let p = n1.project_with_devices("Home", &["lamp0001"]).await;
@@ -224,15 +223,18 @@ async fn closed_with(peer: &mut iotsync_testkit::peers::PeerProc) -> String {
 }
 
 #[tokio::test]
-async fn disable_on_node_3_closes_the_projects_consumers_on_nodes_1_and_2_and_so_does_a_rotated_secret()
- {
+async fn disable_on_node_3_closes_the_projects_consumers_on_nodes_1_and_2_and_so_does_a_rotated_secret(
+) {
     let c = cluster(3).await;
     let (n1, n2, n3) = (&c.nodes[0], &c.nodes[1], &c.nodes[2]);
     let p = n3.project("Home").await;
     let mut on1 = amqp_consumer(n1, &p).await;
     let mut on2 = amqp_consumer(n2, &p).await;
-    n3.post(&format!("/api/v1/projects/{}/sync/disable", p.pid), json!({}))
-        .await;
+    n3.post(
+        &format!("/api/v1/projects/{}/sync/disable", p.pid),
+        json!({}),
+    )
+    .await;
     for peer in [&mut on1, &mut on2] {
         let d = closed_with(peer).await;
         assert!(d.starts_with("sync.disabled"), "{d}");
@@ -253,7 +255,10 @@ async fn disable_on_node_3_closes_the_projects_consumers_on_nodes_1_and_2_and_so
     assert!(s.is_success(), "{v}");
     let mut again = amqp_consumer(n1, &p).await;
     let (s, v) = n2
-        .post(&format!("/api/v1/projects/{}/rotate-secret", p.pid), json!({}))
+        .post(
+            &format!("/api/v1/projects/{}/rotate-secret", p.pid),
+            json!({}),
+        )
         .await;
     assert!(s.is_success(), "{v}");
     let d = closed_with(&mut again).await;

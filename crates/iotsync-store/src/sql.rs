@@ -1632,7 +1632,8 @@ impl Registry for SqlRegistry {
             .await?;
         let m = payload::device_lifecycle(&d.device.as_ref(), LifecycleAction::Delete, None, now);
         produce(&mut w.tx, &settings, Some(product_sync), m).await?;
-        self.notify(&mut w.tx, project, ChangeKind::Registry).await?;
+        self.notify(&mut w.tx, project, ChangeKind::Registry)
+            .await?;
         w.tx.commit().await?;
         self.bump();
         Ok(())
@@ -1673,7 +1674,8 @@ impl Registry for SqlRegistry {
         };
         let m = payload::device_lifecycle(&d.device.as_ref(), action, None, now);
         produce(&mut w.tx, &settings, Some(product_sync), m).await?;
-        self.notify(&mut w.tx, project, ChangeKind::Registry).await?;
+        self.notify(&mut w.tx, project, ChangeKind::Registry)
+            .await?;
         w.tx.commit().await?;
         self.bump();
         Ok(Device {
@@ -2789,8 +2791,7 @@ impl Registry for SqlRegistry {
         if self
             .auth_purge_round
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            % 100
-            == 0
+            .is_multiple_of(100)
         {
             sqlx::query("DELETE FROM auth_failures WHERE forget_at <= $1")
                 .bind(now)

@@ -52,45 +52,71 @@ async fn other_node(h: &Harness) -> SqlRegistry {
         .unwrap()
 }
 
-both!(a_console_session_is_seen_by_every_node_until_it_ends_or_expires, h, {
-    let node2 = other_node(h).await;
-    h.reg
-        .create_console_session(&session("a", T0 + 1000), T0, 10)
-        .await
-        .unwrap();
-    let got = node2.console_session("a", T0).await.unwrap().unwrap();
-    assert_eq!(got, session("a", T0 + 1000));
-    assert_eq!(node2.console_session("a", T0 + 1000).await.unwrap(), None, "expired");
-    assert_eq!(node2.console_session("b", T0).await.unwrap(), None);
-    assert!(node2.delete_console_session("a").await.unwrap());
-    assert_eq!(h.reg.console_session("a", T0).await.unwrap(), None, "signed out elsewhere");
-    assert!(!h.reg.delete_console_session("a").await.unwrap());
-    node2.close().await;
-});
-
-both!(live_console_sessions_are_bounded_dropping_the_soonest_expiring, h, {
-    for (i, exp) in [(1, 5000), (2, 3000), (3, 4000)] {
+both!(
+    a_console_session_is_seen_by_every_node_until_it_ends_or_expires,
+    h,
+    {
+        let node2 = other_node(h).await;
         h.reg
-            .create_console_session(&session(&format!("s{i}"), T0 + exp), T0, 3)
+            .create_console_session(&session("a", T0 + 1000), T0, 10)
             .await
             .unwrap();
+        let got = node2.console_session("a", T0).await.unwrap().unwrap();
+        assert_eq!(got, session("a", T0 + 1000));
+        assert_eq!(
+            node2.console_session("a", T0 + 1000).await.unwrap(),
+            None,
+            "expired"
+        );
+        assert_eq!(node2.console_session("b", T0).await.unwrap(), None);
+        assert!(node2.delete_console_session("a").await.unwrap());
+        assert_eq!(
+            h.reg.console_session("a", T0).await.unwrap(),
+            None,
+            "signed out elsewhere"
+        );
+        assert!(!h.reg.delete_console_session("a").await.unwrap());
+        node2.close().await;
     }
-    h.reg
-        .create_console_session(&session("s4", T0 + 6000), T0, 3)
-        .await
-        .unwrap();
-    assert_eq!(h.reg.console_session("s2", T0).await.unwrap(), None);
-    for k in ["s1", "s3", "s4"] {
-        assert!(h.reg.console_session(k, T0).await.unwrap().is_some(), "{k}");
+);
+
+both!(
+    live_console_sessions_are_bounded_dropping_the_soonest_expiring,
+    h,
+    {
+        for (i, exp) in [(1, 5000), (2, 3000), (3, 4000)] {
+            h.reg
+                .create_console_session(&session(&format!("s{i}"), T0 + exp), T0, 3)
+                .await
+                .unwrap();
+        }
+        h.reg
+            .create_console_session(&session("s4", T0 + 6000), T0, 3)
+            .await
+            .unwrap();
+        assert_eq!(h.reg.console_session("s2", T0).await.unwrap(), None);
+        for k in ["s1", "s3", "s4"] {
+            assert!(h.reg.console_session(k, T0).await.unwrap().is_some(), "{k}");
+        }
+        // Expired ones are purged before counting.
+        h.reg
+            .create_console_session(&session("s5", T0 + 9000), T0 + 5500, 3)
+            .await
+            .unwrap();
+        assert!(h
+            .reg
+            .console_session("s4", T0 + 5500)
+            .await
+            .unwrap()
+            .is_some());
+        assert!(h
+            .reg
+            .console_session("s5", T0 + 5500)
+            .await
+            .unwrap()
+            .is_some());
     }
-    // Expired ones are purged before counting.
-    h.reg
-        .create_console_session(&session("s5", T0 + 9000), T0 + 5500, 3)
-        .await
-        .unwrap();
-    assert!(h.reg.console_session("s4", T0 + 5500).await.unwrap().is_some());
-    assert!(h.reg.console_session("s5", T0 + 5500).await.unwrap().is_some());
-});
+);
 
 fn plus_one(c: Option<AuthFailures>) -> AuthFailures {
     let n = c.map_or(0, |c| c.failures) + 1;
@@ -144,7 +170,9 @@ both!(concurrent_failures_on_two_nodes_are_never_lost, h, {
 async fn on_postgres_a_change_committed_by_one_node_reaches_the_others() {
     let h = postgres().await;
     let node2 = other_node(&h).await;
-    let mut feed = node2.subscribe_changes().expect("PostgreSQL has a change feed");
+    let mut feed = node2
+        .subscribe_changes()
+        .expect("PostgreSQL has a change feed");
     let p = h.reg.create_project("Home", "test").await.unwrap();
     let pid = p.project.project_id;
     let before = node2.change_epoch();
@@ -160,7 +188,10 @@ async fn on_postgres_a_change_committed_by_one_node_reaches_the_others() {
             kind: ChangeKind::Secret
         }
     );
-    assert!(node2.change_epoch() > before, "the other node's caches reload");
+    assert!(
+        node2.change_epoch() > before,
+        "the other node's caches reload"
+    );
     h.reg
         .apply_sync(
             &pid,

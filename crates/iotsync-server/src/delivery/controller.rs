@@ -84,15 +84,16 @@ impl SyncController {
 fn secret_rotated() -> CloseReason {
     CloseReason {
         code: "auth.secret_rotated",
-        message: "the project's appSecret was rotated; connect again with the new secret"
-            .into(),
+        message: "the project's appSecret was rotated; connect again with the new secret".into(),
     }
 }
 
 fn sync_disabled() -> CloseReason {
     CloseReason {
         code: "sync.disabled",
-        message: "data synchronization was disabled for this project; connect again after it is enabled".into(),
+        message:
+            "data synchronization was disabled for this project; connect again after it is enabled"
+                .into(),
     }
 }
 
@@ -177,7 +178,8 @@ impl SyncController {
 
     fn close_rotated(&self, project: &ProjectId) {
         for kind in [ChannelKind::Amqp, ChannelKind::Http2] {
-            self.hub.close_project(project, Some(kind), secret_rotated());
+            self.hub
+                .close_project(project, Some(kind), secret_rotated());
         }
     }
 }
