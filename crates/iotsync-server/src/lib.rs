@@ -233,10 +233,16 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let tls = tls::TlsMaterial::resolve(&cfg)?;
-    let throttles = Arc::new(throttle::Throttles::new(
-        throttle::AuthThrottleConfig::from_config(&cfg.auth),
-        clock.clone(),
-    ));
+    let throttle_cfg = throttle::AuthThrottleConfig::from_config(&cfg.auth);
+    let throttles = Arc::new(match registry.backend() {
+        // One node owns a SQLite registry: its memory is the whole picture.
+        iotsync_store::StoreBackend::Sqlite => {
+            throttle::Throttles::new(throttle_cfg, clock.clone())
+        }
+        iotsync_store::StoreBackend::Postgres => {
+            throttle::Throttles::shared(throttle_cfg, clock.clone(), registry.clone())
+        }
+    });
     let ctx = context::Context {
         cfg: Arc::new(cfg.clone()),
         registry: registry.clone(),
@@ -279,7 +285,7 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
         backlog: backlog.clone(),
         operator_token: Arc::from(token.as_str()),
         clock: clock.clone(),
-        sync_listener: controller,
+        sync_listener: controller.clone(),
         hub: hub.clone(),
         groups: groups.clone(),
         alerts,
@@ -340,6 +346,12 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
     ));
     tasks.push(api_task);
     tasks.push(dispatcher_task);
+    // Several nodes on one PostgreSQL registry: follow the others' sync changes.
+    if let Some(feed) = registry.subscribe_changes() {
+        tasks.push(tokio::spawn(
+            controller.clone().follow_changes(feed, shutdown_rx.clone()),
+        ));
+    }
     // Group alerts: every `alerts.evaluate_every`, and the operator webhook if set.
     tasks.push(tokio::spawn(alert_engine.run(shutdown_rx.clone())));
     if let Some(w) = alert_webhook {

@@ -113,6 +113,64 @@ pub struct FailureThrottle {
     state: Mutex<State>,
 }
 
+/// `Err` while `e` makes its key wait at `now`; never longer than the cap, even when the
+/// clock stepped back.
+fn waiting(cfg: &ThrottleConfig, e: &Entry, now: i64) -> Result<(), RetryAfter> {
+    if e.blocked_until > now {
+        Err(RetryAfter(Duration::from_millis(
+            (e.blocked_until - now).min(ms(cfg.max)) as u64,
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+/// A key's entry after one more failure at `now` (the same rule in memory and in the
+/// registry).
+fn advance(cfg: &ThrottleConfig, prev: Option<Entry>, now: i64) -> Entry {
+    let mut e = prev.unwrap_or(Entry {
+        failures: 0,
+        blocked_until: i64::MIN,
+        forget_at: now,
+    });
+    if e.forget_at <= now {
+        // Idle long enough to be forgotten but not swept yet: start over.
+        e.failures = 0;
+        e.blocked_until = i64::MIN;
+    }
+    e.failures = e.failures.saturating_add(1);
+    if e.failures > cfg.free_failures {
+        let over = e.failures - cfg.free_failures - 1;
+        let wait = cfg
+            .initial
+            .saturating_mul(1u32 << over.min(30))
+            .min(cfg.max);
+        e.blocked_until = now.saturating_add(ms(wait));
+    }
+    e.forget_at = now.max(e.blocked_until).saturating_add(ms(cfg.max));
+    e
+}
+
+impl From<iotsync_store::AuthFailures> for Entry {
+    fn from(a: iotsync_store::AuthFailures) -> Self {
+        Entry {
+            failures: a.failures,
+            blocked_until: a.blocked_until,
+            forget_at: a.forget_at,
+        }
+    }
+}
+
+impl From<Entry> for iotsync_store::AuthFailures {
+    fn from(e: Entry) -> Self {
+        iotsync_store::AuthFailures {
+            failures: e.failures,
+            blocked_until: e.blocked_until,
+            forget_at: e.forget_at,
+        }
+    }
+}
+
 /// How often idle entries are swept even while the map is not full.
 const SWEEP_EVERY_MS: i64 = 60_000;
 
@@ -145,11 +203,8 @@ impl FailureThrottle {
         let now = self.clock.now_ms();
         let s = self.lock();
         match s.map.get(&h) {
-            // Never longer than the cap, even when the clock stepped back.
-            Some(e) if e.blocked_until > now => Err(RetryAfter(Duration::from_millis(
-                (e.blocked_until - now).min(ms(self.cfg.max)) as u64,
-            ))),
-            _ => Ok(()),
+            Some(e) => waiting(&self.cfg, e, now),
+            None => Ok(()),
         }
     }
 
@@ -167,27 +222,8 @@ impl FailureThrottle {
                 }
             }
         }
-        let e = s.map.entry(h).or_insert(Entry {
-            failures: 0,
-            blocked_until: i64::MIN,
-            forget_at: now,
-        });
-        if e.forget_at <= now {
-            // Idle long enough to be forgotten but not swept yet: start over.
-            e.failures = 0;
-            e.blocked_until = i64::MIN;
-        }
-        e.failures = e.failures.saturating_add(1);
-        if e.failures > self.cfg.free_failures {
-            let over = e.failures - self.cfg.free_failures - 1;
-            let wait = self
-                .cfg
-                .initial
-                .saturating_mul(1u32 << over.min(30))
-                .min(self.cfg.max);
-            e.blocked_until = now.saturating_add(ms(wait));
-        }
-        e.forget_at = now.max(e.blocked_until).saturating_add(ms(self.cfg.max));
+        let prev = s.map.get(&h).copied();
+        s.map.insert(h, advance(&self.cfg, prev, now));
     }
 
     /// Forgets `key`'s failures.
@@ -242,6 +278,152 @@ impl AuthThrottleConfig {
 pub struct AuthThrottle {
     per_credential: FailureThrottle,
     per_source: FailureThrottle,
+}
+
+/// The operator token's throttle (REST bearer and console sign-in). With a registry
+/// shared by several nodes the counters live there too (issue 13): a failure on any node
+/// counts on every node, so an attacker gains nothing by spreading guesses over them.
+/// Only failures write; a right token reads the two counters (and clears its pair only
+/// if that read found one). The in-memory throttle in front refuses without a round trip
+/// what this node already knows is waiting.
+pub struct OperatorThrottle {
+    local: AuthThrottle,
+    shared: Option<SharedCounters>,
+}
+
+struct SharedCounters {
+    registry: std::sync::Arc<dyn iotsync_store::Registry>,
+    clock: SharedClock,
+    per_credential: ThrottleConfig,
+    per_source: ThrottleConfig,
+}
+
+/// What [`OperatorThrottle::check`] saw, for [`OperatorThrottle::note_success`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Checked {
+    shared_pair_failed: bool,
+}
+
+/// The registry's key of a counter: the same on every node, no address in clear.
+fn shared_key(space: &str, src: IpAddr, credential: Option<&str>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"iotsync auth throttle\0");
+    h.update(space.as_bytes());
+    h.update(b"\0");
+    h.update(src.to_string().as_bytes());
+    if let Some(c) = credential {
+        h.update(b"\0");
+        h.update(c.as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl OperatorThrottle {
+    /// Counters in this process only (a registry of one node).
+    pub fn local(cfg: AuthThrottleConfig, clock: SharedClock) -> Self {
+        Self {
+            local: AuthThrottle::new(cfg, clock),
+            shared: None,
+        }
+    }
+
+    /// Counters in the registry as well, shared by the nodes on it.
+    pub fn shared(
+        cfg: AuthThrottleConfig,
+        clock: SharedClock,
+        registry: std::sync::Arc<dyn iotsync_store::Registry>,
+    ) -> Self {
+        let part = |free| ThrottleConfig {
+            free_failures: free,
+            initial: cfg.backoff_initial,
+            max: cfg.backoff_max,
+            max_keys: cfg.max_keys,
+        };
+        Self {
+            local: AuthThrottle::new(cfg, clock.clone()),
+            shared: Some(SharedCounters {
+                registry,
+                clock,
+                per_credential: part(cfg.failures_per_credential),
+                per_source: part(cfg.failures_per_source),
+            }),
+        }
+    }
+
+    fn keys(src: IpAddr, credential: &str) -> (String, String) {
+        (
+            shared_key("source", src, None),
+            shared_key("credential", src, Some(credential)),
+        )
+    }
+
+    /// `Err` while `source` must wait, on this node's knowledge or the registry's. A
+    /// registry that cannot be read leaves the local answer (the call itself then
+    /// fails on the registry anyway).
+    pub async fn check(&self, source: IpAddr, credential: &str) -> Result<Checked, RetryAfter> {
+        self.local.check(source, credential)?;
+        let Some(sh) = &self.shared else {
+            return Ok(Checked::default());
+        };
+        let src = source_of(source);
+        let (by_source, by_pair) = Self::keys(src, credential);
+        let rows = match sh.registry.auth_failures(&[&by_source, &by_pair]).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading shared sign-in failures failed");
+                return Ok(Checked::default());
+            }
+        };
+        let now = sh.clock.now_ms();
+        let mut worst: Option<RetryAfter> = None;
+        let mut checked = Checked::default();
+        for (key, a) in rows {
+            let cfg = if key == by_source {
+                &sh.per_source
+            } else {
+                checked.shared_pair_failed = true;
+                &sh.per_credential
+            };
+            if let Err(w) = waiting(cfg, &Entry::from(a), now) {
+                worst = Some(worst.map_or(w, |x| x.max(w)));
+            }
+        }
+        match worst {
+            Some(w) => Err(w),
+            None => Ok(checked),
+        }
+    }
+
+    pub async fn note_failure(&self, source: IpAddr, credential: &str) {
+        self.local.note_failure(source, credential);
+        let Some(sh) = &self.shared else {
+            return;
+        };
+        let src = source_of(source);
+        let (by_source, by_pair) = Self::keys(src, credential);
+        let now = sh.clock.now_ms();
+        for (key, cfg) in [(by_source, sh.per_source), (by_pair, sh.per_credential)] {
+            let next = move |prev: Option<iotsync_store::AuthFailures>| {
+                advance(&cfg, prev.map(Entry::from), now).into()
+            };
+            if let Err(e) = sh.registry.note_auth_failure(&key, now, &next).await {
+                tracing::warn!(error = %e, "counting a shared sign-in failure failed");
+            }
+        }
+    }
+
+    /// Clears the (source, credential) pair; writes to the registry only if `checked`
+    /// found a counter there.
+    pub async fn note_success(&self, source: IpAddr, credential: &str, checked: Checked) {
+        self.local.note_success(source, credential);
+        if let (Some(sh), true) = (&self.shared, checked.shared_pair_failed) {
+            let (_, by_pair) = Self::keys(source_of(source), credential);
+            if let Err(e) = sh.registry.clear_auth_failures(&by_pair).await {
+                tracing::warn!(error = %e, "clearing shared sign-in failures failed");
+            }
+        }
+    }
 }
 
 /// The address failures are counted against: an IPv4 address (IPv4-mapped IPv6 too), or
@@ -314,7 +496,7 @@ impl Ord for RetryAfter {
 /// The server's sign-in throttles, one per path, built from `[auth]`.
 pub struct Throttles {
     /// The operator token: REST bearer and console sign-in share it (one secret).
-    pub operator: AuthThrottle,
+    pub operator: OperatorThrottle,
     /// MQTT device passwords; the credential is `${deviceName}&${productKey}`.
     pub device: AuthThrottle,
     /// Consumer logins on AMQP and gRPC; the credential is the appKey (and group).
@@ -324,7 +506,21 @@ pub struct Throttles {
 impl Throttles {
     pub fn new(cfg: AuthThrottleConfig, clock: SharedClock) -> Self {
         Self {
-            operator: AuthThrottle::new(cfg, clock.clone()),
+            operator: OperatorThrottle::local(cfg, clock.clone()),
+            device: AuthThrottle::new(cfg, clock.clone()),
+            consumer: AuthThrottle::new(cfg, clock),
+        }
+    }
+
+    /// As [`Throttles::new`], the operator token's counters shared through `registry`
+    /// (several nodes on one PostgreSQL registry).
+    pub fn shared(
+        cfg: AuthThrottleConfig,
+        clock: SharedClock,
+        registry: std::sync::Arc<dyn iotsync_store::Registry>,
+    ) -> Self {
+        Self {
+            operator: OperatorThrottle::shared(cfg, clock.clone(), registry),
             device: AuthThrottle::new(cfg, clock.clone()),
             consumer: AuthThrottle::new(cfg, clock),
         }

@@ -269,6 +269,44 @@ pub trait Registry: Send + Sync + 'static {
     /// Every group that has at least one threshold (the alert evaluator's round).
     async fn all_group_alerts(&self) -> StoreResult<Vec<GroupAlerts>>;
 
+    // State shared between nodes (issue 13)
+    /// Stores a new console session. Expired sessions are purged first; beyond
+    /// `max_sessions` live ones, those expiring soonest make room.
+    async fn create_console_session(
+        &self,
+        session: &ConsoleSession,
+        now: i64,
+        max_sessions: usize,
+    ) -> StoreResult<()>;
+    /// The session with this token hash, if it is unexpired at `now`.
+    async fn console_session(
+        &self,
+        token_hash: &str,
+        now: i64,
+    ) -> StoreResult<Option<ConsoleSession>>;
+    /// Ends a session; whether there was one.
+    async fn delete_console_session(&self, token_hash: &str) -> StoreResult<bool>;
+    /// The failed sign-in counters of these keys (absent keys have none).
+    async fn auth_failures(&self, keys: &[&str]) -> StoreResult<Vec<(String, AuthFailures)>>;
+    /// Counts one failure of `key`: `next` gets the current counter (if any) and returns
+    /// the new one, in one transaction that other nodes wait for (no lost updates).
+    /// Counters forgotten at `now` are purged now and then.
+    async fn note_auth_failure(
+        &self,
+        key: &str,
+        now: i64,
+        next: &(dyn Fn(Option<AuthFailures>) -> AuthFailures + Send + Sync),
+    ) -> StoreResult<AuthFailures>;
+    /// Forgets `key`'s failures.
+    async fn clear_auth_failures(&self, key: &str) -> StoreResult<()>;
+    /// Changes committed by any node sharing this registry (PostgreSQL `LISTEN/NOTIFY`);
+    /// `None` where the registry has a single node (SQLite). Receiving one also bumps
+    /// [`Registry::change_epoch`], so this node's caches reload. A lagging receiver
+    /// misses changes (it is told so by `RecvError::Lagged`): re-check everything then.
+    fn subscribe_changes(&self) -> Option<tokio::sync::broadcast::Receiver<RegistryChange>> {
+        None
+    }
+
     // Audit
     /// Records an operator action that changes no registry row (e.g. a backlog seek or
     /// purge) in the project's audit log.

@@ -399,3 +399,67 @@ pub struct GroupAlerts {
     /// When they were last set; `None` if they never were.
     pub updated_at: Option<i64>,
 }
+
+/// A console session as the registry keeps it (issue 13): the SHA-256 of the cookie's
+/// token, never the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleSession {
+    /// SHA-256 (hex) of the session token the cookie carries.
+    pub token_hash: String,
+    /// Fingerprint of the operator token the session proved.
+    pub operator_fp: String,
+    pub csrf_token: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// One failed sign-in counter (issue 13), shared by the nodes on the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthFailures {
+    pub failures: u32,
+    /// No attempt is looked at before this (ms); `i64::MIN` within the allowance.
+    pub blocked_until: i64,
+    /// Forgotten from this time on (ms).
+    pub forget_at: i64,
+}
+
+/// What kind of committed change another node may need to react to (issue 13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// Sync settings or a product's switch.
+    Sync,
+    /// The project's appSecret was rotated.
+    Secret,
+    /// A device enabled, disabled or deleted; the project deleted.
+    Registry,
+}
+
+impl ChangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Sync => "sync",
+            ChangeKind::Secret => "secret",
+            ChangeKind::Registry => "registry",
+        }
+    }
+}
+
+impl std::str::FromStr for ChangeKind {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "sync" => Ok(ChangeKind::Sync),
+            "secret" => Ok(ChangeKind::Secret),
+            "registry" => Ok(ChangeKind::Registry),
+            _ => Err(()),
+        }
+    }
+}
+
+/// A change committed by some node sharing the registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryChange {
+    /// `None`: the feed was interrupted and any project may have changed.
+    pub project: Option<iotsync_core::ProjectId>,
+    pub kind: ChangeKind,
+}

@@ -47,8 +47,26 @@ pub struct SqlRegistry {
     backend: StoreBackend,
     write_lock: std::sync::Arc<Mutex<()>>,
     clock: SharedClock,
-    epoch: std::sync::atomic::AtomicU64,
+    epoch: std::sync::Arc<std::sync::atomic::AtomicU64>,
     history_round: std::sync::atomic::AtomicU64,
+    /// PostgreSQL: the `NOTIFY` channel of this registry's schema and the task that
+    /// listens on it (see [`crate::Registry::subscribe_changes`]).
+    feed: Option<ChangeFeed>,
+    auth_purge_round: std::sync::atomic::AtomicU64,
+}
+
+struct ChangeFeed {
+    channel: String,
+    tx: tokio::sync::broadcast::Sender<RegistryChange>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SqlRegistry {
+    fn drop(&mut self) {
+        if let Some(f) = &self.feed {
+            f.task.abort();
+        }
+    }
 }
 
 static DRIVERS: Once = Once::new();
@@ -185,13 +203,20 @@ impl SqlRegistry {
             }
         };
         migrator(backend).run(&pool).await?;
+        let epoch = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1));
+        let feed = match backend {
+            StoreBackend::Sqlite => None,
+            StoreBackend::Postgres => Some(ChangeFeed::start(url, &pool, epoch.clone()).await?),
+        };
         Ok(Self {
             pool,
             backend,
             write_lock: std::sync::Arc::new(Mutex::new(())),
             clock,
-            epoch: std::sync::atomic::AtomicU64::new(1),
+            epoch,
             history_round: std::sync::atomic::AtomicU64::new(0),
+            feed,
+            auth_purge_round: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -209,7 +234,30 @@ impl SqlRegistry {
     }
 
     pub async fn close(&self) {
+        if let Some(f) = &self.feed {
+            f.task.abort();
+        }
         self.pool.close().await;
+    }
+
+    /// Tells the other nodes of a change, on commit (PostgreSQL delivers a `NOTIFY` made
+    /// in a transaction only once it commits, and never for a rollback).
+    async fn notify(
+        &self,
+        conn: &mut AnyConnection,
+        project: &ProjectId,
+        kind: ChangeKind,
+    ) -> StoreResult<()> {
+        let Some(f) = &self.feed else {
+            return Ok(());
+        };
+        // pg_notify returns void, which the Any driver cannot decode: count the row.
+        sqlx::query("SELECT count(*) AS n FROM (SELECT pg_notify($1, $2)) AS notified")
+            .bind(f.channel.as_str())
+            .bind(format!("{}:{}", kind.as_str(), project.as_str()))
+            .execute(conn)
+            .await?;
+        Ok(())
     }
 
     async fn write(&self) -> StoreResult<WriteTx> {
@@ -230,6 +278,76 @@ impl SqlRegistry {
     fn bump(&self) {
         self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
+}
+
+impl ChangeFeed {
+    /// `LISTEN`s on the schema's channel (channels are database-wide; registries in
+    /// other schemas of one database must not hear each other) from a task of its own.
+    async fn start(
+        url: &str,
+        pool: &AnyPool,
+        epoch: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ) -> StoreResult<Self> {
+        let schema: String = sqlx::query("SELECT current_schema()::text AS s")
+            .fetch_one(pool)
+            .await?
+            .try_get("s")?;
+        let mut channel = format!("iotsync_changes_{schema}");
+        // An identifier is at most 63 bytes; schema names are ASCII here.
+        channel.truncate(63);
+        let mut listener = sqlx::postgres::PgListener::connect(url).await?;
+        listener.listen(&channel).await?;
+        let (tx, _) = tokio::sync::broadcast::channel(1024);
+        let sender = tx.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                // `try_recv` reconnects by itself and says `None` when the connection
+                // was lost: notifications may have been missed then.
+                let change = match listener.try_recv().await {
+                    Ok(Some(n)) => match parse_change(n.payload()) {
+                        Some(c) => c,
+                        None => continue,
+                    },
+                    Ok(None) => {
+                        tracing::warn!("registry change feed reconnected; re-checking everything");
+                        RegistryChange {
+                            project: None,
+                            kind: ChangeKind::Registry,
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "registry change feed failed; retrying");
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                        RegistryChange {
+                            project: None,
+                            kind: ChangeKind::Registry,
+                        }
+                    }
+                };
+                epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                // No subscriber yet is fine: the epoch bump is what caches need.
+                let _ = sender.send(change);
+            }
+        });
+        Ok(Self { channel, tx, task })
+    }
+}
+
+fn parse_change(payload: &str) -> Option<RegistryChange> {
+    let (kind, project) = payload.split_once(':')?;
+    Some(RegistryChange {
+        project: Some(project.parse().ok()?),
+        kind: kind.parse().ok()?,
+    })
+}
+
+fn auth_failures_from(r: &AnyRow) -> StoreResult<AuthFailures> {
+    let failures: i64 = r.try_get("failures")?;
+    Ok(AuthFailures {
+        failures: u32::try_from(failures.max(0)).unwrap_or(u32::MAX),
+        blocked_until: r.try_get("blocked_until")?,
+        forget_at: r.try_get("forget_at")?,
+    })
 }
 
 /// Creates `path` empty with mode 0600 if it does not exist (an existing file is kept).
@@ -272,6 +390,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "group_alerts",
         include_str!("../migrations/sqlite/0005_group_alerts.sql"),
         include_str!("../migrations/postgres/0005_group_alerts.sql"),
+    ),
+    (
+        6,
+        "console_sessions",
+        include_str!("../migrations/sqlite/0006_console_sessions.sql"),
+        include_str!("../migrations/postgres/0006_console_sessions.sql"),
     ),
 ];
 
@@ -1207,6 +1331,7 @@ impl Registry for SqlRegistry {
             .fetch_one(&mut *w.tx)
             .await?;
         let project = project_from(&row)?;
+        self.notify(&mut w.tx, id, ChangeKind::Secret).await?;
         w.tx.commit().await?;
         Ok(ProjectWithSecret {
             project,
@@ -1258,6 +1383,7 @@ impl Registry for SqlRegistry {
             json!(null),
         )
         .await?;
+        self.notify(&mut w.tx, id, ChangeKind::Registry).await?;
         w.tx.commit().await?;
         self.bump();
         Ok(())
@@ -1506,6 +1632,8 @@ impl Registry for SqlRegistry {
             .await?;
         let m = payload::device_lifecycle(&d.device.as_ref(), LifecycleAction::Delete, None, now);
         produce(&mut w.tx, &settings, Some(product_sync), m).await?;
+        self.notify(&mut w.tx, project, ChangeKind::Registry)
+            .await?;
         w.tx.commit().await?;
         self.bump();
         Ok(())
@@ -1546,6 +1674,8 @@ impl Registry for SqlRegistry {
         };
         let m = payload::device_lifecycle(&d.device.as_ref(), action, None, now);
         produce(&mut w.tx, &settings, Some(product_sync), m).await?;
+        self.notify(&mut w.tx, project, ChangeKind::Registry)
+            .await?;
         w.tx.commit().await?;
         self.bump();
         Ok(Device {
@@ -2015,6 +2145,7 @@ impl Registry for SqlRegistry {
             settings_json(&after),
         )
         .await?;
+        self.notify(&mut w.tx, project, ChangeKind::Sync).await?;
         w.tx.commit().await?;
         self.bump();
         Ok((after, transition))
@@ -2057,6 +2188,7 @@ impl Registry for SqlRegistry {
             )
             .await?;
         }
+        self.notify(&mut w.tx, project, ChangeKind::Sync).await?;
         w.tx.commit().await?;
         self.bump();
         Ok(Product {
@@ -2554,6 +2686,173 @@ impl Registry for SqlRegistry {
             })
             .collect::<StoreResult<_>>()?;
         Ok(page(items, total, p))
+    }
+
+    // Console sessions and failed sign-in counters (issue 13).
+    async fn create_console_session(
+        &self,
+        session: &ConsoleSession,
+        now: i64,
+        max_sessions: usize,
+    ) -> StoreResult<()> {
+        let mut w = self.write().await?;
+        sqlx::query("DELETE FROM console_sessions WHERE expires_at <= $1")
+            .bind(now)
+            .execute(&mut *w.tx)
+            .await?;
+        let live: i64 = sqlx::query("SELECT count(*) AS n FROM console_sessions")
+            .fetch_one(&mut *w.tx)
+            .await?
+            .try_get("n")?;
+        let keep = i64::try_from(max_sessions.saturating_sub(1)).unwrap_or(i64::MAX);
+        if live > keep {
+            sqlx::query(
+                "DELETE FROM console_sessions WHERE token_hash IN \
+                 (SELECT token_hash FROM console_sessions ORDER BY expires_at, token_hash LIMIT $1)",
+            )
+            .bind(live - keep)
+            .execute(&mut *w.tx)
+            .await?;
+        }
+        sqlx::query(
+            "INSERT INTO console_sessions (token_hash, operator_fp, csrf_token, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(session.token_hash.as_str())
+        .bind(session.operator_fp.as_str())
+        .bind(session.csrf_token.as_str())
+        .bind(session.created_at)
+        .bind(session.expires_at)
+        .execute(&mut *w.tx)
+        .await?;
+        w.tx.commit().await?;
+        Ok(())
+    }
+
+    async fn console_session(
+        &self,
+        token_hash: &str,
+        now: i64,
+    ) -> StoreResult<Option<ConsoleSession>> {
+        let row = sqlx::query(
+            "SELECT token_hash, operator_fp, csrf_token, created_at, expires_at \
+             FROM console_sessions WHERE token_hash = $1 AND expires_at > $2",
+        )
+        .bind(token_hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(ConsoleSession {
+                token_hash: r.try_get("token_hash")?,
+                operator_fp: r.try_get("operator_fp")?,
+                csrf_token: r.try_get("csrf_token")?,
+                created_at: r.try_get("created_at")?,
+                expires_at: r.try_get("expires_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn delete_console_session(&self, token_hash: &str) -> StoreResult<bool> {
+        let mut w = self.write().await?;
+        let done = sqlx::query("DELETE FROM console_sessions WHERE token_hash = $1")
+            .bind(token_hash)
+            .execute(&mut *w.tx)
+            .await?;
+        w.tx.commit().await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn auth_failures(&self, keys: &[&str]) -> StoreResult<Vec<(String, AuthFailures)>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let row = sqlx::query(
+                "SELECT failures, blocked_until, forget_at FROM auth_failures WHERE key_hash = $1",
+            )
+            .bind(*key)
+            .fetch_optional(&self.pool)
+            .await?;
+            if let Some(r) = row {
+                out.push(((*key).to_owned(), auth_failures_from(&r)?));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn note_auth_failure(
+        &self,
+        key: &str,
+        now: i64,
+        next: &(dyn Fn(Option<AuthFailures>) -> AuthFailures + Send + Sync),
+    ) -> StoreResult<AuthFailures> {
+        let mut w = self.write().await?;
+        // Every hundredth failure sweeps the forgotten counters.
+        if self
+            .auth_purge_round
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .is_multiple_of(100)
+        {
+            sqlx::query("DELETE FROM auth_failures WHERE forget_at <= $1")
+                .bind(now)
+                .execute(&mut *w.tx)
+                .await?;
+        }
+        // PostgreSQL: the row lock makes nodes counting one key take turns (a missing row
+        // is created first so there is something to lock); SQLite has one writer anyway.
+        let lock = match self.backend {
+            StoreBackend::Postgres => {
+                sqlx::query(
+                    "INSERT INTO auth_failures (key_hash, failures, blocked_until, forget_at) \
+                     VALUES ($1, 0, $2, $3) ON CONFLICT (key_hash) DO NOTHING",
+                )
+                .bind(key)
+                .bind(i64::MIN)
+                .bind(i64::MIN)
+                .execute(&mut *w.tx)
+                .await?;
+                " FOR UPDATE"
+            }
+            StoreBackend::Sqlite => "",
+        };
+        let row = sqlx::query(&format!(
+            "SELECT failures, blocked_until, forget_at FROM auth_failures WHERE key_hash = $1{lock}"
+        ))
+        .bind(key)
+        .fetch_optional(&mut *w.tx)
+        .await?;
+        let current = row
+            .map(|r| auth_failures_from(&r))
+            .transpose()?
+            .filter(|c| c.failures > 0);
+        let new = next(current);
+        sqlx::query(
+            "INSERT INTO auth_failures (key_hash, failures, blocked_until, forget_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (key_hash) DO UPDATE SET failures = excluded.failures, \
+             blocked_until = excluded.blocked_until, forget_at = excluded.forget_at",
+        )
+        .bind(key)
+        .bind(i64::from(new.failures))
+        .bind(new.blocked_until)
+        .bind(new.forget_at)
+        .execute(&mut *w.tx)
+        .await?;
+        w.tx.commit().await?;
+        Ok(new)
+    }
+
+    async fn clear_auth_failures(&self, key: &str) -> StoreResult<()> {
+        let mut w = self.write().await?;
+        sqlx::query("DELETE FROM auth_failures WHERE key_hash = $1")
+            .bind(key)
+            .execute(&mut *w.tx)
+            .await?;
+        w.tx.commit().await?;
+        Ok(())
+    }
+
+    fn subscribe_changes(&self) -> Option<tokio::sync::broadcast::Receiver<RegistryChange>> {
+        self.feed.as_ref().map(|f| f.tx.subscribe())
     }
 
     fn change_epoch(&self) -> u64 {

@@ -71,7 +71,7 @@ async fn require_operator(
         .map(str::trim);
     match given {
         // No bearer token: a console session cookie (with CSRF check on writes) will do.
-        None => match crate::console::session::authorize(&st, req.headers(), req.method()) {
+        None => match crate::console::session::authorize(&st, req.headers(), req.method()).await {
             Some(Ok(())) => Ok(next.run(req).await),
             Some(Err(e)) => Err(e),
             None => Err(ApiError::unauthorized(
@@ -83,15 +83,20 @@ async fn require_operator(
             // first, so a throttled address learns nothing of its guess.
             let ip = extract::PeerIp::of(req.extensions()).0;
             let throttle = &st.throttles.operator;
-            if let Err(wait) = throttle.check(ip, OPERATOR_CREDENTIAL) {
-                tracing::info!(peer = %ip, retry_after_s = wait.seconds(), "operator token throttled");
-                return Ok(axum::response::IntoResponse::into_response(wait));
-            }
+            let checked = match throttle.check(ip, OPERATOR_CREDENTIAL).await {
+                Ok(c) => c,
+                Err(wait) => {
+                    tracing::info!(peer = %ip, retry_after_s = wait.seconds(), "operator token throttled");
+                    return Ok(axum::response::IntoResponse::into_response(wait));
+                }
+            };
             if bool::from(t.as_bytes().ct_eq(st.operator_token.as_bytes())) {
-                throttle.note_success(ip, OPERATOR_CREDENTIAL);
+                throttle
+                    .note_success(ip, OPERATOR_CREDENTIAL, checked)
+                    .await;
                 Ok(next.run(req).await)
             } else {
-                throttle.note_failure(ip, OPERATOR_CREDENTIAL);
+                throttle.note_failure(ip, OPERATOR_CREDENTIAL).await;
                 tracing::info!(peer = %ip, "wrong operator token");
                 Err(ApiError::unauthorized("the operator token is not valid"))
             }

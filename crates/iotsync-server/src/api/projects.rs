@@ -97,11 +97,10 @@ pub async fn rotate_secret(
     State(st): State<ApiState>,
     Path(pid): Path<String>,
 ) -> ApiResult<Json<ProjectWithSecret>> {
-    Ok(Json(
-        st.registry
-            .rotate_secret(&project_id(&pid)?, OPERATOR_ACTOR)
-            .await?,
-    ))
+    let pid = project_id(&pid)?;
+    let rotated = st.registry.rotate_secret(&pid, OPERATOR_ACTOR).await?;
+    st.sync_listener.on_secret_rotated(&pid).await;
+    Ok(Json(rotated))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -205,7 +205,7 @@ async fn connection(
     State(st): State<ConsoleState>,
     headers: HeaderMap,
 ) -> Result<Json<Connection>, ApiError> {
-    session::signed_in(&st.api, &headers)?;
+    session::signed_in(&st.api, &headers).await?;
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())

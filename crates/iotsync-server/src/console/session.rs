@@ -1,29 +1,30 @@
-//! Console sessions: signing in with the operator token gives a random session id in an
-//! `HttpOnly; SameSite=Strict` cookie; the server keeps id → (CSRF token, expiry) in
-//! memory. `/api/v1` accepts such a cookie in place of the bearer token, and for every
+//! Console sessions: signing in with the operator token gives a random session token in
+//! an `HttpOnly; SameSite=Strict` cookie; the registry keeps SHA-256(token) → (CSRF token,
+//! expiry). `/api/v1` accepts such a cookie in place of the bearer token, and for every
 //! state-changing call also wants the header `X-CSRF-Token` to match the session's token
 //! (a page of another site can make the browser send the cookie, never that header).
 //!
-//! Sessions live in memory on purpose: a restart signs everyone out, and nothing about
-//! them touches the registry. Each session remembers which server's operator token it
-//! proved (the `Arc` of that server's state), so two servers in one process never accept
-//! each other's sessions.
-
-use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex};
+//! Sessions live in the registry (issue 13), so every node sharing it accepts a session
+//! made on any of them and a sign-out on one ends it on all at once: there is no
+//! in-process cache, every cookie-authenticated call reads its row (one primary-key
+//! lookup). Only the token's hash is stored, so the table signs nobody in. Each session
+//! remembers a fingerprint of the operator token it proved: servers with different
+//! operator tokens never accept each other's sessions, even on one registry.
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use iotsync_store::ConsoleSession;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::api::error::ApiError;
 use crate::api::extract::{ApiJson, PeerIp};
 use crate::api::{ApiState, OPERATOR_CREDENTIAL};
 
-/// The cookie holding the session id.
+/// The cookie holding the session token.
 pub const COOKIE: &str = "iotsync_session";
 /// The header a cookie-authenticated state-changing call must carry.
 pub const CSRF_HEADER: &str = "x-csrf-token";
@@ -32,26 +33,29 @@ pub const SESSION_TTL_MS: i64 = 12 * 60 * 60 * 1000;
 /// Upper bound on live sessions; the one expiring soonest is dropped beyond it.
 const MAX_SESSIONS: usize = 10_000;
 
-struct Session {
-    /// The operator token of the server that created the session (pointer identity).
-    server: Arc<str>,
-    csrf: String,
-    expires_at_ms: i64,
-}
-
-static SESSIONS: LazyLock<Mutex<HashMap<String, Session>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
-
-fn sessions() -> std::sync::MutexGuard<'static, HashMap<String, Session>> {
-    // A panic while holding the lock leaves a plain map behind: still usable.
-    SESSIONS.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn random_hex(bytes: usize) -> String {
     use rand::RngCore;
     let mut buf = vec![0u8; bytes];
     rand::thread_rng().fill_bytes(&mut buf);
     buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn sha256_hex(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What the registry stores for a session token.
+fn token_hash(token: &str) -> String {
+    sha256_hex(&[token.as_bytes()])
+}
+
+/// Which operator token a session proved (domain-separated from the token hash).
+fn operator_fp(operator_token: &str) -> String {
+    sha256_hex(&[b"iotsync console operator\0", operator_token.as_bytes()])
 }
 
 /// The session id from the request's `Cookie` headers, if any.
@@ -74,34 +78,26 @@ fn is_safe(method: &Method) -> bool {
 /// What `require_operator` asks when a request has no bearer token: `None` without a
 /// session cookie; else whether the session is live (and, for a write, the CSRF header
 /// matches).
-pub fn authorize(
+pub async fn authorize(
     st: &ApiState,
     headers: &HeaderMap,
     method: &Method,
 ) -> Option<Result<(), ApiError>> {
     let id = session_id(headers)?;
-    Some(check(st, &id, headers, method).map(|_| ()))
+    Some(check(st, &id, headers, method).await.map(|_| ()))
 }
 
 /// The live session's CSRF token and expiry.
-fn check(
+async fn check(
     st: &ApiState,
     id: &str,
     headers: &HeaderMap,
     method: &Method,
 ) -> Result<(String, i64), ApiError> {
     let now = st.clock.now_ms();
-    let mut map = sessions();
-    let live = match map.get(id) {
-        Some(s) if !Arc::ptr_eq(&s.server, &st.operator_token) => None,
-        Some(s) if s.expires_at_ms <= now => {
-            map.remove(id);
-            None
-        }
-        Some(s) => Some((s.csrf.clone(), s.expires_at_ms)),
-        None => None,
-    };
-    let Some((csrf, expires)) = live else {
+    let row = st.registry.console_session(&token_hash(id), now).await?;
+    let fp = operator_fp(&st.operator_token);
+    let Some(s) = row.filter(|s| bool::from(s.operator_fp.as_bytes().ct_eq(fp.as_bytes()))) else {
         return Err(ApiError::unauthorized(
             "the console session has expired or is not valid; sign in again",
         ));
@@ -111,7 +107,7 @@ fn check(
             .get(CSRF_HEADER)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        if !bool::from(given.as_bytes().ct_eq(csrf.as_bytes())) {
+        if !bool::from(given.as_bytes().ct_eq(s.csrf_token.as_bytes())) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "csrf",
@@ -119,7 +115,7 @@ fn check(
             ));
         }
     }
-    Ok((csrf, expires))
+    Ok((s.csrf_token, s.expires_at))
 }
 
 #[derive(Debug, Deserialize)]
@@ -164,41 +160,38 @@ pub async fn sign_in(
         return Err(ApiError::invalid("token", "enter the operator token"));
     }
     let throttle = &st.throttles.operator;
-    if let Err(wait) = throttle.check(ip, OPERATOR_CREDENTIAL) {
-        tracing::info!(peer = %ip, retry_after_s = wait.seconds(), "console sign-in throttled");
-        return Ok(wait.into_response());
-    }
+    let checked = match throttle.check(ip, OPERATOR_CREDENTIAL).await {
+        Ok(c) => c,
+        Err(wait) => {
+            tracing::info!(peer = %ip, retry_after_s = wait.seconds(), "console sign-in throttled");
+            return Ok(wait.into_response());
+        }
+    };
     if !bool::from(given.as_bytes().ct_eq(st.operator_token.as_bytes())) {
-        throttle.note_failure(ip, OPERATOR_CREDENTIAL);
+        throttle.note_failure(ip, OPERATOR_CREDENTIAL).await;
         tracing::info!(peer = %ip, "console sign-in with a wrong token");
         return Err(ApiError::unauthorized("the operator token is not valid").with_field("token"));
     }
-    throttle.note_success(ip, OPERATOR_CREDENTIAL);
+    throttle
+        .note_success(ip, OPERATOR_CREDENTIAL, checked)
+        .await;
     let now = st.clock.now_ms();
     let id = random_hex(32);
     let csrf = random_hex(32);
     let expires_at = now + SESSION_TTL_MS;
-    {
-        let mut map = sessions();
-        map.retain(|_, s| s.expires_at_ms > now);
-        if map.len() >= MAX_SESSIONS {
-            if let Some(oldest) = map
-                .iter()
-                .min_by_key(|(_, s)| s.expires_at_ms)
-                .map(|(k, _)| k.clone())
-            {
-                map.remove(&oldest);
-            }
-        }
-        map.insert(
-            id.clone(),
-            Session {
-                server: st.operator_token.clone(),
-                csrf: csrf.clone(),
-                expires_at_ms: expires_at,
+    st.registry
+        .create_console_session(
+            &ConsoleSession {
+                token_hash: token_hash(&id),
+                operator_fp: operator_fp(&st.operator_token),
+                csrf_token: csrf.clone(),
+                created_at: now,
+                expires_at,
             },
-        );
-    }
+            now,
+            MAX_SESSIONS,
+        )
+        .await?;
     tracing::info!("console sign-in");
     let mut resp = Json(SessionView {
         csrf_token: csrf,
@@ -217,7 +210,7 @@ pub async fn sign_in(
 pub async fn current(State(st): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let id = session_id(&headers)
         .ok_or_else(|| ApiError::unauthorized("not signed in to the console"))?;
-    let (csrf, expires_at) = check(&st, &id, &headers, &Method::GET)?;
+    let (csrf, expires_at) = check(&st, &id, &headers, &Method::GET).await?;
     let mut resp = Json(SessionView {
         csrf_token: csrf,
         expires_at,
@@ -234,9 +227,9 @@ pub async fn sign_out(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     if let Some(id) = session_id(&headers) {
-        match check(&st, &id, &headers, &Method::DELETE) {
+        match check(&st, &id, &headers, &Method::DELETE).await {
             Ok(_) => {
-                sessions().remove(&id);
+                st.registry.delete_console_session(&token_hash(&id)).await?;
             }
             // Unknown or expired: nothing to end, the cookie is cleared all the same.
             Err(e) if e.status == StatusCode::UNAUTHORIZED => {}
@@ -251,8 +244,8 @@ pub async fn sign_out(
 }
 
 /// Whether a request carries a live session (for the console's own read-only routes).
-pub fn signed_in(st: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
-    match authorize(st, headers, &Method::GET) {
+pub async fn signed_in(st: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+    match authorize(st, headers, &Method::GET).await {
         Some(r) => r,
         None => Err(ApiError::unauthorized("not signed in to the console")),
     }
@@ -289,6 +282,15 @@ mod tests {
         assert!(!is_safe(&Method::PUT));
         assert!(!is_safe(&Method::DELETE));
         assert!(!is_safe(&Method::PATCH));
+    }
+
+    #[test]
+    fn the_stored_hash_is_not_the_token_and_operator_fingerprints_differ() {
+        let t = random_hex(32);
+        assert_ne!(token_hash(&t), t);
+        assert_eq!(token_hash(&t).len(), 64);
+        assert_ne!(operator_fp("a"), operator_fp("b"));
+        assert_ne!(operator_fp(&t), token_hash(&t));
     }
 
     #[test]

@@ -200,6 +200,12 @@ impl DeliveryHub {
         n
     }
 
+    /// Projects with a consumer connected here.
+    pub fn projects_with_consumers(&self) -> Vec<ProjectId> {
+        let consumers = self.consumers.lock().unwrap_or_else(|e| e.into_inner());
+        consumers.keys().cloned().collect()
+    }
+
     pub fn consumers(&self, project: &ProjectId) -> Vec<ConsumerInfo> {
         let consumers = self.consumers.lock().unwrap_or_else(|e| e.into_inner());
         let mut v: Vec<ConsumerInfo> = consumers

@@ -33,6 +33,10 @@ pub trait SyncListener: Send + Sync + 'static {
         settings: &iotsync_core::sync_rules::SyncSettings,
         transition: iotsync_core::sync_rules::Transition,
     );
+
+    /// The project's appSecret was rotated: consumers that signed in with the old one
+    /// are closed (they reconnect with the new one).
+    async fn on_secret_rotated(&self, _project: &iotsync_core::ProjectId) {}
 }
 
 /// What a consumer said about one delivery, classified once for every channel.
