@@ -28,7 +28,7 @@ const MAX_PROJECTS: u32 = 1 << 20;
 const MAX_PSEQ: u64 = 1 << 40;
 const MAX_GAP: u64 = 1 << 32;
 /// The longest run one lease record can name (a lease is bounded by credit).
-const MAX_LEASE_RUN: u32 = 1 << 20;
+const MAX_LEASE_RUN: u32 = 1 << 16;
 
 /// Whether a record that checks out (CRC) is one the engine could have written: its
 /// numbers within what replay can hold. Such a record can only come from a damaged or

@@ -149,6 +149,7 @@ impl Index {
         let end = slots.next();
         let mut scanned = 0;
         while n < max && cursor < end && scanned < max_scan {
+            cursor = slots.skip_empty(cursor);
             let Some(&s) = slots.get(cursor) else { break };
             let owed = s.owners & (1 << slot) != 0;
             if owed && s.seg == UNWRITTEN {
@@ -225,7 +226,7 @@ impl Index {
             .get_mut(t.proj as usize)?
             .groups
             .get_mut(t.group as usize)?
-            .as_mut()
+            .as_deref_mut()
             .filter(|g| g.gen == t.gen)
     }
 

@@ -359,7 +359,7 @@ pub(crate) struct Project {
     pub trace_chunks: BTreeMap<u64, u32>,
     /// Acknowledged messages stay stored until retention (for seek).
     pub keep_acked: bool,
-    pub groups: Vec<Option<Group>>,
+    pub groups: Vec<Option<Box<Group>>>,
     pub retention_ms: i64,
     pub paused: bool,
     pub next_gen: u32,
@@ -429,7 +429,7 @@ impl Project {
     }
 
     pub fn group(&self, slot: u8) -> Option<&Group> {
-        self.groups.get(slot as usize).and_then(|g| g.as_ref())
+        self.groups.get(slot as usize).and_then(|g| g.as_deref())
     }
 
     /// The groups whose filter takes `m` (routing at append).
@@ -642,6 +642,26 @@ impl Index {
         }
     }
 
+    /// Calls `f` for every pseq in `from..to` of the project, skipping chunks that hold
+    /// nothing but tombstones (a gap costs nothing to walk over).
+    pub(crate) fn walk(
+        &mut self,
+        proj: u32,
+        from: u64,
+        to: u64,
+        mut f: impl FnMut(&mut Self, u64),
+    ) {
+        let mut pseq = from;
+        while pseq < to {
+            pseq = self.projects[proj as usize].slots.skip_empty(pseq);
+            if pseq >= to {
+                break;
+            }
+            f(self, pseq);
+            pseq += 1;
+        }
+    }
+
     /// Clears group `g`'s ownership of `pseq`; keeps project and segment counts right.
     fn disown(&mut self, proj: u32, pseq: u64, g: u8) {
         self.change_slot(proj, pseq, |s| s.owners &= !(1 << g));
@@ -778,7 +798,7 @@ impl Index {
         if spec != &GroupSpec::all() {
             log.group_spec(proj, slot as u8, gen, spec);
         }
-        p.groups[slot] = Some(Group::new(name.clone(), spec.clone(), gen, start));
+        p.groups[slot] = Some(Box::new(Group::new(name.clone(), spec.clone(), gen, start)));
         Ok(true)
     }
 
@@ -799,13 +819,13 @@ impl Index {
             (p.base(), p.next_pseq())
         };
         let bit = !(1u32 << slot);
-        for pseq in base..next {
-            self.change_slot(proj, pseq, |s| {
+        self.walk(proj, base, next, |ix, pseq| {
+            ix.change_slot(proj, pseq, |s| {
                 s.owners &= bit;
                 s.takers &= bit;
                 s.dropped &= bit;
             });
-        }
+        });
         let p = &mut self.projects[proj as usize];
         p.groups[slot as usize] = None;
         p.pop_front();
@@ -1007,6 +1027,7 @@ impl Index {
             let mut oldest = None;
             if g.stacked > 0 {
                 while h < end {
+                    h = slots.skip_empty(h);
                     let Some(s) = slots.get(h) else { break };
                     if s.owners & (1 << gi) != 0 && !g.dead.contains_key(&h) {
                         oldest = Some(s.gen_s);

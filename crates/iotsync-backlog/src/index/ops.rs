@@ -47,9 +47,9 @@ impl Index {
     pub(crate) fn let_go_unowed(&mut self, proj: u32) {
         let p = &self.projects[proj as usize];
         let (base, next) = (p.base(), p.next_pseq());
-        for pseq in base..next {
-            self.change_slot(proj, pseq, |_| {});
-        }
+        self.walk(proj, base, next, |ix, pseq| {
+            ix.change_slot(proj, pseq, |_| {})
+        });
         self.projects[proj as usize].pop_front();
     }
 
@@ -102,13 +102,13 @@ impl Index {
             None => return None,
         }
         let bit = 1u32 << slot;
-        for pseq in start..next {
-            let p = &mut self.projects[proj as usize];
+        self.walk(proj, start, next, |ix, pseq| {
+            let p = &mut ix.projects[proj as usize];
             let Some(s) = p.slot(pseq).copied() else {
-                continue;
+                return;
             };
             if (s.takers | s.owners) & bit == 0 || s.expired() {
-                continue;
+                return;
             }
             let dead = if replaying {
                 p.replay_dead.contains_key(&(slot, pseq))
@@ -118,25 +118,25 @@ impl Index {
                     .is_some_and(|g| g.dead.contains_key(&pseq))
             };
             if dead {
-                continue;
+                return;
             }
             if s.gen_ms() >= from_ms {
                 out.owed += 1;
                 if s.owners & bit == 0 {
                     out.replayed += 1;
-                    self.change_slot(proj, pseq, |s| {
+                    ix.change_slot(proj, pseq, |s| {
                         s.owners |= bit;
                         s.dropped &= !bit;
                     });
                 }
             } else if s.owners & bit != 0 {
                 out.dropped += 1;
-                self.change_slot(proj, pseq, |s| {
+                ix.change_slot(proj, pseq, |s| {
                     s.owners &= !bit;
                     s.dropped |= bit;
                 });
             }
-        }
+        });
         let p = &mut self.projects[proj as usize];
         if let Some(g) = p.groups[slot as usize].as_mut() {
             g.stacked = out.owed;
@@ -180,7 +180,13 @@ impl Index {
             let mid = lo + (hi - lo) / 2;
             // Skip tombstones (no time) by looking a little further on.
             let mut probe = None;
-            for i in mid..end.min(mid + 64) {
+            let from = p.slots.skip_empty(mid);
+            if from >= hi {
+                // Nothing but tombstones from `mid` on: no time there to compare.
+                hi = mid;
+                continue;
+            }
+            for i in from..end.min(from + 64) {
                 if let Some(s) = p.slots.get(i) {
                     if s.gen_s != 0 || s.held() {
                         probe = Some(s.gen_ms());
@@ -218,6 +224,7 @@ impl Index {
         let p = &mut self.projects[proj as usize];
         let lo = lo.max(p.base());
         let hi = hi.min(p.next_pseq());
+        let lo = p.slots.skip_empty(lo);
         let stop = hi.min(lo.saturating_add(SCAN_STEP));
         let mut v = Vec::new();
         for pseq in lo..stop {

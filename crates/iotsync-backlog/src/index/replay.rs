@@ -174,7 +174,7 @@ impl Index {
         let p = self.replay_project(proj);
         p.replay_prior.retain(|(g, _), _| *g != slot);
         if let (Some(s), Ok(name)) = (p.groups.get_mut(slot as usize), name.parse()) {
-            *s = Some(Group::new(name, GroupSpec::all(), gen, start));
+            *s = Some(Box::new(Group::new(name, GroupSpec::all(), gen, start)));
             p.next_gen = p.next_gen.max(gen + 1);
         }
     }
@@ -258,7 +258,7 @@ impl Index {
                     if let Ok(name) = gs.name.parse() {
                         let mut g = Group::new(name, gs.spec.clone(), gs.gen, gs.start_pseq);
                         g.counters = gs.counters;
-                        *slot = Some(g);
+                        *slot = Some(Box::new(g));
                     }
                 }
             }

@@ -533,11 +533,30 @@ impl Slots {
         }
     }
 
+    /// `pseq`, or — if its chunk holds nothing but tombstones — the first pseq of the
+    /// next chunk that may hold something (or `next()`). Walks over a stretch of the
+    /// store skip long gaps (e.g. after a replay grew it) without materialising them.
+    pub fn skip_empty(&self, pseq: u64) -> u64 {
+        let mut p = pseq.max(self.first);
+        while let Some((ci, _)) = self.locate(p) {
+            let c = &self.chunks[ci];
+            if c.data.is_some() || c.page != NO_PAGE {
+                return p;
+            }
+            p = ((p >> self.shift) + 1) << self.shift;
+        }
+        p.min(self.next()).max(pseq)
+    }
+
     /// Calls `f` on every slot in pseq order, bringing each chunk in as it goes (and
     /// letting the others out); a chunk is marked changed only if `f` changed a slot.
+    /// Chunks of nothing but tombstones are skipped (`f` is not called on them).
     pub fn for_each_mut(&mut self, mut f: impl FnMut(u64, &mut Slot)) {
         let (first, next) = (self.first, self.next());
         for ci in 0..self.chunks.len() {
+            if self.chunks[ci].data.is_none() && self.chunks[ci].page == NO_PAGE {
+                continue;
+            }
             let c_first = (self.c0 + ci as u64) << self.shift;
             let lo = first.max(c_first);
             let hi = next.min(c_first + (1 << self.shift));
