@@ -6,7 +6,7 @@
 //! cargo run --release -p iotsync-backlog --bin backlog-bench -- \
 //!     [--dir DIR] [--messages 2000000] [--appenders 8] [--batch 64] [--consumers 2] \
 //!     [--credit 1000] [--stacked 10000000] [--lookup 10000000] \
-//!     [--only throughput|stacked|lookup|keep]
+//!     [--keep 0|1] [--only throughput|stacked|lookup|keep]
 //! ```
 //!
 //! `lookup`: N stored messages (half acknowledged, kept) from 10 000 devices; the time of
@@ -32,6 +32,8 @@ struct Args {
     credit: usize,
     stacked: u64,
     lookup: u64,
+    /// `--keep 1`: the throughput run keeps acknowledged messages (the server's default).
+    keep: bool,
     only: Option<String>,
 }
 
@@ -45,6 +47,7 @@ fn parse_args() -> Result<Args, String> {
         credit: 1000,
         stacked: 10_000_000,
         lookup: 10_000_000,
+        keep: false,
         only: None,
     };
     let mut it = std::env::args().skip(1);
@@ -60,6 +63,7 @@ fn parse_args() -> Result<Args, String> {
             "--credit" => a.credit = num()? as usize,
             "--stacked" => a.stacked = num()?,
             "--lookup" => a.lookup = num()?,
+            "--keep" => a.keep = num()? != 0,
             "--only" => a.only = Some(v),
             other => return Err(format!("unknown option {other}")),
         }
@@ -167,8 +171,11 @@ async fn append_all_from(
 }
 
 async fn throughput(dir: &Path, a: &Args) -> Result<(), String> {
-    let (b, _) = EmbeddedBacklog::open(dir, BacklogConfig::default(), system_clock())
-        .map_err(|e| e.to_string())?;
+    let cfg = BacklogConfig {
+        keep_acknowledged: a.keep,
+        ..BacklogConfig::default()
+    };
+    let (b, _) = EmbeddedBacklog::open(dir, cfg, system_clock()).map_err(|e| e.to_string())?;
     let b = Arc::new(b);
     let p: ProjectId = "benchproject".parse().map_err(|e| format!("{e}"))?;
     let g: ConsumerGroup = "benchgroup".parse().map_err(|e| format!("{e}"))?;
@@ -206,7 +213,7 @@ async fn throughput(dir: &Path, a: &Args) -> Result<(), String> {
     let all = t.elapsed();
     let s = b.stats(&p).await.map_err(|e| e.to_string())?;
     println!("## append + lease + ack (durable, group commit, 256-byte payloads)");
-    println!("messages: {total}, appenders: {}, batch: {}, consumers: {}, credit: {}, ordering keys: 10000", a.appenders, a.batch, a.consumers, a.credit);
+    println!("messages: {total}, appenders: {}, batch: {}, consumers: {}, credit: {}, ordering keys: 10000, keepAcknowledged: {}", a.appenders, a.batch, a.consumers, a.credit, a.keep);
     println!(
         "appended: {:.0} msg/s ({:.2} s)",
         total as f64 / append_time.as_secs_f64(),
