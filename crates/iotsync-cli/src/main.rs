@@ -169,7 +169,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let server = iotsync_server::start(cfg, iotsync_core::clock::system_clock())
         .await
         .context("starting iotsync")?;
-    // The banner goes to stdout so scripts and tests can read the chosen addresses.
+    // The banner goes to stdout so scripts and tests can read the chosen addresses. A
+    // reader that stopped reading (a closed pipe) must not take the server down:
+    // `println!` would panic on EPIPE, so each line is written and its error ignored.
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    macro_rules! println {
+        ($($t:tt)*) => {{
+            let _ = writeln!(stdout, $($t)*);
+        }};
+    }
     println!("iotsync {} ready", env!("CARGO_PKG_VERSION"));
     println!("  data dir:       {}", server.data_dir.display());
     println!("  registry:       {}", server.store_description);
@@ -208,6 +217,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         TokenSource::File(p) => println!("  operator token: in {}", p.display()),
         TokenSource::Generated(p) => println!("  operator token: generated into {}", p.display()),
     }
+    let _ = stdout.flush();
+    drop(stdout);
     tracing::info!(api = %server.api_addr, "iotsync started");
     shutdown_signal().await;
     tracing::info!("shutting down");

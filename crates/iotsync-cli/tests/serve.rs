@@ -128,3 +128,30 @@ fn serve_in(dir: tempfile::TempDir) -> Serve {
     );
     Serve { p, dir }
 }
+
+#[tokio::test]
+async fn serve_keeps_running_when_whoever_reads_its_banner_stops_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    // Its stdout is a pipe nobody reads from any more: every banner line meets EPIPE.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = bin()
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(iotsync_testkit::EPHEMERAL)
+        .env_remove("IOTSYNC_OPERATOR_TOKEN")
+        .stdout(writer)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let token_file = dir.path().join("operator-token");
+    iotsync_testkit::wait_for("the operator token", async || token_file.exists()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "iotsync serve died when its stdout was closed"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

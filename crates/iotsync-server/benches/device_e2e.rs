@@ -360,7 +360,8 @@ fn start_iotsync() -> (Broker, String, String) {
         .unwrap_or_else(|e| stop(&format!("cannot start {}: {e}", bin.display())));
     let out = child.stdout.take().unwrap_or_else(|| stop("no stdout"));
     let (mut api, mut amqp, mut mqtt) = (None, None, None);
-    for line in BufReader::new(out).lines().map_while(Result::ok) {
+    let mut lines = BufReader::new(out).lines();
+    for line in lines.by_ref().map_while(Result::ok) {
         let addr = |l: &str| {
             l.split("://")
                 .nth(1)
@@ -379,6 +380,8 @@ fn start_iotsync() -> (Broker, String, String) {
             break;
         }
     }
+    // Keep reading what the server prints (the rest of the banner): its stdout stays open.
+    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
     let (Some(api), Some(amqp), Some(mqtt)) = (api, amqp, mqtt) else {
         stop("the server's banner did not name its api, amqp and mqtt listeners");
     };
