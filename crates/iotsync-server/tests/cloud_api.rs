@@ -6,48 +6,13 @@
 
 use serde_json::{json, Value};
 
-use iotsync_testkit::peers::{self, run};
-use iotsync_testkit::{repo_root, Project, TestServer};
+use iotsync_testkit::peers::{self, cloud_call, CloudCall};
+use iotsync_testkit::{Project, TestServer};
 
-/// Options of one cloud call.
-#[derive(Default)]
-struct Call<'a> {
-    token: Option<&'a str>,
-    nonce: Option<&'a str>,
-    ts: Option<i64>,
-    tamper: bool,
-}
+type Call<'a> = CloudCall<'a>;
 
 async fn cloud(env: &TestServer, p: &Project, path: &str, params: Value, o: Call<'_>) -> Value {
-    let script = repo_root().join("tests/peers/cloud/call.py");
-    let mut args = vec![
-        script.display().to_string(),
-        "--base".into(),
-        env.base.clone(),
-        "--app-key".into(),
-        p.app_key.clone(),
-        "--secret".into(),
-        p.app_secret.clone(),
-        "--path".into(),
-        path.into(),
-        "--params".into(),
-        params.to_string(),
-        "--ts".into(),
-        o.ts.unwrap_or_else(|| iotsync_core::Clock::now_ms(&env.clock))
-            .to_string(),
-    ];
-    if let Some(t) = o.token {
-        args.extend(["--token".to_string(), t.to_string()]);
-    }
-    if let Some(n) = o.nonce {
-        args.extend(["--nonce".to_string(), n.to_string()]);
-    }
-    if o.tamper {
-        args.push("--tamper".into());
-    }
-    let (code, out, err) = run("python3", &args).await;
-    assert_eq!(code, 0, "call.py failed: {err}");
-    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    let v = cloud_call(env, p, path, params, o).await;
     assert_eq!(
         v["status"], 200,
         "the cloud API always answers HTTP 200: {v}"

@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 
 use iotsync_core::ManualClock;
 use iotsync_server::delivery::ChannelKind;
-use iotsync_testkit::peers::{app_key_args, run, AmqpPeer};
-use iotsync_testkit::{pg, repo_root, Project, TestServer, TOKEN};
+use iotsync_testkit::peers::{app_key_args, cloud_call, AmqpPeer, CloudCall};
+use iotsync_testkit::{pg, Project, TestServer, TOKEN};
 
 /// Nodes on one new schema, sharing one manual clock (throttle waits and session expiry
 /// are read against it on every node).
@@ -109,7 +109,7 @@ async fn a_console_session_made_on_node_1_works_on_node_2_and_sign_out_on_node_2
     c.stop().await;
 }
 
-/// One signed cloud API call through tests/peers/cloud/call.py.
+/// One signed cloud API call through tests/peers/cloud/call.py; its body.
 async fn cloud(
     node: &TestServer,
     p: &Project,
@@ -118,32 +118,12 @@ async fn cloud(
     nonce: Option<&str>,
     token: Option<&str>,
 ) -> Value {
-    let script = repo_root().join("tests/peers/cloud/call.py");
-    let mut args = vec![
-        script.display().to_string(),
-        "--base".into(),
-        node.base.clone(),
-        "--app-key".into(),
-        p.app_key.clone(),
-        "--secret".into(),
-        p.app_secret.clone(),
-        "--path".into(),
-        path.into(),
-        "--params".into(),
-        params.to_string(),
-        "--ts".into(),
-        node.now().to_string(),
-    ];
-    if let Some(n) = nonce {
-        args.extend(["--nonce".to_string(), n.to_string()]);
-    }
-    if let Some(t) = token {
-        args.extend(["--token".to_string(), t.to_string()]);
-    }
-    let (code, out, err) = run("python3", &args).await;
-    assert_eq!(code, 0, "call.py failed: {err}");
-    let v: Value = serde_json::from_str(out.trim()).unwrap();
-    v["body"].clone()
+    let o = CloudCall {
+        token,
+        nonce,
+        ..CloudCall::default()
+    };
+    cloud_call(node, p, path, params, o).await["body"].clone()
 }
 
 #[tokio::test]

@@ -12,6 +12,7 @@ use iotsync_core::sync_rules::{ImportedSync, Route, SyncCommand, SyncMethod, Syn
 use iotsync_core::{ManualClock, MessageKind, ProjectId};
 use iotsync_store::*;
 
+#[macro_use]
 mod common;
 
 use common::{postgres, sqlite, Harness, T0};
@@ -60,27 +61,6 @@ impl Harness {
             .await
             .unwrap();
     }
-}
-
-macro_rules! both {
-    ($name:ident, $h:ident, $body:block) => {
-        mod $name {
-            use super::*;
-            async fn scenario($h: &Harness) $body
-            #[tokio::test]
-            async fn on_sqlite() {
-                let h = sqlite().await;
-                scenario(&h).await;
-                h.done().await;
-            }
-            #[tokio::test]
-            async fn on_postgres() {
-                let h = postgres().await;
-                scenario(&h).await;
-                h.done().await;
-            }
-        }
-    };
 }
 
 both!(creates_project_with_only_cloud_token_activated, h, {

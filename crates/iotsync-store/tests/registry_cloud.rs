@@ -9,6 +9,7 @@ use iotsync_core::{ManualClock, ProjectId};
 use iotsync_store::*;
 use serde_json::json;
 
+#[macro_use]
 mod common;
 
 use common::{postgres, sqlite, Harness, T0};
@@ -36,27 +37,6 @@ impl Harness {
             .unwrap();
         (pid, d.device)
     }
-}
-
-macro_rules! both {
-    ($name:ident, $h:ident, $body:block) => {
-        mod $name {
-            use super::*;
-            async fn scenario($h: &Harness) $body
-            #[tokio::test]
-            async fn on_sqlite() {
-                let h = sqlite().await;
-                scenario(&h).await;
-                h.done().await;
-            }
-            #[tokio::test]
-            async fn on_postgres() {
-                let h = postgres().await;
-                scenario(&h).await;
-                h.done().await;
-            }
-        }
-    };
 }
 
 both!(a_new_cloud_token_replaces_the_previous_one, h, {

@@ -10,30 +10,10 @@ use std::time::Duration;
 use iotsync_core::ManualClock;
 use iotsync_store::*;
 
+#[macro_use]
 mod common;
 
 use common::{postgres, sqlite, Harness, T0};
-
-macro_rules! both {
-    ($name:ident, $h:ident, $body:block) => {
-        mod $name {
-            use super::*;
-            async fn scenario($h: &Harness) $body
-            #[tokio::test]
-            async fn on_sqlite() {
-                let h = sqlite().await;
-                scenario(&h).await;
-                h.done().await;
-            }
-            #[tokio::test]
-            async fn on_postgres() {
-                let h = postgres().await;
-                scenario(&h).await;
-                h.done().await;
-            }
-        }
-    };
-}
 
 fn session(hash: &str, expires_at: i64) -> ConsoleSession {
     ConsoleSession {

@@ -335,6 +335,57 @@ pub fn paho(
     PeerProc::python("mqtt/device.py", &args)
 }
 
+/// Options of one signed cloud API call ([`cloud_call`]).
+#[derive(Default)]
+pub struct CloudCall<'a> {
+    pub token: Option<&'a str>,
+    pub nonce: Option<&'a str>,
+    /// The signature's timestamp (default: the server's clock).
+    pub ts: Option<i64>,
+    /// Change the body after signing it.
+    pub tamper: bool,
+}
+
+/// One cloud API call signed by the Python client of `tests/peers/cloud/call.py` (it
+/// computes the API-gateway signature itself): `{status, body}` as it printed them.
+pub async fn cloud_call(
+    env: &TestServer,
+    p: &Project,
+    path: &str,
+    params: Value,
+    o: CloudCall<'_>,
+) -> Value {
+    let script = repo_root().join("tests/peers/cloud/call.py");
+    let mut args = vec![
+        script.display().to_string(),
+        "--base".into(),
+        env.base.clone(),
+        "--app-key".into(),
+        p.app_key.clone(),
+        "--secret".into(),
+        p.app_secret.clone(),
+        "--path".into(),
+        path.into(),
+        "--params".into(),
+        params.to_string(),
+        "--ts".into(),
+        o.ts.unwrap_or_else(|| env.now()).to_string(),
+    ];
+    if let Some(t) = o.token {
+        args.extend(["--token".to_string(), t.to_string()]);
+    }
+    if let Some(n) = o.nonce {
+        args.extend(["--nonce".to_string(), n.to_string()]);
+    }
+    if o.tamper {
+        args.push("--tamper".into());
+    }
+    let (code, out, err) = run("python3", &args).await;
+    assert_eq!(code, 0, "call.py failed: {err}");
+    serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("call.py printed no JSON ({e}): {out}"))
+}
+
 /// Runs a command to its end (failing after 60 s): (exit code, stdout, stderr).
 pub async fn run(program: &str, args: &[String]) -> (i32, String, String) {
     let out = tokio::time::timeout(

@@ -58,16 +58,6 @@ fn seek_view(group: &ConsumerGroup, o: SeekOutcome) -> SeekView {
     }
 }
 
-fn backlog_err(e: BacklogError) -> ApiError {
-    match e {
-        BacklogError::SeekInFuture { from_ms, now_ms } => ApiError::invalid(
-            "from",
-            format!("from ({from_ms}) is later than now ({now_ms}): nothing was produced then yet"),
-        ),
-        other => other.into(),
-    }
-}
-
 async fn declared(st: &ApiState, pid: &ProjectId, group: &str) -> ApiResult<ConsumerGroup> {
     st.registry.get_project(pid).await?;
     let g = id::<ConsumerGroup>("group", group)?;
@@ -106,7 +96,7 @@ pub async fn seek(
                 ..Default::default()
             }
         }
-        r => r.map_err(backlog_err)?,
+        r => r?,
     };
     audit(&st, &pid, "consumer_group.seek", &g, &out).await?;
     Ok(Json(seek_view(&g, out)))
@@ -159,7 +149,7 @@ pub async fn purge(
         Err(BacklogError::UnknownProject { .. } | BacklogError::UnknownGroup { .. }) => {
             SeekOutcome::default()
         }
-        r => r.map_err(backlog_err)?,
+        r => r?,
     };
     audit(&st, &pid, "consumer_group.purge", &g, &out).await?;
     Ok(Json(seek_view(&g, out)))

@@ -63,3 +63,27 @@ impl Harness {
         }
     }
 }
+
+/// `both!(name, h, { … })`: the scenario once on SQLite and once on PostgreSQL, each in
+/// a fresh registry (`h: &Harness`).
+#[allow(unused_macros)]
+macro_rules! both {
+    ($name:ident, $h:ident, $body:block) => {
+        mod $name {
+            use super::*;
+            async fn scenario($h: &Harness) $body
+            #[tokio::test]
+            async fn on_sqlite() {
+                let h = sqlite().await;
+                scenario(&h).await;
+                h.done().await;
+            }
+            #[tokio::test]
+            async fn on_postgres() {
+                let h = postgres().await;
+                scenario(&h).await;
+                h.done().await;
+            }
+        }
+    };
+}
