@@ -4,7 +4,7 @@
 //! handler's checks and the registry.
 //!
 //! Input: the first byte picks the route (and whether the body is sent as JSON), the rest
-//! is the body; `$PID`, `$PK`, `$DN`, `$IOT`, `$ID` in it become the set-up's ids. Every
+//! is the body; `$PID`, `$PK`, `$DN`, `$IOT`, `$ID`, `$AK` in it become the set-up's ids. Every
 //! answer is below 500 (a refusal is the client's fault, never an internal error), and
 //! every refusal is the JSON error `{code, message, …}` with a non-empty stable code.
 #![no_main]
@@ -30,6 +30,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("PUT", "{p}/api-operations/thing_model"),
     ("POST", "/api/v1/admin/import"),
     ("POST", "{p}/consumer-groups"),
+    ("POST", "{p}/consumer-groups/$AK/seek"),
+    ("POST", "{p}/consumer-groups/$AK/purge"),
+    ("PUT", "{p}/consumer-groups/$AK/alerts"),
+    ("PUT", "{p}/sync/backlog-settings"),
 ];
 
 fuzz_target!(|data: &[u8]| {

@@ -230,7 +230,8 @@ pub mod server {
             self.cloud_token.lock().unwrap_or_else(|e| e.into_inner())
         }
 
-        /// `$PID`, `$PK`, `$DN`, `$IOT`, `$ID`, `$TOKEN` in `s` replaced by the set-up's.
+        /// `$PID`, `$PK`, `$DN`, `$IOT`, `$ID`, `$AK` (the appKey: the default consumer
+        /// group's name), `$TOKEN` in `s` replaced by the set-up's.
         pub fn fill(&self, s: &[u8]) -> Vec<u8> {
             let token = self.token().clone();
             let mut out = s.to_vec();
@@ -241,6 +242,7 @@ pub mod server {
                 ("$PK", &self.pk),
                 ("$DN", &self.dn),
                 ("$ID", &self.identity),
+                ("$AK", &self.app_key),
             ] {
                 out = replace(&out, k.as_bytes(), v.as_bytes());
             }
