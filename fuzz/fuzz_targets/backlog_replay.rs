@@ -60,7 +60,10 @@ fuzz_target!(|data: &[u8]| {
     if std::fs::write(dir.path().join("0000000001.seg"), segment(data)).is_err() {
         return;
     }
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
         return;
     };
     let clock = ManualClock::new(T0 + 86_400_000);
