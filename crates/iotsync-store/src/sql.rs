@@ -397,6 +397,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0006_console_sessions.sql"),
         include_str!("../migrations/postgres/0006_console_sessions.sql"),
     ),
+    (
+        7,
+        "property_chunks",
+        include_str!("../migrations/sqlite/0007_property_chunks.sql"),
+        include_str!("../migrations/postgres/0007_property_chunks.sql"),
+    ),
 ];
 
 fn migrator(backend: StoreBackend) -> sqlx::migrate::Migrator {
@@ -826,9 +832,19 @@ async fn write_properties(
         }
         q.execute(&mut *tx).await?;
     }
-    // History: every report, in order, one multi-row insert per chunk.
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let values: Vec<String> = (0..chunk.len())
+    // History: one chunk per (device, property) holding this batch's values of it in
+    // report order, one multi-row insert per ROWS_PER_STATEMENT chunks (ADR 0014).
+    let mut chunks: std::collections::BTreeMap<(&str, &str), Vec<(i64, &serde_json::Value)>> =
+        Default::default();
+    for (iot, it) in &rows {
+        chunks
+            .entry((iot.as_str(), it.identifier.as_str()))
+            .or_default()
+            .push((it.time, &it.value));
+    }
+    let chunks: Vec<_> = chunks.into_iter().collect();
+    for part in chunks.chunks(ROWS_PER_STATEMENT) {
+        let values: Vec<String> = (0..part.len())
             .map(|k| {
                 format!(
                     "(${}, ${}, ${}, ${})",
@@ -840,20 +856,22 @@ async fn write_properties(
             })
             .collect();
         let sql = format!(
-            "INSERT INTO property_history (iot_id, identifier, value_json, time) VALUES {}",
+            "INSERT INTO property_chunks (iot_id, identifier, n, values_json) VALUES {}",
             values.join(",")
         );
         let mut q = sqlx::query(&sql);
-        for (iot, it) in chunk {
+        for ((iot, ident), vals) in part {
+            let json = serde_json::to_string(vals)
+                .map_err(|e| StoreError::Corrupt(format!("property values: {e}")))?;
             q = q
-                .bind(iot.as_str())
-                .bind(it.identifier.as_str())
-                .bind(it.value.to_string())
-                .bind(it.time);
+                .bind(*iot)
+                .bind(*ident)
+                .bind(i64::try_from(vals.len()).unwrap_or(i64::MAX))
+                .bind(json);
         }
         q.execute(&mut *tx).await?;
     }
-    for ((iot, ident), _) in &latest {
+    for ((iot, ident), _) in &chunks {
         let h = iot
             .bytes()
             .chain(ident.bytes())
@@ -868,12 +886,15 @@ async fn write_properties(
 /// Batches between two trims of one (device, property)'s history.
 const HISTORY_TRIM_EVERY: u64 = 16;
 
-/// Keeps the newest `PROPERTY_HISTORY_MAX` values of one (device, property).
+/// Drops the chunks of one (device, property) that hold none of its newest
+/// `PROPERTY_HISTORY_MAX` values (readers cut the oldest kept chunk themselves).
 async fn trim_history(conn: &mut AnyConnection, iot_id: &str, identifier: &str) -> StoreResult<()> {
     sqlx::query(
-        "DELETE FROM property_history WHERE iot_id = $1 AND identifier = $2 AND seq <= \
-         (SELECT seq FROM property_history WHERE iot_id = $1 AND identifier = $2 \
-          ORDER BY seq DESC LIMIT 1 OFFSET $3)",
+        "DELETE FROM property_chunks WHERE iot_id = $1 AND identifier = $2 AND seq < \
+         (SELECT MIN(seq) FROM \
+           (SELECT seq, n, SUM(n) OVER (ORDER BY seq DESC ROWS UNBOUNDED PRECEDING) AS upto \
+            FROM property_chunks WHERE iot_id = $1 AND identifier = $2) w \
+          WHERE upto - n < $3)",
     )
     .bind(iot_id)
     .bind(identifier)
@@ -881,6 +902,46 @@ async fn trim_history(conn: &mut AnyConnection, iot_id: &str, identifier: &str) 
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// The newest `PROPERTY_HISTORY_MAX` values of one (device, property) from its chunks
+/// (`values_json` newest chunk first), then the query's time range, order and limit.
+/// Values of equal time keep report order (`ORDER BY time, seq` as a single table would).
+fn timeline_from_chunks(
+    chunks_newest_first: &[String],
+    q: &TimelineQuery,
+) -> StoreResult<Vec<PropertyValue>> {
+    let keep = usize::try_from(PROPERTY_HISTORY_MAX).unwrap_or(usize::MAX);
+    // (time, insertion rank: 0 = newest, value)
+    let mut kept: Vec<(i64, usize, serde_json::Value)> = Vec::new();
+    'chunks: for json in chunks_newest_first {
+        let vals: Vec<(i64, serde_json::Value)> = serde_json::from_str(json)
+            .map_err(|e| StoreError::Corrupt(format!("property_chunks.values_json: {e}")))?;
+        for (time, value) in vals.into_iter().rev() {
+            if kept.len() == keep {
+                break 'chunks;
+            }
+            let rank = kept.len();
+            kept.push((time, rank, value));
+        }
+    }
+    kept.retain(|(t, _, _)| *t >= q.start && *t <= q.end);
+    if q.newest_first {
+        // Newest time first; equal times: the later report first.
+        kept.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    } else {
+        kept.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+    }
+    let limit = usize::try_from(q.limit.clamp(1, PROPERTY_TIMELINE_MAX_LIMIT)).unwrap_or(1);
+    Ok(kept
+        .into_iter()
+        .take(limit)
+        .map(|(time, _, value)| PropertyValue {
+            identifier: q.identifier.clone(),
+            value,
+            time,
+        })
+        .collect())
 }
 
 fn group_from(row: &AnyRow) -> StoreResult<DeclaredGroup> {
@@ -2384,30 +2445,19 @@ impl Registry for SqlRegistry {
     ) -> StoreResult<Vec<PropertyValue>> {
         let mut conn = self.pool.acquire().await?;
         fetch_device(&mut conn, project, iot_id).await?;
-        let order = if q.newest_first { "DESC" } else { "ASC" };
-        let rows = sqlx::query(&format!(
-            "SELECT value_json, time FROM property_history \
-             WHERE iot_id = $1 AND identifier = $2 AND time >= $3 AND time <= $4 \
-             ORDER BY time {order}, seq {order} LIMIT $5"
-        ))
+        let rows = sqlx::query(
+            "SELECT values_json FROM property_chunks \
+             WHERE iot_id = $1 AND identifier = $2 ORDER BY seq DESC",
+        )
         .bind(iot_id.as_str())
         .bind(q.identifier.as_str())
-        .bind(q.start)
-        .bind(q.end)
-        .bind(i64::from(q.limit.clamp(1, PROPERTY_TIMELINE_MAX_LIMIT)))
         .fetch_all(&mut *conn)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let v: String = r.try_get("value_json")?;
-                Ok(PropertyValue {
-                    identifier: q.identifier.clone(),
-                    value: serde_json::from_str(&v)
-                        .map_err(|e| StoreError::Corrupt(format!("property value: {e}")))?,
-                    time: r.try_get("time")?,
-                })
-            })
-            .collect()
+        let chunks = rows
+            .iter()
+            .map(|r| r.try_get::<String, _>("values_json"))
+            .collect::<Result<Vec<_>, _>>()?;
+        timeline_from_chunks(&chunks, q)
     }
 
     async fn declare_group(

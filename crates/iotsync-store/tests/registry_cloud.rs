@@ -164,6 +164,83 @@ both!(the_timeline_keeps_only_the_newest_values, h, {
     assert_eq!(oldest[0].time, T0 + 5, "the 5 oldest values were trimmed");
 });
 
+both!(batched_reports_keep_order_ties_and_an_exact_bound, h, {
+    // The write-behind batches put many reports of one property in one chunk (ADR 0014):
+    // time ranges, ties and the bound must read as if every value had its own row.
+    let (pid, d) = h.device().await;
+    let v = |i: i64, t: i64| PropertyValue {
+        identifier: "T".into(),
+        value: json!(i),
+        time: t,
+    };
+    // 3 batches of 400 reports, one value each; times repeat (device clocks do), and
+    // one report in each batch carries an older time than its predecessor.
+    let mut i = 0;
+    for _batch in 0..3 {
+        let mut batch = Vec::new();
+        for k in 0..400 {
+            let t = if k == 7 { T0 } else { T0 + i / 2 };
+            batch.push((pid.clone(), d.iot_id.clone(), vec![v(i, t)]));
+            i += 1;
+        }
+        h.reg.record_properties_batch(&batch).await.unwrap();
+    }
+    // 1 200 reported, the newest 1 000 kept: values 200..1200 whatever the trim round.
+    let all = |newest_first| TimelineQuery {
+        identifier: "T".into(),
+        start: 0,
+        end: i64::MAX,
+        limit: 200,
+        newest_first,
+    };
+    let newest = h
+        .reg
+        .property_timeline(&pid, &d.iot_id, &all(true))
+        .await
+        .unwrap();
+    assert_eq!(newest.len(), 200);
+    // Times 599 (values 1198, 1199) first, the later report of a tie first.
+    assert_eq!(newest[0].value, json!(1199));
+    assert_eq!(newest[1].value, json!(1198));
+    assert!(newest.windows(2).all(|w| w[0].time >= w[1].time));
+    let oldest = h
+        .reg
+        .property_timeline(&pid, &d.iot_id, &all(false))
+        .await
+        .unwrap();
+    // The reports stamped T0 inside the kept range (k == 7 of batches 1 and 2: values
+    // 407 and 807) come first, in report order; value 7 (batch 0) was trimmed.
+    let first: Vec<_> = oldest.iter().take(3).map(|p| p.value.clone()).collect();
+    assert_eq!(first, vec![json!(407), json!(807), json!(200)]);
+    assert!(oldest.iter().all(|p| p.value.as_i64().unwrap() >= 200));
+    // A time range inside one chunk.
+    let range = TimelineQuery {
+        identifier: "T".into(),
+        start: T0 + 300,
+        end: T0 + 301,
+        limit: 10,
+        newest_first: false,
+    };
+    let got = h
+        .reg
+        .property_timeline(&pid, &d.iot_id, &range)
+        .await
+        .unwrap();
+    let vals: Vec<_> = got.iter().map(|p| p.value.clone()).collect();
+    assert_eq!(vals, vec![json!(600), json!(601), json!(602), json!(603)]);
+    // An unknown property has no timeline.
+    let none = TimelineQuery {
+        identifier: "Nope".into(),
+        ..range
+    };
+    assert!(h
+        .reg
+        .property_timeline(&pid, &d.iot_id, &none)
+        .await
+        .unwrap()
+        .is_empty());
+});
+
 both!(
     a_nonce_is_accepted_once_until_it_expires_and_purged_after,
     h,
