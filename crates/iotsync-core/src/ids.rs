@@ -148,13 +148,18 @@ impl MessageId {
     /// A fresh UUIDv7 id whose time is `ms` (the message's generateTime), so the id
     /// alone says where in the backlog the message is (lookups by id use it).
     pub fn generate_at(ms: i64) -> Self {
+        use rand::RngCore;
         let ms = ms.max(0) as u64;
-        let ts = uuid::Timestamp::from_unix(
-            uuid::NoContext,
-            ms / 1000,
-            ((ms % 1000) * 1_000_000) as u32,
-        );
-        Self(uuid::Uuid::new_v7(ts).simple().to_string())
+        // The 74 random bits come from the thread's CSPRNG (reseeded from the OS), not
+        // a `getrandom` system call per id: one id per report is on the ingest's hot path.
+        let mut random = [0u8; 10];
+        rand::thread_rng().fill_bytes(&mut random);
+        Self(
+            uuid::Builder::from_unix_timestamp_millis(ms, &random)
+                .into_uuid()
+                .simple()
+                .to_string(),
+        )
     }
 }
 

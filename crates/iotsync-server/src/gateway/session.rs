@@ -259,8 +259,20 @@ pub fn event_params(req: &AlinkRequest) -> Result<(&Value, Option<i64>), AlinkEr
 
 /// The `_reply` payload `{id, code, data, message}`.
 pub fn reply_payload(id: &str, code: i64, message: &str, data: Value) -> Vec<u8> {
-    serde_json::to_vec(&json!({"id": id, "code": code, "data": data, "message": message}))
-        .unwrap_or_default()
+    // Written directly (one per uplink): `{"code","data","id","message"}`, the order
+    // `json!` gave, without building a `Value` map first.
+    let mut out = Vec::with_capacity(64 + id.len() + message.len());
+    out.extend_from_slice(b"{\"code\":");
+    out.extend_from_slice(code.to_string().as_bytes());
+    out.extend_from_slice(b",\"data\":");
+    // Writing JSON values and strings into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, &data);
+    out.extend_from_slice(b",\"id\":");
+    let _ = serde_json::to_writer(&mut out, id);
+    out.extend_from_slice(b",\"message\":");
+    let _ = serde_json::to_writer(&mut out, message);
+    out.push(b'}');
+    out
 }
 
 /// Reads a device's `_reply` `{id, code, data, message?}`.

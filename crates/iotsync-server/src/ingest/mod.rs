@@ -76,14 +76,19 @@ struct DeviceFacts {
 }
 
 /// A looked-up value, valid while the registry's change epoch is the same and for at
-/// most [`CACHE_TTL_MS`] (changes made by other nodes of a scale-out are seen by then).
+/// most [`CACHE_TTL_MS`]. Changes made on this node bump the epoch when they commit;
+/// changes made by other nodes of a scale-out bump it when their notification arrives
+/// (the PostgreSQL change feed, ADR 0012, which also bumps it after a reconnect). The
+/// time limit is the backstop for a notification that never came.
 struct Cached<T> {
     value: T,
     epoch: u64,
     at_ms: i64,
 }
 
-const CACHE_TTL_MS: i64 = 2_000;
+/// Re-reading every device's facts more often cost 3 % of the ingest's CPU under a
+/// 1 000-device flood (two registry queries per device per period; issue 16).
+const CACHE_TTL_MS: i64 = 30_000;
 /// Entries kept at most; past it the cache starts over (a flood of made-up ids must not
 /// grow memory).
 const CACHE_MAX: usize = 100_000;
@@ -131,6 +136,9 @@ enum PropertyOp {
 const PROPERTY_QUEUE: usize = 16384;
 /// Reports written per registry transaction, at most.
 const PROPERTY_BATCH: usize = 8192;
+/// How long a batch waits for more reports after its first (a SIGKILL may lose the last
+/// values and history of reports answered within it; their messages are in the backlog).
+const PROPERTY_LINGER: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Writes reported last values and history behind the report, many reports per registry
 /// transaction. The report's message is what must be durable before the device is
@@ -143,19 +151,30 @@ async fn property_writer(registry: Arc<dyn Registry>, mut rx: mpsc::Receiver<Pro
         let Some(first) = rx.recv().await else { break };
         let mut batch = Vec::new();
         let mut barriers = Vec::new();
+        // A batch collects for up to PROPERTY_LINGER after its first report, so one
+        // device's reports share a history chunk (ADR 0014); a reader's barrier, a stop
+        // or a full batch writes at once.
+        let deadline = tokio::time::Instant::now() + PROPERTY_LINGER;
         let mut next = Some(first);
-        while let Some(op) = next.take() {
-            match op {
-                PropertyOp::Record(p, i, v) => batch.push((p, i, v)),
-                PropertyOp::Barrier(b) => barriers.push(b),
-                PropertyOp::Stop => {
+        'collect: loop {
+            while let Some(op) = next.take() {
+                match op {
+                    PropertyOp::Record(p, i, v) => batch.push((p, i, v)),
+                    PropertyOp::Barrier(b) => barriers.push(b),
+                    PropertyOp::Stop => stop = true,
+                }
+                if stop || !barriers.is_empty() || batch.len() >= PROPERTY_BATCH {
+                    break 'collect;
+                }
+                next = rx.try_recv().ok();
+            }
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(op)) => next = Some(op),
+                Ok(None) => {
                     stop = true;
                     break;
                 }
-            }
-            // Whatever queued while the last batch was written goes in this one.
-            if batch.len() < PROPERTY_BATCH {
-                next = rx.try_recv().ok();
+                Err(_) => break,
             }
         }
         if let Err(e) = registry.record_properties_batch(&batch).await {
