@@ -311,7 +311,19 @@ fn start_iotsync() -> (Broker, String, String) {
         None => "release".to_owned(),
     };
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let st = Command::new(&cargo)
+    let mut build = Command::new(&cargo);
+    // `cargo bench` runs this with CARGO_PKG_*, CARGO_MANIFEST_DIR, OUT_DIR… set; build
+    // scripts that watch them (ring's, via rerun-if-env-changed) would see them change
+    // and rebuild half the tree, here and again at the next `cargo bench`.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if (k.starts_with("CARGO_") && !matches!(&*k, "CARGO_HOME" | "CARGO_TARGET_DIR"))
+            || k == "OUT_DIR"
+        {
+            build.env_remove(&*k);
+        }
+    }
+    let st = build
         .args([
             "build",
             "--profile",
