@@ -368,13 +368,22 @@ impl JetStreamBacklog {
             })
             .await
             .map_err(|e| nats_err("create stream", e))?;
-        let meta = bucket(&js, wire::BUCKET_META, Duration::ZERO, replicas, kv_file()).await?;
+        let meta = bucket(
+            &js,
+            wire::BUCKET_META,
+            Duration::ZERO,
+            replicas,
+            stream::StorageType::File,
+        )
+        .await?;
+        // File storage: a restarted server must still have the bucket (leases in it
+        // run out by its MaxAge anyway).
         let owners = bucket(
             &js,
             wire::BUCKET_OWNERS,
             cfg.lease_ttl,
             replicas,
-            stream::StorageType::Memory,
+            stream::StorageType::File,
         )
         .await?;
         let partitions = match meta
@@ -464,10 +473,6 @@ impl JetStreamBacklog {
             .map(|g| g.owned.keys().copied().collect())
             .unwrap_or_default()
     }
-}
-
-fn kv_file() -> stream::StorageType {
-    stream::StorageType::File
 }
 
 async fn bucket(
