@@ -268,6 +268,8 @@ struct Inner {
     dead: stream::Stream,
     state: Mutex<State>,
     wake_owners: Notify,
+    /// Leases made room in some buffer: pull loops waiting for room look again.
+    room: Notify,
     expired_since_tick: AtomicU64,
 }
 
@@ -428,6 +430,7 @@ impl JetStreamBacklog {
             dead,
             state: Mutex::new(state),
             wake_owners: Notify::new(),
+            room: Notify::new(),
             expired_since_tick: AtomicU64::new(0),
         });
         let watcher = {
@@ -760,73 +763,74 @@ impl Inner {
         Ok(())
     }
 
-    /// A message pulled by a partition task; settles what this group does not take.
+    /// Messages pulled by a partition task, all at hand: buffered under one lock; what
+    /// this group does not take, or what is past retention, is acked at once.
     async fn pulled(
         &self,
         p: &ProjectId,
         g: &ConsumerGroup,
         class: Class,
         part: u16,
-        m: jetstream::Message,
+        ms: Vec<jetstream::Message>,
     ) {
-        let (sseq, delivered) = match m.info() {
-            Ok(i) => (i.stream_sequence, i.delivered),
-            Err(_) => return,
-        };
-        let Some(reply) = m.reply.clone() else {
-            return;
-        };
-        let msg = match wire::decode(m.headers.as_ref(), &m.payload) {
-            Ok(msg) => msg,
-            Err(e) => {
-                tracing::warn!(stream = class.stream(), seq = sseq, error = %e, "not an iotsync message: terminated");
-                let _ = self.send(&reply, Bytes::from_static(b"+TERM")).await;
-                return;
-            }
-        };
-        if !wire::for_group(m.headers.as_ref(), g) {
-            let _ = self.send(&reply, Bytes::from_static(b"+ACK")).await;
-            return;
-        }
         let now = self.clock.now_ms();
-        let expired = {
+        let mut settle: Vec<(async_nats::Subject, &'static [u8])> = Vec::new();
+        let mut decoded = Vec::with_capacity(ms.len());
+        for m in ms {
+            let (sseq, delivered) = match m.info() {
+                Ok(i) => (i.stream_sequence, i.delivered),
+                Err(_) => continue,
+            };
+            let Some(reply) = m.reply.clone() else {
+                continue;
+            };
+            match wire::decode(m.headers.as_ref(), &m.payload) {
+                Ok(msg) if wire::for_group(m.headers.as_ref(), g) => {
+                    decoded.push((sseq, delivered, reply, msg));
+                }
+                Ok(_) => settle.push((reply, b"+ACK")),
+                Err(e) => {
+                    tracing::warn!(stream = class.stream(), seq = sseq, error = %e, "not an iotsync message: terminated");
+                    settle.push((reply, b"+TERM"));
+                }
+            }
+        }
+        {
             let mut st = self.lock();
-            let Some(ps) = st.projects.get(p) else {
+            let st = &mut *st;
+            let Some(ps) = st.projects.get_mut(p) else {
                 return;
             };
             let retention = self.retention_ms(&ps.doc);
-            let taken = ps.groups.get(g).map(|gs| gs.spec.filter.takes(&msg));
-            let expired = now - msg.envelope.generate_time >= retention;
-            match taken {
-                None => return,
-                Some(false) => true,
-                Some(true) if expired => {
-                    if let Some(gs) = st.group_mut(p, g) {
-                        gs.counters.expired += 1;
-                    }
+            let Some(gs) = ps.groups.get_mut(g) else {
+                return;
+            };
+            let mut pushed = false;
+            for (sseq, delivered, reply, msg) in decoded {
+                if !gs.spec.filter.takes(&msg) {
+                    settle.push((reply, b"+ACK"));
+                } else if now - msg.envelope.generate_time >= retention {
+                    gs.counters.expired += 1;
                     self.expired_since_tick.fetch_add(1, Ordering::Relaxed);
-                    true
-                }
-                Some(true) => {
-                    let held = Held {
+                    settle.push((reply, b"+ACK"));
+                } else {
+                    pushed |= gs.local.push(Held {
                         class,
                         part,
                         sseq,
-                        reply: reply.clone(),
+                        reply,
                         message: msg,
                         attempt: delivered.max(1) as u32,
                         touched_ms: now,
-                    };
-                    if let Some(gs) = st.group_mut(p, g) {
-                        gs.local.push(held);
-                    }
-                    st.signal(p, g);
-                    false
+                    });
                 }
             }
-        };
-        if expired {
-            let _ = self.send(&reply, Bytes::from_static(b"+ACK")).await;
+            if pushed {
+                st.signal(p, g);
+            }
+        }
+        for (reply, body) in settle {
+            let _ = self.send(&reply, Bytes::from_static(body)).await;
         }
     }
 
@@ -857,6 +861,7 @@ impl Inner {
         };
         let cap = self.cfg.buffer_per_partition.max(1);
         while !stop.load(Ordering::Relaxed) {
+            let woken = self.room.notified();
             let room = {
                 let st = self.lock();
                 match st.projects.get(&p) {
@@ -871,8 +876,9 @@ impl Inner {
             let Some(room) = room else {
                 return;
             };
-            if room == 0 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            if room < cap / 4 {
+                // Pull in chunks, not a message at a time; leases wake us.
+                let _ = tokio::time::timeout(Duration::from_millis(20), woken).await;
                 continue;
             }
             let batch = consumer
@@ -881,7 +887,7 @@ impl Inner {
                 .expires(self.cfg.pull_expires)
                 .messages()
                 .await;
-            let mut batch = match batch {
+            let batch = match batch {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::debug!(consumer = %name, error = %e, "pull failed");
@@ -889,13 +895,22 @@ impl Inner {
                     continue;
                 }
             };
-            while let Some(m) = batch.next().await {
-                match m {
-                    Ok(m) => self.pulled(&p, &g, class, part, m).await,
-                    Err(e) => {
-                        tracing::debug!(consumer = %name, error = %e, "pull batch ended");
-                        break;
+            let mut chunks = batch.ready_chunks(cap);
+            'batch: while let Some(chunk) = chunks.next().await {
+                let mut ms = Vec::with_capacity(chunk.len());
+                let mut ended = false;
+                for m in chunk {
+                    match m {
+                        Ok(m) => ms.push(m),
+                        Err(e) => {
+                            tracing::debug!(consumer = %name, error = %e, "pull batch ended");
+                            ended = true;
+                        }
                     }
+                }
+                self.pulled(&p, &g, class, part, ms).await;
+                if ended {
+                    break 'batch;
                 }
             }
         }
@@ -1341,6 +1356,9 @@ impl Backlog for JetStreamBacklog {
         for d in &out {
             st.leases
                 .insert(d.token.gen, (project.clone(), group.clone()));
+        }
+        if !out.is_empty() {
+            inner.room.notify_waiters();
         }
         Ok(out)
     }
