@@ -335,6 +335,18 @@ impl JetStreamBacklog {
             .map_err(|e| nats_err("connect", e))?;
         let info = client.server_info();
         tracing::info!(version = %info.version, servers = info.connect_urls.len().max(1), node = %node, "backlog on NATS JetStream");
+        // A message is its body (envelope + payload) and two headers: it must fit the
+        // server's max_payload, else appends would fail at the server, not at our check.
+        let mut cfg = cfg;
+        let room = info.max_payload.saturating_sub(4096);
+        if room > 0 && cfg.max_message_bytes > room {
+            tracing::warn!(
+                configured = cfg.max_message_bytes,
+                max_payload = info.max_payload,
+                "largest message lowered to fit the NATS server's max_payload"
+            );
+            cfg.max_message_bytes = room;
+        }
         let replicas = cfg
             .replicas
             .unwrap_or(if info.connect_urls.len() >= 3 { 3 } else { 1 });
@@ -712,7 +724,7 @@ impl Inner {
             .publish_with_headers(
                 wire::dead_subject(&m.project_id, group),
                 h,
-                Bytes::from(m.envelope.payload.clone()),
+                Bytes::from(wire::body(m)),
             )
             .await
             .map_err(|e| nats_err("dead letter", e))?;
@@ -784,7 +796,7 @@ impl Inner {
             let Some(reply) = m.reply.clone() else {
                 continue;
             };
-            match wire::decode(m.headers.as_ref(), &m.payload) {
+            match wire::decode(&m.payload) {
                 Ok(msg) if wire::for_group(m.headers.as_ref(), g) => {
                     decoded.push((sseq, delivered, reply, msg));
                 }
@@ -1003,7 +1015,7 @@ impl Inner {
                 Err(e) => return Err(nats_err("read dead letters", e)),
             };
             seq = m.sequence + 1;
-            let Ok(message) = wire::decode(Some(&m.headers), &m.payload) else {
+            let Ok(message) = wire::decode(&m.payload) else {
                 continue;
             };
             let Some(group) = wire::header_str(Some(&m.headers), wire::H_DEAD_GROUP)
@@ -1125,7 +1137,7 @@ impl Backlog for JetStreamBacklog {
                 items.push((
                     wire::subject(class, p, part),
                     h,
-                    Bytes::from(m.envelope.payload),
+                    Bytes::from(wire::body(&m)),
                 ));
             }
         }
@@ -1577,7 +1589,7 @@ impl Backlog for JetStreamBacklog {
                 .publish_all(vec![(
                     wire::subject(class, project, part),
                     h,
-                    Bytes::from(d.message.envelope.payload.clone()),
+                    Bytes::from(wire::body(&d.message)),
                 )])
                 .await?;
             inner

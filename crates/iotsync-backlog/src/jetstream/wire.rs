@@ -11,12 +11,6 @@ pub const BUCKET_OWNERS: &str = "IOTSYNC_OWNERS";
 
 pub const H_MSG_ID: &str = "Nats-Msg-Id";
 pub const H_KEY: &str = "Iotsync-Key";
-pub const H_KIND: &str = "Iotsync-Kind";
-pub const H_PRODUCT: &str = "Iotsync-Product";
-pub const H_TOPIC: &str = "Iotsync-Topic";
-pub const H_TIME: &str = "Iotsync-Time";
-pub const H_PROJECT: &str = "Iotsync-Project";
-pub const H_ID: &str = "Iotsync-Id";
 /// Present when not every group of the project takes the message: the ones that do.
 pub const H_GROUPS: &str = "Iotsync-Groups";
 /// Dead letters: the group, the deliveries before and when.
@@ -114,19 +108,12 @@ pub fn member_key(project: &ProjectId, group: &ConsumerGroup, node: &str) -> Str
     format!("mem.{project}.{group}.{node}")
 }
 
-/// The headers a stored message carries (its body is the payload).
+/// The headers a stored message carries: the dedup id, the device (ordering key), and
+/// the groups that take it when not all of the project's do. The rest is in the body.
 pub fn headers(m: &SyncMessage, only_groups: Option<&[&ConsumerGroup]>) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(H_MSG_ID, m.envelope.message_id.as_str());
-    h.insert(H_ID, m.envelope.message_id.as_str());
-    h.insert(H_PROJECT, m.project_id.as_str());
     h.insert(H_KEY, m.ordering_key.as_str());
-    h.insert(H_KIND, m.kind.code());
-    if let Some(p) = &m.product_key {
-        h.insert(H_PRODUCT, p.as_str());
-    }
-    h.insert(H_TOPIC, m.envelope.topic.as_str());
-    h.insert(H_TIME, m.envelope.generate_time.to_string().as_str());
     if let Some(groups) = only_groups {
         let names: Vec<&str> = groups.iter().map(|g| g.as_str()).collect();
         h.insert(H_GROUPS, names.join(",").as_str());
@@ -143,30 +130,94 @@ fn get<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).map(|v| v.as_str())
 }
 
-/// Rebuilds a message from its headers and body; `Err` names what is missing.
-pub fn decode(h: Option<&HeaderMap>, payload: &[u8]) -> Result<SyncMessage, String> {
-    let h = h.ok_or("no headers")?;
-    let need = |n: &str| get(h, n).ok_or_else(|| format!("no {n} header"));
-    let project_id: ProjectId = need(H_PROJECT)?.parse().map_err(|e| format!("{e}"))?;
-    let message_id = need(H_ID)?.parse().map_err(|e| format!("{e}"))?;
-    let kind: MessageKind = need(H_KIND)?.parse().map_err(|e| format!("{e}"))?;
-    let product_key = match get(h, H_PRODUCT) {
-        Some(p) => Some(p.parse().map_err(|e| format!("{e}"))?),
-        None => None,
+const BODY_V1: u8 = 1;
+
+/// The body of a stored message: version 1, then length-prefixed project, messageId,
+/// kind code, productKey (empty: none), ordering key, topic (u16 lengths for the last
+/// two), generateTime (i64 big-endian), then the payload as it came. One allocation to
+/// read back, where a header per field cost a map entry each.
+pub fn body(m: &SyncMessage) -> Vec<u8> {
+    let e = &m.envelope;
+    let product = m.product_key.as_ref().map(|p| p.as_str()).unwrap_or("");
+    let mut b = Vec::with_capacity(
+        24 + m.project_id.as_str().len()
+            + e.message_id.as_str().len()
+            + product.len()
+            + m.ordering_key.len()
+            + e.topic.len()
+            + e.payload.len(),
+    );
+    b.push(BODY_V1);
+    for s in [
+        m.project_id.as_str(),
+        e.message_id.as_str(),
+        m.kind.code(),
+        product,
+    ] {
+        // Ids and codes are at most 64 bytes (checked at parse).
+        b.push(s.len().min(255) as u8);
+        b.extend_from_slice(&s.as_bytes()[..s.len().min(255)]);
+    }
+    for s in [m.ordering_key.as_str(), e.topic.as_str()] {
+        let n = s.len().min(u16::MAX as usize);
+        b.extend_from_slice(&(n as u16).to_be_bytes());
+        b.extend_from_slice(&s.as_bytes()[..n]);
+    }
+    b.extend_from_slice(&e.generate_time.to_be_bytes());
+    b.extend_from_slice(&e.payload);
+    b
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.0.len() < n {
+            return Err("body cut short".into());
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn str8(&mut self) -> Result<&'a str, String> {
+        let n = self.take(1)?[0] as usize;
+        std::str::from_utf8(self.take(n)?).map_err(|e| e.to_string())
+    }
+    fn str16(&mut self) -> Result<&'a str, String> {
+        let l = self.take(2)?;
+        let n = u16::from_be_bytes([l[0], l[1]]) as usize;
+        std::str::from_utf8(self.take(n)?).map_err(|e| e.to_string())
+    }
+}
+
+/// Rebuilds a message from a stored body; `Err` says what is wrong.
+pub fn decode(body: &[u8]) -> Result<SyncMessage, String> {
+    let mut r = Reader(body);
+    if r.take(1)?[0] != BODY_V1 {
+        return Err("unknown body version".into());
+    }
+    let project_id: ProjectId = r.str8()?.parse().map_err(|e| format!("{e}"))?;
+    let message_id = r.str8()?.parse().map_err(|e| format!("{e}"))?;
+    let kind: MessageKind = r.str8()?.parse().map_err(|e| format!("{e}"))?;
+    let product_key = match r.str8()? {
+        "" => None,
+        p => Some(p.parse().map_err(|e| format!("{e}"))?),
     };
-    let generate_time = need(H_TIME)?
-        .parse::<i64>()
-        .map_err(|e| format!("{H_TIME}: {e}"))?;
+    let ordering_key = r.str16()?.to_owned();
+    let topic = r.str16()?.to_owned();
+    let t = r.take(8)?;
+    let mut tb = [0u8; 8];
+    tb.copy_from_slice(t);
     Ok(SyncMessage {
         project_id,
         kind,
         product_key,
-        ordering_key: need(H_KEY)?.to_owned(),
+        ordering_key,
         envelope: Envelope {
-            topic: need(H_TOPIC)?.to_owned(),
+            topic,
             message_id,
-            generate_time,
-            payload: payload.to_vec(),
+            generate_time: i64::from_be_bytes(tb),
+            payload: r.0.to_vec(),
         },
     })
 }
@@ -212,7 +263,7 @@ mod tests {
     }
 
     #[test]
-    fn a_message_round_trips_through_headers() {
+    fn a_message_round_trips_through_its_body() {
         let p: ProjectId = "p1".parse().unwrap();
         let m = SyncMessage {
             project_id: p.clone(),
@@ -228,7 +279,14 @@ mod tests {
         };
         let g: ConsumerGroup = "g1".parse().unwrap();
         let h = headers(&m, Some(&[&g]));
-        assert_eq!(decode(Some(&h), &m.envelope.payload).unwrap(), m);
+        let b = body(&m);
+        assert_eq!(decode(&b).unwrap(), m);
+        for cut in 0..b.len() - m.envelope.payload.len() {
+            assert!(decode(&b[..cut]).is_err(), "a body cut at {cut} is refused");
+        }
+        let mut none = m.clone();
+        none.product_key = None;
+        assert_eq!(decode(&body(&none)).unwrap(), none);
         assert!(for_group(Some(&h), &g));
         assert!(!for_group(Some(&h), &"g2".parse().unwrap()));
         assert!(for_group(Some(&headers(&m, None)), &"g2".parse().unwrap()));
