@@ -174,6 +174,8 @@ both!(
     oversized_payload_is_refused_before_anything_is_stored,
     figures_show_stacked_oldest_age_in_flight_and_totals,
     a_schedule_dead_letters_after_its_last_delivery,
+    a_group_takes_only_what_its_filter_takes,
+    a_deleted_group_counts_what_it_owed_and_is_gone,
 );
 
 async fn acked_message_is_gone_for_its_group(e: Engine) {
@@ -595,4 +597,69 @@ async fn a_schedule_dead_letters_after_its_last_delivery(e: Engine) {
     let s = f.b.stats(&p).await.unwrap();
     let legacy = s.groups.iter().find(|x| x.group == "legacy").unwrap();
     assert_eq!((legacy.stacked, legacy.dead_letters), (0, 1));
+}
+
+async fn a_group_takes_only_what_its_filter_takes(e: Engine) {
+    let f = Fixture::new(e).await;
+    let p = project("p1");
+    let users = group("users");
+    let spec = GroupSpec {
+        filter: iotsync_core::GroupFilter::data_class(iotsync_core::DataClass::User),
+        ..GroupSpec::all()
+    };
+    f.b.create_group(&p, &users, &spec).await.unwrap();
+    f.b.append(vec![
+        msg(&p, "k1", "dev1", T0),
+        user_msg(&p, "k2", "usr1", T0),
+    ])
+    .await
+    .unwrap();
+    f.ready(&p, &group("g1"), C1, 2).await;
+    f.ready(&p, &users, C2, 1).await;
+    assert_eq!(
+        ids(&f.lease(&p, &group("g1"), C1, 10).await),
+        ["dev1", "usr1"]
+    );
+    assert_eq!(ids(&f.lease(&p, &users, C2, 10).await), ["usr1"]);
+    f.nothing(&p, &users, C2).await;
+    let s = f.b.stats(&p).await.unwrap();
+    let u = s.groups.iter().find(|g| g.group == "users").unwrap();
+    assert_eq!(u.appended_total, 1);
+    // A project whose only group takes user data: device data is counted, not stored.
+    let q = project("p2");
+    f.b.create_group(&q, &users, &spec).await.unwrap();
+    let out = f.b.append(vec![msg(&q, "k1", "dev2", T0)]).await.unwrap();
+    assert_eq!((out.stored, out.discarded_no_group), (0, 1));
+    assert_eq!(f.b.stats(&q).await.unwrap().discarded_no_group, 1);
+}
+
+async fn a_deleted_group_counts_what_it_owed_and_is_gone(e: Engine) {
+    let f = Fixture::new(e).await;
+    let p = project("p1");
+    let g2 = group("g2");
+    f.b.create_group(&p, &g2, &GroupSpec::all()).await.unwrap();
+    f.b.append(vec![msg(&p, "k1", "m1", T0), msg(&p, "k2", "m2", T0)])
+        .await
+        .unwrap();
+    f.ready(&p, &g2, C1, 2).await;
+    let mut w = f.b.watch(&p, &g2).unwrap();
+    f.b.delete_group(&p, &g2).await.unwrap();
+    let s = f.b.stats(&p).await.unwrap();
+    assert_eq!(s.dropped_by_group_delete, 2);
+    assert_eq!(s.groups.len(), 1);
+    assert!(matches!(
+        f.b.lease(&p, &g2, C1, 10).await,
+        Err(BacklogError::UnknownGroup { .. })
+    ));
+    assert!(matches!(
+        tokio::time::timeout(Duration::from_secs(5), w.changed()).await,
+        Ok(Err(BacklogError::Closed))
+    ));
+    assert!(matches!(
+        f.b.delete_group(&p, &g2).await,
+        Err(BacklogError::UnknownGroup { .. })
+    ));
+    // The other group still has both.
+    f.ready(&p, &group("g1"), C1, 2).await;
+    assert_eq!(ids(&f.lease(&p, &group("g1"), C1, 10).await), ["m1", "m2"]);
 }
