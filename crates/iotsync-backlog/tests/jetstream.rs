@@ -1,8 +1,9 @@
 //! What only the JetStream engine has to show: de-duplication by messageId, nothing
 //! acknowledged by `append` lost across a nats-server restart, and two engines ("nodes")
 //! on one NATS sharing a group: each message to one of them, per-device order kept,
-//! also while partitions are handed over. Each test starts its own `nats-server -js` on
-//! a free port and fails if it is missing.
+//! also while partitions are handed over; a dead node's partitions and un-acked
+//! messages going to the other node; a pause made on one node holding on the other.
+//! Each test starts its own `nats-server -js` on a free port and fails if it is missing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
 
@@ -269,4 +270,109 @@ async fn two_nodes_share_a_group_each_message_to_one_in_device_order_across_a_ha
     // Nothing failed: a handover settles the old owner's deliveries first and gives back
     // only what it had not handed out, so each message went to exactly one consumer.
     assert_eq!((l.len(), redelivered), (total, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_partitions_and_unacked_messages_go_to_the_other_node() {
+    let nats = NatsTestServer::start().expect("nats-server must be installed");
+    let cfg = |node: &str| JetStreamConfig {
+        // JetStream's AckWait is the ack time-out: a dead node's deliveries come back
+        // after it.
+        ack_timeout: Duration::from_secs(2),
+        ..config(node, 4)
+    };
+    let connect = |node: &'static str| {
+        let url = nats.url();
+        let c = cfg(node);
+        async move {
+            Arc::new(
+                JetStreamBacklog::connect(&url, c, Arc::new(SystemClock))
+                    .await
+                    .unwrap(),
+            )
+        }
+    };
+    let a = connect("node-a").await;
+    let (p, g) = (project("p1"), group("g1"));
+    a.create_group(&p, &g, &GroupSpec::all()).await.unwrap();
+    let total = 400;
+    let batch = (0..total).map(|i| device_msg(&p, i % 10, i)).collect();
+    a.append(batch).await.unwrap();
+    // Node a leases some and dies before acking them (dropped: its connection closes
+    // and it renews no lease).
+    let mut held = Vec::new();
+    let until = Instant::now() + Duration::from_secs(10);
+    while held.len() < 100 && Instant::now() < until {
+        held.extend(
+            a.lease(&p, &g, ConsumerId(1), 100 - held.len())
+                .await
+                .unwrap(),
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(held.len(), 100);
+    let held_ids: HashSet<String> = held
+        .iter()
+        .map(|d| d.message.envelope.message_id.to_string())
+        .collect();
+    drop(held);
+    drop(a);
+
+    let b = connect("node-b").await;
+    let log: Log = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tb = consume(
+        b.clone(),
+        "node-b",
+        ConsumerId(1),
+        p.clone(),
+        g.clone(),
+        log.clone(),
+        stop.clone(),
+    );
+    wait_for("node b to deliver every message", 30, || {
+        let l = log.lock().unwrap();
+        l.iter().map(|s| &s.id).collect::<HashSet<_>>().len() >= total
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    tb.await.unwrap();
+    let l = log.lock().unwrap();
+    // What node a had in flight comes again as a redelivery.
+    for s in l.iter().filter(|s| held_ids.contains(&s.id)) {
+        assert!(
+            s.attempt >= 2,
+            "{} was in flight on the dead node: {s:?}",
+            s.id
+        );
+    }
+    check_device_order(&l);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_on_one_node_stops_leases_on_the_other() {
+    let nats = NatsTestServer::start().expect("nats-server must be installed");
+    let a = engine(&nats, "node-a", 2).await;
+    let b = engine(&nats, "node-b", 2).await;
+    let (p, g) = (project("p1"), group("g1"));
+    a.create_group(&p, &g, &GroupSpec::all()).await.unwrap();
+    // Node b learns of the group from KV and leases from it.
+    assert!(b.lease(&p, &g, ConsumerId(7), 10).await.unwrap().is_empty());
+    a.set_paused(&p, true).await.unwrap();
+    a.append(vec![msg(&p, "k1", "m1", now_ms())]).await.unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while !b.stats(&p).await.unwrap().paused {
+        assert!(Instant::now() < until, "node b never saw the pause");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(b.lease(&p, &g, ConsumerId(7), 10).await.unwrap().is_empty());
+    a.set_paused(&p, false).await.unwrap();
+    let mut got = Vec::new();
+    let until = Instant::now() + Duration::from_secs(10);
+    while got.is_empty() && Instant::now() < until {
+        got = b.lease(&p, &g, ConsumerId(7), 10).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ids(&got), ["m1"]);
 }
