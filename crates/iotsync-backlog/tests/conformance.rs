@@ -525,6 +525,8 @@ async fn messages_of_a_project_without_groups_are_counted_not_stored(e: Engine) 
     let out = f.b.append(vec![msg(&p, "k1", "m1", T0)]).await.unwrap();
     assert_eq!((out.stored, out.discarded_no_group), (0, 1));
     assert_eq!(f.b.stats(&p).await.unwrap().discarded_no_group, 1);
+    assert!(f.b.groups(&p).await.unwrap().is_empty());
+    assert!(f.b.groups(&project("never")).await.unwrap().is_empty());
 }
 
 async fn oversized_payload_is_refused_before_anything_is_stored(e: Engine) {
