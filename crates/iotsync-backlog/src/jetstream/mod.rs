@@ -650,33 +650,56 @@ impl Inner {
         }
     }
 
+    /// Follows changes of project docs made by any node. If the watch ends (a lost
+    /// connection), it is made again and every cached project is read afresh, so a
+    /// change made in between is not missed.
     async fn follow_projects(self: Arc<Self>, mut w: kv::Watch) {
-        while let Some(e) = w.next().await {
-            let Ok(e) = e else {
-                continue;
-            };
-            let Some(p) = e
-                .key
-                .strip_prefix("project.")
-                .and_then(|s| s.parse::<ProjectId>().ok())
-            else {
-                continue;
-            };
-            let doc = match e.operation {
-                kv::Operation::Put => serde_json::from_slice::<ProjectDoc>(&e.value).ok(),
-                _ => None,
-            };
-            self.apply_doc(&p, doc);
-            let groups: Vec<ConsumerGroup> = self
-                .lock()
-                .projects
-                .get(&p)
-                .map(|ps| ps.groups.keys().cloned().collect())
-                .unwrap_or_default();
-            let mut st = self.lock();
-            for g in groups {
-                st.signal(&p, &g);
+        loop {
+            while let Some(e) = w.next().await {
+                let Ok(e) = e else {
+                    continue;
+                };
+                let Some(p) = e
+                    .key
+                    .strip_prefix("project.")
+                    .and_then(|s| s.parse::<ProjectId>().ok())
+                else {
+                    continue;
+                };
+                let doc = match e.operation {
+                    kv::Operation::Put => serde_json::from_slice::<ProjectDoc>(&e.value).ok(),
+                    _ => None,
+                };
+                self.apply_doc(&p, doc);
+                self.signal_project(&p);
             }
+            tracing::warn!("the project watch ended; watching again");
+            w = loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if let Ok(w) = self.meta.watch("project.>").await {
+                    break w;
+                }
+            };
+            let cached: Vec<ProjectId> = self.lock().projects.keys().cloned().collect();
+            for p in cached {
+                if let Ok(raw) = self.meta.get(wire::project_key(&p)).await {
+                    let doc = raw.and_then(|r| serde_json::from_slice::<ProjectDoc>(&r).ok());
+                    self.apply_doc(&p, doc);
+                    self.signal_project(&p);
+                }
+            }
+        }
+    }
+
+    fn signal_project(&self, p: &ProjectId) {
+        let mut st = self.lock();
+        let groups: Vec<ConsumerGroup> = st
+            .projects
+            .get(p)
+            .map(|ps| ps.groups.keys().cloned().collect())
+            .unwrap_or_default();
+        for g in groups {
+            st.signal(p, &g);
         }
     }
 
