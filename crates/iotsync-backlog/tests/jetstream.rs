@@ -102,8 +102,9 @@ fn device_msg(p: &ProjectId, dev: usize, n: usize) -> iotsync_core::SyncMessage 
 }
 
 /// Per device, the message numbers in the order first handed out; panics on a step back
-/// that no redelivery explains.
-fn check_device_order(log: &[Seen]) -> usize {
+/// that no redelivery explains (`strict`: none at all, whatever the attempt says: a
+/// handover's give-back reaches the new owner as attempt 2 though no consumer had it).
+fn check_device_order(log: &[Seen], strict: bool) -> usize {
     let mut last: HashMap<String, usize> = HashMap::new();
     let mut seen = HashSet::new();
     let mut redelivered = 0;
@@ -116,7 +117,7 @@ fn check_device_order(log: &[Seen]) -> usize {
         let n: usize = n.parse().unwrap();
         if let Some(prev) = last.get(dev) {
             assert!(
-                n > *prev || s.attempt > 1,
+                n > *prev || (s.attempt > 1 && !strict),
                 "{dev}: {n} after {prev} (first delivery, on {})",
                 s.node
             );
@@ -186,7 +187,7 @@ async fn a_nats_server_restart_loses_nothing_that_append_acknowledged() {
     let l = log.lock().unwrap();
     let distinct: HashSet<&String> = l.iter().map(|s| &s.id).collect();
     assert_eq!(distinct.len(), total);
-    check_device_order(&l);
+    check_device_order(&l, false);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,7 +263,7 @@ async fn two_nodes_share_a_group_each_message_to_one_in_device_order_across_a_ha
     let on_b = l.iter().filter(|s| s.node == "node-b").count();
     assert!(on_b > 0, "node b got none");
     assert!(l.len() - on_b > 0, "node a got none");
-    let redelivered = check_device_order(&l);
+    let redelivered = check_device_order(&l, true);
     eprintln!(
         "two nodes: {total} messages, {} deliveries, {redelivered} redelivered, {on_b} on node b",
         l.len()
@@ -346,7 +347,7 @@ async fn a_dead_nodes_partitions_and_unacked_messages_go_to_the_other_node() {
             s.id
         );
     }
-    check_device_order(&l);
+    check_device_order(&l, false);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
