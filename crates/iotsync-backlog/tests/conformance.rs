@@ -176,6 +176,7 @@ both!(
     a_schedule_dead_letters_after_its_last_delivery,
     a_group_takes_only_what_its_filter_takes,
     a_deleted_group_counts_what_it_owed_and_is_gone,
+    a_purge_drops_what_the_group_owed_and_keeps_what_comes_after,
 );
 
 async fn acked_message_is_gone_for_its_group(e: Engine) {
@@ -664,4 +665,49 @@ async fn a_deleted_group_counts_what_it_owed_and_is_gone(e: Engine) {
     // The other group still has both.
     f.ready(&p, &group("g1"), C1, 2).await;
     assert_eq!(ids(&f.lease(&p, &group("g1"), C1, 10).await), ["m1", "m2"]);
+}
+
+async fn a_purge_drops_what_the_group_owed_and_keeps_what_comes_after(e: Engine) {
+    let f = Fixture::new(e).await;
+    let (p, g) = (project("p1"), group("g1"));
+    f.b.create_group(&p, &group("g2"), &GroupSpec::all())
+        .await
+        .unwrap();
+    f.b.append(vec![
+        msg(&p, "k1", "m1", T0),
+        msg(&p, "k2", "m2", T0),
+        msg(&p, "k3", "m3", T0),
+    ])
+    .await
+    .unwrap();
+    f.ready(&p, &g, C1, 3).await;
+    let held = f.lease(&p, &g, C1, 1).await;
+    assert_eq!(ids(&held), ["m1"]);
+    let out = f.b.purge(&p, &g).await.unwrap();
+    assert_eq!(
+        (out.from_ms, out.dropped, out.in_flight, out.owed),
+        (None, 3, 1, 0)
+    );
+    // The in-flight delivery was settled as dropped.
+    assert!(matches!(
+        f.b.ack(&held[0].token).await,
+        Err(BacklogError::UnknownLease { .. })
+    ));
+    f.nothing(&p, &g, C1).await;
+    f.b.append(vec![msg(&p, "k1", "m4", T0)]).await.unwrap();
+    f.ready(&p, &g, C1, 1).await;
+    assert_eq!(ids(&f.lease(&p, &g, C1, 10).await), ["m4"]);
+    let s = f.b.stats(&p).await.unwrap();
+    let g1 = s.groups.iter().find(|x| x.group == "g1").unwrap();
+    assert_eq!(g1.dropped_total, 3);
+    // The other group still owes everything.
+    f.ready(&p, &group("g2"), C2, 4).await;
+    assert_eq!(
+        ids(&f.lease(&p, &group("g2"), C2, 10).await),
+        ["m1", "m2", "m3", "m4"]
+    );
+    assert!(matches!(
+        f.b.purge(&p, &group("nope")).await,
+        Err(BacklogError::UnknownGroup { .. })
+    ));
 }

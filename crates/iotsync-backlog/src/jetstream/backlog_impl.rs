@@ -108,7 +108,14 @@ impl Backlog for JetStreamBacklog {
                         max: MAX_GROUPS_PER_PROJECT,
                     });
                 }
-                d.groups.insert(g2.to_string(), gd.clone());
+                let generation = d.groups.get(g2.as_str()).map_or(0, |o| o.generation);
+                d.groups.insert(
+                    g2.to_string(),
+                    GroupDoc {
+                        generation,
+                        ..gd.clone()
+                    },
+                );
                 Ok(())
             })
             .await?;
@@ -567,10 +574,59 @@ impl Backlog for JetStreamBacklog {
 
     async fn purge(
         &self,
-        _project: &ProjectId,
-        _group: &ConsumerGroup,
+        project: &ProjectId,
+        group: &ConsumerGroup,
     ) -> Result<SeekOutcome, BacklogError> {
-        Err(BacklogError::Unsupported { op: "purge" })
+        let inner = &self.inner;
+        let doc = inner.doc(project).await?;
+        if !doc.is_some_and(|d| d.groups.contains_key(group.as_str())) {
+            return Err(BacklogError::UnknownGroup {
+                project: project.clone(),
+                group: group.clone(),
+            });
+        }
+        let _ = inner.client.flush().await;
+        let (pending, ack_pending) = inner.consumer_figures(project, group).await;
+        // Everything stored up to now is dropped for the group; appends from here on
+        // (also those racing this call) are owed: the new consumers start after the
+        // streams' last sequences read before the old ones go.
+        let mut last = HashMap::new();
+        for class in Class::ALL {
+            if let Some(s) = inner.streams.get(&class) {
+                let info = s.get_info().await.map_err(|e| nats_err("purge", e))?;
+                last.insert(class, info.state.last_sequence);
+            }
+        }
+        inner.make_consumers(project, group, Some(&last)).await?;
+        let in_flight = {
+            let st = inner.lock();
+            st.projects
+                .get(project)
+                .and_then(|ps| ps.groups.get(group))
+                .map(|gs| gs.local.in_flight() as u64)
+                .unwrap_or(0)
+        };
+        let g2 = group.clone();
+        inner
+            .update_doc(project, move |d| {
+                if let Some(gd) = d.groups.get_mut(g2.as_str()) {
+                    gd.generation += 1;
+                }
+                Ok(())
+            })
+            .await?;
+        let dropped = pending + ack_pending;
+        if let Some(gs) = inner.lock().group_mut(project, group) {
+            gs.counters.dropped += dropped;
+        }
+        let (owed_pending, owed_ack) = inner.consumer_figures(project, group).await;
+        Ok(SeekOutcome {
+            from_ms: None,
+            replayed: 0,
+            dropped,
+            in_flight,
+            owed: owed_pending + owed_ack,
+        })
     }
 
     async fn find_message(
@@ -653,7 +709,7 @@ impl Backlog for JetStreamBacklog {
                 nacked_total: c.nacked,
                 timed_out_total: c.timed_out,
                 unreadable_total: 0,
-                dropped_total: 0,
+                dropped_total: c.dropped,
                 replayed_total: 0,
             });
         }

@@ -10,8 +10,10 @@
 //!   partition leases after `lease_ttl`; its un-acked messages come back after AckWait.
 //! - Per-device order as in the embedded engine, cluster-wide, because one node pulls a
 //!   partition; handover waits for the old owner's in-flight deliveries.
-//! - Not implemented (they return [`BacklogError::Unsupported`]): seek, purge,
-//!   find_message, device_messages, set_keep_acknowledged(false).
+//! - Purge re-creates the group's consumers after the streams' last sequences and bumps
+//!   the group's generation in KV, so every node drops what it pulled of the old ones.
+//! - Not implemented (they return [`BacklogError::Unsupported`]): seek, find_message,
+//!   device_messages, set_keep_acknowledged(false).
 
 mod backlog_impl;
 mod connect;
@@ -112,6 +114,9 @@ struct GroupDoc {
     filter: GroupFilterDoc,
     #[serde(default)]
     schedule: Option<(Vec<u64>, u32)>,
+    /// Bumped by a purge: every node drops what it holds of the group's old consumers.
+    #[serde(default)]
+    generation: u64,
 }
 
 impl GroupDoc {
@@ -125,6 +130,7 @@ impl GroupDoc {
                     max_deliveries,
                 } => Some((delays_ms.clone(), *max_deliveries)),
             },
+            generation: 0,
         }
     }
 
@@ -151,6 +157,7 @@ struct Counters {
     rejected: u64,
     nacked: u64,
     timed_out: u64,
+    dropped: u64,
 }
 
 /// A (group, partition) this node holds the lease of.
@@ -179,6 +186,8 @@ struct GroupState {
     /// Whether this node announced itself a member (it had consumers at the last cycle).
     member: bool,
     counters: Counters,
+    /// The doc's generation this node's local state belongs to.
+    generation: u64,
 }
 
 impl GroupState {
@@ -190,6 +199,7 @@ impl GroupState {
             owned: BTreeMap::new(),
             member: false,
             counters: Counters::default(),
+            generation: 0,
         }
     }
 
@@ -397,6 +407,7 @@ impl Inner {
         let doc = doc.unwrap_or_default();
         let ps = st.projects.entry(p.clone()).or_default();
         let mut gone = Vec::new();
+        let mut reset: Vec<Vec<u32>> = Vec::new();
         ps.groups.retain(|g, gs| {
             let keep = doc.groups.contains_key(g.as_str());
             if !keep {
@@ -412,13 +423,27 @@ impl Inner {
                 continue;
             };
             match ps.groups.get_mut(&g) {
-                Some(gs) => gs.spec = spec,
+                Some(gs) => {
+                    gs.spec = spec;
+                    if gs.generation != gd.generation {
+                        // Purged (maybe by another node): what was pulled from the old
+                        // consumers is dropped; its tokens are unknown leases now.
+                        gs.generation = gd.generation;
+                        let old = std::mem::take(&mut gs.local);
+                        reset.push(old.gens());
+                    }
+                }
                 None => {
-                    ps.groups.insert(g, GroupState::new(spec));
+                    let mut gs = GroupState::new(spec);
+                    gs.generation = gd.generation;
+                    ps.groups.insert(g, gs);
                 }
             }
         }
         ps.doc = doc;
+        for gen in reset.into_iter().flatten() {
+            st.leases.remove(&gen);
+        }
         for (g, gens) in gone {
             for gen in gens {
                 st.leases.remove(&gen);

@@ -11,6 +11,7 @@ impl Inner {
         g: &ConsumerGroup,
         class: Class,
         part: u16,
+        generation: u64,
         ms: Vec<jetstream::Message>,
     ) {
         let now = self.clock.now_ms();
@@ -45,6 +46,15 @@ impl Inner {
             let Some(gs) = ps.groups.get_mut(g) else {
                 return;
             };
+            if gs.generation != generation {
+                // Pulled by a request made before a purge: from the old consumer (not
+                // owed any more; the nak goes nowhere) or from the new one (the nak
+                // hands it back at once).
+                for (_, _, reply, _) in decoded {
+                    settle.push((reply, b"-NAK"));
+                }
+                decoded = Vec::new();
+            }
             let mut pushed = false;
             for (sseq, delivered, reply, msg) in decoded {
                 if !gs.spec.filter.takes(&msg) {
@@ -105,15 +115,17 @@ impl Inner {
             let room = {
                 let st = self.lock();
                 match st.projects.get(&p) {
-                    Some(ps) if !ps.doc.paused => ps
-                        .groups
-                        .get(&g)
-                        .map(|gs| cap.saturating_sub(gs.local.buffered(class, part))),
-                    Some(_) => Some(0),
+                    Some(ps) if !ps.doc.paused => ps.groups.get(&g).map(|gs| {
+                        (
+                            cap.saturating_sub(gs.local.buffered(class, part)),
+                            gs.generation,
+                        )
+                    }),
+                    Some(ps) => ps.groups.get(&g).map(|gs| (0, gs.generation)),
                     None => None,
                 }
             };
-            let Some(room) = room else {
+            let Some((room, generation)) = room else {
                 return;
             };
             if room < cap / 4 {
@@ -148,7 +160,7 @@ impl Inner {
                         }
                     }
                 }
-                self.pulled(&p, &g, class, part, ms).await;
+                self.pulled(&p, &g, class, part, generation, ms).await;
                 if ended {
                     break 'batch;
                 }
@@ -178,18 +190,38 @@ impl Inner {
         p: &ProjectId,
         g: &ConsumerGroup,
     ) -> Result<(), BacklogError> {
+        self.make_consumers(p, g, None).await
+    }
+
+    /// The group's consumers; `from`: made anew (a purge), starting after the given last
+    /// sequence of each class's stream.
+    pub(super) async fn make_consumers(
+        &self,
+        p: &ProjectId,
+        g: &ConsumerGroup,
+        from: Option<&HashMap<Class, u64>>,
+    ) -> Result<(), BacklogError> {
         for class in Class::ALL {
             let Some(s) = self.streams.get(&class) else {
                 continue;
             };
             for part in 0..self.partitions {
                 let name = wire::consumer_name(p, g, class, part);
+                let deliver_policy = match from {
+                    None => jetstream::consumer::DeliverPolicy::New,
+                    Some(last) => {
+                        let _ = s.delete_consumer(&name).await;
+                        jetstream::consumer::DeliverPolicy::ByStartSequence {
+                            start_sequence: last.get(&class).copied().unwrap_or(0) + 1,
+                        }
+                    }
+                };
                 s.get_or_create_consumer(
                     &name,
                     pull::Config {
                         durable_name: Some(name.clone()),
                         filter_subject: wire::subject(class, p, part),
-                        deliver_policy: jetstream::consumer::DeliverPolicy::New,
+                        deliver_policy,
                         ack_policy: jetstream::consumer::AckPolicy::Explicit,
                         ack_wait: self.cfg.ack_timeout,
                         max_deliver: -1,
