@@ -2,7 +2,8 @@
 //! acknowledged by `append` lost across a nats-server restart, and two engines ("nodes")
 //! on one NATS sharing a group: each message to one of them, per-device order kept,
 //! also while partitions are handed over; a dead node's partitions and un-acked
-//! messages going to the other node; a pause made on one node holding on the other.
+//! messages going to the other node; a pause made on one node holding on the other; a
+//! purge made on one node dropping what the other had pulled.
 //! Each test starts its own `nats-server -js` on a free port and fails if it is missing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
@@ -376,4 +377,55 @@ async fn a_pause_on_one_node_stops_leases_on_the_other() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(ids(&got), ["m1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_on_one_node_drops_what_the_other_node_had_pulled() {
+    let nats = NatsTestServer::start().expect("nats-server must be installed");
+    let a = engine(&nats, "node-a", 4).await;
+    let b = engine(&nats, "node-b", 4).await;
+    let (p, g) = (project("p1"), group("g1"));
+    a.create_group(&p, &g, &GroupSpec::all()).await.unwrap();
+    // Consumers on both nodes (leasing nothing yet: credit 0), so they split the partitions.
+    a.lease(&p, &g, ConsumerId(1), 0).await.unwrap();
+    b.lease(&p, &g, ConsumerId(1), 0).await.unwrap();
+    wait_for("the partitions to be split", 30, || {
+        a.owned_partitions(&p, &g).len() == 2 && b.owned_partitions(&p, &g).len() == 2
+    })
+    .await;
+    let old = (0..40).map(|i| device_msg(&p, i, 0)).collect();
+    a.append(old).await.unwrap();
+    wait_for("both nodes to pull the old messages", 10, || {
+        a.buffered(&p, &g) + b.buffered(&p, &g) == 40 && b.buffered(&p, &g) > 0
+    })
+    .await;
+    let out = a.purge(&p, &g).await.unwrap();
+    assert_eq!(out.dropped, 40);
+    wait_for("node b to drop what it had pulled", 10, || {
+        b.buffered(&p, &g) == 0
+    })
+    .await;
+    let new = (0..40).map(|i| device_msg(&p, i, 1)).collect();
+    a.append(new).await.unwrap();
+    let mut got = Vec::new();
+    let until = Instant::now() + Duration::from_secs(15);
+    while got.len() < 40 && Instant::now() < until {
+        for node in [&a, &b] {
+            for d in node.lease(&p, &g, ConsumerId(1), 100).await.unwrap() {
+                got.push(d.message.envelope.message_id.to_string());
+                node.ack(&d.token).await.unwrap();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for node in [&a, &b] {
+        for d in node.lease(&p, &g, ConsumerId(1), 100).await.unwrap() {
+            got.push(d.message.envelope.message_id.to_string());
+        }
+    }
+    got.sort();
+    let mut want: Vec<String> = (0..40).map(|i| format!("d{i}-1")).collect();
+    want.sort();
+    assert_eq!(got, want, "only what was appended after the purge");
 }
