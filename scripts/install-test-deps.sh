@@ -3,7 +3,7 @@
 # Everything comes from Debian, PyPI or npm by package name. Idempotent and quick when
 # everything is present.
 #   Debian: python3-dev (to build python-qpid-proton), mosquitto-clients, chromium,
-#           protobuf-compiler (protoc for tonic-build), postgresql-client
+#           protobuf-compiler (protoc for tonic-build), postgresql-client, nats-server
 #   PyPI:   tests/peers/requirements.txt (python-qpid-proton, grpcio, grpcio-tools, paho-mqtt,
 #           schemathesis)
 #   npm:    tests/peers/package.json (rhea, playwright-core)
@@ -16,6 +16,8 @@ command -v mosquitto_pub >/dev/null || need_apt+=(mosquitto-clients)
 command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 command -v gcc >/dev/null || need_apt+=(gcc)
+# The JetStream backlog tests start their own nats-server (Debian's is 2.9.10).
+command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || need_apt+=(nats-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "install-test-deps: apt-get install ${need_apt[*]}"
   apt-get update -qq

@@ -53,6 +53,14 @@ pub enum BacklogError {
     /// A seek to a time that has not come yet.
     #[error("cannot seek to {from_ms}: it is later than now ({now_ms}, ms since the epoch)")]
     SeekInFuture { from_ms: i64, now_ms: i64 },
+    /// The NATS JetStream engine could not do `op` (server unreachable, refused, timed
+    /// out). Nothing of a failed `append` may be assumed stored; retry it (messageIds
+    /// make that safe within the duplicate window).
+    #[error("NATS JetStream: {op}: {detail}")]
+    Nats { op: &'static str, detail: String },
+    /// This engine does not implement the operation (yet).
+    #[error("the backlog engine does not support {op}")]
+    Unsupported { op: &'static str },
     /// The engine was closed (or its writer stopped).
     #[error("backlog is closed")]
     Closed,

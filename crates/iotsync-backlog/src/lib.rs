@@ -10,8 +10,8 @@
 //! methods.
 //!
 //! The [`Backlog`] trait is what the dispatcher uses; [`EmbeddedBacklog`] implements it
-//! on a segmented append-only log with group commit (see `docs/adr/0002-backlog.md`). A
-//! NATS JetStream engine is meant to implement the same trait.
+//! on a segmented append-only log with group commit (see `docs/adr/0002-backlog.md`);
+//! [`JetStreamBacklog`] implements it on NATS JetStream (`docs/adr/0013-jetstream-backlog.md`).
 //!
 //! Guarantees of the embedded engine:
 //! - `append` returns after the batch is on disk (fdatasync); concurrent appends share
@@ -35,6 +35,7 @@ mod config;
 mod engine;
 mod error;
 mod index;
+mod jetstream;
 mod recovery;
 mod segment;
 mod types;
@@ -49,6 +50,7 @@ pub use config::{BacklogConfig, RetryPolicy};
 pub use engine::{segment_files, EmbeddedBacklog};
 pub use error::BacklogError;
 pub use index::MAX_GROUPS_PER_PROJECT;
+pub use jetstream::{nats_server_binary, JetStreamBacklog, JetStreamConfig, NatsTestServer};
 pub use types::{
     AppendOutcome, AvailabilityWatch, ConsumerId, DamagedRange, DeadLetter, Delivery, GroupInfo,
     GroupMessageState, GroupRetry, GroupSpec, GroupStats, IndexMemory, LeaseToken, MessageQuery,

@@ -59,6 +59,9 @@ struct ServeArgs {
     /// Registry database URL: sqlite://… or postgres://… (default: embedded SQLite).
     #[arg(long, value_name = "URL")]
     store_url: Option<String>,
+    /// Backlog on NATS JetStream: nats://h1:4222,nats://h2:4222 (default: embedded).
+    #[arg(long, value_name = "URLS")]
+    backlog_url: Option<String>,
     /// REST API, cloud API and console address (port 0 picks a free port).
     #[arg(long, value_name = "ADDR")]
     api_listen: Option<String>,
@@ -146,6 +149,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let flags = ConfigOverrides {
         data_dir: args.data_dir,
         store_url: args.store_url,
+        backlog_url: args.backlog_url,
         api_listen: args.api_listen,
         operator_token: args.operator_token,
         amqp_listen: args.amqp_listen,

@@ -17,6 +17,7 @@ pub const DEFAULT_TOML: &str = include_str!("../../../config/iotsync.toml");
 pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub store: StoreConfig,
+    pub backlog: BacklogUrlConfig,
     pub api: ApiConfig,
     pub delivery: DeliveryConfig,
     pub tls: TlsConfig,
@@ -80,6 +81,14 @@ impl AlertsConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
+    pub url: String,
+}
+
+/// Where the backlog lives: empty = the embedded engine under data_dir; else NATS
+/// JetStream servers (`nats://h1:4222,nats://h2:4222`) and the node keeps no messages.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BacklogUrlConfig {
     pub url: String,
 }
 
@@ -519,6 +528,7 @@ pub enum ConfigError {
 pub struct ConfigOverrides {
     pub data_dir: Option<PathBuf>,
     pub store_url: Option<String>,
+    pub backlog_url: Option<String>,
     pub api_listen: Option<String>,
     pub operator_token: Option<String>,
     pub amqp_listen: Option<String>,
@@ -540,6 +550,7 @@ pub struct ConfigOverrides {
 pub const ENV_VARS: &[&str] = &[
     "IOTSYNC_DATA_DIR",
     "IOTSYNC_STORE_URL",
+    "IOTSYNC_BACKLOG_URL",
     "IOTSYNC_API_LISTEN",
     "IOTSYNC_OPERATOR_TOKEN",
     "IOTSYNC_AMQP_LISTEN",
@@ -569,6 +580,7 @@ impl ConfigOverrides {
         Self {
             data_dir: get("IOTSYNC_DATA_DIR").map(PathBuf::from),
             store_url: get("IOTSYNC_STORE_URL"),
+            backlog_url: get("IOTSYNC_BACKLOG_URL"),
             api_listen: get("IOTSYNC_API_LISTEN"),
             operator_token: get("IOTSYNC_OPERATOR_TOKEN"),
             amqp_listen: get("IOTSYNC_AMQP_LISTEN"),
@@ -611,6 +623,7 @@ impl ConfigOverrides {
         }
         set!(self.data_dir, c.data_dir);
         set!(self.store_url, c.store.url);
+        set!(self.backlog_url, c.backlog.url);
         set!(self.api_listen, c.api.listen);
         set!(self.operator_token, c.api.operator_token);
         set!(self.amqp_listen, c.amqp.listen);
@@ -749,6 +762,17 @@ impl ServerConfig {
                 "must be empty, sqlite:… or postgres://…".into(),
             ));
         }
+        if !self.backlog.url.is_empty()
+            && self.backlog.url.split(',').any(|u| {
+                let u = u.trim();
+                !(u.starts_with("nats://") || u.starts_with("tls://")) || u.len() < 8
+            })
+        {
+            return Err(invalid(
+                "backlog.url",
+                "must be empty or nats://host:port[,nats://host:port…]".into(),
+            ));
+        }
         let t = &self.api.operator_token;
         if !t.is_empty() && (t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()))
         {
@@ -863,6 +887,31 @@ mod tests {
             let port = a.parse::<SocketAddr>().unwrap().port();
             assert!(![5672, 5671, 1883, 8883].contains(&port), "{a}");
         }
+    }
+
+    #[test]
+    fn backlog_url_comes_from_file_env_or_flag_and_must_be_nats_urls() {
+        let c = ServerConfig::defaults();
+        assert_eq!(c.backlog.url, "", "the embedded engine by default");
+        let env = ConfigOverrides::from_env(|k| {
+            (k == "IOTSYNC_BACKLOG_URL").then(|| "nats://h1:4222,nats://h2:4222".to_owned())
+        });
+        let c = ServerConfig::layered(None, env, ConfigOverrides::default()).unwrap();
+        assert_eq!(c.backlog.url, "nats://h1:4222,nats://h2:4222");
+        let file = "[backlog]\nurl = \"nats://f:4222\"\n";
+        let c = ServerConfig::layered(
+            Some(("t.toml", file)),
+            Default::default(),
+            Default::default(),
+        )
+        .unwrap();
+        assert_eq!(c.backlog.url, "nats://f:4222");
+        let bad = ConfigOverrides {
+            backlog_url: Some("postgres://x".into()),
+            ..Default::default()
+        };
+        let e = ServerConfig::layered(None, Default::default(), bad).unwrap_err();
+        assert!(e.to_string().contains("backlog.url"), "{e}");
     }
 
     #[test]

@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use iotsync_backlog::{Backlog, EmbeddedBacklog, RecoveryReport};
+use iotsync_backlog::{Backlog, EmbeddedBacklog, JetStreamBacklog, RecoveryReport};
 use iotsync_core::SharedClock;
 use iotsync_store::{Registry, SqlRegistry};
 
@@ -58,7 +58,9 @@ pub struct RunningServer {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     registry: Arc<SqlRegistry>,
-    backlog: Arc<EmbeddedBacklog>,
+    backlog: Arc<dyn Backlog>,
+    /// The embedded engine, to close at shutdown (None on JetStream).
+    embedded: Option<Arc<EmbeddedBacklog>>,
     hub: Arc<DeliveryHub>,
     _data_lock: std::fs::File,
     ingest: Arc<ingest::Ingest>,
@@ -76,8 +78,10 @@ impl RunningServer {
         }
         // Last values reported before the stop are written before the store closes.
         self.ingest.drain(drain).await;
-        if let Err(e) = self.backlog.close().await {
-            tracing::warn!(error = %e, "closing the backlog");
+        if let Some(b) = &self.embedded {
+            if let Err(e) = b.close().await {
+                tracing::warn!(error = %e, "closing the backlog");
+            }
         }
         self.registry.close().await;
     }
@@ -197,16 +201,33 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
     let registry = Arc::new(registry);
 
     let backlog_cfg = cfg.delivery.backlog_config();
-    let backlog_dir = cfg.data_dir.join("backlog");
-    let (backlog, recovery) = EmbeddedBacklog::open(&backlog_dir, backlog_cfg, clock.clone())
-        .with_context(|| format!("opening the backlog in {}", backlog_dir.display()))?;
-    if !recovery.is_clean() {
-        tracing::warn!(
-            damaged = recovery.damaged.len(),
-            "the backlog had damaged ranges; the good part is served"
-        );
-    }
-    let backlog = Arc::new(backlog);
+    let (backlog, embedded, recovery): (Arc<dyn Backlog>, _, _) = if cfg.backlog.url.is_empty() {
+        let backlog_dir = cfg.data_dir.join("backlog");
+        let (backlog, recovery) =
+            EmbeddedBacklog::open(&backlog_dir, backlog_cfg, clock.clone())
+                .with_context(|| format!("opening the backlog in {}", backlog_dir.display()))?;
+        if !recovery.is_clean() {
+            tracing::warn!(
+                damaged = recovery.damaged.len(),
+                "the backlog had damaged ranges; the good part is served"
+            );
+        }
+        let backlog = Arc::new(backlog);
+        (backlog.clone(), Some(backlog), recovery)
+    } else {
+        // Scale-out: messages live in NATS JetStream, none on this node's disk.
+        let js_cfg = iotsync_backlog::JetStreamConfig {
+            ack_timeout: backlog_cfg.ack_timeout,
+            retry: backlog_cfg.retry.clone(),
+            default_retention: backlog_cfg.default_retention,
+            max_message_bytes: backlog_cfg.max_message_bytes,
+            ..Default::default()
+        };
+        let backlog = JetStreamBacklog::connect(&cfg.backlog.url, js_cfg, clock.clone())
+            .await
+            .context("connecting to the NATS JetStream backlog (backlog.url)")?;
+        (Arc::new(backlog), None, RecoveryReport::default())
+    };
     let groups = delivery::groups::GroupDirectory::new(registry.clone(), backlog.clone());
     let hub = DeliveryHub::new(backlog.clone(), groups.clone(), clock.clone());
     let controller = Arc::new(SyncController {
@@ -370,6 +391,7 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
         tasks,
         registry,
         backlog,
+        embedded,
         hub,
         ingest,
         _data_lock: data_lock,

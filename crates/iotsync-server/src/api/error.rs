@@ -154,6 +154,19 @@ impl From<iotsync_backlog::BacklogError> for ApiError {
                 "unavailable",
                 "the server is shutting down",
             ),
+            B::Unsupported { .. } => ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "backlog.unsupported",
+                e.to_string(),
+            ),
+            B::Nats { .. } => {
+                tracing::error!(error = %e, "backlog (NATS JetStream) error");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "backlog.unavailable",
+                    "the backlog is unreachable right now; retry",
+                )
+            }
             // A lease is the channels' business: the API never holds one, so meeting
             // one here is a server bug, not the client's.
             B::Io { .. } | B::UnknownLease { .. } => {
@@ -290,6 +303,19 @@ mod tests {
                 "invalid_argument",
             ),
             (B::Closed, StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            (
+                B::Unsupported { op: "seek" },
+                StatusCode::NOT_IMPLEMENTED,
+                "backlog.unsupported",
+            ),
+            (
+                B::Nats {
+                    op: "append",
+                    detail: "timed out".into(),
+                },
+                StatusCode::SERVICE_UNAVAILABLE,
+                "backlog.unavailable",
+            ),
         ];
         for (e, status, code) in cases {
             let what = format!("{e:?}");
