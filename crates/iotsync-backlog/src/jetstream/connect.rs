@@ -42,7 +42,8 @@ impl JetStreamBacklog {
             tracing::warn!(
                 configured = cfg.max_message_bytes,
                 max_payload = info.max_payload,
-                "largest message lowered to fit the NATS server's max_payload"
+                lowered_to = room,
+                "largest message lowered to fit the NATS server's max_payload (less room for headers)"
             );
             cfg.max_message_bytes = room;
         }
