@@ -90,6 +90,38 @@ fn consume(
     })
 }
 
+/// One consumer (id 1) on `node` until `total` distinct messages were delivered (within
+/// `secs`); everything it saw, in order.
+async fn consume_all(
+    b: &Arc<JetStreamBacklog>,
+    node: &'static str,
+    p: &ProjectId,
+    g: &ConsumerGroup,
+    total: usize,
+    secs: u64,
+) -> Vec<Seen> {
+    let log: Log = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let task = consume(
+        b.clone(),
+        node,
+        ConsumerId(1),
+        p.clone(),
+        g.clone(),
+        log.clone(),
+        stop.clone(),
+    );
+    wait_for(&format!("{node} to deliver every message"), secs, || {
+        let l = log.lock().unwrap();
+        l.iter().map(|s| &s.id).collect::<HashSet<_>>().len() >= total
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    task.await.unwrap();
+    let l = log.lock().unwrap();
+    l.clone()
+}
+
 async fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let until = Instant::now() + Duration::from_secs(secs);
     while !f() {
@@ -167,25 +199,7 @@ async fn a_nats_server_restart_loses_nothing_that_append_acknowledged() {
     }
     // SIGKILL: what append acknowledged must be there after the restart.
     nats.kill_and_restart().unwrap();
-    let log: Log = Arc::default();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let task = consume(
-        b.clone(),
-        "node-a",
-        ConsumerId(1),
-        p.clone(),
-        g.clone(),
-        log.clone(),
-        stop.clone(),
-    );
-    wait_for("every acknowledged message", 60, || {
-        let l = log.lock().unwrap();
-        l.iter().map(|s| &s.id).collect::<HashSet<_>>().len() >= total
-    })
-    .await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    task.await.unwrap();
-    let l = log.lock().unwrap();
+    let l = consume_all(&b, "node-a", &p, &g, total, 60).await;
     let distinct: HashSet<&String> = l.iter().map(|s| &s.id).collect();
     assert_eq!(distinct.len(), total);
     check_device_order(&l, false);
@@ -321,25 +335,7 @@ async fn a_dead_nodes_partitions_and_unacked_messages_go_to_the_other_node() {
     drop(a);
 
     let b = connect("node-b").await;
-    let log: Log = Arc::default();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let tb = consume(
-        b.clone(),
-        "node-b",
-        ConsumerId(1),
-        p.clone(),
-        g.clone(),
-        log.clone(),
-        stop.clone(),
-    );
-    wait_for("node b to deliver every message", 30, || {
-        let l = log.lock().unwrap();
-        l.iter().map(|s| &s.id).collect::<HashSet<_>>().len() >= total
-    })
-    .await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    tb.await.unwrap();
-    let l = log.lock().unwrap();
+    let l = consume_all(&b, "node-b", &p, &g, total, 30).await;
     // What node a had in flight comes again as a redelivery.
     for s in l.iter().filter(|s| held_ids.contains(&s.id)) {
         assert!(
