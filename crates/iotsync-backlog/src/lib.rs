@@ -50,7 +50,9 @@ pub use config::{BacklogConfig, RetryPolicy};
 pub use engine::{segment_files, EmbeddedBacklog};
 pub use error::BacklogError;
 pub use index::MAX_GROUPS_PER_PROJECT;
-pub use jetstream::{nats_server_binary, JetStreamBacklog, JetStreamConfig, NatsTestServer};
+pub use jetstream::{
+    nats_server_binary, wire_format, JetStreamBacklog, JetStreamConfig, NatsTestServer,
+};
 pub use types::{
     AppendOutcome, AvailabilityWatch, ConsumerId, DamagedRange, DeadLetter, Delivery, GroupInfo,
     GroupMessageState, GroupRetry, GroupSpec, GroupStats, IndexMemory, LeaseToken, MessageQuery,

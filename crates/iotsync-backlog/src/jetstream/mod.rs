@@ -26,6 +26,22 @@ mod wire;
 
 pub use test_server::{nats_server_binary, NatsTestServer};
 
+/// The stored body of a message on JetStream (the engine's own binary layout, ADR 0013),
+/// read and written: public for the fuzz target `jetstream_wire`.
+pub mod wire_format {
+    use iotsync_core::SyncMessage;
+
+    /// Rebuilds a message from a stored body; `Err` says what is wrong.
+    pub fn decode(body: &[u8]) -> Result<SyncMessage, String> {
+        super::wire::decode(body)
+    }
+
+    /// The stored body of `m`.
+    pub fn encode(m: &SyncMessage) -> Vec<u8> {
+        super::wire::body(m)
+    }
+}
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
