@@ -493,13 +493,7 @@ impl Backlog for JetStreamBacklog {
         message_id: &MessageId,
     ) -> Result<usize, BacklogError> {
         let inner = &self.inner;
-        let found = inner.dead_matching(project, message_id).await?;
-        if found.is_empty() {
-            return Err(BacklogError::DeadLetterNotFound {
-                project: project.clone(),
-                message_id: message_id.clone(),
-            });
-        }
+        let found = inner.dead_found(project, message_id).await?;
         let doc = inner.doc(project).await?.unwrap_or_default();
         let class = Class::for_retention(inner.retention_ms(&doc));
         for d in &found {
@@ -531,13 +525,7 @@ impl Backlog for JetStreamBacklog {
         message_id: &MessageId,
     ) -> Result<usize, BacklogError> {
         let inner = &self.inner;
-        let found = inner.dead_matching(project, message_id).await?;
-        if found.is_empty() {
-            return Err(BacklogError::DeadLetterNotFound {
-                project: project.clone(),
-                message_id: message_id.clone(),
-            });
-        }
+        let found = inner.dead_found(project, message_id).await?;
         for d in &found {
             inner
                 .dead

@@ -95,6 +95,22 @@ impl Inner {
         Ok(out)
     }
 
+    /// The dead letters of `id` (one per group that rejected it), or `DeadLetterNotFound`.
+    pub(super) async fn dead_found(
+        &self,
+        p: &ProjectId,
+        id: &MessageId,
+    ) -> Result<Vec<DeadLetter>, BacklogError> {
+        let found = self.dead_matching(p, id).await?;
+        if found.is_empty() {
+            return Err(BacklogError::DeadLetterNotFound {
+                project: p.clone(),
+                message_id: id.clone(),
+            });
+        }
+        Ok(found)
+    }
+
     pub(super) async fn dead_matching(
         &self,
         p: &ProjectId,
