@@ -62,6 +62,9 @@ struct ServeArgs {
     /// Backlog on NATS JetStream: nats://h1:4222,nats://h2:4222 (default: embedded).
     #[arg(long, value_name = "URLS")]
     backlog_url: Option<String>,
+    /// This node's name in logs, metrics and the console (default: host name + API port).
+    #[arg(long, value_name = "NAME")]
+    node_name: Option<String>,
     /// REST API, cloud API and console address (port 0 picks a free port).
     #[arg(long, value_name = "ADDR")]
     api_listen: Option<String>,
@@ -150,6 +153,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         store_url: args.store_url,
         backlog_url: args.backlog_url,
+        node_name: args.node_name,
         api_listen: args.api_listen,
         operator_token: args.operator_token,
         amqp_listen: args.amqp_listen,

@@ -18,6 +18,7 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub store: StoreConfig,
     pub backlog: BacklogUrlConfig,
+    pub node: NodeConfig,
     pub api: ApiConfig,
     pub delivery: DeliveryConfig,
     pub tls: TlsConfig,
@@ -90,6 +91,49 @@ pub struct StoreConfig {
 #[serde(deny_unknown_fields)]
 pub struct BacklogUrlConfig {
     pub url: String,
+}
+
+/// `[node]`: this node's name in logs, metrics and the console.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Empty: the host name and the API port (`host:7880`), or the process id when the
+    /// API port is chosen at start (port 0).
+    pub name: String,
+}
+
+impl ServerConfig {
+    /// The node's name: `node.name`, or the default above.
+    pub fn node_name(&self) -> String {
+        if !self.node.name.is_empty() {
+            return self.node.name.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".to_owned());
+        match self.api.listen.parse::<SocketAddr>() {
+            Ok(a) if a.port() != 0 => format!("{host}:{}", a.port()),
+            _ => format!("{host}:pid{}", std::process::id()),
+        }
+    }
+}
+
+fn validate_node_name(name: &str) -> Result<(), ConfigError> {
+    let ok = name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            key: "node.name".into(),
+            reason: "at most 64 letters, digits, '-', '_', '.' or ':' (or empty: host name and API port)".into(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -529,6 +573,7 @@ pub struct ConfigOverrides {
     pub data_dir: Option<PathBuf>,
     pub store_url: Option<String>,
     pub backlog_url: Option<String>,
+    pub node_name: Option<String>,
     pub api_listen: Option<String>,
     pub operator_token: Option<String>,
     pub amqp_listen: Option<String>,
@@ -551,6 +596,7 @@ pub const ENV_VARS: &[&str] = &[
     "IOTSYNC_DATA_DIR",
     "IOTSYNC_STORE_URL",
     "IOTSYNC_BACKLOG_URL",
+    "IOTSYNC_NODE_NAME",
     "IOTSYNC_API_LISTEN",
     "IOTSYNC_OPERATOR_TOKEN",
     "IOTSYNC_AMQP_LISTEN",
@@ -581,6 +627,7 @@ impl ConfigOverrides {
             data_dir: get("IOTSYNC_DATA_DIR").map(PathBuf::from),
             store_url: get("IOTSYNC_STORE_URL"),
             backlog_url: get("IOTSYNC_BACKLOG_URL"),
+            node_name: get("IOTSYNC_NODE_NAME"),
             api_listen: get("IOTSYNC_API_LISTEN"),
             operator_token: get("IOTSYNC_OPERATOR_TOKEN"),
             amqp_listen: get("IOTSYNC_AMQP_LISTEN"),
@@ -624,6 +671,7 @@ impl ConfigOverrides {
         set!(self.data_dir, c.data_dir);
         set!(self.store_url, c.store.url);
         set!(self.backlog_url, c.backlog.url);
+        set!(self.node_name, c.node.name);
         set!(self.api_listen, c.api.listen);
         set!(self.operator_token, c.api.operator_token);
         set!(self.amqp_listen, c.amqp.listen);
@@ -773,6 +821,7 @@ impl ServerConfig {
                 "must be empty or nats://host:port[,nats://host:port…]".into(),
             ));
         }
+        validate_node_name(&self.node.name)?;
         let t = &self.api.operator_token;
         if !t.is_empty() && (t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()))
         {
@@ -912,6 +961,32 @@ mod tests {
         };
         let e = ServerConfig::layered(None, Default::default(), bad).unwrap_err();
         assert!(e.to_string().contains("backlog.url"), "{e}");
+    }
+
+    #[test]
+    fn node_name_comes_from_file_env_or_flag_and_is_checked() {
+        let c = ServerConfig::defaults();
+        assert_eq!(c.node.name, "");
+        assert!(c.node_name().ends_with(":7880"), "{}", c.node_name());
+        let env =
+            ConfigOverrides::from_env(|k| (k == "IOTSYNC_NODE_NAME").then(|| "n1.eu".to_owned()));
+        let c = ServerConfig::layered(None, env, ConfigOverrides::default()).unwrap();
+        assert_eq!(c.node_name(), "n1.eu");
+        let eph = ServerConfig::layered(
+            None,
+            Default::default(),
+            ConfigOverrides::default().ephemeral_listeners(),
+        )
+        .unwrap();
+        assert!(eph.node_name().contains(":pid"), "{}", eph.node_name());
+        for bad in ["two words", "n/1", &"x".repeat(65)] {
+            let o = ConfigOverrides {
+                node_name: Some(bad.to_string()),
+                ..Default::default()
+            };
+            let e = ServerConfig::layered(None, Default::default(), o).unwrap_err();
+            assert!(e.to_string().contains("node.name"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -200,6 +200,8 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
     };
     let registry = Arc::new(registry);
 
+    let node_name = cfg.node_name();
+    tracing::info!(node = %node_name, "node");
     let backlog_cfg = cfg.delivery.backlog_config();
     let (backlog, embedded, recovery): (Arc<dyn Backlog>, _, _) = if cfg.backlog.url.is_empty() {
         let backlog_dir = cfg.data_dir.join("backlog");
@@ -217,6 +219,7 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
     } else {
         // Scale-out: messages live in NATS JetStream, none on this node's disk.
         let js_cfg = iotsync_backlog::JetStreamConfig {
+            node_name: Some(engine_node_id(&node_name)),
             ack_timeout: backlog_cfg.ack_timeout,
             retry: backlog_cfg.retry.clone(),
             default_retention: backlog_cfg.default_retention,
@@ -264,6 +267,15 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
             throttle::Throttles::shared(throttle_cfg, clock.clone(), registry.clone())
         }
     });
+    // In a cluster, devices held by other nodes are reached (and taken over) over NATS.
+    let device_sessions = if cfg.backlog.url.is_empty() {
+        Arc::default()
+    } else {
+        let bus = gateway::cluster::ClusterBus::connect(&cfg.backlog.url, &node_name)
+            .await
+            .context("connecting the device sessions to the cluster (backlog.url)")?;
+        Arc::new(gateway::DeviceSessions::with_cluster(Arc::new(bus)))
+    };
     let ctx = context::Context {
         cfg: Arc::new(cfg.clone()),
         registry: registry.clone(),
@@ -273,7 +285,7 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
         dispatcher: dispatcher_handle.clone(),
         clock: clock.clone(),
         tls: tls.clone(),
-        device_sessions: Arc::default(),
+        device_sessions,
         shutdown: shutdown_rx.clone(),
         throttles: throttles.clone(),
     };
@@ -315,6 +327,7 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
         rates: Arc::new(delivery::rates::RateSampler::default()),
         throttles,
         keep_acknowledged_default: ctx.cfg.delivery.keep_acknowledged,
+        node_name: Arc::from(node_name.as_str()),
     };
     let mut tasks = Vec::new();
     let mut listeners = Vec::new();
@@ -396,4 +409,20 @@ pub async fn start(cfg: ServerConfig, clock: SharedClock) -> anyhow::Result<Runn
         ingest,
         _data_lock: data_lock,
     })
+}
+
+/// The JetStream engine's member id: the node's name made a KV-key token, plus a random
+/// suffix so two processes given the same name never share partition leases.
+fn engine_node_id(name: &str) -> String {
+    let token: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{token}-{:06x}", rand::random::<u32>() & 0xff_ffff)
 }

@@ -21,17 +21,7 @@ async fn cloud(env: &TestServer, p: &Project, path: &str, params: Value, o: Call
 }
 
 async fn token(env: &TestServer, p: &Project) -> String {
-    let r = cloud(
-        env,
-        p,
-        "/cloud/token",
-        json!({"grantType": "project", "res": p.pid}),
-        Call::default(),
-    )
-    .await;
-    assert_eq!(r["code"], 200, "{r}");
-    assert!(r["data"]["expireIn"].as_i64().unwrap() > 0);
-    r["data"]["cloudToken"].as_str().unwrap().to_owned()
+    peers::cloud_token(env, p).await
 }
 
 /// A call with the project's live cloud token.
@@ -50,14 +40,7 @@ async fn with_token(env: &TestServer, p: &Project, t: &str, path: &str, params: 
 }
 
 async fn activate(env: &TestServer, p: &Project, group: &str, on: bool) {
-    let (s, v) = env
-        .call(
-            reqwest::Method::PUT,
-            &format!("/api/v1/projects/{}/api-operations/{group}", p.pid),
-            Some(json!({"activated": on})),
-        )
-        .await;
-    assert!(s.is_success(), "{v}");
+    peers::activate_operations(env, p, group, on).await;
 }
 
 #[tokio::test]

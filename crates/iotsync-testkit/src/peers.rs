@@ -386,6 +386,50 @@ pub async fn cloud_call(
         .unwrap_or_else(|e| panic!("call.py printed no JSON ({e}): {out}"))
 }
 
+/// A signed cloud call that must answer HTTP 200 (the cloud API always does): its body.
+pub async fn cloud_body(
+    env: &TestServer,
+    p: &Project,
+    path: &str,
+    params: Value,
+    token: Option<&str>,
+) -> Value {
+    let o = CloudCall {
+        token,
+        ..CloudCall::default()
+    };
+    let v = cloud_call(env, p, path, params, o).await;
+    assert_eq!(
+        v["status"], 200,
+        "the cloud API always answers HTTP 200: {v}"
+    );
+    v["body"].clone()
+}
+
+/// A fresh cloud token of the project (`/cloud/token`, grant type project).
+pub async fn cloud_token(env: &TestServer, p: &Project) -> String {
+    let params = serde_json::json!({"grantType": "project", "res": p.pid});
+    let r = cloud_body(env, p, "/cloud/token", params, None).await;
+    assert_eq!(r["code"], 200, "{r}");
+    assert!(r["data"]["expireIn"].as_i64().unwrap_or(0) > 0, "{r}");
+    r["data"]["cloudToken"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Switches one of the project's cloud API operation groups on or off.
+pub async fn activate_operations(env: &TestServer, p: &Project, group: &str, on: bool) {
+    let (s, v) = env
+        .call(
+            reqwest::Method::PUT,
+            &format!("/api/v1/projects/{}/api-operations/{group}", p.pid),
+            Some(serde_json::json!({"activated": on})),
+        )
+        .await;
+    assert!(s.is_success(), "{v}");
+}
+
 /// Runs a command to its end (failing after 60 s): (exit code, stdout, stderr).
 pub async fn run(program: &str, args: &[String]) -> (i32, String, String) {
     let out = tokio::time::timeout(

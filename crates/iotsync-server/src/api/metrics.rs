@@ -31,6 +31,7 @@ pub mod names {
     pub const INDEX_RESIDENT: &str = "iotsync_backlog_index_memory_bytes";
     pub const INDEX_SPILLED: &str = "iotsync_backlog_index_spilled_bytes";
     pub const AMQP_MERGED: &str = "iotsync_amqp_dispositions_merged_total";
+    pub const NODE_INFO: &str = "iotsync_node_info";
     // Group alerts (docs/alerts.md); the figures they judge are the backlog series above.
     pub const GROUP_ALERTING: &str = "iotsync_group_alerting";
     pub const ALERT_STACKED_MAX: &str = "iotsync_group_alert_stacked_max";
@@ -233,6 +234,14 @@ async fn gather(st: &ApiState) -> prometheus::Result<String> {
             .amqp_dispositions_merged
             .load(std::sync::atomic::Ordering::Relaxed) as f64,
     );
+    Family::new(
+        &reg,
+        names::NODE_INFO,
+        "1, labelled with this node's name (node.name).",
+        false,
+        &["node"],
+    )?
+    .set(&[&st.node_name], 1.0);
     let mut out = String::new();
     TextEncoder::new().encode_utf8(&reg.gather(), &mut out)?;
     Ok(out)

@@ -53,6 +53,8 @@ pub struct ApiState {
     pub throttles: Arc<crate::throttle::Throttles>,
     /// Whether a project the backlog has not met yet keeps acknowledged messages.
     pub keep_acknowledged_default: bool,
+    /// This node's name (`node.name`): in `/metrics` and the console.
+    pub node_name: Arc<str>,
 }
 
 /// The actor recorded in the audit log for operator-token calls.

@@ -325,7 +325,11 @@ async fn properties_set(
     let session = DeviceSession::new(d.product_key.clone(), d.device_name.clone());
     let topic = session.property_set_topic();
     let rid = request_id();
-    if !st.sessions.is_online(&d.product_key, &d.device_name) {
+    if !st
+        .sessions
+        .reachable(&d.product_key, &d.device_name, &d.iot_id)
+        .await
+    {
         let reply = failure_reply(DownlinkError::Offline);
         control_record(st, project, &d.iot_id, &rid, &topic, &reply).await;
         return Err(CloudError::new(
@@ -350,6 +354,7 @@ async fn properties_set(
             .request(
                 &d.product_key,
                 &d.device_name,
+                &d.iot_id,
                 &rid2,
                 publish,
                 DOWNLINK_TIMEOUT,
@@ -391,6 +396,7 @@ async fn service_invoke(
         .request(
             &d.product_key,
             &d.device_name,
+            &d.iot_id,
             &rid,
             DownlinkPublish {
                 topic: topic.clone(),

@@ -198,6 +198,8 @@ struct Connection {
     http2: Option<String>,
     http2_tls: Option<String>,
     samples: &'static [Sample],
+    /// The node that served the page.
+    node: String,
 }
 
 /// `GET /console/connection`: the consumer endpoints as a client outside reaches them.
@@ -217,6 +219,7 @@ async fn connection(
         http2: endpoint("http", e.http2, host),
         http2_tls: endpoint("https", e.http2_tls, host),
         samples: &SAMPLES,
+        node: st.api.node_name.to_string(),
     }))
 }
 

@@ -22,14 +22,12 @@ use iotsync_store::{DeviceStatus, Registry, StoreError};
 
 use super::codec::{self, connack, Connect, Packet, Publish};
 use super::session::{self, code, AlinkError, DeviceSession, Uplink};
-use super::sessions::{DeviceKey, DeviceSessions, SessionEntry};
+use super::sessions::{DeviceKey, DeviceSessions, SessionEntry, TAKEOVER_WAIT};
 use crate::ingest::outbox_relay::DispatcherHandle;
 use crate::ingest::{Ingest, IngestError};
 
 /// How long the registry's view of a connected device (disabled? deleted?) may be stale.
 const RECHECK_EVERY: Duration = Duration::from_secs(30);
-/// How long a new connection waits for the session it takes over to stop.
-const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 /// Downlink publishes queued per connection.
 const DOWNLINK_QUEUE: usize = 16;
 
@@ -221,14 +219,23 @@ where
                 finished: fin_rx,
             },
         );
+        let replaced = match (old, gw.sessions.cluster()) {
+            (Some(old), _) => {
+                old.kick.notify_one();
+                let mut f = old.finished.clone();
+                let _ = tokio::time::timeout(TAKEOVER_WAIT, async move {
+                    let _ = f.wait_for(|done| *done).await;
+                })
+                .await;
+                true
+            }
+            // Another node may hold it: it ends its session (its last reports durable
+            // first) before this one records anything.
+            (None, Some(bus)) => bus.take_over(&authed.iot_id).await,
+            (None, None) => false,
+        };
         let now = gw.clock.now_ms();
-        if let Some(old) = old {
-            old.kick.notify_one();
-            let mut f = old.finished.clone();
-            let _ = tokio::time::timeout(TAKEOVER_WAIT, async move {
-                let _ = f.wait_for(|done| *done).await;
-            })
-            .await;
+        if replaced {
             tracing::info!(%peer, iot_id = %authed.iot_id, "session taken over");
             if let Err(e) = gw
                 .registry
@@ -262,6 +269,25 @@ where
             return;
         }
     }
+    // Reachable from the other nodes of a cluster (downlink, take-over) before CONNACK.
+    let cluster_task = match gw.sessions.cluster() {
+        Some(bus) => match bus
+            .serve(
+                gw.sessions.clone(),
+                authed.key.clone(),
+                authed.iot_id.clone(),
+                conn_id,
+            )
+            .await
+        {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(iot_id = %authed.iot_id, error = %e, "the device is not reachable from the other nodes");
+                None
+            }
+        },
+        None => None,
+    };
     // The online status must be in the backlog before anything this device publishes
     // (per-device order), so drain the outbox before CONNACK lets it publish.
     if let Err(e) = gw.dispatcher.flush().await {
@@ -288,6 +314,9 @@ where
     let end = conn
         .run(&mut rd, &mut wr, &mut buf, dl_rx, &kick, keep_alive_s)
         .await;
+    if let Some(t) = cluster_task {
+        t.abort();
+    }
     let _ = fin_tx.send(true);
     let _ = wr.shutdown().await;
     tracing::info!(%peer, iot_id = %authed.iot_id, reason = ?end, "device session ended");

@@ -5,8 +5,10 @@
 //! - `codec`: the MQTT packets, pure.
 //! - `session`: one device's topic rules and Alink parsing, pure.
 //! - `sessions`: the table of connected devices, take-over, downlink requests.
+//! - `cluster`: the same across nodes, over core NATS (ADR 0015).
 //! - `connection`: the per-connection `select!` loop.
 
+pub mod cluster;
 pub mod codec;
 pub mod connection;
 pub mod session;

@@ -12,6 +12,8 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use iotsync_core::{DeviceName, IotId, ProductKey};
 
+use super::cluster::ClusterBus;
+
 /// A publish the gateway writes to a device (QoS 0).
 #[derive(Debug, Clone)]
 pub struct DownlinkPublish {
@@ -57,7 +59,12 @@ pub struct DeviceSessions {
     pending: Mutex<HashMap<(IotId, String), oneshot::Sender<DeviceReply>>>,
     status_locks: Vec<tokio::sync::Mutex<()>>,
     next_conn: AtomicU64,
+    /// The other nodes' sessions (a cluster on NATS); `None` on a single node.
+    cluster: Option<Arc<ClusterBus>>,
 }
+
+/// How long a take-over waits for the session it replaces to stop.
+pub(crate) const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
 impl Default for DeviceSessions {
     fn default() -> Self {
@@ -68,6 +75,7 @@ impl Default for DeviceSessions {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             next_conn: AtomicU64::new(1),
+            cluster: None,
         }
     }
 }
@@ -78,6 +86,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl DeviceSessions {
+    /// The table of a cluster node: devices held by other nodes are reached, and taken
+    /// over, through `bus`.
+    pub fn with_cluster(bus: Arc<ClusterBus>) -> Self {
+        Self {
+            cluster: Some(bus),
+            ..Self::default()
+        }
+    }
+
+    pub(crate) fn cluster(&self) -> Option<&Arc<ClusterBus>> {
+        self.cluster.as_ref()
+    }
+
     pub(crate) fn next_conn_id(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
@@ -105,6 +126,49 @@ impl DeviceSessions {
         }
     }
 
+    /// Ends session `conn_id` of the device for a take-over by another node (the same
+    /// steps as a local take-over: no offline record here, the new node writes it) and
+    /// waits until its loop has stopped. False when that session is no longer here.
+    pub(crate) async fn end_for_takeover(&self, key: &DeviceKey, conn_id: u64) -> bool {
+        let _status = self.status_lock(key).lock().await;
+        let entry = {
+            let mut live = lock(&self.live);
+            if live.get(key).is_some_and(|e| e.conn_id == conn_id) {
+                live.remove(key)
+            } else {
+                None
+            }
+        };
+        let Some(entry) = entry else {
+            return false;
+        };
+        entry.kick.notify_one();
+        let mut f = entry.finished.clone();
+        let _ = tokio::time::timeout(TAKEOVER_WAIT, async move {
+            let _ = f.wait_for(|done| *done).await;
+        })
+        .await;
+        true
+    }
+
+    /// Whether session `conn_id` of the device is still the live one here.
+    pub(crate) fn holds_locally(&self, key: &DeviceKey, conn_id: u64) -> bool {
+        lock(&self.live)
+            .get(key)
+            .is_some_and(|e| e.conn_id == conn_id)
+    }
+
+    /// Whether the device is connected to this node or (in a cluster) to another one.
+    pub async fn reachable(&self, pk: &ProductKey, dn: &DeviceName, iot_id: &IotId) -> bool {
+        if self.is_online(pk, dn) {
+            return true;
+        }
+        match &self.cluster {
+            Some(bus) => bus.holds(iot_id).await,
+            None => false,
+        }
+    }
+
     /// Connected devices.
     pub fn len(&self) -> usize {
         lock(&self.live).len()
@@ -119,20 +183,35 @@ impl DeviceSessions {
     }
 
     /// Publishes `payload` to the device on `topic` and waits up to `timeout` for the
-    /// `_reply` carrying `request_id`.
+    /// `_reply` carrying `request_id`; through the node that holds the device when that
+    /// is another one.
     pub async fn request(
         &self,
         pk: &ProductKey,
         dn: &DeviceName,
+        iot_id: &IotId,
+        request_id: &str,
+        publish: DownlinkPublish,
+        timeout: Duration,
+    ) -> Result<DeviceReply, DownlinkError> {
+        let key = (pk.clone(), dn.clone());
+        match (&self.cluster, self.is_online(pk, dn)) {
+            (Some(bus), false) => bus.request(iot_id, request_id, publish, timeout).await,
+            _ => self.request_local(&key, request_id, publish, timeout).await,
+        }
+    }
+
+    /// A downlink to a session of this node.
+    pub(crate) async fn request_local(
+        &self,
+        key: &DeviceKey,
         request_id: &str,
         publish: DownlinkPublish,
         timeout: Duration,
     ) -> Result<DeviceReply, DownlinkError> {
         let (iot_id, tx) = {
             let live = lock(&self.live);
-            let e = live
-                .get(&(pk.clone(), dn.clone()))
-                .ok_or(DownlinkError::Offline)?;
+            let e = live.get(key).ok_or(DownlinkError::Offline)?;
             (e.iot_id.clone(), e.downlink.clone())
         };
         let key = (iot_id, request_id.to_owned());
@@ -223,18 +302,19 @@ mod tests {
             rx
         });
         let (pk, dn) = key();
+        let iot: IotId = "iot1".parse().unwrap();
         let r = s
-            .request(&pk, &dn, "42", publish(), Duration::from_secs(5))
+            .request(&pk, &dn, &iot, "42", publish(), Duration::from_secs(5))
             .await;
         assert_eq!(r, Ok(reply()));
         let _rx = responder.await.unwrap();
         let r = s
-            .request(&pk, &dn, "43", publish(), Duration::from_millis(20))
+            .request(&pk, &dn, &iot, "43", publish(), Duration::from_millis(20))
             .await;
         assert_eq!(r, Err(DownlinkError::Timeout));
         let other: DeviceName = "dev2".parse().unwrap();
         let r = s
-            .request(&pk, &other, "44", publish(), Duration::from_secs(1))
+            .request(&pk, &other, &iot, "44", publish(), Duration::from_secs(1))
             .await;
         assert_eq!(r, Err(DownlinkError::Offline));
     }

@@ -775,6 +775,7 @@ x-auth-param-group: ${p.appKey}          # optional; default group = AppKey
         h('dt', { text: 'Method' }), h('dd', { id: 'sync-method', text: s.method ? METHOD_LABEL[s.method] : (s.enabled ? 'Mixed' : '—') }),
         h('dt', { text: 'Device data' }), h('dd', { text: METHOD_LABEL[s.deviceData] || s.deviceData }),
         h('dt', { text: 'User data' }), h('dd', { text: METHOD_LABEL[s.userData] || s.userData }),
+        conn.node ? [h('dt', { text: 'Served by node' }), h('dd', { id: 'sync-node' }, h('code', { text: conn.node }))] : null,
         s.legacyHttpUrl ? [h('dt', { text: 'Legacy push URL' }), h('dd', {}, h('code', { text: s.legacyHttpUrl }))] : null,
         s.legacyRetired ? [h('dt', { text: 'Legacy HTTP push' }), h('dd', { text: 'Disabled once: it can never be enabled again.' })] : null),
       syncExplanation(s));
