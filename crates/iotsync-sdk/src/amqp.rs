@@ -80,12 +80,19 @@ pub enum Disposition {
     Reject,
 }
 
-#[derive(Clone)]
-struct Config {
+/// One server address of the endpoint list.
+#[derive(Clone, Debug)]
+struct Target {
     host: String,
     port: u16,
     tls: bool,
     endpoint: String,
+}
+
+#[derive(Clone)]
+struct Config {
+    /// Tried in turn: a reconnect goes to the next one (a cluster's nodes).
+    targets: Vec<Target>,
     app_key: AppKey,
     app_secret: String,
     group: Option<ConsumerGroup>,
@@ -135,8 +142,41 @@ impl Default for AmqpConsumerBuilder {
     }
 }
 
+fn parse_target(endpoint: &str) -> Result<Target, AmqpError> {
+    let (tls, rest) = if let Some(r) = endpoint.strip_prefix("amqps://") {
+        (true, r)
+    } else if let Some(r) = endpoint.strip_prefix("amqp://") {
+        (false, r)
+    } else {
+        return Err(AmqpError::Config {
+            field: "endpoint",
+            reason: format!("{endpoint:?} must start with amqps:// or amqp://"),
+        });
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (
+            h.trim_start_matches('[').trim_end_matches(']').to_owned(),
+            p.parse::<u16>().map_err(|_| AmqpError::Config {
+                field: "endpoint",
+                reason: format!("bad port {p:?}"),
+            })?,
+        ),
+        None => (rest.to_owned(), if tls { 5671 } else { 5672 }),
+    };
+    Ok(Target {
+        host,
+        port,
+        tls,
+        endpoint: endpoint.to_owned(),
+    })
+}
+
 impl AmqpConsumerBuilder {
-    /// `amqps://host:port` (TLS) or `amqp://host:port` (plain, development).
+    /// `amqps://host:port` (TLS) or `amqp://host:port` (plain, development). Several,
+    /// comma-separated (`amqps://n1:5671,amqps://n2:5671`), are the nodes of a cluster:
+    /// the consumer starts on the first and, whenever a connection ends or cannot be
+    /// made, goes on with the next.
     pub fn endpoint(mut self, v: impl Into<String>) -> Self {
         self.endpoint = Some(v.into());
         self
@@ -198,27 +238,18 @@ impl AmqpConsumerBuilder {
             field: "endpoint",
             reason: "required".into(),
         })?;
-        let (tls, rest) = if let Some(r) = endpoint.strip_prefix("amqps://") {
-            (true, r)
-        } else if let Some(r) = endpoint.strip_prefix("amqp://") {
-            (false, r)
-        } else {
+        let targets = endpoint
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(parse_target)
+            .collect::<Result<Vec<_>, _>>()?;
+        if targets.is_empty() {
             return Err(AmqpError::Config {
                 field: "endpoint",
-                reason: format!("{endpoint:?} must start with amqps:// or amqp://"),
+                reason: "no address given".into(),
             });
-        };
-        let rest = rest.trim_end_matches('/');
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) => (
-                h.trim_start_matches('[').trim_end_matches(']').to_owned(),
-                p.parse::<u16>().map_err(|_| AmqpError::Config {
-                    field: "endpoint",
-                    reason: format!("bad port {p:?}"),
-                })?,
-            ),
-            None => (rest.to_owned(), if tls { 5671 } else { 5672 }),
-        };
+        }
         let app_key: AppKey = self
             .app_key
             .ok_or(AmqpError::Config {
@@ -246,10 +277,7 @@ impl AmqpConsumerBuilder {
             .unwrap_or_else(|| format!("iotsync-sdk-{}", rand::random::<u32>()));
         Ok(AmqpConsumer {
             cfg: Arc::new(Config {
-                host,
-                port,
-                tls,
-                endpoint,
+                targets,
                 app_key,
                 app_secret,
                 group,
@@ -341,7 +369,22 @@ impl AmqpConsumer {
     pub async fn connect(&self) -> Result<MessageStream, AmqpError> {
         let cfg = self.cfg.clone();
         let (tx, rx) = mpsc::channel(cfg.credit as usize + 1);
-        let mut link = open(&cfg).await?;
+        // The first endpoint that takes the connection (`build` refused an empty list).
+        let mut last = AmqpError::Config {
+            field: "endpoint",
+            reason: "no address given".into(),
+        };
+        let mut opened = None;
+        for t in &cfg.targets {
+            match open(&cfg, t).await {
+                Ok(l) => {
+                    opened = Some(l);
+                    break;
+                }
+                Err(e) => last = e,
+            }
+        }
+        let mut link = opened.ok_or(last)?;
         let task = tokio::spawn(async move {
             if let Err(e) = link.pump(&cfg, &tx).await {
                 let _ = tx.send(Err(e)).await;
@@ -357,8 +400,10 @@ impl AmqpConsumer {
         let (tx, rx) = mpsc::channel(cfg.credit as usize + 1);
         let task = tokio::spawn(async move {
             let mut backoff = cfg.backoff.clone();
+            let mut at = 0usize;
             loop {
-                let r = match open(&cfg).await {
+                let target = &cfg.targets[at % cfg.targets.len()];
+                let r = match open(&cfg, target).await {
                     Ok(mut link) => {
                         let opened = Instant::now();
                         let r = link.pump(&cfg, &tx).await;
@@ -378,6 +423,8 @@ impl AmqpConsumer {
                         return;
                     }
                 }
+                // A cluster: the next node (one endpoint: the same one again).
+                at = at.wrapping_add(1);
                 tokio::time::sleep(backoff.next_delay()).await;
             }
         });
@@ -412,24 +459,25 @@ struct OpenLink {
     receiver: Receiver,
 }
 
-async fn open(cfg: &Config) -> Result<OpenLink, AmqpError> {
-    let tcp = TcpStream::connect((cfg.host.as_str(), cfg.port))
+async fn open(cfg: &Config, t: &Target) -> Result<OpenLink, AmqpError> {
+    let tcp = TcpStream::connect((t.host.as_str(), t.port))
         .await
         .map_err(|e| AmqpError::Connect {
-            endpoint: cfg.endpoint.clone(),
+            endpoint: t.endpoint.clone(),
             reason: e.to_string(),
         })?;
     let _ = tcp.set_nodelay(true);
-    if cfg.tls {
-        let tls = tls_connect(cfg, tcp).await?;
-        open_on(cfg, tls).await
+    if t.tls {
+        let tls = tls_connect(cfg, t, tcp).await?;
+        open_on(cfg, t, tls).await
     } else {
-        open_on(cfg, tcp).await
+        open_on(cfg, t, tcp).await
     }
 }
 
 async fn tls_connect(
     cfg: &Config,
+    t: &Target,
     tcp: TcpStream,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, AmqpError> {
     use rustls::pki_types::pem::PemObject;
@@ -450,7 +498,7 @@ async fn tls_connect(
         .map_err(|e| AmqpError::Tls(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let name = cfg.server_name.clone().unwrap_or_else(|| cfg.host.clone());
+    let name = cfg.server_name.clone().unwrap_or_else(|| t.host.clone());
     let name = ServerName::try_from(name).map_err(|e| AmqpError::Tls(e.to_string()))?;
     tokio_rustls::TlsConnector::from(Arc::new(tls_cfg))
         .connect(name, tcp)
@@ -458,7 +506,7 @@ async fn tls_connect(
         .map_err(|e| AmqpError::Tls(e.to_string()))
 }
 
-async fn open_on<S>(cfg: &Config, io: S) -> Result<OpenLink, AmqpError>
+async fn open_on<S>(cfg: &Config, t: &Target, io: S) -> Result<OpenLink, AmqpError>
 where
     S: AsyncRead + AsyncWrite + std::fmt::Debug + Send + Unpin + 'static,
 {
@@ -475,7 +523,7 @@ where
     let idle = u32::try_from(cfg.idle_timeout.as_millis()).unwrap_or(u32::MAX);
     let mut conn = Connection::builder()
         .container_id(cfg.client_id.clone())
-        .hostname(cfg.server_name.as_deref().unwrap_or(cfg.host.as_str()))
+        .hostname(cfg.server_name.as_deref().unwrap_or(t.host.as_str()))
         .sasl_profile(SaslProfile::Plain {
             username: creds.username(),
             password,
@@ -488,7 +536,7 @@ where
                 AmqpError::Auth(format!("SASL outcome {code:?}"))
             }
             other => AmqpError::Connect {
-                endpoint: cfg.endpoint.clone(),
+                endpoint: t.endpoint.clone(),
                 reason: format!("{other:?}"),
             },
         })?;
@@ -709,16 +757,46 @@ mod tests {
             .app_secret("s")
             .build()
             .unwrap();
-        assert!(c.cfg.tls);
-        assert_eq!(c.cfg.host, "iot.example.com");
-        assert_eq!(c.cfg.port, 5671);
+        let t = &c.cfg.targets[0];
+        assert!(t.tls);
+        assert_eq!(t.host, "iot.example.com");
+        assert_eq!(t.port, 5671);
         let c = AmqpConsumer::builder()
             .endpoint("amqp://127.0.0.1")
             .app_key("12345678")
             .app_secret("s")
             .build()
             .unwrap();
-        assert_eq!((c.cfg.tls, c.cfg.port), (false, 5672));
+        assert_eq!((c.cfg.targets[0].tls, c.cfg.targets[0].port), (false, 5672));
+        let c = AmqpConsumer::builder()
+            .endpoint("amqp://n1:5001, amqps://n2:5002,")
+            .app_key("12345678")
+            .app_secret("s")
+            .build()
+            .unwrap();
+        let nodes: Vec<_> = c
+            .cfg
+            .targets
+            .iter()
+            .map(|t| (t.host.as_str(), t.port, t.tls))
+            .collect();
+        assert_eq!(nodes, [("n1", 5001, false), ("n2", 5002, true)]);
+        for bad in ["", " , ", "amqp://a:1,http://b:2", "amqp://a:x"] {
+            assert!(
+                matches!(
+                    AmqpConsumer::builder()
+                        .endpoint(bad)
+                        .app_key("12345678")
+                        .app_secret("s")
+                        .build(),
+                    Err(AmqpError::Config {
+                        field: "endpoint",
+                        ..
+                    })
+                ),
+                "{bad:?}"
+            );
+        }
         assert!(matches!(
             AmqpConsumer::builder()
                 .endpoint("http://x")

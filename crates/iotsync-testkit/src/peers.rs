@@ -176,6 +176,11 @@ impl PeerProc {
         stdin.flush().unwrap();
     }
 
+    /// Closes stdin (the peers' signal to leave) without waiting; read on with `next`.
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
     /// Closes stdin (the peers' signal to leave) and waits for the exit.
     pub async fn finish(mut self) -> ExitStatus {
         self.stdin = None;

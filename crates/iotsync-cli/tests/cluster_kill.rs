@@ -1,0 +1,331 @@
+//! SIGKILL of one node of a 3-node cluster under load (issue 13). Three `iotsync serve`
+//! processes share one PostgreSQL schema and one NATS JetStream backlog (a throw-away
+//! `nats-server -js` on a free port). A fleet of paho-mqtt devices publishes numbered
+//! property reports at QoS 1 to all three nodes; three Rust SDK AMQP consumers of the
+//! default group (one starting on each node, every node in their endpoint list) ack
+//! what they get; a REST client creates devices through every node. Node 1 is SIGKILLed
+//! mid-run. Its devices and its consumer move to the other nodes by themselves, and:
+//!
+//! - every report whose PUBACK came back is delivered at least once;
+//! - every device creation answered 201 is delivered (its lifecycle message) at least once;
+//! - per device, reports arrive in the order they were published, except where a
+//!   redelivery intervened (a message delivered before);
+//! - the duplicates are counted and printed.
+//!
+//! PostgreSQL and nats-server are required: a missing one fails the test.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics the test
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use iotsync_backlog::NatsTestServer;
+use iotsync_sdk::amqp::AmqpConsumer;
+use iotsync_testkit::{pg, PeerProc, ProjectSpec, ServeProcess};
+
+const TOKEN: &str = "cluster-kill-operator-token-01";
+const DEVICES: usize = 12;
+
+/// One delivery as a consumer saw it, in the order all consumers saw them.
+#[derive(Debug, Clone)]
+struct Seen {
+    consumer: usize,
+    id: String,
+    topic: String,
+    payload: Value,
+}
+
+fn node(dir: &Path, store: &str, nats: &str, name: &str) -> ServeProcess {
+    // Short ack time-out and partition lease, so what the killed node held comes back
+    // within seconds (defaults: 30 s and 10 s).
+    let config = dir.join("cluster.toml");
+    std::fs::write(&config, "[delivery]\nack_timeout = \"4s\"\n").unwrap();
+    ServeProcess::start(
+        Path::new(env!("CARGO_BIN_EXE_iotsync")),
+        dir,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--operator-token",
+            TOKEN,
+            "--store-url",
+            store,
+            "--backlog-url",
+            nats,
+            "--node-name",
+            name,
+        ],
+    )
+}
+
+fn port_of(url: &str) -> u16 {
+    url.rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_a_node_under_load_loses_nothing_acknowledged() {
+    let nats = NatsTestServer::start().expect("nats-server must be installed");
+    let (store, schema) = pg::create_schema("cluster_kill").await;
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes: Vec<ServeProcess> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| node(d.path(), &store, &nats.url(), &format!("n{}", i + 1)))
+        .collect();
+    let names: Vec<String> = (0..DEVICES).map(|i| format!("fleet{i:03}")).collect();
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let p = nodes[0]
+        .rest(TOKEN)
+        .create_project(
+            &ProjectSpec::new("cluster-kill")
+                .devices(&name_refs)
+                .sync_first("amqp"),
+        )
+        .await;
+
+    // Consumers: consumer k starts on node k and has every node in its list.
+    let amqp: Vec<String> = nodes
+        .iter()
+        .map(|n| n.listener("amqp").to_owned())
+        .collect();
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let mut consumers = Vec::new();
+    for k in 0..3 {
+        let list: Vec<&str> = (0..3).map(|j| amqp[(k + j) % 3].as_str()).collect();
+        let c = AmqpConsumer::builder()
+            .endpoint(list.join(","))
+            .app_key(p.app_key.clone())
+            .app_secret(p.app_secret.clone())
+            .client_id(format!("kill-consumer-{k}"))
+            .credit(50)
+            .build()
+            .unwrap();
+        let seen = seen.clone();
+        consumers.push(tokio::spawn(async move {
+            let mut s = c.stream();
+            while let Some(item) = s.next().await {
+                let Ok(m) = item else { continue };
+                let e = &m.envelope;
+                seen.lock().unwrap().push(Seen {
+                    consumer: k,
+                    id: e.message_id.to_string(),
+                    topic: e.topic.clone(),
+                    payload: serde_json::from_slice(&e.payload).unwrap_or(Value::Null),
+                });
+                let _ = m.ack().await;
+            }
+        }));
+    }
+
+    // Devices: device i starts on node i % 3.
+    let mqtt_ports: Vec<String> = nodes
+        .iter()
+        .map(|n| port_of(n.listener("mqtt")).to_string())
+        .collect();
+    let creds: Vec<String> = p
+        .devices
+        .iter()
+        .map(|d| format!("{}:{}", d.dn, d.secret))
+        .collect();
+    let mut fleet = PeerProc::python(
+        "mqtt/fleet.py",
+        &[
+            "--ports".into(),
+            mqtt_ports.join(","),
+            "--pk".into(),
+            p.pk.clone(),
+            "--devices".into(),
+            creds.join(","),
+            "--interval".into(),
+            "0.02".into(),
+        ],
+    );
+    fleet.next_event("ready").await;
+
+    // Registry changes through every node; the ones answered 201 must be delivered.
+    let apis: Vec<String> = nodes.iter().map(|n| n.api.clone()).collect();
+    let created: Arc<Mutex<Vec<String>>> = Arc::default();
+    let stop_rest = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let registry_task = {
+        let (created, stop, pid, pk) = (
+            created.clone(),
+            stop_rest.clone(),
+            p.pid.clone(),
+            p.pk.clone(),
+        );
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        tokio::spawn(async move {
+            let mut i = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let dn = format!("made{i:04}");
+                // A dead node refuses the connection: the change was never made.
+                let r = http
+                    .post(format!(
+                        "{}/api/v1/projects/{pid}/products/{pk}/devices",
+                        apis[i % 3]
+                    ))
+                    .bearer_auth(TOKEN)
+                    .json(&json!({"deviceName": dn}))
+                    .send()
+                    .await;
+                if r.is_ok_and(|r| r.status() == 201) {
+                    created.lock().unwrap().push(dn);
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let before = seen.lock().unwrap().len();
+    nodes[0].kill();
+    eprintln!("cluster kill: node 1 SIGKILLed after {before} deliveries");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stop_rest.store(true, std::sync::atomic::Ordering::Relaxed);
+    registry_task.await.unwrap();
+    fleet.close_stdin();
+    let mut acked: BTreeSet<(String, u64)> = BTreeSet::new();
+    let mut moved = Vec::new();
+    loop {
+        let v = fleet.next().await;
+        match v["event"].as_str() {
+            Some("acked") => {
+                acked.insert((
+                    v["dn"].as_str().unwrap().to_owned(),
+                    v["seq"].as_u64().unwrap(),
+                ));
+            }
+            Some("moved") => moved.push(v),
+            Some("finished") => break,
+            _ => {}
+        }
+    }
+    let killed_port: u64 = mqtt_ports[0].parse().unwrap();
+    assert!(
+        moved.iter().any(|m| m["from"] == killed_port),
+        "node 1's devices reconnect to the other nodes: {moved:?}"
+    );
+    let created = created.lock().unwrap().clone();
+    assert!(!created.is_empty());
+
+    // Wait (bounded) until everything acknowledged to its source was delivered.
+    let want_reports = acked.len();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let (missing_reports, missing_made) = loop {
+        let (reports, made) = delivered(&seen.lock().unwrap());
+        let missing_reports: Vec<_> = acked
+            .iter()
+            .filter(|k| !reports.contains(*k))
+            .cloned()
+            .collect();
+        let missing_made: Vec<_> = created
+            .iter()
+            .filter(|d| !made.contains(*d))
+            .cloned()
+            .collect();
+        if (missing_reports.is_empty() && missing_made.is_empty()) || Instant::now() > deadline {
+            break (missing_reports, missing_made);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let all = seen.lock().unwrap().clone();
+    let mut per_id: HashMap<&str, usize> = HashMap::new();
+    for s in &all {
+        *per_id.entry(&s.id).or_default() += 1;
+    }
+    let duplicates: usize = per_id.values().map(|n| n - 1).sum();
+    let after_kill: BTreeSet<usize> = all[before..].iter().map(|s| s.consumer).collect();
+    eprintln!(
+        "cluster kill: {want_reports} reports PUBACKed, {} devices created (201), {} deliveries, \
+         {} distinct messages, {duplicates} duplicates, {} device moves; consumers delivering \
+         after the kill: {after_kill:?}",
+        created.len(),
+        all.len(),
+        per_id.len(),
+        moved.len()
+    );
+    assert!(
+        missing_reports.is_empty(),
+        "PUBACKed but never delivered: {missing_reports:?}"
+    );
+    assert!(
+        missing_made.is_empty(),
+        "answered 201 but never delivered: {missing_made:?}"
+    );
+    assert_eq!(
+        after_kill.len(),
+        3,
+        "the consumer that was on node 1 reconnects to another node and takes messages"
+    );
+
+    // Per-device order: a report's first delivery never comes after a later report's
+    // first delivery of the same device, unless that one was a redelivery.
+    let mut first_seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut ids_seen: BTreeSet<&str> = BTreeSet::new();
+    for s in &all {
+        let redelivery = !ids_seen.insert(&s.id);
+        if redelivery {
+            continue;
+        }
+        if let Some((dn, seq)) = report_of(s) {
+            first_seen.entry(dn).or_default().push(seq);
+        }
+    }
+    for (dn, seqs) in &first_seen {
+        for w in seqs.windows(2) {
+            assert!(
+                w[1] >= w[0],
+                "{dn}: report {} delivered after {} — out of order: {seqs:?}",
+                w[1],
+                w[0]
+            );
+        }
+    }
+
+    for c in consumers {
+        c.abort();
+    }
+    for n in nodes.iter_mut() {
+        n.kill();
+    }
+    pg::drop_schema(&schema).await;
+}
+
+/// The (device, seq) of a fleet report.
+fn report_of(s: &Seen) -> Option<(String, u64)> {
+    if !s.topic.ends_with("/thing/event/property/post") {
+        return None;
+    }
+    let dn = s.payload["deviceName"].as_str()?.to_owned();
+    let seq = s.payload["items"]["Seq"]["value"].as_u64()?;
+    Some((dn, seq))
+}
+
+/// The reports and the created devices among the deliveries.
+fn delivered(all: &[Seen]) -> (BTreeSet<(String, u64)>, BTreeSet<String>) {
+    let mut reports = BTreeSet::new();
+    let mut made = BTreeSet::new();
+    for s in all {
+        if let Some(k) = report_of(s) {
+            reports.insert(k);
+        } else if s.topic.ends_with("/thing/lifecycle") && s.payload["action"] == "create" {
+            if let Some(dn) = s.payload["deviceName"].as_str() {
+                made.insert(dn.to_owned());
+            }
+        }
+    }
+    (reports, made)
+}
