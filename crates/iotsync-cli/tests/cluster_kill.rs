@@ -4,7 +4,9 @@
 //! property reports at QoS 1 to all three nodes; three Rust SDK AMQP consumers of the
 //! default group (one starting on each node, every node in their endpoint list) ack
 //! what they get; a REST client creates devices through every node. Node 1 is SIGKILLed
-//! mid-run. Its devices and its consumer move to the other nodes by themselves, and:
+//! mid-run. Until then the three consumers share the group (each message to one of
+//! them). The killed node's devices and consumer move to the other nodes by themselves,
+//! and:
 //!
 //! - every report whose PUBACK came back is delivered at least once;
 //! - every device creation answered 201 is delivered (its lifecycle message) at least once;
@@ -190,7 +192,19 @@ async fn sigkill_of_a_node_under_load_loses_nothing_acknowledged() {
     };
 
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let before = seen.lock().unwrap().len();
+    // Before the kill: the three consumers share the group, each message to one of them.
+    let before = {
+        let all = seen.lock().unwrap();
+        let mut to: HashMap<&str, BTreeSet<usize>> = HashMap::new();
+        for s in all.iter() {
+            to.entry(&s.id).or_default().insert(s.consumer);
+        }
+        let shared: BTreeSet<usize> = all.iter().map(|s| s.consumer).collect();
+        assert_eq!(shared.len(), 3, "every node's consumer takes a share");
+        let twice: Vec<_> = to.iter().filter(|(_, c)| c.len() > 1).collect();
+        assert!(twice.is_empty(), "delivered to two consumers: {twice:?}");
+        all.len()
+    };
     nodes[0].kill();
     eprintln!("cluster kill: node 1 SIGKILLed after {before} deliveries");
     tokio::time::sleep(Duration::from_secs(6)).await;

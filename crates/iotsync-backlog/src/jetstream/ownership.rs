@@ -1,7 +1,8 @@
 //! Who pulls which (group, partition): leases in the `IOTSYNC_OWNERS` bucket (ADR 0013).
 //!
 //! Every `lease_ttl / 3` (or at once when a group gets its first or loses its last
-//! consumer here) a node renews its membership of the groups it has consumers of and
+//! consumer here, when a member joins or leaves the bucket, when a lease is given up,
+//! and every 100 ms while one of its own handovers waits to settle) a node renews its membership of the groups it has consumers of and
 //! its partition leases, claims free partitions up to ⌈P / members⌉, and hands over its
 //! excess: it stops leasing from such a partition, waits until nothing of it is in
 //! flight here and its pulls have stopped, naks what it had buffered, and only then
@@ -23,13 +24,65 @@ type Released = Vec<(async_nats::Subject, i64)>;
 
 pub(super) async fn run(inner: Arc<Inner>) {
     let period = (inner.cfg.lease_ttl / 3).max(Duration::from_millis(100));
+    // A handover waits for this node's in-flight messages of the partition to settle:
+    // look again soon while one is under way, not a whole period later.
+    let draining_period = Duration::from_millis(100).min(period);
+    let mut watcher = AbortOnDrop(tokio::spawn(watch_changes(inner.clone())));
     loop {
-        if let Err(e) = cycle(&inner).await {
-            tracing::warn!(error = %e, "partition ownership cycle failed");
-        }
+        let draining = match cycle(&inner).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "partition ownership cycle failed");
+                false
+            }
+        };
         tokio::select! {
-            _ = tokio::time::sleep(period) => {}
+            _ = tokio::time::sleep(if draining { draining_period } else { period }) => {}
             _ = inner.wake_owners.notified() => {}
+        }
+        if watcher.0.is_finished() {
+            // Ended with the connection: watch again (it is only a shortcut; the
+            // periodic cycle alone is correct).
+            watcher = AbortOnDrop(tokio::spawn(watch_changes(inner.clone())));
+        }
+    }
+}
+
+/// The watch task ends with the ownership task (the engine aborts that one on drop).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Wakes the cycle when the membership changes (a member joins or leaves) or a lease is
+/// given up, so partitions move within a round trip instead of a lease period. Lease
+/// renewals (puts of known keys) do not wake it.
+async fn watch_changes(inner: Arc<Inner>) {
+    use async_nats::jetstream::kv::Operation;
+    let mut w = match inner.owners.watch(">").await {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot watch the ownership bucket");
+            return;
+        }
+    };
+    let mut members: HashSet<String> = HashSet::new();
+    while let Some(Ok(e)) = w.next().await {
+        let removed = matches!(e.operation, Operation::Delete | Operation::Purge);
+        let changed = if e.key.starts_with("mem.") {
+            if removed {
+                members.remove(&e.key)
+            } else {
+                members.insert(e.key.clone())
+            }
+        } else {
+            e.key.starts_with("own.") && removed
+        };
+        if changed {
+            inner.wake_owners.notify_one();
         }
     }
 }
@@ -42,7 +95,8 @@ struct GroupView {
     owned: Vec<(u16, u64, bool)>,
 }
 
-async fn cycle(inner: &Arc<Inner>) -> Result<(), String> {
+/// One round; true while a handover of this node is still under way.
+async fn cycle(inner: &Arc<Inner>) -> Result<bool, String> {
     let views: Vec<GroupView> = {
         let st = inner.lock();
         let watched = |p: &ProjectId, g: &ConsumerGroup| {
@@ -189,7 +243,13 @@ async fn cycle(inner: &Arc<Inner>) -> Result<(), String> {
         }
         hand_over(inner, &v.p, &v.g).await;
     }
-    Ok(())
+    let st = inner.lock();
+    let draining = st
+        .projects
+        .values()
+        .flat_map(|ps| ps.groups.values())
+        .any(|gs| gs.owned.values().any(|o| o.draining));
+    Ok(draining)
 }
 
 /// Finishes the handovers of a group whose partitions are settled here.
