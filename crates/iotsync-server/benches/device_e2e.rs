@@ -7,8 +7,13 @@
 //! ```text
 //! cargo bench -p iotsync-server --bench device_e2e -- [--quick] [--devices N]
 //!     [--window W] [--secs S] [--only iotsync|mosquitto] [--mosquitto PATH]
-//!     [--consumer sdk|fe2o3]
+//!     [--consumer sdk|fe2o3] [--backlog embedded|jetstream|both]
 //! ```
+//!
+//! `--backlog jetstream` runs the server on a NATS JetStream backlog (R1, a throw-away
+//! `nats-server -js` started here on a free port, `/usr/sbin/nats-server` from Debian's
+//! `nats-server` package); its CPU is counted with the server's. `both` measures the
+//! embedded engine and JetStream in the same run.
 //!
 //! Per broker, three phases:
 //! 1. connect N devices (signed credentials for iotsync), RSS before/after;
@@ -65,6 +70,8 @@ struct Args {
     /// The AMQP consumer on the iotsync side: `sdk` (the Rust SDK) or `fe2o3` (fe2o3's
     /// stock receiver, one accepted disposition per message).
     consumer: String,
+    /// `embedded`, `jetstream` or `both`.
+    backlog: String,
 }
 
 fn args() -> Args {
@@ -76,6 +83,7 @@ fn args() -> Args {
         mosquitto: "/usr/sbin/mosquitto".into(),
         quick: false,
         consumer: "sdk".into(),
+        backlog: "embedded".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -88,6 +96,7 @@ fn args() -> Args {
             "--mosquitto" => a.mosquitto = it.next().unwrap_or(a.mosquitto),
             "--quick" => a.quick = true,
             "--consumer" => a.consumer = it.next().unwrap_or(a.consumer),
+            "--backlog" => a.backlog = it.next().unwrap_or(a.backlog),
             "--bench" => {}
             other => {
                 eprintln!("device_e2e: unknown argument {other}");
@@ -97,6 +106,10 @@ fn args() -> Args {
     }
     if a.quick {
         a.secs = a.secs.min(8);
+    }
+    if !matches!(a.backlog.as_str(), "embedded" | "jetstream" | "both") {
+        eprintln!("device_e2e: --backlog takes embedded, jetstream or both");
+        std::process::exit(2);
     }
     if a.consumer != "sdk" && a.consumer != "fe2o3" {
         eprintln!("device_e2e: --consumer takes sdk or fe2o3");
@@ -112,9 +125,11 @@ struct Cpu {
     consumer: u64,
 }
 
-fn cpu(broker_pid: u32) -> Cpu {
+/// The broker's CPU is its process's, plus its NATS server's when it has one.
+fn cpu(broker_pid: u32, side_pid: Option<u32>) -> Cpu {
+    let ticks = |pid: u32| stat_ticks(&format!("/proc/{pid}/stat")).unwrap_or(0);
     Cpu {
-        broker: stat_ticks(&format!("/proc/{broker_pid}/stat")).unwrap_or(0),
+        broker: ticks(broker_pid) + side_pid.map_or(0, ticks),
         publishers: thread_ticks("pub-"),
         consumer: thread_ticks("sub-"),
     }
@@ -273,6 +288,8 @@ struct Broker {
     child: Child,
     mqtt: SocketAddr,
     _dir: tempfile::TempDir,
+    /// The JetStream backlog's server, when the broker runs on one.
+    nats: Option<iotsync_backlog::NatsTestServer>,
 }
 
 impl Drop for Broker {
@@ -296,7 +313,14 @@ fn stop(why: &str) -> ! {
 
 /// Builds (if needed) and starts the `iotsync` binary of the bench's own profile
 /// (`cargo bench` → release) on free ports.
-fn start_iotsync() -> (Broker, String, String) {
+fn start_iotsync(jetstream: bool) -> (Broker, String, String) {
+    let nats = jetstream.then(|| {
+        iotsync_backlog::NatsTestServer::start().unwrap_or_else(|e| {
+            stop(&format!(
+                "{e}: `apt-get install nats-server` (or set IOTSYNC_NATS_SERVER), or --backlog embedded"
+            ))
+        })
+    });
     // The bench runs from target/<profile>/deps; the binary is target/<profile>/iotsync.
     let profile_dir = std::env::current_exe()
         .ok()
@@ -344,8 +368,12 @@ fn start_iotsync() -> (Broker, String, String) {
     }
     println!("server: {} ({profile} profile)", bin.display());
     let dir = tempfile::tempdir().unwrap_or_else(|e| stop(&format!("temp dir: {e}")));
-    let mut child = Command::new(&bin)
-        .arg("serve")
+    let mut cmd = Command::new(&bin);
+    cmd.arg("serve");
+    if let Some(n) = &nats {
+        cmd.args(["--backlog-url", &n.url()]);
+    }
+    let mut child = cmd
         .arg("--data-dir")
         .arg(dir.path())
         .args(["--operator-token", TOKEN])
@@ -402,10 +430,15 @@ fn start_iotsync() -> (Broker, String, String) {
         .unwrap_or_else(|_| stop(&format!("mqtt address {mqtt}")));
     (
         Broker {
-            name: "iotsync",
+            name: if nats.is_some() {
+                "iotsync on JetStream R1"
+            } else {
+                "iotsync"
+            },
             child,
             mqtt,
             _dir: dir,
+            nats,
         },
         format!("http://{api}"),
         format!("amqp://{amqp}"),
@@ -448,6 +481,7 @@ fn start_mosquitto(bin: &str) -> Broker {
         child,
         mqtt,
         _dir: dir,
+        nats: None,
     }
 }
 
@@ -714,7 +748,7 @@ fn measure(
     let tck = clk_tck();
     let pid = broker.child.id();
     let c = Arc::new(Counters::default());
-    subs.spawn(consumer(c.clone()));
+    let consumer_task = subs.spawn(consumer(c.clone()));
     let n = devices.len();
     let rss0 = rss_kb(pid);
     let streams: Vec<(TcpStream, Arc<Device>)> = pubs.block_on(async {
@@ -749,14 +783,15 @@ fn measure(
         .map(|(s, d)| pubs.spawn(run_device(s, d, a.window, n, c.clone())))
         .collect();
     std::thread::sleep(Duration::from_secs(2)); // warm-up
-    let (t0, cpu0) = (Instant::now(), cpu(pid));
+    let side = broker.nats.as_ref().and_then(|n| n.pid());
+    let (t0, cpu0) = (Instant::now(), cpu(pid, side));
     let (acked0, deliv0) = (
         c.acked.load(Ordering::Relaxed),
         c.delivered.load(Ordering::Relaxed),
     );
     std::thread::sleep(Duration::from_secs(a.secs));
     let secs = t0.elapsed().as_secs_f64();
-    let cpu1 = cpu(pid);
+    let cpu1 = cpu(pid, side);
     let acked = c.acked.load(Ordering::Relaxed) - acked0;
     let delivered = c.delivered.load(Ordering::Relaxed) - deliv0;
     let rss_mb = rss_kb(pid) as f64 / 1024.0;
@@ -822,6 +857,7 @@ fn measure(
         std::thread::sleep(Duration::from_millis(50));
     }
     let lost = acked_all as i64 - c.delivered.load(Ordering::Relaxed) as i64;
+    consumer_task.abort();
     let r = Result1 {
         lost,
         half_rate,
@@ -860,8 +896,16 @@ fn main() {
             .unwrap_or(0)
     );
     let mut results = Vec::new();
-    if a.only.as_deref() != Some("mosquitto") {
-        let (broker, api, amqp) = start_iotsync();
+    let engines: &[bool] = match a.backlog.as_str() {
+        "jetstream" => &[true],
+        "both" => &[false, true],
+        _ => &[false],
+    };
+    for &jetstream in engines {
+        if a.only.as_deref() == Some("mosquitto") {
+            break;
+        }
+        let (broker, api, amqp) = start_iotsync(jetstream);
         let (app_key, app_secret, devices) = pubs.block_on(iotsync_fleet(&api, a.devices));
         let fe2o3 = a.consumer == "fe2o3";
         println!(
@@ -908,14 +952,22 @@ fn main() {
             .find(|r| r.broker == name)
             .map(|r| r.delivered_rate)
     };
+    let main = if a.backlog == "jetstream" {
+        "iotsync on JetStream R1"
+    } else {
+        "iotsync"
+    };
     let us = results
         .iter()
-        .find(|r| r.broker == "iotsync")
+        .find(|r| r.broker == main)
         .map(|r| r.broker_us);
     let (i, m) = (
-        rate("iotsync").unwrap_or(f64::NAN),
+        rate(main).unwrap_or(f64::NAN),
         rate("mosquitto").unwrap_or(f64::NAN),
     );
+    if let (Some(e), Some(j)) = (rate("iotsync"), rate("iotsync on JetStream R1")) {
+        println!("device_e2e: JetStream R1 backlog {j:.0} reports/s, {:.2} of the embedded engine's {e:.0}", j / e);
+    }
     println!(
         "device_e2e: {i:.0} reports/s iotsync, {m:.0} reports/s mosquitto, ratio {:.2}, server {:.1} us/report",
         i / m,

@@ -89,6 +89,11 @@ impl NatsTestServer {
         self.port
     }
 
+    /// The server's process id (for CPU figures from /proc).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL, then start again on the same port and store directory.
     pub fn kill_and_restart(&mut self) -> io::Result<()> {
         self.kill();
