@@ -425,3 +425,60 @@ async fn a_purge_on_one_node_drops_what_the_other_node_had_pulled() {
     want.sort();
     assert_eq!(got, want, "only what was appended after the purge");
 }
+
+/// What only a node knows (in flight, its consumers, its counters, the oldest message it
+/// holds) is summed over the cluster: stats on node b show node a's consumer and leases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_on_any_node_sum_every_nodes_figures() {
+    let nats = NatsTestServer::start().expect("nats-server must be installed");
+    let a = engine(&nats, "node-a", 2).await;
+    let b = engine(&nats, "node-b", 2).await;
+    let (p, g) = (project("p1"), group("g1"));
+    a.create_group(&p, &g, &GroupSpec::all()).await.unwrap();
+    let old = now_ms() - 60_000;
+    b.append(
+        (0..6)
+            .map(|i| msg(&p, &format!("k{i}"), &format!("m{i}"), old + i))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    // Node a leases everything (its consumer is the only member) and acks two.
+    let mut held = Vec::new();
+    let until = Instant::now() + Duration::from_secs(10);
+    while held.len() < 6 {
+        assert!(Instant::now() < until, "node a leased {} of 6", held.len());
+        held.extend(a.lease(&p, &g, ConsumerId(1), 10).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for d in held.drain(..2) {
+        a.ack(&d.token).await.unwrap();
+    }
+    let want = |s: &iotsync_backlog::ProjectStats| {
+        let gs = s.groups.iter().find(|x| x.group == g.as_str()).unwrap();
+        (
+            gs.in_flight,
+            gs.consumers,
+            gs.acked_total,
+            gs.appended_total,
+        )
+    };
+    let local = a.stats(&p).await.unwrap();
+    assert_eq!(want(&local).0, 4, "{local:?}");
+    // Node b: its own appends plus node a's leases, consumer and acks (published ≤ 1 s).
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = b.stats(&p).await.unwrap();
+        if want(&s) == (4, 1, 2, 6) {
+            let gs = s.groups.iter().find(|x| x.group == g.as_str()).unwrap();
+            let age = gs.oldest_stacked_age_ms.unwrap_or(0);
+            assert!(age >= 59_000, "the oldest age comes from node a: {gs:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "node b's stats never summed node a's: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

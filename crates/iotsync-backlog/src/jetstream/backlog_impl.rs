@@ -666,50 +666,55 @@ impl Backlog for JetStreamBacklog {
                 }
             }
         }
+        // This node's live figures plus what the other nodes published (≤ 1 s old).
+        let peers = inner.peer_figures(project).await;
+        let own = inner.own_figures().remove(project).unwrap_or_default();
         let mut groups = Vec::new();
         for name in doc.groups.keys() {
             let Ok(g) = name.parse::<ConsumerGroup>() else {
                 continue;
             };
             let (pending, ack_pending) = inner.consumer_figures(project, &g).await;
+            let mut f = own.groups.get(name).cloned().unwrap_or_default();
+            for p in &peers {
+                if let Some(o) = p.groups.get(name) {
+                    f.add(o);
+                }
+            }
             let now = inner.clock.now_ms();
-            let st = inner.lock();
-            let gs = st.projects.get(project).and_then(|ps| ps.groups.get(&g));
-            let c = gs.map(|gs| gs.counters).unwrap_or_default();
             groups.push(GroupStats {
                 group: g.to_string(),
                 stacked: pending + ack_pending,
-                oldest_stacked_age_ms: gs
-                    .and_then(|gs| gs.local.oldest_generate_time())
-                    .map(|t| now - t),
-                in_flight: gs.map(|gs| gs.local.in_flight() as u64).unwrap_or(0),
-                retry_waiting: gs.map(|gs| gs.local.retry_waiting() as u64).unwrap_or(0),
+                oldest_stacked_age_ms: f.oldest_generate_time.map(|t| now - t),
+                in_flight: f.in_flight,
+                retry_waiting: f.retry_waiting,
                 dead_letters: dead_counts
                     .get(&wire::dead_subject(project, &g))
                     .copied()
                     .unwrap_or(0),
-                consumers: gs.map(|gs| gs.consumers.len() as u64).unwrap_or(0),
-                appended_total: c.appended,
-                acked_total: c.acked,
-                redelivered_total: c.redelivered,
-                expired_total: c.expired,
-                rejected_total: c.rejected,
-                nacked_total: c.nacked,
-                timed_out_total: c.timed_out,
+                consumers: f.consumers,
+                appended_total: f.appended,
+                acked_total: f.acked,
+                redelivered_total: f.redelivered,
+                expired_total: f.expired,
+                rejected_total: f.rejected,
+                nacked_total: f.nacked,
+                timed_out_total: f.timed_out,
                 unreadable_total: 0,
-                dropped_total: c.dropped,
+                dropped_total: f.dropped,
                 replayed_total: 0,
             });
         }
-        let st = inner.lock();
-        let ps = st.projects.get(project);
+        let sum = |pick: fn(&figures::NodeFigures) -> u64| {
+            pick(&own) + peers.iter().map(pick).sum::<u64>()
+        };
         Ok(ProjectStats {
             project: project.to_string(),
             paused: doc.paused,
             retention_ms: inner.retention_ms(&doc),
             stored_messages: stored,
-            discarded_no_group: ps.map(|p| p.discarded_no_group).unwrap_or(0),
-            dropped_by_group_delete: ps.map(|p| p.dropped_by_group_delete).unwrap_or(0),
+            discarded_no_group: sum(|f| f.discarded_no_group),
+            dropped_by_group_delete: sum(|f| f.dropped_by_group_delete),
             keep_acknowledged: true,
             groups,
         })

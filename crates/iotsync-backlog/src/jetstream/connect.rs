@@ -100,6 +100,14 @@ impl JetStreamBacklog {
             stream::StorageType::File,
         )
         .await?;
+        let figures = bucket(
+            &js,
+            wire::BUCKET_FIGURES,
+            super::figures::MAX_AGE,
+            replicas,
+            stream::StorageType::File,
+        )
+        .await?;
         let partitions = match meta
             .create("partitions", Bytes::from(cfg.partitions.to_string()))
             .await
@@ -136,6 +144,7 @@ impl JetStreamBacklog {
             js,
             meta,
             owners,
+            figures,
             partitions,
             node,
             streams,
@@ -158,9 +167,10 @@ impl JetStreamBacklog {
             let inner = inner.clone();
             tokio::spawn(async move { ownership::run(inner).await })
         };
+        let figures_loop = tokio::spawn(super::figures::run(inner.clone()));
         Ok(Self {
             inner,
-            tasks: vec![watcher, owner_loop],
+            tasks: vec![watcher, owner_loop, figures_loop],
         })
     }
 

@@ -18,6 +18,7 @@
 mod backlog_impl;
 mod connect;
 mod dead;
+mod figures;
 mod local;
 mod ownership;
 mod pulling;
@@ -292,6 +293,8 @@ struct Inner {
     js: jetstream::Context,
     meta: kv::Store,
     owners: kv::Store,
+    /// Every node's figures, summed by `stats` (`figures.rs`).
+    figures: kv::Store,
     partitions: u16,
     node: String,
     streams: HashMap<Class, stream::Stream>,

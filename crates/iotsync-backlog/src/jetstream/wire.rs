@@ -8,6 +8,7 @@ pub const STREAM_D7: &str = "IOTSYNC_D7";
 pub const STREAM_DEAD: &str = "IOTSYNC_DEAD";
 pub const BUCKET_META: &str = "IOTSYNC_META";
 pub const BUCKET_OWNERS: &str = "IOTSYNC_OWNERS";
+pub const BUCKET_FIGURES: &str = "IOTSYNC_FIGURES";
 
 pub const H_MSG_ID: &str = "Nats-Msg-Id";
 pub const H_KEY: &str = "Iotsync-Key";

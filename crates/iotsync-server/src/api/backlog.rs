@@ -197,7 +197,10 @@ pub async fn figures(st: &ApiState, pid: &iotsync_core::ProjectId) -> ApiResult<
                     alerting: since.is_some(),
                     alerting_since: since,
                     thresholds: thresholds.get(&g.group).copied().unwrap_or_default(),
-                    consumers: live.iter().filter(|c| c.group == g.group).count() as u64,
+                    // On JetStream the backlog counts every node's consumers; this
+                    // node's live list is the floor (the embedded engine's figure).
+                    consumers: (live.iter().filter(|c| c.group == g.group).count() as u64)
+                        .max(g.consumers),
                     stacked: g.stacked,
                     oldest_stacked_age_ms: g.oldest_stacked_age_ms,
                     in_flight: g.in_flight,

@@ -193,7 +193,11 @@ async fn gather(st: &ApiState) -> prometheus::Result<String> {
         let live = st.hub.consumers(&pid);
         paused.set(&[pid.as_str()], f64::from(u8::from(stats.paused)));
         for g in &stats.groups {
-            let consumers = live.iter().filter(|c| c.group == g.group).count();
+            let consumers = live
+                .iter()
+                .filter(|c| c.group == g.group)
+                .count()
+                .max(usize::try_from(g.consumers).unwrap_or(usize::MAX));
             for (family, v) in groups.iter().zip(group_values(g, consumers)) {
                 family.set(&[pid.as_str(), &g.group], v);
             }
