@@ -325,26 +325,46 @@ async fn failover_under_load(victim: Victim) {
     let lost: Vec<&String> = acked.iter().filter(|id| !distinct.contains(id)).collect();
     let repeated = check_device_order(&c.seen);
     let redelivered = c.seen.iter().filter(|s| s.attempt > 1).count();
-    // Longest time without a delivery between the kill and the end of the appends.
-    let mut marks: Vec<Instant> = c
+    // The repeated ids with the attempt of each of their deliveries (a new consumer
+    // leader whose replicated state lagged hands some out again as attempt 1).
+    let mut attempts: HashMap<&str, Vec<u32>> = HashMap::new();
+    for s in &c.seen {
+        attempts.entry(&s.id).or_default().push(s.attempt);
+    }
+    let mut repeats: Vec<(&str, Vec<u32>)> =
+        attempts.into_iter().filter(|(_, a)| a.len() > 1).collect();
+    repeats.sort();
+    repeats.truncate(12);
+    // Longest time a device got nothing between the kill and the end of the appends
+    // (each device has a new message every ~100 ms; a stalled partition shows here).
+    let mut per_device: HashMap<&str, Vec<Instant>> = HashMap::new();
+    for s in c
         .seen
         .iter()
-        .map(|s| s.at)
-        .filter(|t| *t > killed_at && *t < appends_stopped)
-        .collect();
-    marks.insert(0, killed_at);
-    marks.push(appends_stopped);
-    let delivery_gap = marks
-        .windows(2)
-        .map(|w| w[1] - w[0])
+        .filter(|s| s.at > killed_at && s.at < appends_stopped)
+    {
+        let dev = s.id.split_once('-').map(|(d, _)| d).unwrap_or("");
+        per_device.entry(dev).or_default().push(s.at);
+    }
+    let delivery_gap = per_device
+        .into_values()
+        .map(|mut marks| {
+            marks.insert(0, killed_at);
+            marks.push(appends_stopped);
+            marks
+                .windows(2)
+                .map(|w| w[1] - w[0])
+                .max()
+                .unwrap_or_default()
+        })
         .max()
         .unwrap_or_default();
     eprintln!(
         "{victim:?}: {} messages acknowledged by append ({ok_before} appends before the kill, \
          {ok_after} after), {} failed append attempts {:?}, longest append stall {:?}; \
          {} deliveries, {} distinct, {repeated} duplicates, {redelivered} with attempt > 1, \
-         longest delivery gap after the kill {delivery_gap:?}, {} acks of a forgotten lease, \
-         other errors {:?}; stream leader after: {:?}",
+         longest gap of a device's deliveries after the kill {delivery_gap:?}, {} acks of a forgotten lease, \
+         other errors {:?}; stream leader after: {:?}; repeated (id, attempts): {repeats:?}",
         acked.len(),
         a.failed_attempts,
         a.errors,
