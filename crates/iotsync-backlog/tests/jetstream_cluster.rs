@@ -1,6 +1,7 @@
 //! The JetStream engine on a routed 3-server cluster with replicas 3, under load, while
-//! one server is SIGKILLed: the leader of the message stream, or the leader of one of the
-//! group's consumers. What `append` acknowledged must be delivered (at least once),
+//! one server is SIGKILLed: the leader of the message stream, the leader of one of the
+//! group's consumers, or the server the engine is connected to (its client reconnects to
+//! another). What `append` acknowledged must be delivered (at least once),
 //! appends must resume after the failover, and per-device order must hold except where a
 //! redelivery intervened. Duplicates and the longest append stall are printed.
 //! Each test starts its own `NatsTestCluster` on free ports and fails if nats-server is
@@ -198,6 +199,8 @@ enum Victim {
     StreamLeader,
     /// The leader of one of the group's consumers on that stream (not the stream leader).
     ConsumerLeader,
+    /// The server the engine is connected to (whatever it leads).
+    EngineServer,
 }
 
 /// One cluster at a time: six servers on a small CI machine would time each other out.
@@ -275,14 +278,22 @@ async fn failover_under_load(victim: Victim) {
             eprintln!("killing n{} (leads consumer 2-p1-g1-d1-{part})", l + 1);
             l
         }
+        Victim::EngineServer => {
+            let name = b.connected_server();
+            name.strip_prefix('n')
+                .and_then(|n| n.parse::<usize>().ok())
+                .and_then(|n| n.checked_sub(1))
+                .expect("connected to one of n1..n3")
+        }
     };
     let ok_before = appends.lock().unwrap().ok_at.len();
     let killed_at = Instant::now();
     cluster.kill(killed);
     eprintln!(
-        "{victim:?}: SIGKILLed n{} (stream leader n{}) after {ok_before} Ok appends",
+        "{victim:?}: SIGKILLed n{} (stream leader n{}, engine connected to {}) after {ok_before} Ok appends",
         killed + 1,
-        stream_leader + 1
+        stream_leader + 1,
+        b.connected_server()
     );
 
     // Appends resume: 100 Ok appends (≈ 2 000 messages, ≈ 5 s) after the kill.
@@ -386,6 +397,11 @@ async fn failover_under_load(victim: Victim) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r3_sigkill_of_the_stream_leader_under_load_loses_nothing_acknowledged() {
     failover_under_load(Victim::StreamLeader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r3_sigkill_of_the_engines_server_under_load_loses_nothing_acknowledged() {
+    failover_under_load(Victim::EngineServer).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
