@@ -51,7 +51,8 @@ pub use engine::{segment_files, EmbeddedBacklog};
 pub use error::BacklogError;
 pub use index::MAX_GROUPS_PER_PROJECT;
 pub use jetstream::{
-    nats_server_binary, wire_format, JetStreamBacklog, JetStreamConfig, NatsTestServer,
+    nats_server_binary, wire_format, JetStreamBacklog, JetStreamConfig, NatsTestCluster,
+    NatsTestServer,
 };
 pub use types::{
     AppendOutcome, AvailabilityWatch, ConsumerId, DamagedRange, DeadLetter, Delivery, GroupInfo,

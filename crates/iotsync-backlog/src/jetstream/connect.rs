@@ -179,6 +179,11 @@ impl JetStreamBacklog {
         &self.inner.node
     }
 
+    /// The name of the NATS server this node is connected to now (tests, figures).
+    pub fn connected_server(&self) -> String {
+        self.inner.client.server_info().server_name
+    }
+
     /// Messages of the group pulled here and not leased yet (tests, figures).
     pub fn buffered(&self, project: &ProjectId, group: &ConsumerGroup) -> usize {
         let st = self.inner.lock();

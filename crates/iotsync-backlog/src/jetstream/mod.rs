@@ -25,7 +25,7 @@ mod pulling;
 mod test_server;
 mod wire;
 
-pub use test_server::{nats_server_binary, NatsTestServer};
+pub use test_server::{nats_server_binary, NatsTestCluster, NatsTestServer};
 
 /// The stored body of a message on JetStream (the engine's own binary layout, ADR 0013),
 /// read and written: public for the fuzz target `jetstream_wire`.
