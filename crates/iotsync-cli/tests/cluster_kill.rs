@@ -1,4 +1,5 @@
-//! SIGKILL of one node of a 3-node cluster under load (issue 13). Three `iotsync serve`
+//! SIGKILL under load (issue 13): of one node of a 3-node cluster, and of the JetStream
+//! stream leader of a 3-server NATS cluster (R3) under the same 3 nodes. Three `iotsync serve`
 //! processes share one PostgreSQL schema and one NATS JetStream backlog (a throw-away
 //! `nats-server -js` on a free port). A fleet of paho-mqtt devices publishes numbered
 //! property reports at QoS 1 to all three nodes; three Rust SDK AMQP consumers of the
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use iotsync_backlog::NatsTestServer;
+use iotsync_backlog::{NatsTestCluster, NatsTestServer};
 use iotsync_sdk::amqp::AmqpConsumer;
 use iotsync_testkit::{pg, PeerProc, ProjectSpec, ServeProcess};
 
@@ -39,6 +40,8 @@ struct Seen {
     id: String,
     topic: String,
     payload: Value,
+    /// 1 for a first delivery (the AMQP header's delivery-count + 1).
+    attempt: u32,
 }
 
 fn node(dir: &Path, store: &str, nats: &str, name: &str) -> ServeProcess {
@@ -73,15 +76,51 @@ fn port_of(url: &str) -> u16 {
         .unwrap()
 }
 
+/// What the test SIGKILLs mid-run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Victim {
+    /// iotsync node 1 (one `nats-server`, R1).
+    Node,
+    /// The leader of the message stream (three routed `nats-server`s, R3).
+    StreamLeader,
+}
+
+/// The NATS side of a run: one server, or a 3-server cluster.
+enum Nats {
+    One(NatsTestServer),
+    Three(NatsTestCluster),
+}
+
+impl Nats {
+    fn urls(&self) -> String {
+        match self {
+            Nats::One(n) => n.url(),
+            Nats::Three(c) => c.urls(),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_a_node_under_load_loses_nothing_acknowledged() {
-    let nats = NatsTestServer::start().expect("nats-server must be installed");
+    let nats = Nats::One(NatsTestServer::start().expect("nats-server must be installed"));
+    run(nats, Victim::Node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_stream_leader_under_load_loses_nothing_and_publishing_resumes() {
+    let cluster = NatsTestCluster::start()
+        .await
+        .expect("three nats-servers must start (nats-server must be installed)");
+    run(Nats::Three(cluster), Victim::StreamLeader).await;
+}
+
+async fn run(mut nats: Nats, victim: Victim) {
     let (store, schema) = pg::create_schema("cluster_kill").await;
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes: Vec<ServeProcess> = dirs
         .iter()
         .enumerate()
-        .map(|(i, d)| node(d.path(), &store, &nats.url(), &format!("n{}", i + 1)))
+        .map(|(i, d)| node(d.path(), &store, &nats.urls(), &format!("n{}", i + 1)))
         .collect();
     let names: Vec<String> = (0..DEVICES).map(|i| format!("fleet{i:03}")).collect();
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -122,6 +161,7 @@ async fn sigkill_of_a_node_under_load_loses_nothing_acknowledged() {
                     id: e.message_id.to_string(),
                     topic: e.topic.clone(),
                     payload: serde_json::from_slice(&e.payload).unwrap_or(Value::Null),
+                    attempt: m.attempt,
                 });
                 let _ = m.ack().await;
             }
@@ -205,16 +245,50 @@ async fn sigkill_of_a_node_under_load_loses_nothing_acknowledged() {
         assert!(twice.is_empty(), "delivered to two consumers: {twice:?}");
         all.len()
     };
-    nodes[0].kill();
-    eprintln!("cluster kill: node 1 SIGKILLed after {before} deliveries");
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // The fleet's lines so far; what comes after the kill is counted apart.
+    let mut lines = fleet.drain();
+    let acked_before = lines.iter().filter(|v| v["event"] == "acked").count();
+    match &mut nats {
+        Nats::One(_) => nodes[0].kill(),
+        Nats::Three(c) => {
+            let admin = async_nats::connect(c.addrs().unwrap()).await.unwrap();
+            let leader = c
+                .stream_leader(&admin, "IOTSYNC_D1")
+                .await
+                .expect("the message stream has a leader");
+            c.kill(leader);
+            eprintln!("cluster kill: stream leader n{} SIGKILLed", leader + 1);
+        }
+    }
+    eprintln!(
+        "cluster kill ({victim:?}): SIGKILL after {before} deliveries, {acked_before} PUBACKs"
+    );
+    // A stream leader election takes seconds (appends fail meanwhile, and are retried
+    // by the devices); then the last two seconds must see reports PUBACKed again.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    lines.extend(fleet.drain());
+    let late_from = lines.len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
     stop_rest.store(true, std::sync::atomic::Ordering::Relaxed);
     registry_task.await.unwrap();
     fleet.close_stdin();
-    let mut acked: BTreeSet<(String, u64)> = BTreeSet::new();
-    let mut moved = Vec::new();
     loop {
         let v = fleet.next().await;
+        let end = v["event"] == "finished";
+        lines.push(v);
+        if end {
+            break;
+        }
+    }
+    let acked_after = lines.iter().filter(|v| v["event"] == "acked").count() - acked_before;
+    let acked_late = lines[late_from..]
+        .iter()
+        .filter(|v| v["event"] == "acked")
+        .count();
+    assert!(acked_late > 0, "publishing resumes after the SIGKILL");
+    let mut acked: BTreeSet<(String, u64)> = BTreeSet::new();
+    let mut moved = Vec::new();
+    for v in lines {
         match v["event"].as_str() {
             Some("acked") => {
                 acked.insert((
@@ -223,15 +297,16 @@ async fn sigkill_of_a_node_under_load_loses_nothing_acknowledged() {
                 ));
             }
             Some("moved") => moved.push(v),
-            Some("finished") => break,
             _ => {}
         }
     }
-    let killed_port: u64 = mqtt_ports[0].parse().unwrap();
-    assert!(
-        moved.iter().any(|m| m["from"] == killed_port),
-        "node 1's devices reconnect to the other nodes: {moved:?}"
-    );
+    if victim == Victim::Node {
+        let killed_port: u64 = mqtt_ports[0].parse().unwrap();
+        assert!(
+            moved.iter().any(|m| m["from"] == killed_port),
+            "node 1's devices reconnect to the other nodes: {moved:?}"
+        );
+    }
     let created = created.lock().unwrap().clone();
     assert!(!created.is_empty());
 
@@ -263,7 +338,7 @@ async fn sigkill_of_a_node_under_load_loses_nothing_acknowledged() {
     let duplicates: usize = per_id.values().map(|n| n - 1).sum();
     let after_kill: BTreeSet<usize> = all[before..].iter().map(|s| s.consumer).collect();
     eprintln!(
-        "cluster kill: {want_reports} reports PUBACKed, {} devices created (201), {} deliveries, \
+        "cluster kill ({victim:?}): {want_reports} reports PUBACKed ({acked_after} after the kill), {} devices created (201), {} deliveries, \
          {} distinct messages, {duplicates} duplicates, {} device moves; consumers delivering \
          after the kill: {after_kill:?}",
         created.len(),
@@ -279,35 +354,46 @@ async fn sigkill_of_a_node_under_load_loses_nothing_acknowledged() {
         missing_made.is_empty(),
         "answered 201 but never delivered: {missing_made:?}"
     );
-    assert_eq!(
-        after_kill.len(),
-        3,
-        "the consumer that was on node 1 reconnects to another node and takes messages"
-    );
+    if victim == Victim::Node {
+        assert_eq!(
+            after_kill.len(),
+            3,
+            "the consumer that was on node 1 reconnects to another node and takes messages"
+        );
+    }
 
-    // Per-device order: a report's first delivery never comes after a later report's
-    // first delivery of the same device, unless that one was a redelivery.
-    let mut first_seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    // Per-device order: among first deliveries that are not redeliveries (attempt 1), a
+    // device's reports arrive in the order it published them; a report may come later
+    // only as a redelivery (the node or JetStream lost it in transit and it came back
+    // after the ack time-out: "except where a redelivery intervened").
+    let mut first_seen: BTreeMap<String, Vec<(u64, u32)>> = BTreeMap::new();
     let mut ids_seen: BTreeSet<&str> = BTreeSet::new();
     for s in &all {
-        let redelivery = !ids_seen.insert(&s.id);
-        if redelivery {
+        if !ids_seen.insert(&s.id) {
             continue;
         }
         if let Some((dn, seq)) = report_of(s) {
-            first_seen.entry(dn).or_default().push(seq);
+            first_seen.entry(dn).or_default().push((seq, s.attempt));
         }
     }
+    let mut overtaken_by_redelivery = 0;
     for (dn, seqs) in &first_seen {
-        for w in seqs.windows(2) {
+        let fresh: Vec<u64> = seqs
+            .iter()
+            .filter(|(_, a)| *a == 1)
+            .map(|(q, _)| *q)
+            .collect();
+        for w in fresh.windows(2) {
             assert!(
                 w[1] >= w[0],
-                "{dn}: report {} delivered after {} — out of order: {seqs:?}",
+                "{dn}: report {} delivered after {} with no redelivery between: {seqs:?}",
                 w[1],
                 w[0]
             );
         }
+        overtaken_by_redelivery += seqs.windows(2).filter(|w| w[1].0 < w[0].0).count();
     }
+    eprintln!("cluster kill ({victim:?}): {overtaken_by_redelivery} reports came after a later one, each as a redelivery");
 
     for c in consumers {
         c.abort();

@@ -303,6 +303,9 @@ pub struct AmqpConsumer {
 /// One received message.
 pub struct AmqpMessage {
     pub envelope: Envelope,
+    /// 1 for a first delivery, 2 for the first redelivery, … (the AMQP header's
+    /// `delivery-count` + 1).
+    pub attempt: u32,
     settle: Option<(DeliveryInfo, mpsc::Sender<(DeliveryInfo, Disposition)>)>,
 }
 
@@ -604,6 +607,10 @@ impl OpenLink {
                         Err(e) => break Err(AmqpError::Lost(format!("{e:?}"))),
                     };
                     let (info, message) = d.into_parts();
+                    let attempt = message
+                        .header
+                        .as_ref()
+                        .map_or(1, |h| h.delivery_count.saturating_add(1));
                     let envelope = match envelope_of(message) {
                         Ok(e) => e,
                         Err(e) => {
@@ -620,7 +627,11 @@ impl OpenLink {
                     } else {
                         Some((info, settle_tx.clone()))
                     };
-                    if tx.send(Ok(AmqpMessage { envelope, settle })).await.is_err() {
+                    if tx.send(Ok(AmqpMessage {
+                        envelope,
+                        attempt,
+                        settle,
+                    })).await.is_err() {
                         break Ok(());
                     }
                 }

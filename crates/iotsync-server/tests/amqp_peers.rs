@@ -97,6 +97,14 @@ async fn released_message_comes_back(peer: AmqpPeer) {
     let second = second.unwrap();
     assert_eq!(second["messageId"], first["messageId"]);
     assert_eq!(second["payload"], first["payload"]);
+    // The header's delivery-count says how many deliveries came before.
+    assert_eq!(
+        (
+            first["deliveryCount"].as_u64(),
+            second["deliveryCount"].as_u64()
+        ),
+        (Some(0), Some(1))
+    );
     if !c.saw("done") {
         c.next_event("done").await;
     }

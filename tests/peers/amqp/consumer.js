@@ -71,7 +71,7 @@ container.on('message', (ctx) => {
   let bodyType = typeof body;
   if (body && body.typecode !== undefined) { bodyType = 'section:' + body.typecode; body = body.content; }
   const mid = ap.messageId;
-  out({ event: 'message', topic: ap.topic, messageId: mid, generateTime: Number(ap.generateTime), amqpMessageId: m.message_id, bodyType, payload: JSON.parse(Buffer.from(body).toString('utf8')) });
+  out({ event: 'message', topic: ap.topic, messageId: mid, generateTime: Number(ap.generateTime), amqpMessageId: m.message_id, bodyType, payload: JSON.parse(Buffer.from(body).toString('utf8')), deliveryCount: m.delivery_count || 0 });
   received += 1;
   let d = a.disposition;
   if (d === 'release-first') d = seen.has(mid) ? 'accept' : 'release';

@@ -82,7 +82,7 @@ class Consumer(MessagingHandler):
         out(event="message", topic=props.get("topic"), messageId=mid,
             generateTime=props.get("generateTime"), generateTimeType=type(props.get("generateTime")).__name__,
             amqpMessageId=m.id, bodyType=type(m.body).__name__,
-            payload=json.loads(bytes(body).decode("utf-8")))
+            payload=json.loads(bytes(body).decode("utf-8")), deliveryCount=m.delivery_count)
         self.received += 1
         d = self.a.disposition
         if d == "release-first":

@@ -205,6 +205,10 @@ struct GroupState {
     counters: Counters,
     /// The doc's generation this node's local state belongs to.
     generation: u64,
+    /// The highest stream sequence pulled here per (class, partition): a message pulled
+    /// again at or below it is a redelivery even when JetStream counts it once (2.9.10
+    /// does after a leader change, and after a pull answer lost in transit).
+    pulled_up_to: HashMap<(Class, u16), u64>,
 }
 
 impl GroupState {
@@ -217,6 +221,7 @@ impl GroupState {
             member: false,
             counters: Counters::default(),
             generation: 0,
+            pulled_up_to: HashMap::new(),
         }
     }
 

@@ -64,13 +64,21 @@ impl Inner {
                     self.expired_since_tick.fetch_add(1, Ordering::Relaxed);
                     settle.push((reply, b"+ACK"));
                 } else {
+                    let high = gs.pulled_up_to.entry((class, part)).or_insert(0);
+                    let again = sseq <= *high;
+                    *high = (*high).max(sseq);
+                    let attempt = if again {
+                        (delivered.max(1) as u32).max(2)
+                    } else {
+                        delivered.max(1) as u32
+                    };
                     pushed |= gs.local.push(Held {
                         class,
                         part,
                         sseq,
                         reply,
                         message: msg,
-                        attempt: delivered.max(1) as u32,
+                        attempt,
                         touched_ms: now,
                     });
                 }

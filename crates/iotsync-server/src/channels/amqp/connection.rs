@@ -318,7 +318,7 @@ async fn pump(
         let mut waited_for_credit = false;
         for d in batch {
             // By reference: the message is not moved into fe2o3's nested send futures.
-            let msg = Sendable::from(to_amqp(d.message.envelope));
+            let msg = Sendable::from(to_amqp(d.message.envelope, d.attempt));
             let send = sender.send_batchable_ref(&msg);
             tokio::pin!(send);
             // One poll tells whether the link had credit; either way we keep polling the

@@ -1,10 +1,14 @@
 //! A sync message as an AMQP 1.0 message (SPEC §6): Data section = payload bytes;
 //! application-properties `topic`, `messageId`, `generateTime` (long); properties
-//! `message-id` = messageId.
+//! `message-id` = messageId. A redelivery carries a header whose `delivery-count` is
+//! the number of earlier deliveries (AMQP 1.0 §3.2.1); a first delivery has none (its
+//! defaults say 0).
 
 use std::sync::LazyLock;
 
-use fe2o3_amqp::types::messaging::{ApplicationProperties, Data, Message, MessageId, Properties};
+use fe2o3_amqp::types::messaging::{
+    ApplicationProperties, Data, Header, Message, MessageId, Properties,
+};
 use fe2o3_amqp::types::primitives::{Binary, OrderedMap, SimpleValue};
 
 use iotsync_core::Envelope;
@@ -21,7 +25,7 @@ static KEYS: LazyLock<OrderedMap<String, SimpleValue>> = LazyLock::new(|| {
 /// Takes the envelope by value: the payload and topic move into the message uncopied.
 /// The application-properties map is a clone of [`KEYS`] whose values are then set in
 /// place: no key is hashed and no hasher seeded per message.
-pub fn to_amqp(env: Envelope) -> Message<Data> {
+pub fn to_amqp(env: Envelope, attempt: u32) -> Message<Data> {
     let id = env.message_id.to_string();
     let mut ap = KEYS.clone();
     let values = [
@@ -34,7 +38,11 @@ pub fn to_amqp(env: Envelope) -> Message<Data> {
     }
     // A literal, not the builder: the builder moves the whole message at every step.
     Message {
-        header: None,
+        header: (attempt > 1).then(|| Header {
+            durable: true,
+            delivery_count: attempt - 1,
+            ..Default::default()
+        }),
         delivery_annotations: None,
         message_annotations: None,
         properties: Some(Properties {
@@ -59,7 +67,10 @@ mod tests {
             generate_time: 1_800_000_000_123,
             payload: br#"{"a":1}"#.to_vec(),
         };
-        let m = to_amqp(env.clone());
+        let m = to_amqp(env.clone(), 1);
+        assert!(m.header.is_none(), "a first delivery has no header");
+        let again = to_amqp(env.clone(), 3);
+        assert_eq!(again.header.map(|h| h.delivery_count), Some(2));
         let ap = m.application_properties.unwrap();
         assert_eq!(
             ap.get("topic"),
