@@ -334,6 +334,9 @@ impl Drop for JetStreamBacklog {
     }
 }
 
+/// How long `append` keeps publishing what a stream leader election refused.
+const APPEND_RETRY_FOR: Duration = Duration::from_secs(10);
+
 fn nats_err(op: &'static str, e: impl std::fmt::Display) -> BacklogError {
     BacklogError::Nats {
         op,
@@ -591,18 +594,55 @@ impl Inner {
         &self,
         items: Vec<(String, async_nats::HeaderMap, Bytes)>,
     ) -> Result<(), BacklogError> {
-        let mut acks = Vec::with_capacity(items.len());
-        for (subject, h, body) in items {
-            acks.push(
-                self.js
-                    .publish_with_headers(subject, h, body)
-                    .await
-                    .map_err(|e| nats_err("append", e))?,
-            );
+        use async_nats::jetstream::context::PublishErrorKind as K;
+        // A stream leader election (seconds at R3) answers "no stream found" (really no
+        // responders) or times out; the same Nats-Msg-Id makes a repeat harmless, so
+        // what failed that way is published again for up to APPEND_RETRY_FOR before
+        // `append` gives up: a device sees a slower PUBACK, not an error.
+        let retryable = |k: K| {
+            matches!(
+                k,
+                K::StreamNotFound | K::TimedOut | K::BrokenPipe | K::Other
+            )
+        };
+        let deadline = tokio::time::Instant::now() + APPEND_RETRY_FOR;
+        let mut pause = Duration::from_millis(50);
+        let mut todo = items;
+        loop {
+            let mut acks = Vec::with_capacity(todo.len());
+            let mut failed = Vec::new();
+            let mut last = None;
+            for item in todo {
+                let (subject, h, body) = item.clone();
+                match self.js.publish_with_headers(subject, h, body).await {
+                    Ok(a) => acks.push((item, a)),
+                    Err(e) if retryable(e.kind()) => {
+                        last = Some(e.to_string());
+                        failed.push(item);
+                    }
+                    Err(e) => return Err(nats_err("append", e)),
+                }
+            }
+            for (item, a) in acks {
+                match a.await {
+                    Ok(_) => {}
+                    Err(e) if retryable(e.kind()) => {
+                        last = Some(e.to_string());
+                        failed.push(item);
+                    }
+                    Err(e) => return Err(nats_err("append", e)),
+                }
+            }
+            if failed.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() + pause > deadline {
+                return Err(nats_err("append", last.unwrap_or_default()));
+            }
+            tracing::debug!(left = failed.len(), error = ?last, "append: publishing again");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+            todo = failed;
         }
-        for a in acks {
-            a.await.map_err(|e| nats_err("append", e))?;
-        }
-        Ok(())
     }
 }
