@@ -164,31 +164,6 @@ fn consumer(
     })
 }
 
-/// Per device, the message numbers in the order first handed out; panics on a step back
-/// that no redelivery explains. Returns the number of repeated deliveries.
-fn check_device_order(log: &[Seen]) -> usize {
-    let mut last: HashMap<String, usize> = HashMap::new();
-    let mut seen = HashSet::new();
-    let mut repeated = 0;
-    for s in log {
-        if !seen.insert(s.id.clone()) {
-            repeated += 1;
-            continue;
-        }
-        let (dev, n) = s.id.split_once('-').unwrap();
-        let n: usize = n.parse().unwrap();
-        if let Some(prev) = last.get(dev) {
-            assert!(
-                n > *prev || s.attempt > 1,
-                "{dev}: {n} first delivered after {prev} at attempt {}",
-                s.attempt
-            );
-        }
-        last.insert(dev.to_owned(), n);
-    }
-    repeated
-}
-
 async fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let until = Instant::now() + Duration::from_secs(secs);
     while !f() {
@@ -349,7 +324,7 @@ async fn failover_under_load(victim: Victim) {
     let ok_after = a.ok_at.iter().filter(|t| **t > killed_at).count();
     let distinct: HashSet<&String> = c.seen.iter().map(|s| &s.id).collect();
     let lost: Vec<&String> = acked.iter().filter(|id| !distinct.contains(id)).collect();
-    let repeated = check_device_order(&c.seen);
+    let repeated = check_device_order(c.seen.iter().map(|s| (s.id.as_str(), s.attempt)), false);
     let redelivered = c.seen.iter().filter(|s| s.attempt > 1).count();
     // The repeated ids with the attempt of each of their deliveries (a new consumer
     // leader whose replicated state lagged hands some out again as attempt 1).

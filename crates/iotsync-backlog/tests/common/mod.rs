@@ -60,3 +60,32 @@ pub fn user_msg(project: &ProjectId, key: &str, id: &str, generate_time: i64) ->
     m.envelope.topic = format!("/a1prod/{key}/thing/user/binding");
     m
 }
+
+/// Per device, the message numbers (ids `<device>-<n>`) in the order first handed out;
+/// panics on a step back that no redelivery explains (`strict`: none at all, whatever
+/// the attempt says: a handover's give-back reaches the new owner as attempt 2 though no
+/// consumer had it). Returns the number of repeated deliveries.
+pub fn check_device_order<'a>(
+    log: impl IntoIterator<Item = (&'a str, u32)>,
+    strict: bool,
+) -> usize {
+    let mut last: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut repeated = 0;
+    for (id, attempt) in log {
+        if !seen.insert(id) {
+            repeated += 1;
+            continue;
+        }
+        let (dev, n) = id.split_once('-').expect("ids are <device>-<n>");
+        let n: usize = n.parse().expect("ids are <device>-<n>");
+        if let Some(prev) = last.get(dev) {
+            assert!(
+                n > *prev || (attempt > 1 && !strict),
+                "{dev}: {n} first delivered after {prev} at attempt {attempt}"
+            );
+        }
+        last.insert(dev, n);
+    }
+    repeated
+}

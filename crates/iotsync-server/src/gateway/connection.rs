@@ -22,7 +22,7 @@ use iotsync_store::{DeviceStatus, Registry, StoreError};
 
 use super::codec::{self, connack, Connect, Packet, Publish};
 use super::session::{self, code, AlinkError, DeviceSession, Uplink};
-use super::sessions::{DeviceKey, DeviceSessions, SessionEntry, TAKEOVER_WAIT};
+use super::sessions::{DeviceKey, DeviceSessions, SessionEntry};
 use crate::ingest::outbox_relay::DispatcherHandle;
 use crate::ingest::{Ingest, IngestError};
 
@@ -221,12 +221,7 @@ where
         );
         let replaced = match (old, gw.sessions.cluster()) {
             (Some(old), _) => {
-                old.kick.notify_one();
-                let mut f = old.finished.clone();
-                let _ = tokio::time::timeout(TAKEOVER_WAIT, async move {
-                    let _ = f.wait_for(|done| *done).await;
-                })
-                .await;
+                old.end_and_wait().await;
                 true
             }
             // Another node may hold it: it ends its session (its last reports durable

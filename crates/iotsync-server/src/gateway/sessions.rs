@@ -50,6 +50,19 @@ pub(crate) struct SessionEntry {
     pub finished: watch::Receiver<bool>,
 }
 
+impl SessionEntry {
+    /// Tells the session to stop for a take-over and waits (≤ `TAKEOVER_WAIT`) until its
+    /// loop has stopped, so everything it PUBACKed is durable first.
+    pub(crate) async fn end_and_wait(&self) {
+        self.kick.notify_one();
+        let mut f = self.finished.clone();
+        let _ = tokio::time::timeout(TAKEOVER_WAIT, async move {
+            let _ = f.wait_for(|done| *done).await;
+        })
+        .await;
+    }
+}
+
 /// Stripes of locks that serialize one device's status changes (connect, take-over,
 /// disconnect), so the registry sees offline/online in the order they happened.
 const STATUS_STRIPES: usize = 64;
@@ -142,12 +155,7 @@ impl DeviceSessions {
         let Some(entry) = entry else {
             return false;
         };
-        entry.kick.notify_one();
-        let mut f = entry.finished.clone();
-        let _ = tokio::time::timeout(TAKEOVER_WAIT, async move {
-            let _ = f.wait_for(|done| *done).await;
-        })
-        .await;
+        entry.end_and_wait().await;
         true
     }
 
