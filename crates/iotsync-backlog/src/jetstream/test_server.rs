@@ -29,6 +29,9 @@ pub struct NatsTestServer {
     dir: PathBuf,
 }
 
+/// How long a started (or restarted) server may take to listen.
+const LISTEN_WAIT_S: u64 = 60;
+
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl NatsTestServer {
@@ -67,7 +70,7 @@ impl NatsTestServer {
                 io::Error::new(e.kind(), format!("cannot start {}: {e}", bin.display()))
             })?;
         self.child = Some(child);
-        let until = Instant::now() + Duration::from_secs(10);
+        let until = Instant::now() + Duration::from_secs(LISTEN_WAIT_S);
         while Instant::now() < until {
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return Ok(());
@@ -79,7 +82,9 @@ impl NatsTestServer {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Err(io::Error::other("nats-server did not listen within 10 s"))
+        Err(io::Error::other(format!(
+            "nats-server did not listen within {LISTEN_WAIT_S} s"
+        )))
     }
 
     pub fn url(&self) -> String {
@@ -227,7 +232,9 @@ impl NatsTestCluster {
     }
 
     fn wait_listening(&mut self, i: usize) -> io::Result<()> {
-        let until = Instant::now() + Duration::from_secs(10);
+        // A restarted server recovers its JetStream store before it listens: seconds,
+        // more on a loaded CI machine.
+        let until = Instant::now() + Duration::from_secs(LISTEN_WAIT_S);
         let s = self
             .servers
             .get_mut(i)
@@ -248,7 +255,7 @@ impl NatsTestCluster {
             std::thread::sleep(Duration::from_millis(20));
         }
         Err(io::Error::other(format!(
-            "nats-server n{} did not listen within 10 s",
+            "nats-server n{} did not listen within {LISTEN_WAIT_S} s",
             i + 1
         )))
     }
